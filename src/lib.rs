@@ -1,0 +1,26 @@
+//! diskdump: deduplicated disk-image backup. See DESIGN.md for the contract;
+//! in short:
+//!
+//! - **Store** (`store`): every unique block once, `.blockstore/ab/cd/<sha256>.lz4`
+//!   (one LZ4 frame), created with a fixed `block_size` (`config.json`). Puts
+//!   are atomic (temp + no-replace rename) and idempotent; reads decode with a
+//!   bound of `block_size` and check the SHA-256 against the name.
+//! - **Manifest** (`manifest`): `YYYY/MM/DD/<name>.manifest`, one hash per
+//!   line. Made visible only after its blocks are durable; never overwritten.
+//!   Python 0.1.5 manifests under `.blockstore/manifests/` are read too.
+//! - **Locking**: dumps and imports hold `.blockstore/lock` shared for their
+//!   whole run; gc holds it exclusive, marks every block any manifest names
+//!   and sweeps the rest, and deletes nothing if any manifest fails to parse.
+//!
+//! | operation      | store lock | may run with      |
+//! |----------------|------------|-------------------|
+//! | dump, import   | shared     | each other, reads |
+//! | gc             | exclusive  | reads only        |
+//! | restore, info, status, verify, mount | none | everything but a gc sweep of their blocks |
+//!
+//! - **Reading** (`image`): `ImageReader::read_at` over a manifest, through a
+//!   bounded LRU of decompressed blocks; restore and mount share it.
+
+pub mod digest;
+pub mod manifest;
+pub mod store;

@@ -1,0 +1,340 @@
+//! The manifest (DESIGN §1, text v1): one dump's header and block list, its
+//! file name, and the offset arithmetic every reader uses.
+
+use crate::digest::Digest;
+use anyhow::{bail, Result};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, Utc};
+use std::fmt;
+use std::fmt::Write as _;
+
+pub const MAGIC: &str = "# diskdump manifest v1";
+
+/// A parsed manifest. `blocks[i]` names the block at `i * block_size`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    pub source: String,
+    pub date: String,
+    pub block_size: usize,
+    pub total_size: u64,
+    pub blocks: Vec<Digest>,
+}
+
+/// A manifest that does not parse: names the file and line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestError {
+    pub origin: String,
+    pub line: usize,
+    pub msg: String,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.origin, self.msg)
+        } else {
+            write!(f, "{} line {}: {}", self.origin, self.line, self.msg)
+        }
+    }
+}
+
+impl std::error::Error for ManifestError {}
+
+impl Manifest {
+    /// Parses text v1. `origin` (usually the path) is named in every error.
+    pub fn parse(text: &str, origin: &str) -> Result<Manifest, ManifestError> {
+        let err = |line: usize, msg: String| ManifestError {
+            origin: origin.to_string(),
+            line,
+            msg,
+        };
+        let mut lines = text.lines().enumerate();
+        match lines.next() {
+            Some((_, l)) if l.trim_end() == MAGIC => {}
+            _ => return Err(err(1, format!("not a diskdump manifest (expected {MAGIC:?})"))),
+        }
+        if !text.is_empty() && !text.ends_with('\n') {
+            return Err(err(text.lines().count(), "truncated: no final newline".into()));
+        }
+        let (mut source, mut date) = (String::new(), String::new());
+        let (mut block_size, mut total_blocks, mut total_size) = (None, None, None);
+        let mut blocks = Vec::new();
+        for (i, raw) in lines {
+            let n = i + 1;
+            let line = raw.trim_end_matches('\r');
+            if let Some(c) = line.strip_prefix('#') {
+                let Some((key, value)) = c.trim_start().split_once(':') else {
+                    continue;
+                };
+                let value = value.trim();
+                let num = |v: &str| {
+                    v.parse::<u64>()
+                        .map_err(|_| err(n, format!("{key}: {v:?} is not a number")))
+                };
+                match key {
+                    "source" => source = value.to_string(),
+                    "date" => date = value.to_string(),
+                    "block_size" => block_size = Some(num(value)?),
+                    "total_blocks" => total_blocks = Some(num(value)?),
+                    "total_size" => total_size = Some(num(value)?),
+                    _ => {} // unknown comments are allowed (forward compatibility)
+                }
+            } else if line.trim().is_empty() {
+                continue;
+            } else {
+                let d = Digest::from_hex(line).ok_or_else(|| {
+                    err(n, format!("{:?} is not a SHA-256 hash (64 hex digits)", trunc(line)))
+                })?;
+                blocks.push(d);
+            }
+        }
+        // Python diskdump 0.1.5 defaults these when absent; so do we.
+        let block_size = block_size.unwrap_or(131072);
+        if block_size == 0 || block_size > crate::store::MAX_BLOCK_SIZE as u64 {
+            return Err(err(0, format!("block_size {block_size} is out of range")));
+        }
+        let count = blocks.len() as u64;
+        if let Some(tb) = total_blocks {
+            if tb != count {
+                return Err(err(0, format!("total_blocks says {tb} but it lists {count} hashes")));
+            }
+        }
+        let max = count * block_size;
+        let total_size = total_size.unwrap_or(max);
+        let min = count.saturating_sub(1) * block_size + u64::from(count > 0);
+        if total_size > max || total_size < min {
+            return Err(err(
+                0,
+                format!(
+                    "total_size {total_size} does not fit {count} blocks of {block_size} bytes"
+                ),
+            ));
+        }
+        Ok(Manifest {
+            source,
+            date,
+            block_size: block_size as usize,
+            total_size,
+            blocks,
+        })
+    }
+
+    pub fn render(&self) -> String {
+        let mut s = String::with_capacity(200 + self.blocks.len() * 65);
+        let _ = writeln!(s, "{MAGIC}");
+        let _ = writeln!(s, "# source: {}", self.source);
+        let _ = writeln!(s, "# date: {}", self.date);
+        let _ = writeln!(s, "# block_size: {}", self.block_size);
+        let _ = writeln!(s, "# total_blocks: {}", self.blocks.len());
+        let _ = writeln!(s, "# total_size: {}", self.total_size);
+        for b in &self.blocks {
+            let _ = writeln!(s, "{b}");
+        }
+        s
+    }
+
+    /// Length of block `idx`: `block_size` except for a ragged last block.
+    pub fn block_len(&self, idx: usize) -> usize {
+        block_len(self.total_size, self.block_size, idx)
+    }
+
+    /// The block holding byte `offset` and the offset inside it; None past the end.
+    pub fn locate(&self, offset: u64) -> Option<(usize, usize)> {
+        locate(self.total_size, self.block_size, offset)
+    }
+
+    /// The digest that marks an all-zero full block in this manifest.
+    pub fn zero_digest(&self) -> Digest {
+        Digest::zero_block(self.block_size)
+    }
+
+    /// Parsed date, if it is one (Python-era `--date` values may be free text).
+    pub fn datetime(&self) -> Option<DateTime<Utc>> {
+        parse_date(&self.date).ok()
+    }
+}
+
+fn trunc(s: &str) -> String {
+    s.chars().take(80).collect()
+}
+
+/// Block math, pure so it can be tested at every edge.
+pub fn locate(total_size: u64, block_size: usize, offset: u64) -> Option<(usize, usize)> {
+    if offset >= total_size {
+        return None;
+    }
+    let bs = block_size as u64;
+    Some(((offset / bs) as usize, (offset % bs) as usize))
+}
+
+pub fn block_len(total_size: u64, block_size: usize, idx: usize) -> usize {
+    let start = idx as u64 * block_size as u64;
+    total_size.saturating_sub(start).min(block_size as u64) as usize
+}
+
+/// A dump name: 1–128 of `[A-Za-z0-9._-]`, not starting with `.`.
+pub fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'));
+    if !ok {
+        bail!(
+            "invalid dump name {:?}: use 1-128 characters of A-Z a-z 0-9 . _ - not starting with '.'",
+            trunc(name)
+        );
+    }
+    Ok(())
+}
+
+/// `server01` + `/dev/sda` → `server01-sda`; checked like any name.
+pub fn default_name(host: &str, path: &str) -> Result<String> {
+    let base = path.trim_end_matches('/').rsplit('/').next().unwrap_or(path);
+    let name = format!("{host}-{base}");
+    validate_name(&name).map_err(|e| e.context("choose a name with --as NAME"))?;
+    Ok(name)
+}
+
+/// The name part of `--as`: `HOST:DEVICE` becomes `HOST-<device basename>`.
+pub fn name_from_as(value: &str) -> Result<String> {
+    match value.split_once(':') {
+        Some((host, dev)) => default_name(host, dev),
+        None => {
+            validate_name(value)?;
+            Ok(value.to_string())
+        }
+    }
+}
+
+/// Now, formatted as manifests carry it (Python's `isoformat()`).
+pub fn now_string() -> String {
+    format_date(Utc::now())
+}
+
+pub fn format_date(d: DateTime<Utc>) -> String {
+    d.to_rfc3339_opts(SecondsFormat::Micros, false)
+}
+
+/// Accepts RFC 3339 (`2026-04-24T03:00:12.345678+00:00`), a naive date-time
+/// (taken as UTC), or a plain date.
+pub fn parse_date(s: &str) -> Result<DateTime<Utc>> {
+    let s = s.trim();
+    if let Ok(d) = DateTime::parse_from_rfc3339(s) {
+        return Ok(d.with_timezone(&Utc));
+    }
+    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
+        if let Ok(d) = NaiveDateTime::parse_from_str(s, fmt) {
+            return Ok(d.and_utc());
+        }
+    }
+    if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return Ok(d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc());
+    }
+    bail!("invalid date {s:?}: use ISO 8601, e.g. 2026-04-24 or 2026-04-24T03:00:00Z")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(i: u8) -> Digest {
+        Digest([i; 32])
+    }
+
+    fn sample() -> Manifest {
+        Manifest {
+            source: "server01:/dev/sda".into(),
+            date: "2026-04-24T03:00:12.345678+00:00".into(),
+            block_size: 4096,
+            total_size: 4096 * 2 + 100,
+            blocks: vec![d(1), d(2), d(3)],
+        }
+    }
+
+    #[test]
+    fn render_parse_round_trip() {
+        let m = sample();
+        assert_eq!(Manifest::parse(&m.render(), "x").unwrap(), m);
+        let empty = Manifest {
+            total_size: 0,
+            blocks: vec![],
+            ..sample()
+        };
+        assert_eq!(Manifest::parse(&empty.render(), "x").unwrap(), empty);
+    }
+
+    #[test]
+    fn rejects_malformed_naming_file_and_line() {
+        let good = sample().render();
+        let bad_hex = good.replace(&d(2).to_hex(), &"x".repeat(64));
+        let e = Manifest::parse(&bad_hex, "a.manifest").unwrap_err();
+        assert_eq!((e.line, e.origin.as_str()), (8, "a.manifest"));
+        assert!(e.to_string().starts_with("a.manifest line 8:"), "{e}");
+        let short = good.replace(&d(2).to_hex(), &d(2).to_hex()[..63]);
+        assert_eq!(Manifest::parse(&short, "a").unwrap_err().line, 8);
+        let count = good.replace("total_blocks: 3", "total_blocks: 4");
+        assert!(Manifest::parse(&count, "a").unwrap_err().msg.contains("total_blocks"));
+        let big = good.replace("total_size: 8292", "total_size: 999999999999");
+        assert!(Manifest::parse(&big, "a").unwrap_err().msg.contains("total_size"));
+        let small = good.replace("total_size: 8292", "total_size: 8192");
+        assert!(Manifest::parse(&small, "a").is_err());
+        let truncated = &good[..good.len() - 10];
+        assert!(Manifest::parse(truncated, "a").is_err());
+        assert!(Manifest::parse("", "a").is_err());
+        assert!(Manifest::parse("hello\n", "a").is_err());
+        let nonnum = good.replace("block_size: 4096", "block_size: lots");
+        assert_eq!(Manifest::parse(&nonnum, "a").unwrap_err().line, 5);
+    }
+
+    #[test]
+    fn ignores_unknown_comments_and_reads_python_defaults() {
+        let mut text = sample().render();
+        text.insert_str(MAGIC.len() + 1, "# hostname: web1\n# free text\n");
+        assert_eq!(Manifest::parse(&text, "x").unwrap(), sample());
+        let py = format!("{MAGIC}\n# source: a:b\n# date: 2026-01-01\n{}\n", d(9));
+        let m = Manifest::parse(&py, "x").unwrap();
+        assert_eq!((m.block_size, m.total_size, m.blocks.len()), (131072, 131072, 1));
+    }
+
+    #[test]
+    fn offset_arithmetic_at_the_edges() {
+        let (ts, bs) = (4096 * 2 + 100, 4096);
+        assert_eq!(locate(ts, bs, 0), Some((0, 0)));
+        assert_eq!(locate(ts, bs, 4095), Some((0, 4095)));
+        assert_eq!(locate(ts, bs, 4096), Some((1, 0)));
+        assert_eq!(locate(ts, bs, 8192), Some((2, 0)));
+        assert_eq!(locate(ts, bs, 8291), Some((2, 99)));
+        assert_eq!(locate(ts, bs, 8292), None);
+        assert_eq!(locate(0, bs, 0), None);
+        assert_eq!(block_len(ts, bs, 0), 4096);
+        assert_eq!(block_len(ts, bs, 2), 100);
+        assert_eq!(block_len(ts, bs, 3), 0);
+        assert_eq!(block_len(8192, bs, 1), 4096);
+        // Offsets beyond 4 GiB do not overflow.
+        assert_eq!(locate(u64::MAX, bs, u64::MAX - 1), Some((((u64::MAX - 1) / 4096) as usize, 4094)));
+    }
+
+    #[test]
+    fn names() {
+        for ok in ["a", "server01-sda", "x.2_y", &"n".repeat(128)] {
+            validate_name(ok).unwrap();
+        }
+        for bad in ["", ".hidden", "a/b", "../x", "a b", "a\nb", "a\0b", &"n".repeat(129), "é"] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(default_name("server01", "/dev/sda").unwrap(), "server01-sda");
+        assert_eq!(name_from_as("web:/dev/nvme0n1").unwrap(), "web-nvme0n1");
+        assert_eq!(name_from_as("plain").unwrap(), "plain");
+        assert!(name_from_as("../evil").is_err());
+    }
+
+    #[test]
+    fn dates() {
+        let d = parse_date("2026-04-24T03:00:12.345678+00:00").unwrap();
+        assert_eq!(format_date(d), "2026-04-24T03:00:12.345678+00:00");
+        assert_eq!(parse_date("2026-04-24").unwrap().to_rfc3339(), "2026-04-24T00:00:00+00:00");
+        assert!(parse_date("2026-04-24T05:00:00+02:00").unwrap().to_rfc3339().starts_with("2026-04-24T03"));
+        assert!(parse_date("yesterday").is_err());
+    }
+}

@@ -1,0 +1,90 @@
+//! `.blockstore/config.json`: the store's fixed parameters.
+
+use anyhow::{bail, Context, Result};
+use serde_json::{Map, Value};
+use std::path::Path;
+
+/// The parameters a store is created with and every writer must follow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    pub block_size: usize,
+}
+
+/// Blocks must fit one store file and one protocol frame comfortably.
+pub const MIN_BLOCK_SIZE: usize = 4096;
+pub const MAX_BLOCK_SIZE: usize = 16 << 20;
+
+pub fn check_block_size(bs: usize) -> Result<()> {
+    if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&bs) || bs % 4096 != 0 {
+        bail!("block size {bs} is not a multiple of 4096 between 4 KiB and 16 MiB");
+    }
+    Ok(())
+}
+
+impl StoreConfig {
+    /// Parses config.json; unknown keys are allowed (later versions may add some).
+    pub fn parse(text: &str, path: &Path) -> Result<StoreConfig> {
+        let v: Value = serde_json::from_str(text)
+            .with_context(|| format!("{} is not valid JSON", path.display()))?;
+        let obj = v
+            .as_object()
+            .with_context(|| format!("{} is not a JSON object", path.display()))?;
+        let version = obj.get("version").and_then(Value::as_u64);
+        if version != Some(1) {
+            bail!(
+                "{}: unsupported store version {:?} (this diskdump reads version 1)",
+                path.display(),
+                obj.get("version")
+            );
+        }
+        match obj.get("hash_algo").and_then(Value::as_str) {
+            Some("sha256") | None => {}
+            Some(other) => bail!("{}: unsupported hash_algo {other:?}", path.display()),
+        }
+        let bs = obj
+            .get("block_size")
+            .and_then(Value::as_u64)
+            .with_context(|| format!("{}: missing or invalid block_size", path.display()))?;
+        check_block_size(bs as usize).with_context(|| path.display().to_string())?;
+        Ok(StoreConfig {
+            block_size: bs as usize,
+        })
+    }
+
+    pub fn render(&self) -> String {
+        let mut m = Map::new();
+        m.insert("version".into(), 1.into());
+        m.insert("block_size".into(), self.block_size.into());
+        m.insert("hash_algo".into(), "sha256".into());
+        let mut s = serde_json::to_string_pretty(&Value::Object(m)).expect("plain JSON");
+        s.push('\n');
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_python_config_and_rejects_garbage() {
+        let p = Path::new("config.json");
+        let c = StoreConfig::parse(
+            r#"{"block_size": 131072, "hash_algo": "sha256", "version": 1}"#,
+            p,
+        )
+        .unwrap();
+        assert_eq!(c.block_size, 131072);
+        assert_eq!(StoreConfig::parse(&c.render(), p).unwrap(), c);
+        for bad in [
+            "",
+            "[]",
+            "{\"version\": 2, \"block_size\": 131072}",
+            "{\"version\": 1}",
+            "{\"version\": 1, \"block_size\": 1000}",
+            "{\"version\": 1, \"block_size\": 131072, \"hash_algo\": \"md5\"}",
+        ] {
+            assert!(StoreConfig::parse(bad, p).is_err(), "{bad}");
+        }
+    }
+}

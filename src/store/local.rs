@@ -1,0 +1,397 @@
+//! The store as a directory tree (DESIGN §1): `.blockstore/ab/cd/<hash>.lz4`,
+//! dated manifests under the root, Python-era manifests under
+//! `.blockstore/manifests/`.
+
+use super::{BlockError, LockKind, ManifestEntry, Store, StoreConfig, StoreLock, WalkItem};
+use crate::digest::Digest;
+use crate::manifest::{parse_date, Manifest};
+use anyhow::{bail, Context, Result};
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, ErrorKind, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub struct LocalStore {
+    root: PathBuf,
+    blocks: PathBuf,
+    config: StoreConfig,
+    tmp_seq: AtomicU64,
+}
+
+const CONFIG: &str = "config.json";
+
+impl LocalStore {
+    /// Opens an existing store; a directory without one is a clear error.
+    pub fn open(root: &Path) -> Result<LocalStore> {
+        let blocks = root.join(".blockstore");
+        let cfg_path = blocks.join(CONFIG);
+        let text = match fs::read_to_string(&cfg_path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                if !root.is_dir() {
+                    bail!("store {} does not exist", root.display());
+                }
+                bail!(
+                    "{} is not a diskdump store (no .blockstore/config.json); \
+                     import or dump into it first, or pass --store",
+                    root.display()
+                );
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", cfg_path.display())),
+        };
+        let config = StoreConfig::parse(&text, &cfg_path)?;
+        Ok(LocalStore {
+            root: root.to_path_buf(),
+            blocks,
+            config,
+            tmp_seq: AtomicU64::new(0),
+        })
+    }
+
+    /// Opens the store, creating it with `block_size` (default 128 KiB) if
+    /// absent. An explicit size that differs from the store's is an error,
+    /// never a silent mix of block sizes.
+    pub fn open_or_create(root: &Path, block_size: Option<usize>) -> Result<LocalStore> {
+        let cfg_path = root.join(".blockstore").join(CONFIG);
+        if !cfg_path.exists() {
+            let bs = block_size.unwrap_or(diskdump_agent::DEFAULT_BLOCK_SIZE);
+            super::check_block_size(bs)?;
+            fs::create_dir_all(cfg_path.parent().expect("has parent"))
+                .with_context(|| format!("cannot create store {}", root.display()))?;
+            let text = StoreConfig { block_size: bs }.render();
+            write_new_durably(&cfg_path, text.as_bytes()).or_else(|e| {
+                // Another process created it first: theirs stands.
+                if e.kind() == ErrorKind::AlreadyExists { Ok(()) } else { Err(e) }
+            })
+            .with_context(|| format!("cannot create {}", cfg_path.display()))?;
+        }
+        let store = LocalStore::open(root)?;
+        if let Some(bs) = block_size {
+            if bs != store.config.block_size {
+                bail!(
+                    "store {} uses block size {}, not {bs}; drop --block-size or use another store",
+                    root.display(),
+                    store.config.block_size
+                );
+            }
+        }
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn block_path(&self, d: &Digest) -> PathBuf {
+        let hex = d.to_hex();
+        self.blocks.join(&hex[..2]).join(&hex[2..4]).join(hex + ".lz4")
+    }
+
+    fn tmp_name(&self, base: &Path) -> PathBuf {
+        let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        let mut s = base.as_os_str().to_owned();
+        s.push(format!(".tmp.{}.{n}", std::process::id()));
+        PathBuf::from(s)
+    }
+
+    fn rel(&self, p: &Path) -> String {
+        p.strip_prefix(&self.root).unwrap_or(p).to_string_lossy().into_owned()
+    }
+}
+
+/// Creates `path` with `data`, fsynced, failing if it exists.
+fn write_new_durably(path: &Path, data: &[u8]) -> io::Result<()> {
+    let mut f = OpenOptions::new().write(true).create_new(true).mode(0o644).open(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+/// rename(2) that never replaces an existing file; falls back to link+unlink on
+/// filesystems without RENAME_NOREPLACE.
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    let a = CString::new(from.as_os_str().as_bytes())?;
+    let b = CString::new(to.as_os_str().as_bytes())?;
+    // SAFETY: valid NUL-terminated paths; AT_FDCWD resolves them as given.
+    let rc = unsafe {
+        libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_NOREPLACE)
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EINVAL) | Some(libc::ENOSYS) => {
+            fs::hard_link(from, to)?;
+            fs::remove_file(from)
+        }
+        _ => Err(err),
+    }
+}
+
+fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+}
+
+fn is_digits(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|c| c.is_ascii_digit())
+}
+
+/// Sorted directory entries (name, is_dir); a missing directory is empty.
+fn list_dir(dir: &Path) -> Result<Vec<(String, bool)>> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
+    };
+    let mut out = Vec::new();
+    for e in rd {
+        let e = e.with_context(|| format!("cannot list {}", dir.display()))?;
+        let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        out.push((e.file_name().to_string_lossy().into_owned(), is_dir));
+    }
+    out.sort();
+    Ok(out)
+}
+
+impl Store for LocalStore {
+    fn block_size(&self) -> usize {
+        self.config.block_size
+    }
+
+    fn describe(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn contains(&self, d: &Digest) -> io::Result<bool> {
+        match fs::symlink_metadata(self.block_path(d)) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn put_frame(&self, d: &Digest, frame: &[u8]) -> io::Result<bool> {
+        let path = self.block_path(d);
+        let tmp = self.tmp_name(&path);
+        let mut f = match OpenOptions::new().write(true).create_new(true).mode(0o644).open(&tmp) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                fs::create_dir_all(path.parent().expect("block paths have a parent"))?;
+                OpenOptions::new().write(true).create_new(true).mode(0o644).open(&tmp)?
+            }
+            Err(e) => return Err(e),
+        };
+        let written = f.write_all(frame).and_then(|_| {
+            drop(f);
+            rename_noreplace(&tmp, &path)
+        });
+        match written {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                if e.kind() == ErrorKind::AlreadyExists {
+                    Ok(false)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    fn get_frame(&self, d: &Digest, buf: &mut Vec<u8>) -> Result<(), BlockError> {
+        let io_err = |e: io::Error| {
+            if e.kind() == ErrorKind::NotFound {
+                BlockError::Missing(*d)
+            } else {
+                BlockError::Io { digest: *d, reason: e.to_string() }
+            }
+        };
+        let f = File::open(self.block_path(d)).map_err(io_err)?;
+        // A frame can exceed its content only by headers and incompressible-block
+        // markers; anything much larger is damage, refused before reading it.
+        let limit = self.config.block_size as u64 + self.config.block_size as u64 / 64 + 4096;
+        buf.clear();
+        f.take(limit + 1).read_to_end(buf).map_err(io_err)?;
+        if buf.len() as u64 > limit {
+            return Err(BlockError::Corrupt {
+                digest: *d,
+                reason: format!("block file is larger than {limit} bytes"),
+            });
+        }
+        Ok(())
+    }
+
+    fn walk(&self, f: &mut dyn FnMut(WalkItem) -> Result<()>) -> Result<()> {
+        for (l1, d1) in list_dir(&self.blocks)? {
+            if !d1 || !is_hex(&l1, 2) {
+                continue; // manifests/, config.json, lock, Python's blocks.db
+            }
+            for (l2, d2) in list_dir(&self.blocks.join(&l1))? {
+                let dir = self.blocks.join(&l1).join(&l2);
+                if !d2 || !is_hex(&l2, 2) {
+                    f(WalkItem::Stray(self.rel(&dir)))?;
+                    continue;
+                }
+                for (name, is_dir) in list_dir(&dir)? {
+                    let hex = name.strip_suffix(".lz4").unwrap_or("");
+                    let ok = !is_dir && is_hex(hex, 64) && hex[..2] == l1 && hex[2..4] == l2;
+                    let path = dir.join(&name);
+                    if !ok {
+                        f(WalkItem::Stray(self.rel(&path)))?;
+                        continue;
+                    }
+                    let size = match fs::symlink_metadata(&path) {
+                        Ok(m) => m.len(),
+                        Err(e) if e.kind() == ErrorKind::NotFound => continue, // raced with gc
+                        Err(e) => return Err(e).with_context(|| format!("cannot stat {}", path.display())),
+                    };
+                    let d = Digest::from_hex(hex).expect("checked hex");
+                    f(WalkItem::Block(d, size))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn remove(&self, d: &Digest) -> io::Result<()> {
+        match fs::remove_file(self.block_path(d)) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn tidy(&self) -> Result<()> {
+        for (l1, d1) in list_dir(&self.blocks)? {
+            if !d1 || !is_hex(&l1, 2) {
+                continue;
+            }
+            let top = self.blocks.join(&l1);
+            for (l2, d2) in list_dir(&top)? {
+                if d2 && is_hex(&l2, 2) {
+                    let _ = fs::remove_dir(top.join(l2)); // fails if not empty: fine
+                }
+            }
+            let _ = fs::remove_dir(&top);
+        }
+        Ok(())
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        let dir = File::open(&self.blocks)?;
+        // SAFETY: syncfs on an open directory descriptor.
+        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn lock(&self, kind: LockKind, wait: bool) -> Result<StoreLock> {
+        StoreLock::acquire(&self.blocks.join("lock"), kind, wait)
+    }
+
+    fn manifests(&self) -> Result<Vec<ManifestEntry>> {
+        let mut out = Vec::new();
+        for (y, yd) in list_dir(&self.root)? {
+            if !yd || !is_digits(&y, 4) {
+                continue;
+            }
+            for (m, md) in list_dir(&self.root.join(&y))? {
+                if !md || !is_digits(&m, 2) {
+                    continue;
+                }
+                for (d, dd) in list_dir(&self.root.join(&y).join(&m))? {
+                    if !dd || !is_digits(&d, 2) {
+                        continue;
+                    }
+                    let day = format!("{y}/{m}/{d}");
+                    for (f, fd) in list_dir(&self.root.join(&day))? {
+                        if let (false, Some(name)) = (fd, f.strip_suffix(".manifest")) {
+                            out.push(ManifestEntry {
+                                rel: format!("{day}/{f}"),
+                                name: name.to_string(),
+                                day: Some(day.clone()),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        let legacy = self.blocks.join("manifests");
+        for (name, nd) in list_dir(&legacy)? {
+            if !nd {
+                continue;
+            }
+            for (f, fd) in list_dir(&legacy.join(&name))? {
+                if let (false, Some(n)) = (fd, f.strip_suffix(".manifest")) {
+                    out.push(ManifestEntry {
+                        rel: format!(".blockstore/manifests/{name}/{f}"),
+                        name: format!("{name}/{n}"),
+                        day: None,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn read_manifest(&self, entry: &ManifestEntry) -> Result<Manifest> {
+        read_manifest_file(&self.root.join(&entry.rel), &entry.rel)
+    }
+
+    fn write_manifest(&self, name: &str, m: &Manifest) -> Result<ManifestEntry> {
+        crate::manifest::validate_name(name)?;
+        let date = parse_date(&m.date)?;
+        let day = date.format("%Y/%m/%d").to_string();
+        let dir = self.root.join(&day);
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        // Every block the manifest names must be durable before it is visible.
+        self.sync().context("cannot sync the store's blocks to disk")?;
+        let tmp = self.tmp_name(&dir.join(format!("{name}.manifest")));
+        write_new_durably(&tmp, m.render().as_bytes())
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        let mut seq = 1;
+        let result = loop {
+            let file = if seq == 1 { format!("{name}.manifest") } else { format!("{name}.{seq}.manifest") };
+            match rename_noreplace(&tmp, &dir.join(&file)) {
+                Ok(()) => {
+                    break Ok(ManifestEntry {
+                        rel: format!("{day}/{file}"),
+                        name: file.trim_end_matches(".manifest").to_string(),
+                        day: Some(day.clone()),
+                    })
+                }
+                Err(e) if e.kind() == ErrorKind::AlreadyExists && seq < 10_000 => seq += 1,
+                Err(e) => break Err(e).with_context(|| format!("cannot create a manifest in {}", dir.display())),
+            }
+        };
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        let entry = result?;
+        // Make the new name (and any new date directories) durable.
+        let mut d = dir.as_path();
+        while d != self.root && d.starts_with(&self.root) {
+            fsync_dir(d).with_context(|| format!("cannot sync {}", d.display()))?;
+            d = d.parent().expect("below root");
+        }
+        fsync_dir(&self.root).with_context(|| format!("cannot sync {}", self.root.display()))?;
+        Ok(entry)
+    }
+}
+
+/// Reads and parses a manifest file, naming `origin` in errors.
+pub fn read_manifest_file(path: &Path, origin: &str) -> Result<Manifest> {
+    let bytes = fs::read(path).with_context(|| format!("cannot read manifest {}", path.display()))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!("{origin}: not a text manifest (invalid UTF-8 at byte {})", e.utf8_error().valid_up_to())
+    })?;
+    Ok(Manifest::parse(&text, origin)?)
+}

@@ -1,0 +1,139 @@
+//! The block store (DESIGN §1): one small interface that commands, the
+//! receiver and `ImageReader` use, and the local-directory backend.
+
+mod config;
+mod local;
+mod lock;
+
+pub use config::{check_block_size, StoreConfig, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
+pub use local::LocalStore;
+pub use lock::{LockKind, StoreLock};
+
+use crate::digest::Digest;
+use crate::manifest::Manifest;
+use anyhow::Result;
+use diskdump_agent::blockfmt;
+use std::fmt;
+use std::io;
+
+/// Why a block could not be read. Cloneable so every reader waiting on one
+/// load gets the same answer; FUSE maps all of them to EIO, verify counts them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlockError {
+    Missing(Digest),
+    Corrupt { digest: Digest, reason: String },
+    Io { digest: Digest, reason: String },
+}
+
+impl fmt::Display for BlockError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BlockError::Missing(d) => write!(f, "block {d} is missing from the store"),
+            BlockError::Corrupt { digest, reason } => write!(f, "block {digest} is corrupt: {reason}"),
+            BlockError::Io { digest, reason } => write!(f, "cannot read block {digest}: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for BlockError {}
+
+/// One item found by walking the block area.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WalkItem {
+    /// A block file and its stored (compressed) size.
+    Block(Digest, u64),
+    /// A file that is not a block: left-over temp file, quarantined or foreign.
+    Stray(String),
+}
+
+/// Where a manifest lives, relative to the store root, '/'-separated.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ManifestEntry {
+    /// `2026/04/24/server01-sda.manifest` or `.blockstore/manifests/<name>/<n>.manifest`.
+    pub rel: String,
+    /// `server01-sda` (dated) or `<name>/<n>` (Python era).
+    pub name: String,
+    /// `2026/04/24` for dated manifests; None for Python-era ones.
+    pub day: Option<String>,
+}
+
+impl ManifestEntry {
+    pub fn is_legacy(&self) -> bool {
+        self.day.is_none()
+    }
+    /// The dump's name without the `.2` same-day suffix or Python version number.
+    pub fn base_name(&self) -> &str {
+        if let Some((name, _)) = self.name.split_once('/') {
+            return name;
+        }
+        match self.name.rsplit_once('.') {
+            Some((base, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => base,
+            _ => &self.name,
+        }
+    }
+}
+
+/// The operations every store backend provides. Blocks are handled as LZ4
+/// frames (the on-disk and `lz4` wire format); decoding and verification are
+/// backend-independent and live in the free functions below.
+pub trait Store: Send + Sync {
+    fn block_size(&self) -> usize;
+    /// A human name for messages (the root path).
+    fn describe(&self) -> String;
+    fn contains(&self, d: &Digest) -> io::Result<bool>;
+    /// Stores a frame the caller has verified decodes to the data `d` names.
+    /// Idempotent: returns false (and writes nothing) if the block exists.
+    fn put_frame(&self, d: &Digest, frame: &[u8]) -> io::Result<bool>;
+    /// Reads a block's stored bytes into `buf`.
+    fn get_frame(&self, d: &Digest, buf: &mut Vec<u8>) -> Result<(), BlockError>;
+    fn walk(&self, f: &mut dyn FnMut(WalkItem) -> Result<()>) -> Result<()>;
+    fn remove(&self, d: &Digest) -> io::Result<()>;
+    /// Removes whatever of the block area's structure a sweep left empty.
+    fn tidy(&self) -> Result<()>;
+    /// Makes every block put so far durable.
+    fn sync(&self) -> io::Result<()>;
+    fn lock(&self, kind: LockKind, wait: bool) -> Result<StoreLock>;
+    fn manifests(&self) -> Result<Vec<ManifestEntry>>;
+    fn read_manifest(&self, entry: &ManifestEntry) -> Result<Manifest>;
+    /// Makes `m` visible as `<day>/<name>.manifest` after syncing its blocks;
+    /// never overwrites (a same-day repeat becomes `<name>.2.manifest`).
+    fn write_manifest(&self, name: &str, m: &Manifest) -> Result<ManifestEntry>;
+}
+
+/// Reads, decodes (bounded by the block size) and verifies one block.
+pub fn get_block(
+    store: &dyn Store,
+    d: &Digest,
+    frame_buf: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> Result<(), BlockError> {
+    store.get_frame(d, frame_buf)?;
+    blockfmt::decode(frame_buf, store.block_size(), out).map_err(|e| BlockError::Corrupt {
+        digest: *d,
+        reason: e.to_string(),
+    })?;
+    let actual = Digest::of(out);
+    if actual != *d {
+        return Err(BlockError::Corrupt {
+            digest: *d,
+            reason: format!("content hashes to {actual}"),
+        });
+    }
+    Ok(())
+}
+
+/// Compresses and stores a raw block unless present; returns (new, stored bytes).
+pub fn put_block(
+    store: &dyn Store,
+    d: &Digest,
+    raw: &[u8],
+    enc: &mut blockfmt::Encoder,
+    buf: &mut Vec<u8>,
+) -> io::Result<Option<usize>> {
+    if store.contains(d)? {
+        return Ok(None);
+    }
+    buf.clear();
+    enc.encode(raw, buf);
+    Ok(store.put_frame(d, buf)?.then_some(buf.len()))
+}
