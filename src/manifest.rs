@@ -284,7 +284,7 @@ mod tests {
         assert!(Manifest::parse("", "a").is_err());
         assert!(Manifest::parse("hello\n", "a").is_err());
         let nonnum = good.replace("block_size: 4096", "block_size: lots");
-        assert_eq!(Manifest::parse(&nonnum, "a").unwrap_err().line, 5);
+        assert_eq!(Manifest::parse(&nonnum, "a").unwrap_err().line, 4);
     }
 
     #[test]
