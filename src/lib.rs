@@ -22,5 +22,6 @@
 //!   bounded LRU of decompressed blocks; restore and mount share it.
 
 pub mod digest;
+pub mod image;
 pub mod manifest;
 pub mod store;

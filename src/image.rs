@@ -1,0 +1,468 @@
+//! The one read path (DESIGN §3): `ImageReader::read_at` maps offsets to
+//! blocks, serves zero blocks from memory, and fetches the rest through a
+//! shared, byte-bounded LRU of decompressed, verified blocks. Concurrent misses
+//! on one block load it once; sequential access decompresses ahead on a pool
+//! of worker threads. `restore` and `mount` both read through it.
+
+use crate::digest::Digest;
+use crate::manifest::Manifest;
+use crate::store::{get_block, BlockError, Store};
+use lru::LruCache;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, Mutex};
+
+/// A decompressed, verified block.
+pub type Block = Arc<Vec<u8>>;
+
+type LoadResult = Result<Block, BlockError>;
+
+struct Loading {
+    result: Mutex<Option<LoadResult>>,
+    done: Condvar,
+}
+
+struct CacheState {
+    lru: LruCache<Digest, Block>,
+    bytes: usize,
+    loading: HashMap<Digest, Arc<Loading>>,
+}
+
+/// Decompressed blocks shared by every reader of a store, bounded in bytes.
+pub struct BlockCache {
+    state: Mutex<CacheState>,
+    capacity: usize,
+}
+
+impl BlockCache {
+    pub fn new(capacity_bytes: usize) -> Arc<BlockCache> {
+        Arc::new(BlockCache {
+            state: Mutex::new(CacheState {
+                lru: LruCache::unbounded(),
+                bytes: 0,
+                loading: HashMap::new(),
+            }),
+            capacity: capacity_bytes,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheState> {
+        // A panic while holding the map leaves it consistent (no partial edits).
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// True if the block is cached or being loaded (no need to prefetch it).
+    pub fn has(&self, d: &Digest) -> bool {
+        let s = self.lock();
+        s.lru.contains(d) || s.loading.contains_key(d)
+    }
+
+    /// Returns the cached block or loads it; callers that miss on a block
+    /// another thread is loading wait for that load instead of repeating it.
+    /// The lock is held only around the map, never during a load.
+    pub fn get_or_load(&self, d: &Digest, load: impl FnOnce() -> LoadResult) -> LoadResult {
+        let slot = {
+            let mut s = self.lock();
+            if let Some(b) = s.lru.get(d) {
+                return Ok(b.clone());
+            }
+            match s.loading.get(d) {
+                Some(l) => Some(l.clone()),
+                None => {
+                    s.loading.insert(
+                        *d,
+                        Arc::new(Loading {
+                            result: Mutex::new(None),
+                            done: Condvar::new(),
+                        }),
+                    );
+                    None
+                }
+            }
+        };
+        if let Some(l) = slot {
+            let mut r = l.result.lock().unwrap_or_else(|p| p.into_inner());
+            while r.is_none() {
+                r = l.done.wait(r).unwrap_or_else(|p| p.into_inner());
+            }
+            return r.clone().expect("set before notify");
+        }
+        let result = load();
+        let mut s = self.lock();
+        let l = s.loading.remove(d).expect("inserted above");
+        if let Ok(b) = &result {
+            s.bytes += b.len();
+            if let Some(old) = s.lru.put(*d, b.clone()) {
+                s.bytes -= old.len();
+            }
+            while s.bytes > self.capacity {
+                match s.lru.pop_lru() {
+                    Some((_, old)) => s.bytes -= old.len(),
+                    None => break,
+                }
+            }
+        }
+        drop(s);
+        *l.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(result.clone());
+        l.done.notify_all();
+        result
+    }
+}
+
+thread_local! {
+    static FRAME_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Reads, decodes and verifies one block from the store.
+pub fn load_block(store: &dyn Store, d: &Digest) -> LoadResult {
+    FRAME_BUF.with(|f| {
+        let mut out = Vec::with_capacity(store.block_size());
+        get_block(store, d, &mut f.borrow_mut(), &mut out)?;
+        Ok(Arc::new(out))
+    })
+}
+
+type Job = (Arc<dyn Store>, Arc<BlockCache>, Digest);
+
+/// Worker threads that load blocks into a cache ahead of the reader.
+pub struct Prefetcher {
+    tx: SyncSender<Job>,
+}
+
+impl Prefetcher {
+    pub fn new(threads: usize) -> Arc<Prefetcher> {
+        let (tx, rx) = sync_channel::<Job>(threads * 64);
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..threads.max(1) {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("prefetch-{i}"))
+                .spawn(move || prefetch_worker(&rx))
+                .expect("spawning a prefetch thread");
+        }
+        Arc::new(Prefetcher { tx })
+    }
+
+    /// Queues a load unless the queue is full (prefetching is only a hint).
+    fn hint(&self, job: Job) {
+        if let Err(TrySendError::Disconnected(_)) = self.tx.try_send(job) {
+            unreachable!("prefetch workers live as long as the sender");
+        }
+    }
+}
+
+fn prefetch_worker(rx: &Mutex<Receiver<Job>>) {
+    loop {
+        let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+        let Ok((store, cache, d)) = job else { return };
+        // Errors are not cached: the real read reports them.
+        let _ = cache.get_or_load(&d, || load_block(&*store, &d));
+    }
+}
+
+/// A read that failed: which block, where it starts in the image, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadError {
+    pub index: usize,
+    pub offset: u64,
+    pub source: BlockError,
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "block {} at image offset {}: {}", self.index, self.offset, self.source)
+    }
+}
+
+impl std::error::Error for ReadError {}
+
+/// Random-access reads of one dump's image.
+pub struct ImageReader {
+    manifest: Arc<Manifest>,
+    store: Arc<dyn Store>,
+    cache: Arc<BlockCache>,
+    zero: Digest,
+    prefetch: Option<(Arc<Prefetcher>, usize)>,
+    last_end: AtomicU64,
+    ahead_until: AtomicUsize,
+}
+
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+
+impl ImageReader {
+    pub fn new(manifest: Arc<Manifest>, store: Arc<dyn Store>, cache: Arc<BlockCache>) -> ImageReader {
+        let zero = manifest.zero_digest();
+        ImageReader {
+            manifest,
+            store,
+            cache,
+            zero,
+            prefetch: None,
+            last_end: AtomicU64::new(0),
+            ahead_until: AtomicUsize::new(0),
+        }
+    }
+
+    /// Enables read-ahead of `blocks` blocks on sequential access.
+    pub fn with_prefetch(mut self, p: Arc<Prefetcher>, blocks: usize) -> ImageReader {
+        self.prefetch = Some((p, blocks));
+        self
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn size(&self) -> u64 {
+        self.manifest.total_size
+    }
+
+    /// True if block `idx` is a full all-zero block (served without I/O).
+    pub fn is_zero(&self, idx: usize) -> bool {
+        self.manifest.blocks[idx] == self.zero && self.manifest.block_len(idx) == self.manifest.block_size
+    }
+
+    fn err(&self, index: usize, source: BlockError) -> ReadError {
+        ReadError {
+            index,
+            offset: index as u64 * self.manifest.block_size as u64,
+            source,
+        }
+    }
+
+    /// Block `idx`'s bytes; None for a zero block.
+    pub fn block(&self, idx: usize) -> Result<Option<Block>, ReadError> {
+        if self.is_zero(idx) {
+            return Ok(None);
+        }
+        let d = self.manifest.blocks[idx];
+        let store = &*self.store;
+        self.cache
+            .get_or_load(&d, || load_block(store, &d))
+            .map(Some)
+            .map_err(|e| self.err(idx, e))
+    }
+
+    /// Schedules the blocks after `idx` when access looks sequential.
+    fn read_ahead(&self, offset: u64, end: u64, idx: usize) {
+        let Some((p, n)) = &self.prefetch else { return };
+        let window = (*n * self.manifest.block_size) as u64;
+        let last = self.last_end.swap(end, Ordering::Relaxed);
+        if offset.abs_diff(last) > window {
+            self.ahead_until.store(idx + 1, Ordering::Relaxed);
+            return; // a random read: no read-ahead
+        }
+        let want = (idx + 1 + n).min(self.manifest.blocks.len());
+        let from = self.ahead_until.fetch_max(want, Ordering::Relaxed).max(idx + 1);
+        for i in from..want {
+            let d = self.manifest.blocks[i];
+            if !self.is_zero(i) && !self.cache.has(&d) {
+                p.hint((self.store.clone(), self.cache.clone(), d));
+            }
+        }
+    }
+
+    /// Fills `buf` from `offset`; returns the bytes read (short only at the end).
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize, ReadError> {
+        let size = self.size();
+        if offset >= size || buf.is_empty() {
+            return Ok(0);
+        }
+        let len = buf.len().min((size - offset) as usize);
+        let (first, _) = self.manifest.locate(offset).expect("offset < size");
+        self.read_ahead(offset, offset + len as u64, first);
+        let bs = self.manifest.block_size as u64;
+        let mut done = 0;
+        while done < len {
+            let pos = offset + done as u64;
+            let idx = (pos / bs) as usize;
+            let within = (pos % bs) as usize;
+            let n = (self.manifest.block_len(idx) - within).min(len - done);
+            let dst = &mut buf[done..done + n];
+            match self.block(idx)? {
+                Some(b) => dst.copy_from_slice(&b[within..within + n]),
+                None => dst.chunks_mut(ZEROS.len()).for_each(|c| c.copy_from_slice(&ZEROS[..c.len()])),
+            }
+            done += n;
+        }
+        Ok(len)
+    }
+
+    /// SEEK_DATA: the first offset ≥ `offset` not inside a zero block.
+    pub fn seek_data(&self, offset: u64) -> Option<u64> {
+        let (idx, _) = self.manifest.locate(offset)?;
+        let bs = self.manifest.block_size as u64;
+        (idx..self.manifest.blocks.len())
+            .find(|&i| !self.is_zero(i))
+            .map(|i| (i as u64 * bs).max(offset))
+    }
+
+    /// SEEK_HOLE: the first offset ≥ `offset` inside a zero block, or the end.
+    pub fn seek_hole(&self, offset: u64) -> Option<u64> {
+        let (idx, _) = self.manifest.locate(offset)?;
+        let bs = self.manifest.block_size as u64;
+        Some(
+            (idx..self.manifest.blocks.len())
+                .find(|&i| self.is_zero(i))
+                .map_or(self.size(), |i| (i as u64 * bs).max(offset)),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::is_zero;
+    use crate::store::{put_block, LocalStore};
+    use diskdump_agent::blockfmt::Encoder;
+
+    const BS: usize = 4096;
+
+    /// A store holding `data` as one image; returns the reader's parts.
+    fn setup(data: &[u8]) -> (tempfile::TempDir, Arc<dyn Store>, Arc<Manifest>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open_or_create(dir.path(), Some(BS)).unwrap();
+        let (mut enc, mut buf) = (Encoder::default(), Vec::new());
+        let blocks = data
+            .chunks(BS)
+            .map(|c| {
+                let d = Digest::of(c);
+                put_block(&store, &d, c, &mut enc, &mut buf).unwrap();
+                d
+            })
+            .collect();
+        let m = Manifest {
+            source: "t:/x".into(),
+            date: "2026-01-01T00:00:00+00:00".into(),
+            block_size: BS,
+            total_size: data.len() as u64,
+            blocks,
+        };
+        (dir, Arc::new(store), Arc::new(m))
+    }
+
+    fn image() -> Vec<u8> {
+        // blocks: text, zero, random, zero, text again, ragged tail of 1000
+        let mut v = Vec::new();
+        v.extend((0..BS).map(|i| b"hello world "[i % 12]));
+        v.extend(vec![0u8; BS]);
+        let mut x = 12345u32;
+        v.extend((0..BS).map(|_| {
+            x = x.wrapping_mul(1103515245).wrapping_add(12345);
+            (x >> 16) as u8
+        }));
+        v.extend(vec![0u8; BS]);
+        v.extend((0..BS).map(|i| b"hello world "[i % 12]));
+        v.extend((0..1000).map(|i| i as u8));
+        v
+    }
+
+    #[test]
+    fn reads_at_odd_offsets_and_lengths() {
+        let data = image();
+        let (_d, store, m) = setup(&data);
+        let r = ImageReader::new(m, store, BlockCache::new(1 << 20))
+            .with_prefetch(Prefetcher::new(2), 4);
+        let size = data.len() as u64;
+        assert_eq!(r.size(), size);
+        for (off, len) in [(0, 1), (0, BS), (BS - 1, 2), (100, 3 * BS), (5 * BS, 1000), (5 * BS + 999, 5), (0, data.len() + 100), (3, 5 * BS + 7)] {
+            let mut buf = vec![0xAAu8; len];
+            let n = r.read_at(off as u64, &mut buf).unwrap();
+            let want = &data[off.min(data.len())..(off + len).min(data.len())];
+            assert_eq!(n, want.len(), "off {off} len {len}");
+            assert_eq!(&buf[..n], want, "off {off} len {len}");
+        }
+        let mut buf = [0u8; 10];
+        assert_eq!(r.read_at(size, &mut buf).unwrap(), 0);
+        assert_eq!(r.read_at(size + 5000, &mut buf).unwrap(), 0);
+        assert!(r.is_zero(1) && r.is_zero(3) && !r.is_zero(5));
+        assert!(r.block(1).unwrap().is_none());
+    }
+
+    #[test]
+    fn zero_ragged_tail_is_data_not_a_hole() {
+        let mut data = vec![0u8; BS];
+        data.extend(vec![0u8; 10]);
+        let (_d, store, m) = setup(&data);
+        let r = ImageReader::new(m, store, BlockCache::new(1 << 20));
+        assert!(r.is_zero(0) && !r.is_zero(1));
+        let mut buf = vec![1u8; 20];
+        assert_eq!(r.read_at(BS as u64 - 10, &mut buf).unwrap(), 20);
+        assert!(is_zero(&buf));
+    }
+
+    #[test]
+    fn holes_and_data() {
+        let data = image();
+        let (_d, store, m) = setup(&data);
+        let r = ImageReader::new(m, store, BlockCache::new(1 << 20));
+        let bs = BS as u64;
+        assert_eq!(r.seek_data(0), Some(0));
+        assert_eq!(r.seek_data(bs), Some(2 * bs));
+        assert_eq!(r.seek_data(bs + 7), Some(2 * bs));
+        assert_eq!(r.seek_data(2 * bs + 7), Some(2 * bs + 7));
+        assert_eq!(r.seek_hole(0), Some(bs));
+        assert_eq!(r.seek_hole(bs + 3), Some(bs + 3));
+        assert_eq!(r.seek_hole(4 * bs), Some(data.len() as u64));
+        assert_eq!(r.seek_data(data.len() as u64), None);
+        assert_eq!(r.seek_hole(data.len() as u64), None);
+    }
+
+    #[test]
+    fn corrupt_block_fails_only_its_range() {
+        let data = image();
+        let (dir, store, m) = setup(&data);
+        let victim = m.blocks[2];
+        let path = LocalStore::open(dir.path()).unwrap().block_path(&victim);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 10;
+        bytes[last] ^= 0xFF;
+        std::fs::write(&path, bytes).unwrap();
+        let r = ImageReader::new(m, store, BlockCache::new(1 << 20));
+        let mut buf = vec![0u8; 100];
+        let e = r.read_at(2 * BS as u64 + 50, &mut buf).unwrap_err();
+        assert_eq!((e.index, e.offset), (2, 2 * BS as u64));
+        assert!(matches!(e.source, BlockError::Corrupt { digest, .. } if digest == victim), "{e}");
+        assert_eq!(r.read_at(0, &mut buf).unwrap(), 100);
+        assert_eq!(&buf[..], &data[..100]);
+        std::fs::remove_file(&path).unwrap();
+        let e = r.read_at(2 * BS as u64, &mut buf).unwrap_err();
+        assert_eq!(e.source, BlockError::Missing(victim));
+    }
+
+    #[test]
+    fn concurrent_misses_load_once_and_cache_is_bounded() {
+        let cache = BlockCache::new(3 * BS);
+        let loads = AtomicUsize::new(0);
+        let d = Digest::of(b"x");
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    let b = cache
+                        .get_or_load(&d, || {
+                            loads.fetch_add(1, Ordering::SeqCst);
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                            Ok(Arc::new(vec![7u8; BS]))
+                        })
+                        .unwrap();
+                    assert_eq!(b.len(), BS);
+                });
+            }
+        });
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        for i in 0..10u8 {
+            let _ = cache.get_or_load(&Digest([i; 32]), || Ok(Arc::new(vec![i; BS])));
+        }
+        assert!(cache.lock().bytes <= 3 * BS);
+        assert!(cache.has(&Digest([9; 32])) && !cache.has(&Digest([0; 32])));
+        // A failed load is reported, not cached: the next read tries again.
+        let bad = Digest([42; 32]);
+        let e = cache.get_or_load(&bad, || Err(BlockError::Missing(bad)));
+        assert_eq!(e.unwrap_err(), BlockError::Missing(bad));
+        assert!(!cache.has(&bad));
+        assert!(cache.get_or_load(&bad, || Ok(Arc::new(vec![1]))).is_ok());
+    }
+}
