@@ -173,7 +173,11 @@ pub struct ReadError {
 
 impl fmt::Display for ReadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "block {} at image offset {}: {}", self.index, self.offset, self.source)
+        write!(
+            f,
+            "block {} at image offset {}: {}",
+            self.index, self.offset, self.source
+        )
     }
 }
 
@@ -193,7 +197,11 @@ pub struct ImageReader {
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
 impl ImageReader {
-    pub fn new(manifest: Arc<Manifest>, store: Arc<dyn Store>, cache: Arc<BlockCache>) -> ImageReader {
+    pub fn new(
+        manifest: Arc<Manifest>,
+        store: Arc<dyn Store>,
+        cache: Arc<BlockCache>,
+    ) -> ImageReader {
         let zero = manifest.zero_digest();
         ImageReader {
             manifest,
@@ -222,7 +230,8 @@ impl ImageReader {
 
     /// True if block `idx` is a full all-zero block (served without I/O).
     pub fn is_zero(&self, idx: usize) -> bool {
-        self.manifest.blocks[idx] == self.zero && self.manifest.block_len(idx) == self.manifest.block_size
+        self.manifest.blocks[idx] == self.zero
+            && self.manifest.block_len(idx) == self.manifest.block_size
     }
 
     fn err(&self, index: usize, source: BlockError) -> ReadError {
@@ -256,7 +265,10 @@ impl ImageReader {
             return; // a random read: no read-ahead
         }
         let want = (idx + 1 + n).min(self.manifest.blocks.len());
-        let from = self.ahead_until.fetch_max(want, Ordering::Relaxed).max(idx + 1);
+        let from = self
+            .ahead_until
+            .fetch_max(want, Ordering::Relaxed)
+            .max(idx + 1);
         for i in from..want {
             let d = self.manifest.blocks[i];
             if !self.is_zero(i) && !self.cache.has(&d) {
@@ -284,7 +296,9 @@ impl ImageReader {
             let dst = &mut buf[done..done + n];
             match self.block(idx)? {
                 Some(b) => dst.copy_from_slice(&b[within..within + n]),
-                None => dst.chunks_mut(ZEROS.len()).for_each(|c| c.copy_from_slice(&ZEROS[..c.len()])),
+                None => dst
+                    .chunks_mut(ZEROS.len())
+                    .for_each(|c| c.copy_from_slice(&ZEROS[..c.len()])),
             }
             done += n;
         }
@@ -368,7 +382,16 @@ mod tests {
             .with_prefetch(Prefetcher::new(2), 4);
         let size = data.len() as u64;
         assert_eq!(r.size(), size);
-        for (off, len) in [(0, 1), (0, BS), (BS - 1, 2), (100, 3 * BS), (5 * BS, 1000), (5 * BS + 999, 5), (0, data.len() + 100), (3, 5 * BS + 7)] {
+        for (off, len) in [
+            (0, 1),
+            (0, BS),
+            (BS - 1, 2),
+            (100, 3 * BS),
+            (5 * BS, 1000),
+            (5 * BS + 999, 5),
+            (0, data.len() + 100),
+            (3, 5 * BS + 7),
+        ] {
             let mut buf = vec![0xAAu8; len];
             let n = r.read_at(off as u64, &mut buf).unwrap();
             let want = &data[off.min(data.len())..(off + len).min(data.len())];
@@ -425,7 +448,10 @@ mod tests {
         let mut buf = vec![0u8; 100];
         let e = r.read_at(2 * BS as u64 + 50, &mut buf).unwrap_err();
         assert_eq!((e.index, e.offset), (2, 2 * BS as u64));
-        assert!(matches!(e.source, BlockError::Corrupt { digest, .. } if digest == victim), "{e}");
+        assert!(
+            matches!(e.source, BlockError::Corrupt { digest, .. } if digest == victim),
+            "{e}"
+        );
         assert_eq!(r.read_at(0, &mut buf).unwrap(), 100);
         assert_eq!(&buf[..], &data[..100]);
         std::fs::remove_file(&path).unwrap();

@@ -21,7 +21,10 @@
 //! - **Reading** (`image`): `ImageReader::read_at` over a manifest, through a
 //!   bounded LRU of decompressed blocks; restore and mount share it.
 
+pub mod cli;
+pub mod commands;
 pub mod digest;
 pub mod image;
 pub mod manifest;
+pub mod progress;
 pub mod store;

@@ -62,8 +62,7 @@ impl Encoder {
         let hc = (XxHash32::oneshot(0, &out[start + 4..]) >> 8) as u8;
         out.push(hc);
         for chunk in raw.chunks(max_block) {
-            self.scratch
-                .resize(get_maximum_output_size(chunk.len()), 0);
+            self.scratch.resize(get_maximum_output_size(chunk.len()), 0);
             let n = compress_into_with_table(chunk, &mut self.scratch, &mut self.table)
                 .expect("output sized by get_maximum_output_size");
             if n < chunk.len() {
@@ -111,7 +110,9 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
     fn u32(&mut self) -> Result<u32, FrameError> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
 }
 
@@ -296,7 +297,10 @@ mod tests {
         let frame = encode(&raw);
         let mut out = Vec::new();
         for cut in [0, 3, 5, 14, frame.len() / 2, frame.len() - 1] {
-            assert!(decode(&frame[..cut], 131072, &mut out).is_err(), "cut {cut}");
+            assert!(
+                decode(&frame[..cut], 131072, &mut out).is_err(),
+                "cut {cut}"
+            );
         }
         let mut trailing = frame.clone();
         trailing.push(0);

@@ -6,7 +6,7 @@ mod local;
 mod lock;
 
 pub use config::{check_block_size, StoreConfig, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
-pub use local::LocalStore;
+pub use local::{read_manifest_file, LocalStore};
 pub use lock::{LockKind, StoreLock};
 
 use crate::digest::Digest;
@@ -29,7 +29,9 @@ impl fmt::Display for BlockError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             BlockError::Missing(d) => write!(f, "block {d} is missing from the store"),
-            BlockError::Corrupt { digest, reason } => write!(f, "block {digest} is corrupt: {reason}"),
+            BlockError::Corrupt { digest, reason } => {
+                write!(f, "block {digest} is corrupt: {reason}")
+            }
             BlockError::Io { digest, reason } => write!(f, "cannot read block {digest}: {reason}"),
         }
     }
@@ -81,6 +83,8 @@ pub trait Store: Send + Sync {
     /// A human name for messages (the root path).
     fn describe(&self) -> String;
     fn contains(&self, d: &Digest) -> io::Result<bool>;
+    /// The block's stored (compressed) size, None if absent.
+    fn stored_size(&self, d: &Digest) -> io::Result<Option<u64>>;
     /// Stores a frame the caller has verified decodes to the data `d` names.
     /// Idempotent: returns false (and writes nothing) if the block exists.
     fn put_frame(&self, d: &Digest, frame: &[u8]) -> io::Result<bool>;

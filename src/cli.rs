@@ -1,0 +1,285 @@
+//! The command line (clap). Holds no logic beyond turning arguments into the
+//! commands' option structs; `--sudo` and `--as` of `dump` attach to the
+//! target they follow, found from clap's argument indices.
+
+use crate::commands;
+use anyhow::{bail, Result};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "diskdump", version, about = "Deduplicated disk-image backup over SSH", long_about = None)]
+pub struct Cli {
+    /// Store directory [default: $DISKDUMP_STORE, else $DISKDUMP_BASE, else the current directory]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub store: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Dump remote block devices or image files over SSH into the store
+    #[command(
+        after_help = "TARGET is [user@]host:/path; host:sda means host:/dev/sda.\n\
+        --sudo and --as apply to the target they follow:\n  \
+        diskdump dump server01:/dev/sda --sudo --as server01-sda server02:sda"
+    )]
+    Dump(DumpArgs),
+    /// Write a dump's image to a file (holes for zero blocks) or to stdout
+    Restore {
+        /// Manifest path (relative to the store or absolute), or a dump name for its newest dump
+        manifest: String,
+        /// Output file [default: stdout]
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Import an existing raw image file into the store
+    Import {
+        /// The raw image file
+        image: PathBuf,
+        /// Dump name, or HOST:DEVICE (named HOST-<device>)
+        #[arg(long = "as", value_name = "NAME")]
+        name: String,
+        /// File the dump under this date (ISO 8601) instead of now
+        #[arg(long, value_name = "ISO")]
+        date: Option<String>,
+        /// Block size for a new store (must match an existing one)
+        #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+        block_size: Option<usize>,
+    },
+    /// Show one dump: source, date, sizes, blocks, sharing, missing blocks
+    Info { manifest: String },
+    /// Show the store: size, dedup ratio, and every dump
+    Status,
+    /// Check every block (decompress, rehash) and manifest; non-zero exit on any problem
+    Verify {
+        /// Only the blocks of these dumps [default: the whole store]
+        manifests: Vec<String>,
+    },
+    /// Delete blocks no manifest references
+    Gc {
+        /// Report what would be deleted, delete nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Fail at once if dumps are running instead of waiting for them
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Mount every dump as a read-only raw image file (FUSE; foreground)
+    Mount {
+        /// The store to mount
+        store_dir: PathBuf,
+        /// An empty directory to mount on
+        mountpoint: PathBuf,
+        /// Bytes of decompressed blocks to keep in memory (suffixes K, M, G)
+        #[arg(long, default_value = "256M", value_parser = parse_size)]
+        cache_size: usize,
+        /// Let other users read the mount (default: only the mounting user)
+        #[arg(long)]
+        allow_other: bool,
+        /// FUSE worker threads
+        #[arg(long, default_value_t = 8)]
+        threads: usize,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DumpArgs {
+    /// [user@]host:/path, each optionally followed by --sudo and --as NAME
+    #[arg(required = true, value_name = "TARGET")]
+    pub targets: Vec<String>,
+    /// Run the agent with sudo -n on the preceding target
+    #[arg(long, action = clap::ArgAction::Count)]
+    pub sudo: u8,
+    /// Name the preceding target's dump (default <host>-<device basename>)
+    #[arg(long = "as", value_name = "NAME")]
+    pub names: Vec<String>,
+    /// SSH user for targets without user@ [default: from ~/.ssh/config, else $USER]
+    #[arg(short, long)]
+    pub user: Option<String>,
+    /// Block size for a new store (must match an existing one)
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub block_size: Option<usize>,
+    /// Blocks per batch the agent hashes and announces at once
+    #[arg(long, default_value_t = 80)]
+    pub batch_size: usize,
+    /// Batches in flight before the agent waits for answers
+    #[arg(long, default_value_t = 16)]
+    pub window: usize,
+    /// Compression of blocks on the wire
+    #[arg(long, default_value = "lz4", value_parser = ["lz4", "zlib", "none"])]
+    pub compress: String,
+    /// Targets dumped at once [default: all]
+    #[arg(short, long)]
+    pub jobs: Option<usize>,
+    /// Record an unknown host key instead of refusing it (a changed key is always refused)
+    #[arg(long)]
+    pub accept_new_host_key: bool,
+}
+
+/// One target with the per-target options that followed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetSpec {
+    pub target: String,
+    pub sudo: bool,
+    pub name: Option<String>,
+}
+
+/// Attaches each --sudo / --as to the target before it, by argv position.
+pub fn targets_from(m: &ArgMatches) -> Result<Vec<TargetSpec>> {
+    let positions =
+        |id: &str| -> Vec<usize> { m.indices_of(id).map(|i| i.collect()).unwrap_or_default() };
+    let tpos = positions("targets");
+    let targets: Vec<String> = m
+        .get_many::<String>("targets")
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    let mut specs: Vec<TargetSpec> = targets
+        .into_iter()
+        .map(|target| TargetSpec {
+            target,
+            sudo: false,
+            name: None,
+        })
+        .collect();
+    let owner = |pos: usize, flag: &str| -> Result<usize> {
+        match tpos.iter().rposition(|&t| t < pos) {
+            Some(i) => Ok(i),
+            None => bail!("{flag} must follow the target it applies to"),
+        }
+    };
+    for pos in positions("sudo") {
+        let i = owner(pos, "--sudo")?;
+        specs[i].sudo = true;
+    }
+    let names: Vec<String> = m
+        .get_many::<String>("names")
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    for (pos, name) in positions("names").into_iter().zip(names) {
+        let i = owner(pos, "--as")?;
+        if specs[i].name.replace(name).is_some() {
+            bail!("--as given twice for {}", specs[i].target);
+        }
+    }
+    Ok(specs)
+}
+
+/// `256M`, `1G`, `131072`, `128K` → bytes.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                _ => return Err(format!("unknown size suffix in {s:?} (use K, M or G)")),
+            };
+            (&s[..i], m)
+        }
+        _ => (s, 1),
+    };
+    num.parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("invalid size {s:?}"))
+}
+
+/// Where the store is: --store, else $DISKDUMP_STORE, else $DISKDUMP_BASE, else cwd.
+fn store_dir(flag: Option<PathBuf>) -> PathBuf {
+    flag.or_else(|| std::env::var_os("DISKDUMP_STORE").map(PathBuf::from))
+        .or_else(|| std::env::var_os("DISKDUMP_BASE").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Parses the process arguments and runs the command; returns the exit code.
+pub fn run() -> Result<u8> {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let store = store_dir(cli.store);
+    match cli.command {
+        Command::Dump(a) => {
+            let sub = matches.subcommand_matches("dump").expect("dump subcommand");
+            let targets = targets_from(sub)?;
+            commands::dump::run(&store, targets, a)
+        }
+        Command::Restore { manifest, output } => {
+            commands::restore::run(&store, &manifest, output.as_deref())
+        }
+        Command::Import {
+            image,
+            name,
+            date,
+            block_size,
+        } => commands::import::run(&store, &image, &name, date.as_deref(), block_size),
+        Command::Info { manifest } => commands::info::run(&store, &manifest),
+        Command::Status => commands::status::run(&store),
+        Command::Verify { manifests } => commands::verify::run(&store, &manifests),
+        Command::Gc { dry_run, no_wait } => commands::gc::run(&store, dry_run, !no_wait),
+        Command::Mount {
+            store_dir,
+            mountpoint,
+            cache_size,
+            allow_other,
+            threads,
+        } => commands::mount::run(&commands::mount::MountOptions {
+            store: store_dir,
+            mountpoint,
+            cache_size,
+            allow_other,
+            threads,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn specs(args: &[&str]) -> Result<Vec<TargetSpec>> {
+        let mut argv = vec!["diskdump", "dump"];
+        argv.extend_from_slice(args);
+        let m = Cli::command().try_get_matches_from(argv)?;
+        targets_from(m.subcommand_matches("dump").unwrap())
+    }
+
+    #[test]
+    fn per_target_flags_attach_to_the_preceding_target() {
+        let s = specs(&[
+            "a:/dev/sda",
+            "--sudo",
+            "--as",
+            "x",
+            "b:sdb",
+            "-u",
+            "bob",
+            "c:/f.img",
+            "--as=z",
+        ])
+        .unwrap();
+        assert_eq!(s.len(), 3);
+        assert_eq!((s[0].sudo, s[0].name.as_deref()), (true, Some("x")));
+        assert_eq!((s[1].sudo, s[1].name.as_deref()), (false, None));
+        assert_eq!((s[2].sudo, s[2].name.as_deref()), (false, Some("z")));
+        assert!(specs(&["--sudo", "a:/x"])
+            .unwrap_err()
+            .to_string()
+            .contains("must follow"));
+        assert!(specs(&["--as", "n", "a:/x"]).is_err());
+        assert!(specs(&["a:/x", "--as", "n", "--as", "m"]).is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("256M"), Ok(256 << 20));
+        assert_eq!(parse_size("128k"), Ok(128 << 10));
+        assert_eq!(parse_size("131072"), Ok(131072));
+        assert!(parse_size("1T").is_err() && parse_size("x").is_err() && parse_size("").is_err());
+    }
+}

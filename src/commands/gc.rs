@@ -1,0 +1,58 @@
+//! `gc [--dry-run]`: mark every block any manifest (dated or Python-era)
+//! references, sweep the rest. Holds the store lock exclusively, so no dump
+//! or import is running; stops before deleting anything if a manifest fails
+//! to parse.
+
+use super::open_store;
+use crate::digest::Digest;
+use crate::store::{LockKind, Store, WalkItem};
+use anyhow::{Context, Result};
+use indicatif::HumanBytes;
+use std::collections::HashSet;
+use std::fs;
+use std::path::Path;
+
+pub fn run(store_dir: &Path, dry_run: bool, wait: bool) -> Result<u8> {
+    let store = open_store(store_dir)?;
+    let _lock = store.lock(LockKind::Exclusive, wait)?;
+    let mut live: HashSet<Digest> = HashSet::new();
+    let entries = store.manifests()?;
+    for e in &entries {
+        let m = store
+            .read_manifest(e)
+            .context("gc stopped before deleting anything: every manifest must parse to know which blocks are live")?;
+        live.extend(m.blocks);
+    }
+    let (mut garbage, mut temps, mut kept) = (Vec::new(), Vec::new(), 0u64);
+    store.walk(&mut |item| {
+        match item {
+            WalkItem::Block(d, n) if !live.contains(&d) => garbage.push((d, n)),
+            WalkItem::Block(..) => kept += 1,
+            // Nothing writes while we hold the lock: any temp file is left over.
+            WalkItem::Stray(p) if p.contains(".tmp.") => temps.push(p),
+            WalkItem::Stray(_) => {}
+        }
+        Ok(())
+    })?;
+    let bytes: u64 = garbage.iter().map(|(_, n)| n).sum();
+    if !dry_run {
+        for (d, _) in &garbage {
+            store
+                .remove(d)
+                .with_context(|| format!("cannot remove block {d}"))?;
+        }
+        for p in &temps {
+            fs::remove_file(store.root().join(p)).with_context(|| format!("cannot remove {p}"))?;
+        }
+        store.tidy()?;
+    }
+    let verb = if dry_run { "would remove" } else { "removed" };
+    println!(
+        "gc: {} manifests, {kept} live blocks; {verb} {} unreferenced blocks ({}) and {} temp files",
+        entries.len(),
+        garbage.len(),
+        HumanBytes(bytes),
+        temps.len()
+    );
+    Ok(0)
+}

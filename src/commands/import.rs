@@ -1,0 +1,232 @@
+//! `import IMAGE --as NAME`: a local raw image into the store, hashing and
+//! compressing on all cores; zero blocks cost a memory compare.
+
+use super::cores;
+use crate::digest::{is_zero, Digest};
+use crate::manifest::{self, Manifest};
+use crate::progress;
+use crate::store::{put_block, LocalStore, LockKind, Store};
+use anyhow::{bail, Context, Result};
+use diskdump_agent::blockfmt::Encoder;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// A worker's answer for one chunk: its index, digests, counts, and the buffer back.
+type ChunkDone = Result<(usize, Vec<Digest>, ImportStats, Vec<u8>)>;
+
+/// Blocks read and handed to a worker at once.
+const CHUNK_BLOCKS: usize = 32;
+
+#[derive(Default, Debug, Clone, Copy)]
+pub struct ImportStats {
+    pub new: u64,
+    pub present: u64,
+    pub zero: u64,
+    pub bytes_written: u64,
+}
+
+impl ImportStats {
+    fn add(&mut self, o: &ImportStats) {
+        self.new += o.new;
+        self.present += o.present;
+        self.zero += o.zero;
+        self.bytes_written += o.bytes_written;
+    }
+}
+
+pub fn run(
+    store_dir: &Path,
+    image: &Path,
+    as_name: &str,
+    date: Option<&str>,
+    block_size: Option<usize>,
+) -> Result<u8> {
+    // Everything the user could have got wrong is checked before any work.
+    let name = manifest::name_from_as(as_name)?;
+    let date = match date {
+        Some(d) => manifest::format_date(manifest::parse_date(d)?),
+        None => manifest::now_string(),
+    };
+    let mut file =
+        File::open(image).with_context(|| format!("cannot open image {}", image.display()))?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("cannot stat {}", image.display()))?;
+    if meta.is_dir() {
+        bail!("{} is a directory, not an image", image.display());
+    }
+    // Block devices report size 0 in metadata; seeking to the end works for both.
+    let size = file
+        .seek(SeekFrom::End(0))
+        .and_then(|s| file.seek(SeekFrom::Start(0)).map(|_| s))
+        .with_context(|| format!("cannot get the size of {}", image.display()))?;
+    let source = if as_name.contains(':') {
+        as_name.to_string()
+    } else {
+        format!(
+            "localhost:{}",
+            image
+                .canonicalize()
+                .unwrap_or(image.to_path_buf())
+                .display()
+        )
+    };
+    let store = LocalStore::open_or_create(store_dir, block_size)?;
+    let _lock = store.lock(LockKind::Shared, true)?;
+    let bs = store.block_size();
+    let started = Instant::now();
+    let bar = progress::bytes_bar(size, "import");
+    let (blocks, stats) =
+        import_blocks(&store, &mut file, size, &|n| bar.inc(n)).with_context(|| {
+            format!(
+                "import of {} failed; no manifest was written",
+                image.display()
+            )
+        })?;
+    bar.finish_and_clear();
+    let m = Manifest {
+        source,
+        date,
+        block_size: bs,
+        total_size: size,
+        blocks,
+    };
+    let entry = store.write_manifest(&name, &m)?;
+    let took = started.elapsed();
+    println!(
+        "imported {} as {}: {} blocks ({} new, {} already present, {} zero), read {} in {} ({}), wrote {}",
+        image.display(),
+        entry.rel,
+        m.blocks.len(),
+        stats.new,
+        stats.present,
+        stats.zero,
+        indicatif::HumanBytes(size),
+        progress::secs(took),
+        progress::rate(size, took),
+        indicatif::HumanBytes(stats.bytes_written),
+    );
+    Ok(0)
+}
+
+/// Reads `size` bytes of `src` once, sequentially, and stores its blocks;
+/// returns the block list in order. Memory: a few chunks per worker.
+pub fn import_blocks(
+    store: &dyn Store,
+    src: &mut (dyn Read + Send),
+    size: u64,
+    on_progress: &(dyn Fn(u64) + Sync),
+) -> Result<(Vec<Digest>, ImportStats)> {
+    let bs = store.block_size();
+    let zero = Digest::zero_block(bs);
+    let mut stats = ImportStats::default();
+    // Python-era readers read the zero block from disk; it costs one file.
+    let zero_frame = diskdump_agent::blockfmt::encode(&vec![0u8; bs]);
+    if !store.contains(&zero)? && store.put_frame(&zero, &zero_frame)? {
+        stats.bytes_written += zero_frame.len() as u64;
+    }
+    let chunk = bs * CHUNK_BLOCKS;
+    let nchunks = size.div_ceil(chunk as u64) as usize;
+    let workers = cores();
+    let (work_tx, work_rx) = sync_channel::<(usize, Vec<u8>)>(workers * 2);
+    let (done_tx, done_rx) = sync_channel::<ChunkDone>(workers * 2);
+    let (free_tx, free_rx) = sync_channel::<Vec<u8>>(workers * 4 + 4);
+    // Shared by the workers only: when the last one exits the reader's send fails.
+    let work_rx = Arc::new(Mutex::new(work_rx));
+    let mut blocks = vec![zero; size.div_ceil(bs as u64) as usize];
+    std::thread::scope(|s| -> Result<()> {
+        let reader = s.spawn(move || -> Result<()> {
+            for i in 0..nchunks {
+                let len = (size - (i * chunk) as u64).min(chunk as u64) as usize;
+                let mut buf = free_rx.try_recv().unwrap_or_default();
+                buf.resize(len, 0);
+                src.read_exact(&mut buf)
+                    .with_context(|| format!("cannot read the image at offset {}", i * chunk))?;
+                if work_tx.send((i, buf)).is_err() {
+                    break; // a worker failed; its error is reported
+                }
+            }
+            Ok(())
+        });
+        for _ in 0..workers {
+            let (work_rx, done_tx) = (work_rx.clone(), done_tx.clone());
+            s.spawn(move || {
+                let (mut enc, mut out) = (Encoder::default(), Vec::new());
+                loop {
+                    let job = work_rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                    let Ok((i, buf)) = job else { return };
+                    let r = hash_and_store(store, &buf, bs, &zero, &mut enc, &mut out);
+                    let failed = r.is_err();
+                    if done_tx.send(r.map(|(d, st)| (i, d, st, buf))).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+        }
+        drop((done_tx, work_rx));
+        collect(
+            done_rx,
+            &free_tx,
+            &mut blocks,
+            &mut stats,
+            CHUNK_BLOCKS,
+            on_progress,
+        )?;
+        reader.join().expect("reader thread does not panic")
+    })?;
+    Ok((blocks, stats))
+}
+
+fn collect(
+    done: Receiver<ChunkDone>,
+    free: &std::sync::mpsc::SyncSender<Vec<u8>>,
+    blocks: &mut [Digest],
+    stats: &mut ImportStats,
+    per_chunk: usize,
+    on_progress: &(dyn Fn(u64) + Sync),
+) -> Result<()> {
+    // Returning early drops the receiver, which stops workers and the reader.
+    for r in done {
+        let (i, ds, st, buf) = r?;
+        blocks[i * per_chunk..i * per_chunk + ds.len()].copy_from_slice(&ds);
+        stats.add(&st);
+        on_progress(buf.len() as u64);
+        let _ = free.try_send(buf);
+    }
+    Ok(())
+}
+
+fn hash_and_store(
+    store: &dyn Store,
+    buf: &[u8],
+    bs: usize,
+    zero: &Digest,
+    enc: &mut Encoder,
+    out: &mut Vec<u8>,
+) -> Result<(Vec<Digest>, ImportStats)> {
+    let mut st = ImportStats::default();
+    let mut ds = Vec::with_capacity(buf.len().div_ceil(bs));
+    for block in buf.chunks(bs) {
+        if block.len() == bs && is_zero(block) {
+            st.zero += 1;
+            ds.push(*zero);
+            continue;
+        }
+        let d = Digest::of(block);
+        match put_block(store, &d, block, enc, out)
+            .with_context(|| format!("cannot store block {d}"))?
+        {
+            Some(n) => {
+                st.new += 1;
+                st.bytes_written += n as u64;
+            }
+            None => st.present += 1,
+        }
+        ds.push(d);
+    }
+    Ok((ds, st))
+}

@@ -1,0 +1,85 @@
+//! `info MANIFEST`: one dump's header, block counts, stored and shared bytes,
+//! and any blocks missing from the store.
+
+use super::{open_store, resolve};
+use crate::digest::Digest;
+use crate::store::Store;
+use anyhow::Result;
+use indicatif::HumanBytes;
+use std::collections::HashSet;
+use std::path::Path;
+
+pub fn run(store_dir: &Path, arg: &str) -> Result<u8> {
+    let store = open_store(store_dir)?;
+    let r = resolve(&store, arg)?;
+    let m = &r.manifest;
+    let zero = m.zero_digest();
+    let zero_blocks = (0..m.blocks.len())
+        .filter(|&i| m.blocks[i] == zero && m.block_len(i) == m.block_size)
+        .count();
+    let unique: HashSet<Digest> = m.blocks.iter().copied().filter(|d| *d != zero).collect();
+    // Blocks any other dump references, to tell what deleting this one frees.
+    let mut others = HashSet::new();
+    for e in store.manifests()? {
+        if Some(&e) != r.entry.as_ref() {
+            if let Ok(o) = store.read_manifest(&e) {
+                others.extend(o.blocks.into_iter().filter(|d| unique.contains(d)));
+            }
+        }
+    }
+    let (mut stored, mut shared, mut missing) = (0u64, 0u64, Vec::new());
+    for d in &unique {
+        match store.stored_size(d)? {
+            Some(n) => {
+                stored += n;
+                if others.contains(d) {
+                    shared += n;
+                }
+            }
+            None => missing.push(*d),
+        }
+    }
+    println!("Manifest:      {}", r.label);
+    println!("Source:        {}", m.source);
+    println!("Date:          {}", m.date);
+    println!(
+        "Size:          {} ({})",
+        m.total_size,
+        HumanBytes(m.total_size)
+    );
+    println!("Block size:    {}", m.block_size);
+    println!(
+        "Blocks:        {} ({} unique non-zero, {} zero)",
+        m.blocks.len(),
+        unique.len(),
+        zero_blocks
+    );
+    println!(
+        "Stored:        {} ({}) compressed",
+        stored,
+        HumanBytes(stored)
+    );
+    println!(
+        "Shared:        {} ({}) also used by other dumps",
+        shared,
+        HumanBytes(shared)
+    );
+    if missing.is_empty() {
+        println!("Missing:       0 blocks");
+        Ok(0)
+    } else {
+        println!("Missing:       {} blocks", missing.len());
+        for d in missing.iter().take(20) {
+            let idx = m
+                .blocks
+                .iter()
+                .position(|b| b == d)
+                .expect("from this manifest");
+            println!(
+                "  missing block {d} (block {idx}, offset {})",
+                idx as u64 * m.block_size as u64
+            );
+        }
+        Ok(1)
+    }
+}

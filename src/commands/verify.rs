@@ -1,0 +1,134 @@
+//! `verify [MANIFEST...]`: decompress and rehash every block (in parallel),
+//! check every manifest parses and has all its blocks; report each problem.
+
+use super::{cores, open_store, resolve};
+use crate::digest::Digest;
+use crate::image::load_block;
+use crate::manifest::Manifest;
+use crate::progress;
+use crate::store::{LocalStore, Store, WalkItem};
+use anyhow::Result;
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+pub fn run(store_dir: &Path, args: &[String]) -> Result<u8> {
+    let store = open_store(store_dir)?;
+    let mut problems = 0usize;
+    let mut report = |msg: String| {
+        problems += 1;
+        println!("PROBLEM: {msg}");
+    };
+    // (label, manifest) of every dump to check the block list of.
+    let mut dumps: Vec<(String, Manifest)> = Vec::new();
+    let mut blocks: Vec<(Digest, u64)> = Vec::new();
+    if args.is_empty() {
+        store.walk(&mut |item| {
+            match item {
+                WalkItem::Block(d, n) => blocks.push((d, n)),
+                WalkItem::Stray(p) => report(format!(
+                    "{p}: not a block file (stray or interrupted write; gc removes temp files)"
+                )),
+            }
+            Ok(())
+        })?;
+        for e in store.manifests()? {
+            match store.read_manifest(&e) {
+                Ok(m) => dumps.push((e.rel, m)),
+                Err(err) => report(format!("unreadable manifest: {err:#}")),
+            }
+        }
+    } else {
+        let mut seen = HashSet::new();
+        for a in args {
+            match resolve(&store, a) {
+                Ok(r) => {
+                    for d in &r.manifest.blocks {
+                        if seen.insert(*d) {
+                            if let Some(n) = store.stored_size(d)? {
+                                blocks.push((*d, n));
+                            }
+                        }
+                    }
+                    dumps.push((r.label, r.manifest));
+                }
+                Err(err) => report(format!("{err:#}")),
+            }
+        }
+    }
+    let present: HashSet<Digest> = blocks.iter().map(|(d, _)| *d).collect();
+    for (label, m) in &dumps {
+        check_manifest(label, m, &present, &mut report);
+    }
+    let bad = check_blocks(&store, &blocks);
+    for msg in &bad {
+        report(msg.clone());
+    }
+    let bytes: u64 = blocks.iter().map(|(_, n)| n).sum();
+    println!(
+        "verified {} blocks ({} stored) and {} manifests: {}",
+        blocks.len(),
+        indicatif::HumanBytes(bytes),
+        dumps.len(),
+        if problems == 0 {
+            "no problems".to_string()
+        } else {
+            format!("{problems} problems")
+        }
+    );
+    Ok(u8::from(problems > 0))
+}
+
+/// Every block a manifest names must be in the store.
+fn check_manifest(
+    label: &str,
+    m: &Manifest,
+    present: &HashSet<Digest>,
+    report: &mut impl FnMut(String),
+) {
+    let mut missing: HashMap<Digest, usize> = HashMap::new();
+    for (i, d) in m.blocks.iter().enumerate() {
+        if !present.contains(d) {
+            missing.entry(*d).or_insert(i);
+        }
+    }
+    let mut first: Vec<(usize, Digest)> = missing.into_iter().map(|(d, i)| (i, d)).collect();
+    first.sort();
+    for (i, d) in first.iter().take(10) {
+        report(format!(
+            "{label}: block {i} (offset {}) {d} is missing",
+            *i as u64 * m.block_size as u64
+        ));
+    }
+    if first.len() > 10 {
+        report(format!("{label}: {} more missing blocks", first.len() - 10));
+    }
+}
+
+/// Loads every block on all cores; returns one message per bad block.
+fn check_blocks(store: &LocalStore, blocks: &[(Digest, u64)]) -> Vec<String> {
+    let total: u64 = blocks.iter().map(|(_, n)| n).sum();
+    let bar = progress::bytes_bar(total, "verify");
+    let next = AtomicUsize::new(0);
+    let bad = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..cores() {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some((d, n)) = blocks.get(i) else { return };
+                if let Err(e) = load_block(store, d) {
+                    let path = store.block_path(d);
+                    bad.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(format!("{}: {e}", path.display()));
+                }
+                bar.inc(*n);
+            });
+        }
+    });
+    bar.finish_and_clear();
+    let mut bad = bad.into_inner().unwrap_or_else(|p| p.into_inner());
+    bad.sort();
+    bad
+}
