@@ -1,0 +1,69 @@
+//! Deterministic test images: random, zero, repeated and compressible blocks.
+
+use std::path::Path;
+
+/// xorshift bytes: incompressible and reproducible.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Text-like bytes (compress well, but each block distinct).
+pub fn text_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let words = [
+        "disk ",
+        "dump ",
+        "block ",
+        "store ",
+        "manifest ",
+        "agent ",
+        "hash ",
+    ];
+    let mut out = Vec::with_capacity(len + 16);
+    let mut i = seed;
+    while out.len() < len {
+        out.extend_from_slice(words[(i % 7) as usize].as_bytes());
+        if i % 97 == 0 {
+            out.extend_from_slice(format!("{i}\n").as_bytes());
+        }
+        i = i
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407)
+            >> 3;
+    }
+    out.truncate(len);
+    out
+}
+
+/// An image of `blocks` blocks of `bs` bytes mixing random, zero, repeated and
+/// compressible blocks, plus a ragged tail of `tail` bytes.
+pub fn mixed(bs: usize, blocks: usize, tail: usize, seed: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(bs * blocks + tail);
+    for i in 0..blocks {
+        match i % 6 {
+            0 | 3 => v.extend(random_bytes(bs, seed * 1000 + i as u64)),
+            1 => v.extend(vec![0u8; bs]),
+            2 => v.extend(text_bytes(bs, seed * 1000 + i as u64)),
+            4 => v.extend(random_bytes(bs, seed * 1000)), // repeats block 0
+            _ => {
+                let mut b = vec![0u8; bs];
+                b[bs / 2] = 1; // almost zero: must not be taken for a zero block
+                v.extend(b);
+            }
+        }
+    }
+    v.extend(random_bytes(tail, seed + 7));
+    v
+}
+
+pub fn write(path: &Path, data: &[u8]) {
+    std::fs::write(path, data).expect("write image");
+}

@@ -1,0 +1,145 @@
+//! Helpers shared by the integration tests: run the real binary, make images,
+//! and decide what a missing tool means (CI: fail loudly; elsewhere: skip).
+#![allow(dead_code)]
+
+pub mod images;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_diskdump"))
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn ok(self) -> Run {
+        assert_eq!(
+            self.code, 0,
+            "diskdump failed:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+    pub fn fails(self) -> Run {
+        assert_ne!(
+            self.code, 0,
+            "diskdump should have failed:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+fn finish(o: Output) -> Run {
+    Run {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+/// Runs `diskdump --store STORE ARGS...`.
+pub fn dd(store: &Path, args: &[&str]) -> Run {
+    let o = Command::new(bin())
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run diskdump");
+    finish(o)
+}
+
+/// Runs `diskdump --store STORE ARGS...` and returns its raw stdout.
+pub fn dd_bytes(store: &Path, args: &[&str]) -> (i32, Vec<u8>, String) {
+    let o = Command::new(bin())
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .output()
+        .expect("run diskdump");
+    (
+        o.status.code().unwrap_or(-1),
+        o.stdout,
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Whether a prerequisite holds; in CI a missing one fails the test instead
+/// of letting it pass silently.
+pub fn require(ok: bool, what: &str) -> bool {
+    if !ok {
+        if in_ci() {
+            panic!("CI=true but {what} is not available");
+        }
+        eprintln!("SKIP: {what} is not available");
+    }
+    ok
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The only manifest under a store's dated tree (panics if not exactly one).
+pub fn only_manifest(store: &Path) -> PathBuf {
+    let mut found = Vec::new();
+    for e in walk(store) {
+        if e.extension().is_some_and(|x| x == "manifest")
+            && !e.starts_with(store.join(".blockstore"))
+        {
+            found.push(e);
+        }
+    }
+    assert_eq!(found.len(), 1, "manifests: {found:?}");
+    found.remove(0)
+}
+
+/// Every file below `dir`, recursively.
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Block files (`.lz4`) in a store.
+pub fn block_files(store: &Path) -> Vec<PathBuf> {
+    walk(&store.join(".blockstore"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "lz4"))
+        .collect()
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    diskdump::digest::Digest::of(data).to_hex()
+}

@@ -1,0 +1,411 @@
+//! The local commands against the real binary in temp dirs (issue: foundation).
+
+mod common;
+
+use common::{block_files, dd, dd_bytes, images, only_manifest, sha256_hex};
+use std::collections::HashSet;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
+
+const BS: usize = 131072;
+
+fn setup(data: &[u8]) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("disk.img");
+    images::write(&img, data);
+    (dir, img)
+}
+
+#[test]
+fn round_trip_to_file_and_stdout_with_holes() {
+    let data = images::mixed(BS, 40, 12345, 1);
+    let (dir, img) = setup(&data);
+    let store = dir.path().join("store");
+    let r = dd(
+        &store,
+        &["import", img.to_str().unwrap(), "--as", "web1:/dev/sda"],
+    )
+    .ok();
+    assert!(
+        r.stdout.contains("2026") || r.stdout.contains(".manifest"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("7 zero"),
+        "zero blocks counted: {}",
+        r.stdout
+    );
+    let m = only_manifest(&store);
+    assert!(m.to_string_lossy().ends_with("/web1-sda.manifest"), "{m:?}");
+    let out = dir.path().join("out.img");
+    dd(
+        &store,
+        &["restore", "web1-sda", "-o", out.to_str().unwrap()],
+    )
+    .ok();
+    assert_eq!(fs::read(&out).unwrap(), data);
+    // Zero blocks are holes: fewer bytes allocated than the size.
+    let meta = fs::metadata(&out).unwrap();
+    assert!(
+        meta.blocks() * 512 < meta.len() - 5 * BS as u64,
+        "{} blocks for {} bytes",
+        meta.blocks(),
+        meta.len()
+    );
+    let (code, bytes, err) = dd_bytes(&store, &["restore", m.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(bytes, data);
+    let rel = m.strip_prefix(&store).unwrap();
+    let (code, bytes, _) = dd_bytes(&store, &["restore", rel.to_str().unwrap()]);
+    assert_eq!((code, bytes.len()), (0, data.len()));
+    dd(&store, &["verify"]).ok();
+}
+
+#[test]
+fn empty_and_tiny_images() {
+    for data in [vec![], vec![7u8], vec![0u8; 10]] {
+        let (dir, img) = setup(&data);
+        let store = dir.path().join("store");
+        dd(&store, &["import", img.to_str().unwrap(), "--as", "t"]).ok();
+        let (code, bytes, err) = dd_bytes(&store, &["restore", "t"]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(bytes, data);
+    }
+}
+
+#[test]
+fn reimport_stores_nothing_new_and_gets_a_distinct_name() {
+    let data = images::mixed(BS, 12, 0, 2);
+    let (dir, img) = setup(&data);
+    let store = dir.path().join("store");
+    dd(&store, &["import", img.to_str().unwrap(), "--as", "box"]).ok();
+    let before = block_files(&store);
+    let r = dd(&store, &["import", img.to_str().unwrap(), "--as", "box"]).ok();
+    assert!(r.stdout.contains("(0 new"), "{}", r.stdout);
+    assert_eq!(block_files(&store), before);
+    let r = dd(&store, &["status"]).ok();
+    assert!(
+        r.stdout.contains("box.manifest") && r.stdout.contains("box.2.manifest"),
+        "{}",
+        r.stdout
+    );
+    // The bare name means the newest dump.
+    let r = dd(&store, &["info", "box"]).ok();
+    assert!(r.stdout.contains("box.2.manifest"), "{}", r.stdout);
+}
+
+#[test]
+fn dated_import_files_under_its_day() {
+    let (dir, img) = setup(&images::mixed(BS, 3, 0, 3));
+    let store = dir.path().join("store");
+    dd(
+        &store,
+        &[
+            "import",
+            img.to_str().unwrap(),
+            "--as",
+            "old",
+            "--date",
+            "2024-02-29T10:00:00Z",
+        ],
+    )
+    .ok();
+    assert!(store.join("2024/02/29/old.manifest").is_file());
+    let r = dd(&store, &["info", "2024/02/29/old.manifest"]).ok();
+    assert!(r.stdout.contains("2024-02-29T10:00:00"), "{}", r.stdout);
+}
+
+#[test]
+fn bad_input_is_refused_before_any_work() {
+    let (dir, img) = setup(&[1, 2, 3]);
+    let store = dir.path().join("store");
+    for name in ["../evil", ".hidden", "a/b", "x y", &"n".repeat(200)] {
+        let r = dd(&store, &["import", img.to_str().unwrap(), "--as", name]).fails();
+        assert!(
+            r.stderr.contains("invalid dump name"),
+            "{name}: {}",
+            r.stderr
+        );
+    }
+    let r = dd(&store, &["import", "/no/such/image", "--as", "x"]).fails();
+    assert!(r.stderr.contains("/no/such/image"), "{}", r.stderr);
+    let r = dd(
+        &store,
+        &[
+            "import",
+            img.to_str().unwrap(),
+            "--as",
+            "x",
+            "--date",
+            "someday",
+        ],
+    )
+    .fails();
+    assert!(r.stderr.contains("invalid date"), "{}", r.stderr);
+    assert!(!store.exists(), "nothing was created");
+    let r = dd(&store, &["status"]).fails();
+    assert!(r.stderr.contains("does not exist"), "{}", r.stderr);
+    let r = dd(dir.path(), &["status"]).fails();
+    assert!(r.stderr.contains("not a diskdump store"), "{}", r.stderr);
+    // One line: the error and its causes.
+    assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
+    dd(&store, &["import", img.to_str().unwrap(), "--as", "x"]).ok();
+    let r = dd(&store, &["restore", "../x.manifest"]).fails();
+    assert!(r.stderr.contains("inside the store"), "{}", r.stderr);
+    let r = dd(&store, &["restore", "nosuch"]).fails();
+    assert!(r.stderr.contains("no dump named"), "{}", r.stderr);
+}
+
+#[test]
+fn block_size_is_the_stores() {
+    let (dir, img) = setup(&images::mixed(4096, 20, 100, 4));
+    let store = dir.path().join("store");
+    dd(
+        &store,
+        &[
+            "import",
+            img.to_str().unwrap(),
+            "--as",
+            "a",
+            "--block-size",
+            "4K",
+        ],
+    )
+    .ok();
+    let r = dd(
+        &store,
+        &[
+            "import",
+            img.to_str().unwrap(),
+            "--as",
+            "b",
+            "--block-size",
+            "128K",
+        ],
+    )
+    .fails();
+    assert!(r.stderr.contains("uses block size 4096"), "{}", r.stderr);
+    dd(&store, &["import", img.to_str().unwrap(), "--as", "b"]).ok();
+    let (_, bytes, _) = dd_bytes(&store, &["restore", "b"]);
+    assert_eq!(bytes, fs::read(&img).unwrap());
+    assert!(fs::read_to_string(store.join(".blockstore/config.json"))
+        .unwrap()
+        .contains("4096"));
+}
+
+/// Flips one byte in the middle of the block file for `data`'s block `idx`.
+fn corrupt_block(store: &Path, block: &[u8]) -> std::path::PathBuf {
+    let h = sha256_hex(block);
+    let p = store
+        .join(".blockstore")
+        .join(&h[..2])
+        .join(&h[2..4])
+        .join(format!("{h}.lz4"));
+    let mut b = fs::read(&p).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0x40;
+    fs::write(&p, b).unwrap();
+    p
+}
+
+#[test]
+fn flipped_byte_fails_verify_and_restore_loudly() {
+    let data = images::mixed(BS, 12, 0, 5);
+    let (dir, img) = setup(&data);
+    let store = dir.path().join("store");
+    dd(&store, &["import", img.to_str().unwrap(), "--as", "v"]).ok();
+    let bad = corrupt_block(&store, &data[2 * BS..3 * BS]);
+    let r = dd(&store, &["verify"]).fails();
+    assert!(
+        r.stdout
+            .contains(bad.file_name().unwrap().to_str().unwrap()),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("1 problems"), "{}", r.stdout);
+    let out = dir.path().join("out.img");
+    let r = dd(&store, &["restore", "v", "-o", out.to_str().unwrap()]).fails();
+    assert!(
+        r.stderr
+            .contains(&format!("block 2 at image offset {}", 2 * BS)),
+        "{}",
+        r.stderr
+    );
+    assert!(!out.exists(), "partial output removed");
+    assert_eq!(
+        fs::read_dir(dir.path()).unwrap().count(),
+        2,
+        "no temp file left"
+    );
+    let (code, _, err) = dd_bytes(&store, &["restore", "v"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("corrupt"), "{err}");
+    let r = dd(&store, &["verify", "v"]).fails();
+    assert!(r.stdout.contains("corrupt"), "{}", r.stdout);
+}
+
+#[test]
+fn deleted_block_is_reported_missing() {
+    let data = images::mixed(BS, 12, 0, 6);
+    let (dir, img) = setup(&data);
+    let store = dir.path().join("store");
+    dd(&store, &["import", img.to_str().unwrap(), "--as", "m"]).ok();
+    let h = sha256_hex(&data[2 * BS..3 * BS]);
+    fs::remove_file(
+        store
+            .join(".blockstore")
+            .join(&h[..2])
+            .join(&h[2..4])
+            .join(format!("{h}.lz4")),
+    )
+    .unwrap();
+    let r = dd(&store, &["verify"]).fails();
+    assert!(
+        r.stdout
+            .contains(&format!("block 2 (offset {}) {h} is missing", 2 * BS)),
+        "{}",
+        r.stdout
+    );
+    let r = dd(&store, &["info", "m"]).fails();
+    assert!(
+        r.stdout.contains("Missing:       1 blocks") && r.stdout.contains(&h),
+        "{}",
+        r.stdout
+    );
+    let r = dd(
+        &store,
+        &["restore", "m", "-o", dir.path().join("o").to_str().unwrap()],
+    )
+    .fails();
+    assert!(r.stderr.contains("missing"), "{}", r.stderr);
+}
+
+#[test]
+fn gc_deletes_exactly_the_unreferenced_blocks() {
+    let a = images::mixed(BS, 12, 0, 7);
+    let b = images::mixed(BS, 12, 999, 8);
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let (ia, ib) = (dir.path().join("a.img"), dir.path().join("b.img"));
+    images::write(&ia, &a);
+    images::write(&ib, &b);
+    dd(&store, &["import", ia.to_str().unwrap(), "--as", "a"]).ok();
+    dd(&store, &["import", ib.to_str().unwrap(), "--as", "b"]).ok();
+    let all = block_files(&store);
+    let names = |data: &[u8]| -> HashSet<String> {
+        data.chunks(BS)
+            .map(|c| format!("{}.lz4", sha256_hex(c)))
+            .collect()
+    };
+    let (na, nb) = (names(&a), names(&b));
+    let only_b: HashSet<_> = nb.difference(&na).cloned().collect();
+    assert!(!only_b.is_empty());
+    let mb = store.join(only_manifest_named(&store, "b"));
+    fs::remove_file(mb).unwrap();
+    let r = dd(&store, &["gc", "--dry-run"]).ok();
+    assert!(
+        r.stdout
+            .contains(&format!("would remove {} unreferenced", only_b.len())),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(block_files(&store), all, "dry run deletes nothing");
+    let r = dd(&store, &["gc"]).ok();
+    assert!(
+        r.stdout
+            .contains(&format!("removed {} unreferenced", only_b.len())),
+        "{}",
+        r.stdout
+    );
+    let left: HashSet<String> = block_files(&store)
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    let expected: HashSet<String> = all
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .filter(|n| !only_b.contains(n))
+        .collect();
+    assert_eq!(left, expected);
+    let (_, bytes, _) = dd_bytes(&store, &["restore", "a"]);
+    assert_eq!(bytes, a);
+    dd(&store, &["verify"]).ok();
+}
+
+/// A second, valid dump removed again, leaving orphan blocks for gc to find.
+fn only_manifest_named_in_day(store: &Path) -> String {
+    let img = store.join("orphan.img");
+    images::write(&img, &images::random_bytes(3 * BS, 77));
+    dd(store, &["import", img.to_str().unwrap(), "--as", "orphan"]).ok();
+    fs::remove_file(&img).unwrap();
+    let r = dd(store, &["status"]).fails();
+    r.stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().last())
+        .find(|m| m.ends_with("/orphan.manifest"))
+        .expect("orphan listed")
+        .to_string()
+}
+
+fn only_manifest_named(store: &Path, name: &str) -> String {
+    let r = dd(store, &["status"]).ok();
+    r.stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().last())
+        .find(|m| m.ends_with(&format!("/{name}.manifest")))
+        .unwrap_or_else(|| panic!("{name} in {}", r.stdout))
+        .to_string()
+}
+
+#[test]
+fn bad_manifest_line_is_rejected_and_stops_gc() {
+    let data = images::mixed(BS, 6, 0, 9);
+    let (dir, img) = setup(&data);
+    let store = dir.path().join("store");
+    dd(&store, &["import", img.to_str().unwrap(), "--as", "g"]).ok();
+    let m = only_manifest(&store);
+    let text = fs::read_to_string(&m).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines[8] = "not-a-hash";
+    fs::write(&m, lines.join("\n") + "\n").unwrap();
+    let r = dd(&store, &["restore", "g"]).fails();
+    assert!(
+        r.stderr.contains("g.manifest line 9") && r.stderr.contains("not-a-hash"),
+        "{}",
+        r.stderr
+    );
+    // A broken manifest: gc must delete nothing, not even its own garbage.
+    fs::remove_file(store.join(only_manifest_named_in_day(&store))).ok();
+    let before = block_files(&store);
+    let r = dd(&store, &["gc"]).fails();
+    assert!(
+        r.stderr.contains("gc stopped before deleting anything"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(block_files(&store), before);
+    let r = dd(&store, &["verify"]).fails();
+    assert!(r.stdout.contains("unreadable manifest"), "{}", r.stdout);
+}
+
+#[test]
+fn block_files_are_lz4_frames_named_by_their_sha256() {
+    if !common::require(common::have("lz4"), "the lz4 command (apt-get install lz4)") {
+        return;
+    }
+    let data = images::mixed(BS, 6, 10, 10);
+    let (dir, img) = setup(&data);
+    let store = dir.path().join("store");
+    dd(&store, &["import", img.to_str().unwrap(), "--as", "z"]).ok();
+    let files = block_files(&store);
+    assert!(files.len() >= 5);
+    for f in files {
+        let out = Command::new("lz4").arg("-dc").arg(&f).output().unwrap();
+        assert!(out.status.success(), "lz4 -dc {f:?}");
+        let name = f.file_stem().unwrap().to_string_lossy().into_owned();
+        assert_eq!(sha256_hex(&out.stdout), name);
+    }
+}
