@@ -61,9 +61,6 @@ pub fn resolve(store: &LocalStore, arg: &str) -> Result<Resolved> {
             return read_entry(store, e);
         }
     }
-    if arg.ends_with(".manifest") || arg.contains('/') {
-        bail!("no manifest {arg} in store {}", store.root().display());
-    }
     let newest = store
         .manifests()?
         .into_iter()
@@ -71,6 +68,9 @@ pub fn resolve(store: &LocalStore, arg: &str) -> Result<Resolved> {
         .max_by_key(|e| (e.day.clone(), seq_of(e)));
     match newest {
         Some(e) => read_entry(store, e),
+        None if arg.ends_with(".manifest") => {
+            bail!("no manifest {arg} in store {}", store.root().display())
+        }
         None => bail!(
             "no dump named {arg:?} in store {} (`diskdump status` lists the dumps)",
             store.root().display()
