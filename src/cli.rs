@@ -56,6 +56,9 @@ pub enum Command {
     Verify {
         /// Only the blocks of these dumps [default: the whole store]
         manifests: Vec<String>,
+        /// Move corrupt blocks aside as <hash>.lz4.bad so the next dump or import stores a good copy
+        #[arg(long)]
+        repair: bool,
     },
     /// Delete blocks no manifest references
     Gc {
@@ -203,6 +206,7 @@ pub fn run() -> Result<u8> {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let store = store_dir(cli.store);
+    crate::signals::install();
     match cli.command {
         Command::Dump(a) => {
             let sub = matches.subcommand_matches("dump").expect("dump subcommand");
@@ -220,7 +224,7 @@ pub fn run() -> Result<u8> {
         } => commands::import::run(&store, &image, &name, date.as_deref(), block_size),
         Command::Info { manifest } => commands::info::run(&store, &manifest),
         Command::Status => commands::status::run(&store),
-        Command::Verify { manifests } => commands::verify::run(&store, &manifests),
+        Command::Verify { manifests, repair } => commands::verify::run(&store, &manifests, repair),
         Command::Gc { dry_run, no_wait } => commands::gc::run(&store, dry_run, !no_wait),
         Command::Mount {
             store_dir,

@@ -27,4 +27,5 @@ pub mod digest;
 pub mod image;
 pub mod manifest;
 pub mod progress;
+pub mod signals;
 pub mod store;

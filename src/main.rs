@@ -14,7 +14,11 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             eprintln!("diskdump: error: {e:#}");
-            ExitCode::from(1)
+            // Interrupted runs exit like the shell reports a signal: 128 + n.
+            match diskdump::signals::received() {
+                Some(sig) => ExitCode::from(128 + sig as u8),
+                None => ExitCode::from(1),
+            }
         }
     }
 }

@@ -409,3 +409,80 @@ fn block_files_are_lz4_frames_named_by_their_sha256() {
         assert_eq!(sha256_hex(&out.stdout), name);
     }
 }
+
+#[test]
+fn verify_repair_quarantines_and_the_next_import_heals() {
+    let data = images::mixed(BS, 12, 0, 11);
+    let (dir, img) = setup(&data);
+    let store = dir.path().join("store");
+    dd(&store, &["import", img.to_str().unwrap(), "--as", "r"]).ok();
+    let bad = corrupt_block(&store, &data[3 * BS..4 * BS]);
+    let r = dd(&store, &["verify", "--repair"]).fails();
+    assert!(r.stdout.contains("moved aside"), "{}", r.stdout);
+    assert!(!bad.exists());
+    let mut aside = bad.clone().into_os_string();
+    aside.push(".bad");
+    assert!(Path::new(&aside).exists());
+    // The quarantined block is no longer "present": re-importing stores it.
+    let r = dd(&store, &["import", img.to_str().unwrap(), "--as", "r"]).ok();
+    assert!(r.stdout.contains("(1 new"), "{}", r.stdout);
+    assert!(bad.exists());
+    let (_, bytes, _) = dd_bytes(&store, &["restore", "r"]);
+    assert!(bytes == data);
+    // The .bad file is reported as stray but blocks all verify.
+    let r = dd(&store, &["verify"]).fails();
+    assert!(
+        r.stdout.contains(".lz4.bad: not a block file") && r.stdout.contains("1 problems"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn ctrl_c_during_import_leaves_no_manifest_and_a_valid_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("big.img");
+    // Random data up front, then a long sparse tail: the import is still busy
+    // when the signal arrives.
+    images::write(&img, &images::random_bytes(8 * BS, 5));
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(64 << 30)
+        .unwrap();
+    let store = dir.path().join("store");
+    let child = Command::new(common::bin())
+        .args([
+            "--store",
+            store.to_str().unwrap(),
+            "import",
+            img.to_str().unwrap(),
+            "--as",
+            "big",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("interrupted") && err.contains("no manifest"),
+        "{err}"
+    );
+    let manifests: Vec<_> = common::walk(&store)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "manifest"))
+        .collect();
+    assert!(manifests.is_empty(), "{manifests:?}");
+    let strays: Vec<_> = common::walk(&store)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(".tmp."))
+        .collect();
+    assert!(strays.is_empty(), "{strays:?}");
+    dd(&store, &["verify"]).ok();
+}

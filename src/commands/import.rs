@@ -142,6 +142,7 @@ pub fn import_blocks(
         let reader = s.spawn(move || -> Result<()> {
             for i in 0..nchunks {
                 let len = (size - (i * chunk) as u64).min(chunk as u64) as usize;
+                crate::signals::check()?;
                 let mut buf = free_rx.try_recv().unwrap_or_default();
                 buf.resize(len, 0);
                 src.read_exact(&mut buf)

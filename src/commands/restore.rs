@@ -104,6 +104,7 @@ fn write_image(reader: &ImageReader, sink: &mut Sink) -> Result<()> {
     let mut buf = vec![0u8; m.block_size];
     let mut offset = 0u64;
     for idx in 0..m.blocks.len() {
+        crate::signals::check()?;
         let len = m.block_len(idx);
         match sink {
             Sink::Sparse(f) => {

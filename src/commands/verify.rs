@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-pub fn run(store_dir: &Path, args: &[String]) -> Result<u8> {
+pub fn run(store_dir: &Path, args: &[String], repair: bool) -> Result<u8> {
     let store = open_store(store_dir)?;
     let mut problems = 0usize;
     let mut report = |msg: String| {
@@ -62,9 +62,18 @@ pub fn run(store_dir: &Path, args: &[String]) -> Result<u8> {
         check_manifest(label, m, &present, &mut report);
     }
     let bad = check_blocks(&store, &blocks);
-    for msg in &bad {
+    for (d, msg) in &bad {
         report(msg.clone());
+        if repair {
+            match store.quarantine(d) {
+                Ok(p) => println!(
+                    "  moved aside to {p}; the next dump or import of this data stores it again"
+                ),
+                Err(e) => println!("  cannot move it aside: {e}"),
+            }
+        }
     }
+    crate::signals::check()?;
     let bytes: u64 = blocks.iter().map(|(_, n)| n).sum();
     println!(
         "verified {} blocks ({} stored) and {} manifests: {}",
@@ -106,8 +115,8 @@ fn check_manifest(
     }
 }
 
-/// Loads every block on all cores; returns one message per bad block.
-fn check_blocks(store: &LocalStore, blocks: &[(Digest, u64)]) -> Vec<String> {
+/// Loads every block on all cores; returns each bad block with a message.
+fn check_blocks(store: &LocalStore, blocks: &[(Digest, u64)]) -> Vec<(Digest, String)> {
     let total: u64 = blocks.iter().map(|(_, n)| n).sum();
     let bar = progress::bytes_bar(total, "verify");
     let next = AtomicUsize::new(0);
@@ -117,11 +126,14 @@ fn check_blocks(store: &LocalStore, blocks: &[(Digest, u64)]) -> Vec<String> {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some((d, n)) = blocks.get(i) else { return };
+                if crate::signals::received().is_some() {
+                    return;
+                }
                 if let Err(e) = load_block(store, d) {
                     let path = store.block_path(d);
                     bad.lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .push(format!("{}: {e}", path.display()));
+                        .push((*d, format!("{}: {e}", path.display())));
                 }
                 bar.inc(*n);
             });

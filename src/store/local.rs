@@ -310,6 +310,14 @@ impl Store for LocalStore {
         }
     }
 
+    fn quarantine(&self, d: &Digest) -> io::Result<String> {
+        let path = self.block_path(d);
+        let mut bad = path.as_os_str().to_owned();
+        bad.push(".bad");
+        fs::rename(&path, &bad)?;
+        Ok(self.rel(Path::new(&bad)))
+    }
+
     fn tidy(&self) -> Result<()> {
         for (l1, d1) in list_dir(&self.blocks)? {
             if !d1 || !is_hex(&l1, 2) {

@@ -92,6 +92,9 @@ pub trait Store: Send + Sync {
     fn get_frame(&self, d: &Digest, buf: &mut Vec<u8>) -> Result<(), BlockError>;
     fn walk(&self, f: &mut dyn FnMut(WalkItem) -> Result<()>) -> Result<()>;
     fn remove(&self, d: &Digest) -> io::Result<()>;
+    /// Moves a damaged block aside (kept for inspection, never served, and
+    /// no longer "present", so the next dump of that data stores it again).
+    fn quarantine(&self, d: &Digest) -> io::Result<String>;
     /// Removes whatever of the block area's structure a sweep left empty.
     fn tidy(&self) -> Result<()>;
     /// Makes every block put so far durable.
