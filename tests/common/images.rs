@@ -31,7 +31,7 @@ pub fn text_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut i = seed;
     while out.len() < len {
         out.extend_from_slice(words[(i % 7) as usize].as_bytes());
-        if i % 97 == 0 {
+        if i.is_multiple_of(97) {
             out.extend_from_slice(format!("{i}\n").as_bytes());
         }
         i = i
