@@ -1,39 +1,94 @@
 #!/usr/bin/env bash
-# The main job on this machine: make a small ext4 disk image with real files,
-# back it up into a store, look at the store, restore it and compare.
-# Usage: bash examples/demo.sh [WORKDIR]   (needs root only for nothing; uses mkfs.ext4 -d)
+# The main job on this machine, end to end:
+#   1. make a 256 MiB ext4 disk image filled with real files,
+#   2. dump it over SSH into a store (a throwaway sshd on 127.0.0.1 plays the
+#      remote server; diskdump deploys its agent there by itself),
+#   3. change a file and dump again the next day (only new blocks move),
+#   4. look at the store, restore the image and compare it byte for byte,
+#   5. mount the store, loop-mount the dumped image and read a file from it.
+# Usage: bash examples/demo.sh [WORKDIR]     (as root: sshd, FUSE and loop mounts)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work="${1:-$(mktemp -d /tmp/diskdump-demo.XXXXXX)}"
 mkdir -p "$work"
-command -v mkfs.ext4 >/dev/null || { echo "demo needs mkfs.ext4 (apt-get install e2fsprogs)"; exit 1; }
+work="$(cd "$work" && pwd)"
+for tool in mkfs.ext4 /usr/sbin/sshd ssh-keygen; do
+  command -v "$tool" >/dev/null || { echo "demo needs $tool: apt-get install e2fsprogs openssh-server"; exit 1; }
+done
 cargo build --release --quiet
-dd=target/release/diskdump
+dd="$PWD/target/release/diskdump"
 store="$work/store"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  mountpoint -q "$work/inside" 2>/dev/null && umount "$work/inside" || true
+}
+trap cleanup EXIT
 
-echo "== making a 256 MiB ext4 image filled with files from /usr/share"
-mkdir -p "$work/files"
+echo "== 1. a 256 MiB ext4 image filled with files from /usr/share"
+rm -rf "$work/files"; mkdir -p "$work/files"
 cp -r /usr/share/doc "$work/files/doc" 2>/dev/null || true
 cp -r /usr/share/perl5 "$work/files/perl5" 2>/dev/null || true
-cp -r "$work/files/doc" "$work/files/doc-copy" 2>/dev/null || true   # duplicated tree: deduplicated
 seq 1 200000 | sed 's/^/log line /' > "$work/files/app.log"
-rm -f "$work/disk.img"
 mkfs.ext4 -q -F -d "$work/files" "$work/disk.img" 256M
 
-echo "== diskdump import"
-$dd --store "$store" import "$work/disk.img" --as demo:/dev/vda
-echo "== the next day: change a file, import again (only new blocks are stored)"
-echo "changed" >> "$work/files/app.log"
-cp "$work/disk.img" "$work/disk-day2.img"
-mkfs.ext4 -q -F -d "$work/files" "$work/disk-day2.img" 256M
-$dd --store "$store" import "$work/disk-day2.img" --as demo:/dev/vda
-echo "== diskdump status"
-$dd --store "$store" status
-echo "== diskdump info demo-vda"
-$dd --store "$store" info demo-vda
-echo "== diskdump restore demo-vda -o restored.img"
-$dd --store "$store" restore demo-vda -o "$work/restored.img"
-cmp "$work/disk-day2.img" "$work/restored.img" && echo "restored image is byte-identical"
-echo "== diskdump verify"
-$dd --store "$store" verify
+echo "== 2. a throwaway sshd on 127.0.0.1 and an ssh config for host 'demohost'"
+ssh_dir="$work/ssh"; rm -rf "$ssh_dir"; mkdir -p "$ssh_dir/home/.ssh" /run/sshd
+ssh-keygen -q -t ed25519 -N '' -f "$ssh_dir/host_key"
+ssh-keygen -q -t ed25519 -N '' -f "$ssh_dir/home/.ssh/id_ed25519"
+cp "$ssh_dir/home/.ssh/id_ed25519.pub" "$ssh_dir/authorized_keys"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cat > "$ssh_dir/sshd_config" <<CFG
+Port $port
+ListenAddress 127.0.0.1
+HostKey $ssh_dir/host_key
+AuthorizedKeysFile $ssh_dir/authorized_keys
+PidFile $ssh_dir/sshd.pid
+StrictModes no
+UsePAM no
+PasswordAuthentication no
+PermitRootLogin prohibit-password
+CFG
+/usr/sbin/sshd -D -e -f "$ssh_dir/sshd_config" 2>"$ssh_dir/sshd.log" &
+pids+=($!)
+echo "[127.0.0.1]:$port $(cut -d' ' -f1,2 "$ssh_dir/host_key.pub")" > "$ssh_dir/home/.ssh/known_hosts"
+cat > "$ssh_dir/home/.ssh/config" <<CFG
+Host demohost
+  HostName 127.0.0.1
+  Port $port
+  User $(id -un)
+CFG
+for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+export HOME="$ssh_dir/home"
+
+echo "== diskdump dump demohost:$work/disk.img --as demo-vda"
+"$dd" --store "$store" dump "demohost:$work/disk.img" --as demo-vda
+echo "== 3. the next day: change a file, dump again (only changed blocks cross the wire)"
+echo "changed on day 2" >> "$work/files/app.log"
+mkfs.ext4 -q -F -d "$work/files" "$work/disk.img" 256M
+"$dd" --store "$store" dump "demohost:$work/disk.img" --as demo-vda
+
+echo "== 4. diskdump status / info / restore / verify"
+"$dd" --store "$store" status
+"$dd" --store "$store" info demo-vda
+"$dd" --store "$store" restore demo-vda -o "$work/restored.img"
+cmp "$work/disk.img" "$work/restored.img" && echo "restored image is byte-identical to the source"
+"$dd" --store "$store" verify
+
+echo "== 5. diskdump mount: every dump is a raw image file"
+if [ -e /dev/fuse ] && [ "$(id -u)" = 0 ]; then
+  mkdir -p "$work/mnt" "$work/inside"
+  "$dd" mount "$store" "$work/mnt" &
+  pids+=($!)
+  for _ in $(seq 100); do mountpoint -q "$work/mnt" && break; sleep 0.1; done
+  img=$(find "$work/mnt" -name 'demo-vda.2.img' | head -1)
+  ls -l "$img"
+  mount -o loop,ro "$img" "$work/inside"
+  echo "inside the dumped filesystem:"; ls "$work/inside" | head
+  tail -1 "$work/inside/app.log"
+  umount "$work/inside"
+  cmp "$img" "$work/restored.img" && echo "the mounted image equals the restored one"
+else
+  echo "(skipped: mounting needs root and /dev/fuse)"
+fi
 echo "demo done; files in $work"
