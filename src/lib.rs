@@ -21,6 +21,8 @@
 //! - **Reading** (`image`): `ImageReader::read_at` over a manifest, through a
 //!   bounded LRU of decompressed blocks; restore and mount share it.
 
+pub mod agent_bin;
 pub mod digest;
 pub mod manifest;
+pub mod receiver;
 pub mod store;

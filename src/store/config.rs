@@ -15,7 +15,7 @@ pub const MIN_BLOCK_SIZE: usize = 4096;
 pub const MAX_BLOCK_SIZE: usize = 16 << 20;
 
 pub fn check_block_size(bs: usize) -> Result<()> {
-    if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&bs) || bs % 4096 != 0 {
+    if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&bs) || !bs.is_multiple_of(4096) {
         bail!("block size {bs} is not a multiple of 4096 between 4 KiB and 16 MiB");
     }
     Ok(())
