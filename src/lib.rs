@@ -21,11 +21,14 @@
 //! - **Reading** (`image`): `ImageReader::read_at` over a manifest, through a
 //!   bounded LRU of decompressed blocks; restore and mount share it.
 
+pub mod agent_bin;
 pub mod cli;
 pub mod commands;
 pub mod digest;
 pub mod image;
 pub mod manifest;
 pub mod progress;
+pub mod receiver;
 pub mod signals;
+pub mod ssh;
 pub mod store;

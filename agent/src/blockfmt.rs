@@ -17,6 +17,9 @@ const MAGIC: u32 = 0x184D_2204;
 const SKIPPABLE_MASK: u32 = 0xFFFF_FFF0;
 const SKIPPABLE: u32 = 0x184D_2A50;
 const MAX_FRAME_BLOCK: usize = 4 << 20;
+/// FLG of the frames `Encoder` writes: version 01, independent blocks,
+/// content size present, no checksums, no dictionary.
+const PLAIN_FLG: u8 = 0b0110_1000;
 
 /// Why a block file or wire block could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,8 +58,7 @@ impl Encoder {
         let (bd, max_block) = block_max_for(raw.len());
         let start = out.len();
         out.extend_from_slice(&MAGIC.to_le_bytes());
-        // FLG: version 01, independent blocks, content size present.
-        out.push(0b0110_1000);
+        out.push(PLAIN_FLG);
         out.push(bd << 4);
         out.extend_from_slice(&(raw.len() as u64).to_le_bytes());
         let hc = (XxHash32::oneshot(0, &out[start + 4..]) >> 8) as u8;
@@ -83,6 +85,14 @@ pub fn encode(raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(raw.len() / 2 + 64);
     Encoder::default().encode(raw, &mut out);
     out
+}
+
+/// True if `frame` opens the way `Encoder`'s frames do: the LZ4 magic at once
+/// (no skippable frame before it) and no checksums. Such a frame, once it
+/// decodes to the right content, can be stored exactly as received: any LZ4
+/// reader accepts it, and no checksum in it can disagree with that content.
+pub fn is_plain(frame: &[u8]) -> bool {
+    frame.len() > 4 && frame[..4] == MAGIC.to_le_bytes() && frame[4] == PLAIN_FLG
 }
 
 /// The frame descriptor's block-maximum code and size for a block of `len` bytes.
@@ -289,6 +299,21 @@ mod tests {
         let frame = enc.finish().unwrap();
         let err = decode(&frame, 131072, &mut out).unwrap_err();
         assert!(err.0.contains("more than 131072"), "{err}");
+    }
+
+    #[test]
+    fn plain_frames_are_ours() {
+        use lz4_flex::frame::{FrameEncoder, FrameInfo};
+        use std::io::Write;
+        assert!(is_plain(&encode(b"abc")));
+        assert!(is_plain(&encode(&[])));
+        let mut enc = FrameEncoder::with_frame_info(FrameInfo::new().content_checksum(true), Vec::new());
+        enc.write_all(b"abc").unwrap();
+        assert!(!is_plain(&enc.finish().unwrap()));
+        let mut skippable = vec![0x50, 0x2A, 0x4D, 0x18, 0, 0, 0, 0];
+        skippable.extend(encode(b"abc"));
+        assert!(!is_plain(&skippable));
+        assert!(!is_plain(b"\x04\x22"));
     }
 
     #[test]

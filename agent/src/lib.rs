@@ -3,7 +3,27 @@
 //! protocol, and the agent loop that runs on the remote host. Kept to std,
 //! sha2, lz4_flex and flate2 so the agent builds as a small static binary.
 
+pub mod agent;
+pub mod args;
 pub mod blockfmt;
 pub mod digest;
+pub mod proto;
+mod work;
 
 pub use digest::{is_zero, Digest, DEFAULT_BLOCK_SIZE};
+
+/// Deterministic incompressible bytes for tests.
+#[cfg(test)]
+mod testdata {
+    pub fn noise(len: usize) -> Vec<u8> {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+}

@@ -254,9 +254,7 @@ impl Store for LocalStore {
             }
         };
         let f = File::open(self.block_path(d)).map_err(io_err)?;
-        // A frame can exceed its content only by headers and incompressible-block
-        // markers; anything much larger is damage, refused before reading it.
-        let limit = self.config.block_size as u64 + self.config.block_size as u64 / 64 + 4096;
+        let limit = super::max_stored_frame(self.config.block_size) as u64;
         buf.clear();
         f.take(limit + 1).read_to_end(buf).map_err(io_err)?;
         if buf.len() as u64 > limit {

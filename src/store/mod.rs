@@ -107,6 +107,13 @@ pub trait Store: Send + Sync {
     fn write_manifest(&self, name: &str, m: &Manifest) -> Result<ManifestEntry>;
 }
 
+/// The largest block file a store accepts for `block_size`: a frame can
+/// exceed its content only by headers and incompressible-block markers;
+/// anything much larger is damage, refused before it is read.
+pub fn max_stored_frame(block_size: usize) -> usize {
+    block_size + block_size / 64 + 4096
+}
+
 /// Reads, decodes (bounded by the block size) and verifies one block.
 pub fn get_block(
     store: &dyn Store,

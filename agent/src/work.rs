@@ -1,0 +1,272 @@
+//! The agent's shared pieces of work: a batch read from the source, the jobs
+//! workers run on it (hash one block, compress one block), and the queue that
+//! hands jobs out with compression first, so needed blocks leave (and window
+//! slots free up) before more read-ahead is hashed.
+
+use crate::blockfmt;
+use crate::digest::{is_zero, Digest};
+use crate::proto::{Compression, Entry};
+use flate2::{Compress, FlushCompress, Status};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+
+/// One batch of consecutive blocks, read once. Its buffer goes back to the
+/// reader when the last reference drops, which is what bounds memory to
+/// `window` batches.
+pub struct Batch {
+    pub seq: u64,
+    data: Vec<u8>,
+    block_size: usize,
+    entries: Vec<OnceLock<Entry>>,
+    unhashed: AtomicUsize,
+    recycle: Sender<Vec<u8>>,
+}
+
+impl Batch {
+    pub fn new(seq: u64, data: Vec<u8>, block_size: usize, recycle: Sender<Vec<u8>>) -> Batch {
+        let n = data.len().div_ceil(block_size);
+        Batch {
+            seq,
+            data,
+            block_size,
+            entries: (0..n).map(|_| OnceLock::new()).collect(),
+            unhashed: AtomicUsize::new(n),
+            recycle,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn block(&self, i: usize) -> &[u8] {
+        let start = i * self.block_size;
+        &self.data[start..(start + self.block_size).min(self.data.len())]
+    }
+
+    /// The announced entry of block `i`; None until it is hashed.
+    pub fn entry(&self, i: usize) -> Option<Entry> {
+        self.entries[i].get().copied()
+    }
+
+    /// All entries, once every block is hashed.
+    pub fn entries(&self) -> Vec<Entry> {
+        self.entries
+            .iter()
+            .map(|e| {
+                *e.get()
+                    .expect("a batch is announced only when fully hashed")
+            })
+            .collect()
+    }
+
+    /// Hashes block `i`; true if it was the batch's last unhashed block.
+    pub fn hash(&self, i: usize) -> bool {
+        let block = self.block(i);
+        // Only full-size zero blocks are flagged: a short last block is hashed
+        // at its real length like any other.
+        let entry = if block.len() == self.block_size && is_zero(block) {
+            Entry::Zero
+        } else {
+            Entry::Hash(Digest::of(block))
+        };
+        // Each block is hashed by exactly one job, so the cell is empty.
+        let _ = self.entries[i].set(entry);
+        self.unhashed.fetch_sub(1, Ordering::AcqRel) == 1
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        // The reader may have stopped; then the buffer is simply freed.
+        let _ = self.recycle.send(std::mem::take(&mut self.data));
+    }
+}
+
+pub enum Job {
+    Hash(Arc<Batch>, usize),
+    Compress(Arc<Batch>, usize),
+}
+
+#[derive(Default)]
+struct Jobs {
+    urgent: VecDeque<Job>,
+    background: VecDeque<Job>,
+    closed: bool,
+}
+
+/// A two-level FIFO shared by the workers.
+#[derive(Default)]
+pub struct Queue {
+    jobs: Mutex<Jobs>,
+    ready: Condvar,
+}
+
+impl Queue {
+    pub fn push(&self, jobs: impl IntoIterator<Item = Job>, urgent: bool) {
+        let mut q = self.jobs.lock().expect("queue lock");
+        if q.closed {
+            return;
+        }
+        let list = if urgent {
+            &mut q.urgent
+        } else {
+            &mut q.background
+        };
+        list.extend(jobs);
+        drop(q);
+        self.ready.notify_all();
+    }
+
+    /// The next job, urgent ones first; None once closed.
+    pub fn pop(&self) -> Option<Job> {
+        let mut q = self.jobs.lock().expect("queue lock");
+        loop {
+            if q.closed {
+                return None;
+            }
+            if let Some(job) = q.urgent.pop_front().or_else(|| q.background.pop_front()) {
+                return Some(job);
+            }
+            q = self.ready.wait(q).expect("queue lock");
+        }
+    }
+
+    /// Drops every queued job and makes `pop` return None.
+    pub fn close(&self) {
+        let mut q = self.jobs.lock().expect("queue lock");
+        q.closed = true;
+        let dropped = (
+            std::mem::take(&mut q.urgent),
+            std::mem::take(&mut q.background),
+        );
+        drop(q);
+        drop(dropped); // outside the lock: dropping batches recycles buffers
+        self.ready.notify_all();
+    }
+}
+
+/// Per-worker compression state, reused across blocks.
+pub struct Compressor {
+    mode: Compression,
+    lz4: blockfmt::Encoder,
+    zlib: Compress,
+    /// Level 0 (stored blocks), for what level 1 would make larger.
+    zlib_stored: Compress,
+}
+
+impl Compressor {
+    pub fn new(mode: Compression) -> Compressor {
+        Compressor {
+            mode,
+            lz4: blockfmt::Encoder::default(),
+            zlib: Compress::new(flate2::Compression::fast(), true),
+            zlib_stored: Compress::new(flate2::Compression::none(), true),
+        }
+    }
+
+    /// Compresses one block for the wire into `out` (cleared first).
+    pub fn compress(&mut self, raw: &[u8], out: &mut Vec<u8>) {
+        out.clear();
+        match self.mode {
+            Compression::Lz4 => self.lz4.encode(raw, out),
+            Compression::None => out.extend_from_slice(raw),
+            Compression::Zlib => {
+                deflate(&mut self.zlib, raw, out);
+                // zlib-rs level 1 codes incompressible data with fixed Huffman
+                // codes (~6% larger): stored blocks are smaller and keep every
+                // frame within the protocol's cap.
+                if out.len() > raw.len() {
+                    deflate(&mut self.zlib_stored, raw, out);
+                }
+            }
+        }
+    }
+}
+
+fn deflate(z: &mut Compress, raw: &[u8], out: &mut Vec<u8>) {
+    z.reset();
+    out.clear();
+    out.reserve(raw.len() + raw.len() / 16 + 64);
+    loop {
+        let consumed = z.total_in() as usize;
+        // In-memory deflate of a complete input cannot fail.
+        let status = z
+            .compress_vec(&raw[consumed..], out, FlushCompress::Finish)
+            .expect("deflate into memory");
+        if status == Status::StreamEnd {
+            return;
+        }
+        out.reserve(64 << 10);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::max_frame_len;
+    use crate::testdata::noise;
+    use flate2::read::ZlibDecoder;
+    use std::io::Read;
+
+    #[test]
+    fn every_mode_round_trips_and_fits_a_frame() {
+        // Overhead grows linearly with the block size (LZ4's is checked up to
+        // the largest block in proto's tests), so small sizes keep this fast.
+        for bs in [4096, 131072] {
+            for raw in [noise(bs), vec![7u8; bs], noise(bs / 2 + 1)] {
+                for mode in [Compression::Lz4, Compression::Zlib, Compression::None] {
+                    let mut out = Vec::new();
+                    Compressor::new(mode).compress(&raw, &mut out);
+                    assert!(
+                        out.len() <= raw.len() + raw.len() / 1024 + 32,
+                        "{mode} {bs}"
+                    );
+                    assert!(1 + 32 + out.len() <= max_frame_len(bs), "{mode} {bs}");
+                    let mut back = Vec::new();
+                    match mode {
+                        Compression::Lz4 => blockfmt::decode(&out, bs, &mut back).unwrap(),
+                        Compression::Zlib => {
+                            ZlibDecoder::new(&out[..]).read_to_end(&mut back).unwrap();
+                        }
+                        Compression::None => back = out.clone(),
+                    }
+                    assert!(back == raw, "{mode} {bs}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn batches_flag_only_full_zero_blocks_and_recycle_their_buffer() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut data = vec![0u8; 4096 * 2 + 100];
+        data[4096] = 1;
+        let b = Batch::new(3, data, 4096, tx);
+        assert_eq!(b.len(), 3);
+        assert!(!b.hash(0) && !b.hash(2) && b.hash(1));
+        let e = b.entries();
+        assert_eq!(e[0], Entry::Zero);
+        assert_eq!(e[1], Entry::Hash(Digest::of(b.block(1))));
+        assert_eq!(e[2], Entry::Hash(Digest::of(&[0u8; 100])));
+        drop(b);
+        assert_eq!(rx.recv().unwrap().len(), 4096 * 2 + 100);
+    }
+
+    #[test]
+    fn queue_serves_urgent_jobs_first_and_closes() {
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let b = Arc::new(Batch::new(0, vec![1; 10], 4096, tx));
+        let q = Queue::default();
+        q.push([Job::Hash(b.clone(), 0)], false);
+        q.push([Job::Compress(b.clone(), 0)], true);
+        assert!(matches!(q.pop(), Some(Job::Compress(..))));
+        assert!(matches!(q.pop(), Some(Job::Hash(..))));
+        q.push([Job::Hash(b.clone(), 0)], false);
+        q.close();
+        assert!(q.pop().is_none());
+        assert_eq!(Arc::strong_count(&b), 1);
+    }
+}

@@ -1,0 +1,402 @@
+//! A hand-written agent that misbehaves. Every case must fail the dump with
+//! a message naming the reason, leave only verified blocks in the store, and
+//! release its in-flight claims.
+
+use crate::support::*;
+use diskdump::digest::Digest;
+use diskdump::receiver::{receive, InFlight, NoProgress, ReceiveOptions};
+use diskdump::store::{LocalStore, Store};
+use diskdump_agent::blockfmt;
+use diskdump_agent::proto::{
+    read_frame, Batch, Block, Compression, Done, Entry, Hello, Message, Need, PROTOCOL_VERSION,
+};
+use std::io::{pipe, PipeReader, PipeWriter, Write};
+
+/// The fake agent's ends of the two pipes. Write errors are ignored: the
+/// receiver hangs up as soon as it has seen enough.
+struct Fake<'a> {
+    out: PipeWriter,
+    needs: PipeReader,
+    store: &'a LocalStore,
+}
+
+impl Fake<'_> {
+    fn send(&mut self, m: Message) {
+        let mut buf = Vec::new();
+        m.encode(&mut buf);
+        self.raw(&buf);
+    }
+    fn raw(&mut self, bytes: &[u8]) {
+        let _ = self.out.write_all(bytes);
+    }
+    fn need(&mut self) -> Need {
+        match read_frame(&mut self.needs, 1 << 20).unwrap() {
+            Some(Message::Need(n)) => n,
+            other => panic!("expected a Need, got {other:?}"),
+        }
+    }
+    fn block(&mut self, raw: &[u8]) {
+        self.block_as(Digest::of(raw), blockfmt::encode(raw));
+    }
+    fn block_as(&mut self, digest: Digest, data: Vec<u8>) {
+        self.send(Message::Block(Block { digest, data }));
+    }
+    /// Waits until the receiver has verified and stored `raw`.
+    fn wait_stored(&self, raw: &[u8]) {
+        let d = Digest::of(raw);
+        for _ in 0..1000 {
+            if self.store.contains(&d).unwrap() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        panic!("block {d} was never stored");
+    }
+}
+
+fn hello(size: u64, mode: Compression) -> Message {
+    Message::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        hostname: "evil".into(),
+        source: "/dev/evil".into(),
+        size,
+        block_size: BS as u32,
+        batch_size: 4,
+        window: 2,
+        compression: mode,
+    })
+}
+
+/// The size of the source most cases announce: three full blocks.
+const SIZE: u64 = 3 * BS as u64;
+
+/// Three distinct blocks, announced as batch 0 of a 3-block source.
+fn blocks() -> [Vec<u8>; 3] {
+    [noise(BS, 1), noise(BS, 2), noise(BS, 3)]
+}
+
+fn batch0() -> Message {
+    let entries = blocks()
+        .iter()
+        .map(|b| Entry::Hash(Digest::of(b)))
+        .collect();
+    Message::Batch(Batch { seq: 0, entries })
+}
+
+/// Hello + batch 0 (all three needed by an empty store).
+fn start(f: &mut Fake, mode: Compression) {
+    f.send(hello(3 * BS as u64, mode));
+    f.send(batch0());
+    assert_eq!(f.need().indices, vec![0, 1, 2]);
+}
+
+/// Runs `script` as the agent against a receiver on a fresh store; returns
+/// the error (the dump must fail) and the store.
+fn run_hostile(
+    script: impl FnOnce(&mut Fake<'_>) + Send,
+) -> (String, tempfile::TempDir, LocalStore) {
+    let (dir, store) = new_store(BS);
+    let inflight = InFlight::new();
+    let (from_agent, agent_out) = pipe().unwrap();
+    let (needs, to_agent) = pipe().unwrap();
+    let store_ref = &store;
+    let err = std::thread::scope(|s| {
+        s.spawn(move || {
+            let mut fake = Fake {
+                out: agent_out,
+                needs,
+                store: store_ref,
+            };
+            script(&mut fake);
+            // Like a live agent, close the output but keep reading Needs
+            // until the receiver hangs up.
+            drop(fake.out);
+            let _ = std::io::copy(&mut fake.needs, &mut std::io::sink());
+        });
+        let opts = ReceiveOptions {
+            store: &store,
+            inflight: &inflight,
+            source: "evil:/dev/evil",
+            progress: &NoProgress,
+        };
+        match receive(&opts, from_agent, to_agent) {
+            Ok(r) => panic!("a hostile agent's dump succeeded: {:?}", r.stats),
+            Err(e) => format!("{e:#}"),
+        }
+    });
+    assert!(inflight.is_empty(), "claims left behind after: {err}");
+    verify_all(&store);
+    (err, dir, store)
+}
+
+fn assert_mentions(err: &str, words: &[&str]) {
+    for w in words {
+        assert!(err.contains(w), "{w:?} not in: {err}");
+    }
+}
+
+#[test]
+fn a_wrong_hash_fails_and_verified_blocks_stay() {
+    let [a, b, c] = blocks();
+    let (err, _d, store) = run_hostile(|f| {
+        start(f, Compression::Lz4);
+        f.block(&a);
+        f.wait_stored(&a);
+        f.block_as(Digest::of(&b), blockfmt::encode(&c));
+        f.block(&c);
+        f.send(Message::Done(Done {
+            blocks: 3,
+            size: 3 * BS as u64,
+        }));
+    });
+    assert_mentions(&err, &[&Digest::of(&b).to_hex(), "hashes to", "wrong data"]);
+    assert!(store.contains(&Digest::of(&a)).unwrap());
+    assert!(!store.contains(&Digest::of(&b)).unwrap());
+}
+
+#[test]
+fn a_block_larger_than_the_block_size_fails_in_every_mode() {
+    let big = noise(2 * BS, 9);
+    for mode in [Compression::Lz4, Compression::Zlib, Compression::None] {
+        let data = match mode {
+            Compression::Lz4 => blockfmt::encode(&big),
+            Compression::Zlib => {
+                let mut z =
+                    flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+                z.write_all(&big).unwrap();
+                z.finish().unwrap()
+            }
+            Compression::None => big.clone(),
+        };
+        let (err, _d, _s) = run_hostile(|f| {
+            start(f, mode);
+            f.block_as(Digest::of(&blocks()[0]), data);
+        });
+        assert_mentions(&err, &["block size", "4096"]);
+    }
+}
+
+#[test]
+fn a_block_nobody_asked_for_fails() {
+    let (err, _d, _s) = run_hostile(|f| {
+        start(f, Compression::Lz4);
+        f.block(&noise(BS, 42));
+    });
+    assert_mentions(
+        &err,
+        &["not requested", &Digest::of(&noise(BS, 42)).to_hex()],
+    );
+}
+
+#[test]
+fn a_duplicate_block_fails() {
+    let (err, _d, store) = run_hostile(|f| {
+        start(f, Compression::Lz4);
+        f.block(&blocks()[0]);
+        f.wait_stored(&blocks()[0]);
+        f.block(&blocks()[0]);
+    });
+    assert_mentions(&err, &["duplicate block"]);
+    assert!(store.contains(&Digest::of(&blocks()[0])).unwrap());
+}
+
+#[test]
+fn a_truncated_stream_fails() {
+    // Cut inside a frame, and cleanly between frames before Done.
+    let (err, _d, _s) = run_hostile(|f| {
+        start(f, Compression::Lz4);
+        let mut frame = Vec::new();
+        let raw = &blocks()[0];
+        Message::Block(Block {
+            digest: Digest::of(raw),
+            data: blockfmt::encode(raw),
+        })
+        .encode(&mut frame);
+        f.raw(&frame[..frame.len() / 2]);
+    });
+    assert_mentions(&err, &["truncated"]);
+    let (err, _d, _s) = run_hostile(|f| {
+        start(f, Compression::Lz4);
+        f.block(&blocks()[0]);
+    });
+    assert_mentions(&err, &["ended before Done", "truncated"]);
+}
+
+#[test]
+fn garbage_fails_before_and_after_the_hello() {
+    let (err, _d, _s) = run_hostile(|f| f.raw(b"Welcome to Ubuntu 22.04 LTS\n"));
+    assert_mentions(
+        &err,
+        &["does not start with a diskdump Hello", "Welcome to Ubuntu"],
+    );
+    let (err, _d, _s) = run_hostile(|f| {
+        start(f, Compression::Lz4);
+        f.raw(&[1, 0, 0, 0, 0xee, 1, 2, 3]);
+    });
+    assert_mentions(&err, &["bad data from the agent", "unknown frame type 238"]);
+}
+
+#[test]
+fn a_frame_claiming_4_gib_fails_before_allocating() {
+    let (err, _d, _s) = run_hostile(|f| {
+        start(f, Compression::Lz4);
+        f.raw(&[0xff, 0xff, 0xff, 0xff, 3]);
+    });
+    assert_mentions(&err, &["4294967295 bytes exceeds the limit"]);
+}
+
+#[test]
+fn another_protocol_version_fails() {
+    let (err, _d, _s) = run_hostile(|f| {
+        let Message::Hello(mut h) = hello(0, Compression::Lz4) else {
+            unreachable!()
+        };
+        h.version = 2;
+        f.send(Message::Hello(h));
+    });
+    assert_mentions(&err, &["protocol version 2 is not supported"]);
+}
+
+#[test]
+fn an_agent_error_is_reported() {
+    let (err, _d, _s) = run_hostile(|f| {
+        start(f, Compression::Lz4);
+        f.send(Message::Error(
+            "cannot read /dev/evil at byte 4096: Input/output error".into(),
+        ));
+    });
+    assert_mentions(&err, &["the agent failed", "Input/output error"]);
+}
+
+#[test]
+fn an_agent_that_dies_explains_why_even_if_needs_cannot_be_sent() {
+    let (dir, store) = new_store(BS);
+    let inflight = InFlight::new();
+    let (from_agent, agent_out) = pipe().unwrap();
+    let (needs, to_agent) = pipe().unwrap();
+    let mut fake = Fake {
+        out: agent_out,
+        needs,
+        store: &store,
+    };
+    // Everything the agent writes before dying, with nobody reading Needs.
+    fake.send(hello(3 * BS as u64, Compression::Lz4));
+    fake.send(batch0());
+    fake.send(Message::Error(
+        "cannot read /dev/evil at byte 0: Input/output error".into(),
+    ));
+    drop(fake);
+    let opts = ReceiveOptions {
+        store: &store,
+        inflight: &inflight,
+        source: "evil:/dev/evil",
+        progress: &NoProgress,
+    };
+    let err = format!("{:#}", receive(&opts, from_agent, to_agent).unwrap_err());
+    assert_mentions(&err, &["the agent failed", "Input/output error"]);
+    drop(dir);
+}
+
+#[test]
+fn protocol_violations_fail() {
+    type Script = Box<dyn FnOnce(&mut Fake<'_>) + Send>;
+    let cases: Vec<(&str, Script)> = vec![
+        (
+            "expected batch 0",
+            Box::new(|f: &mut Fake<'_>| {
+                f.send(hello(SIZE, Compression::Lz4));
+                f.send(Message::Batch(Batch {
+                    seq: 1,
+                    entries: vec![Entry::Zero; 3],
+                }));
+            }),
+        ),
+        (
+            "the source's size implies 3",
+            Box::new(|f: &mut Fake<'_>| {
+                f.send(hello(SIZE, Compression::Lz4));
+                f.send(Message::Batch(Batch {
+                    seq: 0,
+                    entries: vec![Entry::Zero; 4],
+                }));
+            }),
+        ),
+        (
+            "not a full block",
+            Box::new(|f: &mut Fake<'_>| {
+                f.send(hello(SIZE - 1, Compression::Lz4));
+                f.send(Message::Batch(Batch {
+                    seq: 0,
+                    entries: vec![Entry::Zero; 3],
+                }));
+            }),
+        ),
+        (
+            "Done after 0 of 1 batches",
+            Box::new(|f: &mut Fake<'_>| {
+                f.send(hello(SIZE, Compression::Lz4));
+                f.send(Message::Done(Done {
+                    blocks: 3,
+                    size: SIZE,
+                }));
+            }),
+        ),
+        (
+            "never came",
+            Box::new(|f: &mut Fake<'_>| {
+                start(f, Compression::Lz4);
+                f.send(Message::Done(Done {
+                    blocks: 3,
+                    size: SIZE,
+                }));
+            }),
+        ),
+        (
+            "its Hello 3",
+            Box::new(|f: &mut Fake<'_>| {
+                f.send(hello(SIZE, Compression::Lz4));
+                f.send(Message::Batch(Batch {
+                    seq: 0,
+                    entries: vec![Entry::Zero; 3],
+                }));
+                f.send(Message::Done(Done {
+                    blocks: 4,
+                    size: SIZE,
+                }));
+            }),
+        ),
+        (
+            "second Hello",
+            Box::new(|f: &mut Fake<'_>| {
+                f.send(hello(SIZE, Compression::Lz4));
+                f.send(hello(SIZE, Compression::Lz4));
+            }),
+        ),
+        (
+            "window of 2",
+            Box::new(|f: &mut Fake<'_>| {
+                f.send(hello(12 * BS as u64, Compression::Lz4));
+                for seq in 0..3 {
+                    let entries = (0..4)
+                        .map(|i| Entry::Hash(Digest::of(&noise(BS, seq * 4 + i))))
+                        .collect();
+                    f.send(Message::Batch(Batch { seq, entries }));
+                }
+            }),
+        ),
+        (
+            "the agent's Hello: window 0",
+            Box::new(|f: &mut Fake<'_>| {
+                let Message::Hello(mut h) = hello(SIZE, Compression::Lz4) else {
+                    unreachable!()
+                };
+                h.window = 0;
+                f.send(Message::Hello(h));
+            }),
+        ),
+    ];
+    for (expected, script) in cases {
+        let (err, _d, _s) = run_hostile(script);
+        assert_mentions(&err, &[expected]);
+    }
+}

@@ -1,0 +1,136 @@
+//! Shared helpers: stores, images, the embedded agent on disk, dumps.
+
+use anyhow::Result;
+use diskdump::agent_bin::{agent_hash, AGENT};
+use diskdump::digest::Digest;
+use diskdump::receiver::{receive, InFlight, NoProgress, ReceiveOptions, Received};
+use diskdump::store::{get_block, LocalStore, Store, WalkItem};
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use tempfile::TempDir;
+
+pub const BS: usize = 4096;
+
+/// The embedded static agent on disk, named by its hash under cargo's
+/// per-target temp dir. Written (temp file, then rename) before any test
+/// spawns it, so no child can inherit it open for writing (exec would fail
+/// with ETXTBSY).
+pub fn agent_path() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let path = dir.join(format!("diskdump-agent-{}", agent_hash()));
+        if std::fs::read(&path).ok().as_deref() != Some(AGENT) {
+            let tmp = dir.join(format!("diskdump-agent.tmp.{}", std::process::id()));
+            std::fs::write(&tmp, AGENT).unwrap();
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+            std::fs::rename(&tmp, &path).unwrap();
+        }
+        path
+    })
+}
+
+pub fn new_store(bs: usize) -> (TempDir, LocalStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open_or_create(dir.path(), Some(bs)).unwrap();
+    (dir, store)
+}
+
+/// Deterministic pseudo-random bytes (incompressible).
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect()
+}
+
+/// `blocks` blocks of `bs` bytes mixing random, zero, repeated (within and
+/// across batches) and compressible ones, then a ragged tail of `tail` bytes.
+pub fn image(bs: usize, blocks: usize, tail: usize) -> Vec<u8> {
+    let mut img = Vec::with_capacity(bs * blocks + tail);
+    for i in 0..blocks {
+        match i % 6 {
+            0 | 3 => img.extend(noise(bs, i as u64)),
+            1 => img.resize(img.len() + bs, 0),
+            2 => img.extend(noise(bs, 0)), // block 0 again
+            4 => img.extend(b"compressible ".repeat(bs / 13 + 1)[..bs].to_vec()),
+            _ => img.extend(noise(bs, 1000 + (i as u64 % 4))), // two blocks, alternating
+        }
+    }
+    img.extend(noise(tail, 7777));
+    img
+}
+
+/// Runs the real agent on `path` and the receiver against it, over pipes.
+/// Returns the receive result and the agent's exit status and stderr.
+pub fn dump(
+    store: &dyn Store,
+    inflight: &InFlight,
+    path: &Path,
+    args: &[&str],
+) -> (Result<Received>, std::process::ExitStatus, String) {
+    let mut child = Command::new(agent_path())
+        .args(args)
+        .arg("--")
+        .arg(path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (stdin, stdout) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
+    let opts = ReceiveOptions {
+        store,
+        inflight,
+        source: "testhost:/dev/test",
+        progress: &NoProgress,
+    };
+    let result = receive(&opts, stdout, stdin);
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (result, status, err)
+}
+
+/// Reads every block in the store through the verifying path; returns how
+/// many there are. Panics on any block that does not verify.
+pub fn verify_all(store: &dyn Store) -> usize {
+    let mut digests = Vec::new();
+    store
+        .walk(&mut |item| {
+            match item {
+                WalkItem::Block(d, _) => digests.push(d),
+                WalkItem::Stray(s) => panic!("stray file {s}"),
+            }
+            Ok(())
+        })
+        .unwrap();
+    let (mut frame, mut raw) = (Vec::new(), Vec::new());
+    for d in &digests {
+        get_block(store, d, &mut frame, &mut raw).unwrap_or_else(|e| panic!("{e}"));
+    }
+    digests.len()
+}
+
+/// Rebuilds the image a manifest describes from the store.
+pub fn restore(store: &dyn Store, blocks: &[Digest]) -> Vec<u8> {
+    let (mut frame, mut raw, mut out) = (Vec::new(), Vec::new(), Vec::new());
+    for d in blocks {
+        get_block(store, d, &mut frame, &mut raw).unwrap();
+        out.extend_from_slice(&raw);
+    }
+    out
+}
