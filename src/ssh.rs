@@ -126,13 +126,24 @@ impl Remote {
     fn scp_send(&self, path: &str, data: &[u8], mode: i32) -> Result<()> {
         let mut ch = self.sess.scp_send(Path::new(path), mode, data.len() as u64, None)?;
         ch.write_all(data)?;
+        // The SCP protocol ends a file with a NUL status byte; libssh2 leaves it to us, and
+        // OpenSSH's `scp -t` exits 1 ("lost connection") without it.
+        ch.write_all(&[0])?;
         ch.send_eof()?;
         ch.wait_eof()?;
+        // scp reports errors in-band on stdout (\x01 or \x02, a message), some on stderr.
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let _ = ch.read_to_end(&mut out);
+        let _ = ch.stderr().read_to_end(&mut err);
         ch.close()?;
         ch.wait_close()?;
         match ch.exit_status()? {
             0 => Ok(()),
-            status => bail!("remote scp exited with status {status}"),
+            status => {
+                out.retain(|&b| b > 2);
+                out.extend_from_slice(&err);
+                bail!("remote scp exited with status {status}: {}", String::from_utf8_lossy(&out).trim_end())
+            }
         }
     }
 

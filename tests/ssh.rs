@@ -24,7 +24,10 @@ fn connect(s: &Sshd) -> Remote {
 fn connect_err(s: &Sshd, o: &SshOptions) -> String {
     match Remote::connect(s.host_alias(), o) {
         Ok(_) => panic!("connect should have failed"),
-        Err(e) => format!("{e:#}"),
+        Err(e) => {
+            eprintln!("expected error: {e:#}"); // visible with --nocapture
+            format!("{e:#}")
+        }
     }
 }
 
@@ -64,9 +67,10 @@ fn runs_commands_and_reports_status() {
     assert_eq!(r.run("kill -9 $$").unwrap().0, -1);
     let e = r.run_ok("false").unwrap_err().to_string();
     assert!(e.contains("status 1") && e.contains("127.0.0.1"), "{e}");
-    // user@host overrides the config's User: the server knows no `nobody` key.
-    let e = format!("{:#}", Remote::connect(&format!("nobody@{}", s.host_alias()), &opts(&s)).err().unwrap());
-    assert!(e.contains(&format!("nobody@127.0.0.1:{}", s.port())) && e.contains("authentication"), "{e}");
+    // user@host overrides the config's User: no such user on the server.
+    let e = format!("{:#}", Remote::connect(&format!("nosuchuser@{}", s.host_alias()), &opts(&s)).err().unwrap());
+    eprintln!("expected error: {e}");
+    assert!(e.contains(&format!("nosuchuser@127.0.0.1:{}", s.port())) && e.contains("authentication"), "{e}");
 }
 
 #[test]
@@ -232,6 +236,10 @@ fn known_rsa_key_is_used_when_server_also_has_ed25519() {
     // mismatch with the recorded RSA key.
     fs::write(s.known_hosts(), s.known_hosts_line("rsa")).unwrap();
     connect(&s).run_ok("true").unwrap();
+    // The same with a hashed name: the key types for the host are found through libssh2.
+    assert!(Command::new("ssh-keygen").arg("-Hf").arg(s.known_hosts()).output().unwrap().status.success());
+    assert!(fs::read_to_string(s.known_hosts()).unwrap().starts_with("|1|"));
+    connect(&s).run_ok("true").unwrap();
     // A different RSA key on record is still a changed key.
     let other = s.dir().join("other_rsa");
     keygen(&other, "rsa", "");
@@ -283,5 +291,6 @@ fn closed_port_gives_a_clear_error() {
     fs::write(&cfg, format!("Host closed\n  HostName 127.0.0.1\n  Port {port}\n  User someone\n")).unwrap();
     let o = SshOptions { ssh_config: Some(cfg), home: Some(home.path().into()), ..Default::default() };
     let e = format!("{:#}", Remote::connect("closed", &o).err().unwrap());
+    eprintln!("expected error: {e}");
     assert!(e.contains(&format!("someone@127.0.0.1:{port}")) && e.contains("refused"), "{e}");
 }
