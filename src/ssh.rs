@@ -66,6 +66,8 @@ impl Remote {
         let name = r.known_host_name();
         let types = known.types_for(&name);
         let steered = steer_host_key(&sess, &types)?;
+        // Ciphers: libssh2's default order (chacha20-poly1305 first) is the fastest here. Its
+        // AES-GCM calls OpenSSL once per 16-byte block: ~50% more CPU per byte, measured.
         if let Err(e) = sess.handshake() {
             if steered {
                 bail!(

@@ -111,11 +111,10 @@ fn hex(b: &[u8]) -> String {
 }
 
 /// Echoes `size` bytes through remote `cat` while reading them back at the same time.
-fn echo_through_cat(s: &Sshd, size: usize) -> Duration {
+fn echo_through_cat(s: &Sshd, size: usize) {
     let r = connect(s);
     let (mut out, mut inp, handle) = r.exec_stream("cat").unwrap().split();
     let data = std::sync::Arc::new(noise(size, 42));
-    let start = Instant::now();
     let (tx_data, rx_data) = (data.clone(), data.clone());
     let writer = std::thread::spawn(move || {
         for chunk in tx_data.chunks(1 << 20) {
@@ -129,11 +128,9 @@ fn echo_through_cat(s: &Sshd, size: usize) -> Duration {
         got
     });
     writer.join().unwrap();
-    let elapsed = start.elapsed();
     assert!(got == *data, "echoed bytes differ (got {} of {} bytes)", got.len(), size);
     let exit = handle.wait().unwrap();
     assert!(exit.success(), "{exit:?}");
-    elapsed
 }
 
 #[test]
@@ -142,14 +139,65 @@ fn exec_stream_echoes_64_mib_both_ways() {
     echo_through_cat(&s, 64 << 20);
 }
 
-/// `cargo test --release --test ssh -- --ignored --nocapture throughput`
+fn cpu_time() -> Duration {
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the struct we pass.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// Streams `send` bytes into `cmd` while counting what comes back; returns (wall, CPU) time.
+fn stream(s: &Sshd, cmd: &str, send: usize) -> (usize, Duration, Duration) {
+    let (mut out, mut inp, handle) = connect(s).exec_stream(cmd).unwrap().split();
+    let block = noise(1 << 20, 5);
+    let (start, cpu) = (Instant::now(), cpu_time());
+    let writer = std::thread::spawn(move || {
+        for _ in 0..send / block.len() {
+            inp.write_all(&block).unwrap();
+        }
+    });
+    let mut buf = vec![0u8; 1 << 20];
+    let mut received = 0;
+    loop {
+        match out.read(&mut buf).unwrap() {
+            0 => break,
+            n => received += n,
+        }
+    }
+    writer.join().unwrap();
+    assert!(handle.wait().unwrap().success());
+    (received, start.elapsed(), cpu_time() - cpu)
+}
+
+/// `cargo test --release --test ssh -- --ignored --nocapture throughput`: 512 MiB through
+/// remote `cat` both ways at once, then one way each, then the same echo through OpenSSH's
+/// `ssh` as a same-run baseline (the machine may be shared: compare ratios, and CPU time).
 #[test]
 #[ignore]
 fn throughput_512_mib_each_way() {
     let Some(s) = Sshd::require() else { return };
     let size = 512 << 20;
-    let t = echo_through_cat(&s, size);
-    eprintln!("512 MiB each way at once in {t:?}: {:.0} MB/s each way", size as f64 / t.as_secs_f64() / 1e6);
+    let mb_s = |t: Duration| size as f64 / t.as_secs_f64() / 1e6;
+    for (what, cmd, send, expect) in [
+        ("echo, each way at once", "cat".to_string(), size, size),
+        ("download only", format!("head -c {size} /dev/zero"), 0, size),
+        ("upload only", "cat >/dev/null".to_string(), size, 0),
+    ] {
+        let (received, t, cpu) = stream(&s, &cmd, send);
+        assert_eq!(received, expect);
+        eprintln!("diskdump::ssh {what}: {t:.2?}, {:.0} MB/s; this process used {cpu:.2?} CPU", mb_s(t));
+    }
+    let ssh = format!(
+        "head -c {size} /dev/zero | ssh -F /dev/null -o BatchMode=yes -i {} -o UserKnownHostsFile={} -p {} root@127.0.0.1 cat >/dev/null",
+        s.client_key().display(),
+        s.known_hosts().display(),
+        s.port()
+    );
+    let start = Instant::now();
+    assert!(Command::new("sh").arg("-c").arg(&ssh).status().unwrap().success());
+    let t = start.elapsed();
+    eprintln!("OpenSSH ssh (its default cipher) echo, each way at once: {t:.2?}, {:.0} MB/s", mb_s(t));
 }
 
 #[test]
