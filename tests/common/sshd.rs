@@ -1,0 +1,219 @@
+//! A throwaway sshd on 127.0.0.1 with generated keys, and a temp HOME whose `.ssh/config`
+//! reaches it as `testhost`. Needs root (sshd re-execs and switches users) and
+//! `/usr/sbin/sshd`; use [`Sshd::require`] so that tests skip elsewhere (and fail under CI).
+#![allow(dead_code)] // each test binary uses a different part of this helper
+
+use std::ffi::OsString;
+use std::fs;
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SSHD: &str = "/usr/sbin/sshd";
+
+#[derive(Debug, Clone, Default)]
+pub struct SshdOptions {
+    /// Also give the server an RSA host key (it then offers ed25519 and RSA).
+    pub rsa_host_key: bool,
+}
+
+pub struct Sshd {
+    dir: tempfile::TempDir,
+    child: Child,
+    port: u16,
+}
+
+impl Sshd {
+    /// Starts an sshd, or returns `None` after printing a SKIP line when this machine cannot
+    /// run one (not root, no sshd). Under `CI=true` that is a failure instead.
+    pub fn require() -> Option<Sshd> {
+        Self::require_with(SshdOptions::default())
+    }
+
+    pub fn require_with(opts: SshdOptions) -> Option<Sshd> {
+        if let Err(why) = prerequisites() {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("cannot run the sshd tests: {why}");
+            }
+            eprintln!("SKIP: {why}");
+            return None;
+        }
+        Some(Self::start_with(opts))
+    }
+
+    pub fn start() -> Sshd {
+        Self::start_with(SshdOptions::default())
+    }
+
+    pub fn start_with(opts: SshdOptions) -> Sshd {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let d = dir.path();
+        fs::create_dir_all("/run/sshd").expect("mkdir /run/sshd"); // sshd's privilege separation dir
+        keygen(&d.join("host_ed25519"), "ed25519", "");
+        if opts.rsa_host_key {
+            keygen(&d.join("host_rsa"), "rsa", "");
+        }
+        keygen(&d.join("client_ed25519"), "ed25519", "");
+        fs::copy(d.join("client_ed25519.pub"), d.join("authorized_keys")).unwrap();
+        fs::set_permissions(d.join("authorized_keys"), fs::Permissions::from_mode(0o644)).unwrap();
+        fs::create_dir_all(d.join("remote-home")).unwrap();
+        fs::create_dir_all(d.join("home/.ssh")).unwrap();
+        fs::set_permissions(d.join("home/.ssh"), fs::Permissions::from_mode(0o700)).unwrap();
+        // A port found free can be taken before sshd binds it: try a few.
+        for _ in 0..5 {
+            let port = free_port();
+            fs::write(d.join("sshd_config"), sshd_config(d, port, opts.rsa_host_key)).unwrap();
+            let log = fs::File::create(d.join("sshd.log")).unwrap();
+            let mut child = Command::new(SSHD)
+                .args(["-D", "-e", "-f"])
+                .arg(d.join("sshd_config"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn sshd");
+            if wait_for_banner(port, &mut child) {
+                let sshd = Sshd { dir, child, port };
+                sshd.write_client_files();
+                return sshd;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("sshd did not start; log:\n{}", fs::read_to_string(d.join("sshd.log")).unwrap_or_default());
+    }
+
+    fn write_client_files(&self) {
+        let config = format!(
+            "Host {}\n    HostName 127.0.0.1\n    Port {}\n    User root\n    IdentityFile {}\n    UserKnownHostsFile {}\n",
+            self.host_alias(),
+            self.port,
+            self.client_key().display(),
+            self.known_hosts().display(),
+        );
+        fs::write(self.ssh_config(), config).unwrap();
+        fs::write(self.known_hosts(), self.known_hosts_line("ed25519")).unwrap();
+    }
+
+    /// The temp HOME for the client side (`.ssh/config`, `.ssh/known_hosts`).
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+    /// HOME of remote sessions (sshd's `SetEnv HOME=`), so the agent cache lands in the temp dir.
+    pub fn remote_home(&self) -> PathBuf {
+        self.dir.path().join("remote-home")
+    }
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+    pub fn host_alias(&self) -> &'static str {
+        "testhost"
+    }
+    pub fn ssh_config(&self) -> PathBuf {
+        self.home().join(".ssh/config")
+    }
+    pub fn known_hosts(&self) -> PathBuf {
+        self.home().join(".ssh/known_hosts")
+    }
+    pub fn client_key(&self) -> PathBuf {
+        self.dir.path().join("client_ed25519")
+    }
+    /// `host_ed25519.pub` or `host_rsa.pub`.
+    pub fn host_key_pub(&self, kind: &str) -> PathBuf {
+        self.dir.path().join(format!("host_{kind}.pub"))
+    }
+    /// A known_hosts line for this server's `kind` host key.
+    pub fn known_hosts_line(&self, kind: &str) -> String {
+        let public = fs::read_to_string(self.host_key_pub(kind)).unwrap();
+        let mut fields = public.split_whitespace();
+        let (ktype, key) = (fields.next().unwrap(), fields.next().unwrap());
+        format!("[127.0.0.1]:{} {ktype} {key}\n", self.port)
+    }
+    /// `SHA256:...` of this server's `kind` host key, from `ssh-keygen -l`.
+    pub fn fingerprint(&self, kind: &str) -> String {
+        let out = Command::new("ssh-keygen").arg("-lf").arg(self.host_key_pub(kind)).output().unwrap();
+        String::from_utf8(out.stdout).unwrap().split_whitespace().nth(1).unwrap().to_string()
+    }
+    /// Environment for a spawned `diskdump`.
+    pub fn env(&self) -> Vec<(String, OsString)> {
+        vec![("HOME".into(), self.home().into_os_string())]
+    }
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child, which has not been reaped yet.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// `ssh-keygen -t kind -N passphrase -f path`.
+pub fn keygen(path: &Path, kind: &str, passphrase: &str) {
+    let _ = fs::remove_file(path);
+    let _ = fs::remove_file(path.with_extension("pub"));
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", kind, "-N", passphrase, "-C", "diskdump-test", "-f"])
+        .arg(path)
+        .stdin(Stdio::null())
+        .status()
+        .expect("run ssh-keygen");
+    assert!(status.success(), "ssh-keygen -t {kind} failed");
+}
+
+fn prerequisites() -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("sshd tests need root".into());
+    }
+    if !Path::new(SSHD).exists() {
+        return Err(format!("{SSHD} is not installed"));
+    }
+    if Command::new("ssh-keygen").arg("-?").output().is_err() {
+        return Err("ssh-keygen is not installed".into());
+    }
+    Ok(())
+}
+
+fn sshd_config(d: &Path, port: u16, rsa: bool) -> String {
+    let d = d.display();
+    let rsa = if rsa { format!("HostKey {d}/host_rsa\n") } else { String::new() };
+    format!(
+        "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\n{rsa}\
+         AuthorizedKeysFile {d}/authorized_keys\nPidFile {d}/sshd.pid\nStrictModes no\nUsePAM no\n\
+         PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n\
+         MaxStartups 100\nMaxSessions 100\nSetEnv HOME={d}/remote-home\n"
+    )
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls until the server greets with `SSH-` (ready), or gives up when it exits or after 10 s.
+fn wait_for_banner(port: u16, child: &mut Child) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = [0u8; 4];
+            if s.read_exact(&mut buf).is_ok() && &buf == b"SSH-" {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}

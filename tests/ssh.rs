@@ -1,0 +1,344 @@
+//! `diskdump::ssh` against a real, throwaway sshd (see tests/common/sshd.rs).
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::sshd::{keygen, Sshd, SshdOptions};
+use diskdump::ssh::{Remote, SshOptions};
+use sha2::{Digest, Sha256};
+
+fn opts(s: &Sshd) -> SshOptions {
+    SshOptions { ssh_config: Some(s.ssh_config()), home: Some(s.home()), ..Default::default() }
+}
+
+fn connect(s: &Sshd) -> Remote {
+    Remote::connect(s.host_alias(), &opts(s)).unwrap_or_else(|e| panic!("{e:#}\nsshd log:\n{}", s.log()))
+}
+
+fn connect_err(s: &Sshd, o: &SshOptions) -> String {
+    match Remote::connect(s.host_alias(), o) {
+        Ok(_) => panic!("connect should have failed"),
+        Err(e) => {
+            eprintln!("expected error: {e:#}"); // visible with --nocapture
+            format!("{e:#}")
+        }
+    }
+}
+
+/// Deterministic bytes that do not compress: xorshift64.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// Runs `f` on a thread and fails (instead of hanging) if it takes longer than `limit`.
+fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit).unwrap_or_else(|_| panic!("no result within {limit:?}: deadlock?"))
+}
+
+#[test]
+fn runs_commands_and_reports_status() {
+    let Some(s) = Sshd::require() else { return };
+    let r = connect(&s);
+    assert_eq!(r.label(), format!("root@127.0.0.1:{}", s.port()));
+    let (status, out, err) = r.run("echo hello; echo oops >&2; exit 3").unwrap();
+    assert_eq!((status, out.as_slice(), err.as_slice()), (3, &b"hello\n"[..], &b"oops\n"[..]));
+    // More stderr than the channel window, before any stdout: must not deadlock.
+    let (status, out, err) = r.run("head -c 3000000 /dev/zero >&2; echo done").unwrap();
+    assert_eq!((status, out.as_slice(), err.len()), (0, &b"done\n"[..], 64 * 1024));
+    assert_eq!(r.run("kill -9 $$").unwrap().0, -1);
+    let e = r.run_ok("false").unwrap_err().to_string();
+    assert!(e.contains("status 1") && e.contains("127.0.0.1"), "{e}");
+    // user@host overrides the config's User: no such user on the server.
+    let e = format!("{:#}", Remote::connect(&format!("nosuchuser@{}", s.host_alias()), &opts(&s)).err().unwrap());
+    eprintln!("expected error: {e}");
+    assert!(e.contains(&format!("nosuchuser@127.0.0.1:{}", s.port())) && e.contains("authentication"), "{e}");
+}
+
+#[test]
+fn upload_and_ensure_agent() {
+    let Some(s) = Sshd::require() else { return };
+    let r = connect(&s);
+    let dest = s.remote_home().join("up.bin");
+    let data = noise(3 << 20, 7);
+    r.upload(dest.to_str().unwrap(), &data, 0o640).unwrap();
+    assert_eq!(fs::read(&dest).unwrap(), data);
+    assert_eq!(r.run_ok(&format!("stat -c %a {}", dest.display())).unwrap(), b"640\n");
+    let leftovers: Vec<_> = fs::read_dir(s.remote_home()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(leftovers, ["up.bin"], "no temp files left behind");
+
+    let agent = noise(1 << 20, 9);
+    let hash = hex(&Sha256::digest(&agent));
+    let path = r.ensure_agent(&agent, &hash).unwrap();
+    let want = s.remote_home().join(format!(".cache/diskdump/agent-{}", &hash[..16]));
+    assert_eq!(path, want.to_str().unwrap());
+    assert_eq!(fs::read(&want).unwrap(), agent);
+    let inode = |p: &std::path::Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
+    let mode = |p: &std::path::Path| std::os::unix::fs::PermissionsExt::mode(&fs::metadata(p).unwrap().permissions());
+    assert_eq!(mode(want.parent().unwrap()) & 0o777, 0o700);
+    assert_eq!(mode(&want) & 0o777, 0o700);
+    let first = inode(&want);
+    // Same content: no upload (an upload renames a new file into place: a new inode).
+    assert_eq!(r.ensure_agent(&agent, &hash).unwrap(), path);
+    assert_eq!(inode(&want), first, "second ensure_agent uploaded again");
+    // Corrupted cache: uploaded again.
+    fs::write(&want, b"garbage").unwrap();
+    r.ensure_agent(&agent, &hash).unwrap();
+    assert_eq!(fs::read(&want).unwrap(), agent);
+    assert!(r.ensure_agent(&agent, "nothex").is_err());
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Echoes `size` bytes through remote `cat` while reading them back at the same time.
+fn echo_through_cat(s: &Sshd, size: usize) {
+    let r = connect(s);
+    let (mut out, mut inp, handle) = r.exec_stream("cat").unwrap().split();
+    let data = std::sync::Arc::new(noise(size, 42));
+    let (tx_data, rx_data) = (data.clone(), data.clone());
+    let writer = std::thread::spawn(move || {
+        for chunk in tx_data.chunks(1 << 20) {
+            inp.write_all(chunk).unwrap();
+        }
+        // dropping `inp` sends EOF
+    });
+    let got = within(Duration::from_secs(300), move || {
+        let mut got = Vec::with_capacity(rx_data.len());
+        out.read_to_end(&mut got).unwrap();
+        got
+    });
+    writer.join().unwrap();
+    assert!(got == *data, "echoed bytes differ (got {} of {} bytes)", got.len(), size);
+    let exit = handle.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+}
+
+#[test]
+fn exec_stream_echoes_64_mib_both_ways() {
+    let Some(s) = Sshd::require() else { return };
+    echo_through_cat(&s, 64 << 20);
+}
+
+fn cpu_time() -> Duration {
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the struct we pass.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// Streams `send` bytes into `cmd` while counting what comes back; returns (wall, CPU) time.
+fn stream(s: &Sshd, cmd: &str, send: usize) -> (usize, Duration, Duration) {
+    let (mut out, mut inp, handle) = connect(s).exec_stream(cmd).unwrap().split();
+    let block = noise(1 << 20, 5);
+    let (start, cpu) = (Instant::now(), cpu_time());
+    let writer = std::thread::spawn(move || {
+        for _ in 0..send / block.len() {
+            inp.write_all(&block).unwrap();
+        }
+    });
+    let mut buf = vec![0u8; 1 << 20];
+    let mut received = 0;
+    loop {
+        match out.read(&mut buf).unwrap() {
+            0 => break,
+            n => received += n,
+        }
+    }
+    writer.join().unwrap();
+    assert!(handle.wait().unwrap().success());
+    (received, start.elapsed(), cpu_time() - cpu)
+}
+
+/// `cargo test --release --test ssh -- --ignored --nocapture throughput`: 512 MiB through
+/// remote `cat` both ways at once, then one way each, then the same echo through OpenSSH's
+/// `ssh` as a same-run baseline (the machine may be shared: compare ratios, and CPU time).
+#[test]
+#[ignore]
+fn throughput_512_mib_each_way() {
+    let Some(s) = Sshd::require() else { return };
+    let size = 512 << 20;
+    let mb_s = |t: Duration| size as f64 / t.as_secs_f64() / 1e6;
+    for (what, cmd, send, expect) in [
+        ("echo, each way at once", "cat".to_string(), size, size),
+        ("download only", format!("head -c {size} /dev/zero"), 0, size),
+        ("upload only", "cat >/dev/null".to_string(), size, 0),
+    ] {
+        let (received, t, cpu) = stream(&s, &cmd, send);
+        assert_eq!(received, expect);
+        eprintln!("diskdump::ssh {what}: {t:.2?}, {:.0} MB/s; this process used {cpu:.2?} CPU", mb_s(t));
+    }
+    let ssh = format!(
+        "head -c {size} /dev/zero | ssh -F /dev/null -o BatchMode=yes -i {} -o UserKnownHostsFile={} -p {} root@127.0.0.1 cat >/dev/null",
+        s.client_key().display(),
+        s.known_hosts().display(),
+        s.port()
+    );
+    let start = Instant::now();
+    assert!(Command::new("sh").arg("-c").arg(&ssh).status().unwrap().success());
+    let t = start.elapsed();
+    eprintln!("OpenSSH ssh (its default cipher) echo, each way at once: {t:.2?}, {:.0} MB/s", mb_s(t));
+}
+
+#[test]
+fn exec_stream_exit_status_stderr_and_kill() {
+    let Some(s) = Sshd::require() else { return };
+    let (mut out, inp, handle) = connect(&s).exec_stream("echo out; echo err >&2; exit 5").unwrap().split();
+    drop(inp);
+    let mut text = String::new();
+    out.read_to_string(&mut text).unwrap();
+    assert_eq!(text, "out\n");
+    let exit = handle.wait().unwrap();
+    assert_eq!((exit.status, exit.stderr.as_str()), (5, "err\n"));
+
+    // A command that never ends by itself; kill() must make it see EOF and exit.
+    let marker = s.remote_home().join("killed");
+    let cmd = format!("cat; touch {}", marker.display());
+    let (mut out, _inp, handle) = connect(&s).exec_stream(&cmd).unwrap().split();
+    handle.kill();
+    assert!(within(Duration::from_secs(10), move || handle.wait()).is_err());
+    let mut rest = Vec::new();
+    out.read_to_end(&mut rest).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "remote cat did not exit after kill()");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // The remote reads stdin after closing its stdout (`cat > file`): all input must arrive.
+    let dest = s.remote_home().join("sink");
+    let cmd = format!("exec >/dev/null; cat > {}", dest.display());
+    let (_out, mut inp, handle) = connect(&s).exec_stream(&cmd).unwrap().split();
+    let data = noise(8 << 20, 3);
+    inp.write_all(&data).unwrap();
+    drop(inp);
+    assert!(handle.wait().unwrap().success());
+    assert_eq!(fs::read(&dest).unwrap(), data);
+}
+
+#[test]
+fn unknown_host_key_is_refused_with_fingerprint_and_accept_new_records_it() {
+    let Some(s) = Sshd::require() else { return };
+    fs::write(s.known_hosts(), "").unwrap();
+    let e = connect_err(&s, &opts(&s));
+    let fp = s.fingerprint("ed25519");
+    assert!(e.contains("unknown host key") && e.contains(&fp), "{e}");
+    assert!(e.contains(&format!("[127.0.0.1]:{}", s.port())) && e.contains("ssh-keyscan"), "{e}");
+
+    let o = SshOptions { accept_new_host_key: true, ..opts(&s) };
+    Remote::connect(s.host_alias(), &o).unwrap();
+    assert_eq!(fs::read_to_string(s.known_hosts()).unwrap(), s.known_hosts_line("ed25519"));
+    connect(&s); // now known, without accept-new
+}
+
+#[test]
+fn accept_new_from_ssh_config() {
+    let Some(s) = Sshd::require() else { return };
+    fs::remove_file(s.known_hosts()).unwrap();
+    let mut cfg = fs::read_to_string(s.ssh_config()).unwrap();
+    cfg.push_str("    StrictHostKeyChecking accept-new\n");
+    fs::write(s.ssh_config(), cfg).unwrap();
+    connect(&s);
+    assert_eq!(fs::read_to_string(s.known_hosts()).unwrap(), s.known_hosts_line("ed25519"));
+}
+
+#[test]
+fn changed_host_key_is_refused_even_with_accept_new() {
+    let Some(s) = Sshd::require() else { return };
+    let other = s.dir().join("other_ed25519");
+    keygen(&other, "ed25519", "");
+    let public = fs::read_to_string(other.with_extension("pub")).unwrap();
+    let line = format!("[127.0.0.1]:{} {}", s.port(), public);
+    fs::write(s.known_hosts(), &line).unwrap();
+    for accept_new in [false, true] {
+        let e = connect_err(&s, &SshOptions { accept_new_host_key: accept_new, ..opts(&s) });
+        assert!(e.contains("HOST KEY CHANGED") && e.contains(&s.fingerprint("ed25519")), "{e}");
+    }
+    assert_eq!(fs::read_to_string(s.known_hosts()).unwrap(), line, "known_hosts must not change");
+}
+
+#[test]
+fn known_rsa_key_is_used_when_server_also_has_ed25519() {
+    let Some(s) = Sshd::require_with(SshdOptions { rsa_host_key: true }) else { return };
+    // Without steering, the server would show its ed25519 key and libssh2 would call that a
+    // mismatch with the recorded RSA key.
+    fs::write(s.known_hosts(), s.known_hosts_line("rsa")).unwrap();
+    connect(&s).run_ok("true").unwrap();
+    // The same with a hashed name: the key types for the host are found through libssh2.
+    assert!(Command::new("ssh-keygen").arg("-Hf").arg(s.known_hosts()).output().unwrap().status.success());
+    assert!(fs::read_to_string(s.known_hosts()).unwrap().starts_with("|1|"));
+    connect(&s).run_ok("true").unwrap();
+    // A different RSA key on record is still a changed key.
+    let other = s.dir().join("other_rsa");
+    keygen(&other, "rsa", "");
+    let public = fs::read_to_string(other.with_extension("pub")).unwrap();
+    fs::write(s.known_hosts(), format!("[127.0.0.1]:{} {}", s.port(), public)).unwrap();
+    let e = connect_err(&s, &opts(&s));
+    assert!(e.contains("HOST KEY CHANGED") && e.contains(&s.fingerprint("rsa")), "{e}");
+}
+
+#[test]
+fn hashed_known_hosts_entry_works() {
+    let Some(s) = Sshd::require() else { return };
+    let other = s.dir().join("unrelated_ed25519");
+    keygen(&other, "ed25519", "");
+    let unrelated = fs::read_to_string(other.with_extension("pub")).unwrap();
+    let text = format!("example.org {unrelated}{}", s.known_hosts_line("ed25519"));
+    fs::write(s.known_hosts(), text).unwrap();
+    let status = Command::new("ssh-keygen").arg("-H").arg("-f").arg(s.known_hosts()).output().unwrap().status;
+    assert!(status.success());
+    let hashed = fs::read_to_string(s.known_hosts()).unwrap();
+    assert!(hashed.starts_with("|1|") && !hashed.contains("127.0.0.1"), "{hashed}");
+    connect(&s).run_ok("true").unwrap();
+}
+
+#[test]
+fn passphrase_protected_key_gives_a_clear_error() {
+    let Some(s) = Sshd::require() else { return };
+    let key = s.dir().join("locked_ed25519");
+    keygen(&key, "ed25519", "secret passphrase");
+    let cfg = fs::read_to_string(s.ssh_config()).unwrap();
+    let cfg = cfg.replace(&s.client_key().display().to_string(), &key.display().to_string());
+    fs::write(s.ssh_config(), cfg).unwrap();
+    let o = opts(&s);
+    if std::env::var_os("SSH_AUTH_SOCK").is_some() {
+        eprintln!("SKIP: SSH_AUTH_SOCK is set; an agent could log in");
+        return;
+    }
+    let e = connect_err(&s, &o);
+    assert!(e.contains(&format!("identity file {} is passphrase-protected", key.display())), "{e}");
+    assert!(e.contains("ssh-agent") && e.contains(&format!("root@127.0.0.1:{}", s.port())), "{e}");
+}
+
+#[test]
+fn closed_port_gives_a_clear_error() {
+    // No sshd needed: a port that was free a moment ago.
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let home = tempfile::tempdir().unwrap();
+    let cfg = home.path().join("config");
+    fs::write(&cfg, format!("Host closed\n  HostName 127.0.0.1\n  Port {port}\n  User someone\n")).unwrap();
+    let o = SshOptions { ssh_config: Some(cfg), home: Some(home.path().into()), ..Default::default() };
+    let e = format!("{:#}", Remote::connect("closed", &o).err().unwrap());
+    eprintln!("expected error: {e}");
+    assert!(e.contains(&format!("someone@127.0.0.1:{port}")) && e.contains("refused"), "{e}");
+}
