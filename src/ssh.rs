@@ -27,7 +27,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
-use ssh2::{BlockDirections, Channel, CheckResult, ErrorCode, KnownHostFileKind, KnownHosts, MethodType, Session};
+use ssh2::{
+    BlockDirections, Channel, CheckResult, ErrorCode, KnownHostFileKind, KnownHosts, MethodType,
+    Session,
+};
 
 use config::{KnownLine, Resolved};
 
@@ -81,7 +84,11 @@ impl Remote {
         verify_host_key(&sess, &known, r)?;
         authenticate(&sess, r)?;
         sess.set_timeout(millis(IO_TIMEOUT));
-        Ok(Remote { sess, fd, label: r.label() })
+        Ok(Remote {
+            sess,
+            fd,
+            label: r.label(),
+        })
     }
 
     /// `user@host:port`, the name every error uses.
@@ -93,11 +100,18 @@ impl Remote {
     /// last 64 KiB of stderr.
     pub fn run(&self, cmd: &str) -> Result<(i32, Vec<u8>, Vec<u8>)> {
         let mut ch = self.exec(cmd)?;
-        let mut io = PumpIo { stdin: None, stdout: Sink::Memory(Vec::new()), wake: None, kill: None };
+        let mut io = PumpIo {
+            stdin: None,
+            stdout: Sink::Memory(Vec::new()),
+            wake: None,
+            kill: None,
+        };
         let done = drive(&self.sess, self.fd, &mut ch, &mut io);
         self.sess.set_blocking(true);
         let done = done.with_context(|| format!("ssh {}: running {cmd:?}", self.label))?;
-        let Sink::Memory(out) = io.stdout else { unreachable!("run() collects into memory") };
+        let Sink::Memory(out) = io.stdout else {
+            unreachable!("run() collects into memory")
+        };
         Ok((done.status, out, done.stderr))
     }
 
@@ -106,7 +120,11 @@ impl Remote {
         let (status, out, err) = self.run(cmd)?;
         if status != 0 {
             let err = String::from_utf8_lossy(&err);
-            bail!("ssh {}: {cmd:?} exited with status {status}: {}", self.label, err.trim_end());
+            bail!(
+                "ssh {}: {cmd:?} exited with status {status}: {}",
+                self.label,
+                err.trim_end()
+            );
         }
         Ok(out)
     }
@@ -114,10 +132,18 @@ impl Remote {
     /// Uploads `data` over SCP to `remote_path.tmp.<unique>`, then renames it into place, so
     /// nobody ever sees a partial file.
     pub fn upload(&self, remote_path: &str, data: &[u8], mode: i32) -> Result<()> {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
         let tmp = format!("{remote_path}.tmp.{:x}{nanos:x}", std::process::id());
         let res = self.scp_send(&tmp, data, mode).and_then(|()| {
-            self.run_ok(&format!("mv -f -- {} {}", sh_quote(&tmp), sh_quote(remote_path))).map(drop)
+            self.run_ok(&format!(
+                "mv -f -- {} {}",
+                sh_quote(&tmp),
+                sh_quote(remote_path)
+            ))
+            .map(drop)
         });
         if res.is_err() {
             let _ = self.run(&format!("rm -f -- {}", sh_quote(&tmp)));
@@ -126,7 +152,9 @@ impl Remote {
     }
 
     fn scp_send(&self, path: &str, data: &[u8], mode: i32) -> Result<()> {
-        let mut ch = self.sess.scp_send(Path::new(path), mode, data.len() as u64, None)?;
+        let mut ch = self
+            .sess
+            .scp_send(Path::new(path), mode, data.len() as u64, None)?;
         ch.write_all(data)?;
         // The SCP protocol ends a file with a NUL status byte; libssh2 leaves it to us, and
         // OpenSSH's `scp -t` exits 1 ("lost connection") without it.
@@ -144,7 +172,10 @@ impl Remote {
             status => {
                 out.retain(|&b| b > 2);
                 out.extend_from_slice(&err);
-                bail!("remote scp exited with status {status}: {}", String::from_utf8_lossy(&out).trim_end())
+                bail!(
+                    "remote scp exited with status {status}: {}",
+                    String::from_utf8_lossy(&out).trim_end()
+                )
             }
         }
     }
@@ -167,11 +198,17 @@ impl Remote {
         let mut lines = out.lines();
         let platform = lines.next().unwrap_or("").trim();
         if platform != "Linux x86_64" {
-            bail!("ssh {}: the remote is {platform:?}; the diskdump agent runs only on Linux x86_64", self.label);
+            bail!(
+                "ssh {}: the remote is {platform:?}; the diskdump agent runs only on Linux x86_64",
+                self.label
+            );
         }
         let (dir, present) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
         if !dir.starts_with('/') {
-            bail!("ssh {}: could not set up the agent cache dir (got {dir:?})", self.label);
+            bail!(
+                "ssh {}: could not set up the agent cache dir (got {dir:?})",
+                self.label
+            );
         }
         let path = format!("{dir}/{name}");
         if present.split_whitespace().next() != Some(hash.as_str()) {
@@ -183,7 +220,8 @@ impl Remote {
     /// Starts `cmd` and hands its stdin/stdout to the caller as pipes, driven by a thread.
     pub fn exec_stream(self, cmd: &str) -> Result<RemoteProcess> {
         let mut ch = self.exec(cmd)?;
-        let ((out_r, out_w), (in_r, in_w), (wake_r, wake_w)) = (io::pipe()?, io::pipe()?, io::pipe()?);
+        let ((out_r, out_w), (in_r, in_w), (wake_r, wake_w)) =
+            (io::pipe()?, io::pipe()?, io::pipe()?);
         // The pump's ends never block it; the caller's ends stay blocking.
         for fd in [out_w.as_raw_fd(), in_r.as_raw_fd(), wake_r.as_raw_fd()] {
             set_nonblocking(fd)?;
@@ -193,29 +231,48 @@ impl Remote {
             unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, PIPE_SIZE) };
         }
         let kill = Arc::new(AtomicBool::new(false));
-        let mut io =
-            PumpIo { stdin: Some(in_r), stdout: Sink::Pipe(Some(out_w)), wake: Some(wake_r), kill: Some(kill.clone()) };
+        let mut io = PumpIo {
+            stdin: Some(in_r),
+            stdout: Sink::Pipe(Some(out_w)),
+            wake: Some(wake_r),
+            kill: Some(kill.clone()),
+        };
         let label = self.label.clone();
-        let thread = std::thread::Builder::new().name(format!("ssh {label}")).spawn(move || {
-            let res = drive(&self.sess, self.fd, &mut ch, &mut io);
-            // Normally the remote has closed already, so this cannot wait long.
-            self.sess.set_blocking(true);
-            self.sess.set_timeout(5000);
-            drop(ch);
-            let _ = self.sess.disconnect(None, "done", None);
-            let done = res.with_context(|| format!("ssh {}: remote command", self.label))?;
-            Ok(ExitInfo {
-                status: done.status,
-                signal: done.signal,
-                stderr: String::from_utf8_lossy(&done.stderr).into_owned(),
-            })
-        })?;
-        Ok(RemoteProcess { stdout: out_r, stdin: in_w, handle: Handle { thread, wake: wake_w, kill, label } })
+        let thread = std::thread::Builder::new()
+            .name(format!("ssh {label}"))
+            .spawn(move || {
+                let res = drive(&self.sess, self.fd, &mut ch, &mut io);
+                // Normally the remote has closed already, so this cannot wait long.
+                self.sess.set_blocking(true);
+                self.sess.set_timeout(5000);
+                drop(ch);
+                let _ = self.sess.disconnect(None, "done", None);
+                let done = res.with_context(|| format!("ssh {}: remote command", self.label))?;
+                Ok(ExitInfo {
+                    status: done.status,
+                    signal: done.signal,
+                    stderr: String::from_utf8_lossy(&done.stderr).into_owned(),
+                })
+            })?;
+        Ok(RemoteProcess {
+            stdout: out_r,
+            stdin: in_w,
+            handle: Handle {
+                thread,
+                wake: wake_w,
+                kill,
+                label,
+            },
+        })
     }
 
     fn exec(&self, cmd: &str) -> Result<Channel> {
-        let mut ch = self.sess.channel_session().with_context(|| format!("ssh {}: opening a channel", self.label))?;
-        ch.exec(cmd).with_context(|| format!("ssh {}: starting {cmd:?}", self.label))?;
+        let mut ch = self
+            .sess
+            .channel_session()
+            .with_context(|| format!("ssh {}: opening a channel", self.label))?;
+        ch.exec(cmd)
+            .with_context(|| format!("ssh {}: starting {cmd:?}", self.label))?;
         Ok(ch)
     }
 }
@@ -263,7 +320,9 @@ impl ExitInfo {
 impl Handle {
     /// Waits until the remote command has exited and closed the channel.
     pub fn wait(self) -> Result<ExitInfo> {
-        self.thread.join().map_err(|_| anyhow!("ssh {}: the I/O thread panicked", self.label))?
+        self.thread
+            .join()
+            .map_err(|_| anyhow!("ssh {}: the I/O thread panicked", self.label))?
     }
 
     /// Drops the connection: the remote command sees EOF on stdin (and a broken pipe on
@@ -296,7 +355,10 @@ fn tcp_connect(r: &Resolved) -> Result<TcpStream> {
     }
     match last {
         Some((addr, e)) if e.kind() == io::ErrorKind::TimedOut => {
-            bail!("connecting to {addr} timed out after {:?}", r.connect_timeout)
+            bail!(
+                "connecting to {addr} timed out after {:?}",
+                r.connect_timeout
+            )
         }
         Some((addr, e)) => Err(e).with_context(|| format!("cannot connect to {addr}")),
         None => bail!("host name {:?} has no address", r.host),
@@ -313,8 +375,15 @@ struct KnownDb {
 
 impl KnownDb {
     fn load(sess: &Session, files: &[std::path::PathBuf]) -> Result<KnownDb> {
-        let mut db = KnownDb { entries: Vec::new(), revoked: Vec::new() };
-        for file in files.iter().map(|f| f.as_path()).chain([Path::new("/etc/ssh/ssh_known_hosts")]) {
+        let mut db = KnownDb {
+            entries: Vec::new(),
+            revoked: Vec::new(),
+        };
+        for file in files
+            .iter()
+            .map(|f| f.as_path())
+            .chain([Path::new("/etc/ssh/ssh_known_hosts")])
+        {
             let text = match fs::read_to_string(file) {
                 Ok(t) => t,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -356,9 +425,17 @@ impl KnownDb {
     /// `Match` if a line for `name` has this key, `Mismatch` if lines for `name` exist but
     /// none has it, `NotFound` otherwise.
     fn check(&self, name: &str, key: &[u8]) -> CheckResult {
-        if self.entries.iter().any(|(_, kh)| matches!(kh.check(name, key), CheckResult::Match)) {
+        if self
+            .entries
+            .iter()
+            .any(|(_, kh)| matches!(kh.check(name, key), CheckResult::Match))
+        {
             CheckResult::Match
-        } else if self.entries.iter().any(|(line, kh)| Self::names(kh, line, name)) {
+        } else if self
+            .entries
+            .iter()
+            .any(|(line, kh)| Self::names(kh, line, name))
+        {
             CheckResult::Mismatch
         } else {
             CheckResult::NotFound
@@ -373,9 +450,15 @@ fn steer_host_key(sess: &Session, known_types: &[String]) -> Result<bool> {
         return Ok(false);
     }
     let supported = sess.supported_algs(MethodType::HostKey)?;
-    let prefs: Vec<&str> = config::hostkey_prefs(known_types).into_iter().filter(|a| supported.contains(a)).collect();
+    let prefs: Vec<&str> = config::hostkey_prefs(known_types)
+        .into_iter()
+        .filter(|a| supported.contains(a))
+        .collect();
     if prefs.is_empty() {
-        bail!("known_hosts has only {} keys for this host, which libssh2 cannot verify", known_types.join(", "));
+        bail!(
+            "known_hosts has only {} keys for this host, which libssh2 cannot verify",
+            known_types.join(", ")
+        );
     }
     sess.method_pref(MethodType::HostKey, &prefs.join(","))?;
     Ok(true)
@@ -383,8 +466,16 @@ fn steer_host_key(sess: &Session, known_types: &[String]) -> Result<bool> {
 
 fn verify_host_key(sess: &Session, known: &KnownDb, r: &Resolved) -> Result<()> {
     let (key, _) = sess.host_key().context("the server sent no host key")?;
-    let (ktype, fp, name) = (config::blob_key_type(key), config::fingerprint(key), r.known_host_name());
-    let files: Vec<String> = r.known_hosts.iter().map(|f| f.display().to_string()).collect();
+    let (ktype, fp, name) = (
+        config::blob_key_type(key),
+        config::fingerprint(key),
+        r.known_host_name(),
+    );
+    let files: Vec<String> = r
+        .known_hosts
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect();
     let first = files.first().cloned().unwrap_or_default();
     if known.revoked.iter().any(|k| k == key) {
         bail!("the server's {ktype} host key {fp} is marked @revoked in known_hosts; refusing to connect");
@@ -421,9 +512,18 @@ fn append_known_host(file: &Path, line: &str) -> Result<()> {
         fs::create_dir_all(dir)?;
         fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
     }
-    let ends_clean = fs::read(file).map(|b| b.is_empty() || b.ends_with(b"\n")).unwrap_or(true);
+    let ends_clean = fs::read(file)
+        .map(|b| b.is_empty() || b.ends_with(b"\n"))
+        .unwrap_or(true);
     let mut f = OpenOptions::new().create(true).append(true).open(file)?;
-    f.write_all(if ends_clean { line.to_string() } else { format!("\n{line}") }.as_bytes())?;
+    f.write_all(
+        if ends_clean {
+            line.to_string()
+        } else {
+            format!("\n{line}")
+        }
+        .as_bytes(),
+    )?;
     Ok(())
 }
 
@@ -452,7 +552,10 @@ fn authenticate(sess: &Session, r: &Resolved) -> Result<()> {
             locked.get_or_insert(path);
             continue;
         }
-        let public = path.with_file_name(format!("{}.pub", path.file_name().unwrap_or_default().to_string_lossy()));
+        let public = path.with_file_name(format!(
+            "{}.pub",
+            path.file_name().unwrap_or_default().to_string_lossy()
+        ));
         let public = public.exists().then_some(public);
         match sess.userauth_pubkey_file(&r.user, public.as_deref(), path, None) {
             Ok(()) if sess.authenticated() => return Ok(()),
@@ -470,9 +573,16 @@ fn authenticate(sess: &Session, r: &Resolved) -> Result<()> {
         );
     }
     if tried.is_empty() {
-        bail!("no way to log in as {}: no ssh-agent (SSH_AUTH_SOCK unset) and no identity file", r.user);
+        bail!(
+            "no way to log in as {}: no ssh-agent (SSH_AUTH_SOCK unset) and no identity file",
+            r.user
+        );
     }
-    bail!("authentication as {} failed (tried: {})", r.user, tried.join("; "))
+    bail!(
+        "authentication as {} failed (tried: {})",
+        r.user,
+        tried.join("; ")
+    )
 }
 
 fn try_agent(sess: &Session, user: &str) -> Result<bool, ssh2::Error> {
@@ -548,7 +658,10 @@ fn drive(sess: &Session, fd: RawFd, ch: &mut Channel, io: &mut PumpIo) -> Result
             // Closing the socket is instant and cannot block on a half-sent packet; sshd then
             // closes the command's pipes.
             unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
-            bail!("killed; remote stderr: {}", String::from_utf8_lossy(&stderr).trim_end());
+            bail!(
+                "killed; remote stderr: {}",
+                String::from_utf8_lossy(&stderr).trim_end()
+            );
         }
         let mut progress = false;
         // Take new input only when the last chunk is fully written, so a write that would
@@ -593,13 +706,19 @@ fn drive(sess: &Session, fd: RawFd, ch: &mut Channel, io: &mut PumpIo) -> Result
         // Read stdout only while there is room: a slow caller then holds back the SSH
         // window, and through it the remote command.
         if output.buf.len() < CHUNK {
-            if let Some(n) = nb(ch.read(&mut scratch)).context("reading the remote stdout")?.filter(|&n| n > 0) {
+            if let Some(n) = nb(ch.read(&mut scratch))
+                .context("reading the remote stdout")?
+                .filter(|&n| n > 0)
+            {
                 output.buf.extend_from_slice(&scratch[..n]);
                 progress = true;
             }
         }
         // Always drain stderr: unread stderr would keep the channel from reaching EOF.
-        if let Some(n) = nb(ch.stderr().read(&mut scratch)).context("reading the remote stderr")?.filter(|&n| n > 0) {
+        if let Some(n) = nb(ch.stderr().read(&mut scratch))
+            .context("reading the remote stderr")?
+            .filter(|&n| n > 0)
+        {
             stderr.extend_from_slice(&scratch[..n]);
             if stderr.len() > 2 * STDERR_TAIL {
                 stderr.drain(..stderr.len() - STDERR_TAIL);
@@ -626,8 +745,16 @@ fn drive(sess: &Session, fd: RawFd, ch: &mut Channel, io: &mut PumpIo) -> Result
         stderr.drain(..stderr.len() - STDERR_TAIL);
     }
     let signal = ch.exit_signal().ok().and_then(|s| s.exit_signal);
-    let status = if signal.is_some() { -1 } else { ch.exit_status()? };
-    Ok(Finished { status, signal, stderr })
+    let status = if signal.is_some() {
+        -1
+    } else {
+        ch.exit_status()?
+    };
+    Ok(Finished {
+        status,
+        signal,
+        stderr,
+    })
 }
 
 /// Gives pending output to the sink; returns whether anything moved.
@@ -653,8 +780,18 @@ fn flush_output(out: &mut Pending, sink: &mut Sink) -> bool {
 
 /// Sleeps until the socket is ready in the direction libssh2 waits for, the caller's input is
 /// readable, its output pipe has room, or a kill arrives (at most 1 s).
-fn wait_ready(sess: &Session, fd: RawFd, io: &mut PumpIo, want_input: bool, have_output: bool) -> Result<()> {
-    let pfd = |fd, events| libc::pollfd { fd, events, revents: 0 };
+fn wait_ready(
+    sess: &Session,
+    fd: RawFd,
+    io: &mut PumpIo,
+    want_input: bool,
+    have_output: bool,
+) -> Result<()> {
+    let pfd = |fd, events| libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
     let socket_events = match sess.block_directions() {
         BlockDirections::Outbound => libc::POLLOUT,
         BlockDirections::Both => libc::POLLIN | libc::POLLOUT,
@@ -677,7 +814,11 @@ fn wait_ready(sess: &Session, fd: RawFd, io: &mut PumpIo, want_input: bool, have
             return Err(e).context("poll");
         }
     }
-    if let Some(w) = io.wake.as_mut().filter(|_| fds.last().is_some_and(|f| f.revents != 0)) {
+    if let Some(w) = io
+        .wake
+        .as_mut()
+        .filter(|_| fds.last().is_some_and(|f| f.revents != 0))
+    {
         // A byte means "look at the kill flag"; EOF means the Handle is gone: stop watching.
         if matches!(nb(w.read(&mut [0u8; 16])), Ok(Some(0)) | Err(_)) {
             io.wake = None;
@@ -690,7 +831,14 @@ fn wait_ready(sess: &Session, fd: RawFd, io: &mut PumpIo, want_input: bool, have
 fn nb<T>(r: io::Result<T>) -> io::Result<Option<T>> {
     match r {
         Ok(v) => Ok(Some(v)),
-        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => Ok(None),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) =>
+        {
+            Ok(None)
+        }
         Err(e) => Err(e),
     }
 }
@@ -725,7 +873,10 @@ mod tests {
 
     #[test]
     fn pending_buffer() {
-        let mut p = Pending { buf: b"abcdef".to_vec(), pos: 0 };
+        let mut p = Pending {
+            buf: b"abcdef".to_vec(),
+            pos: 0,
+        };
         p.consume(2);
         assert_eq!(p.bytes(), b"cdef");
         p.consume(4);

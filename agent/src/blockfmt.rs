@@ -307,7 +307,8 @@ mod tests {
         use std::io::Write;
         assert!(is_plain(&encode(b"abc")));
         assert!(is_plain(&encode(&[])));
-        let mut enc = FrameEncoder::with_frame_info(FrameInfo::new().content_checksum(true), Vec::new());
+        let mut enc =
+            FrameEncoder::with_frame_info(FrameInfo::new().content_checksum(true), Vec::new());
         enc.write_all(b"abc").unwrap();
         assert!(!is_plain(&enc.finish().unwrap()));
         let mut skippable = vec![0x50, 0x2A, 0x4D, 0x18, 0, 0, 0, 0];

@@ -1,9 +1,247 @@
-//! `dump`: parallel targets over SSH (wired to the agent and receiver).
+//! `dump`: many targets in parallel, each its own SSH session running the
+//! embedded agent, into one store. One target failing does not stop the
+//! others; Ctrl-C stops every agent and writes no manifest.
 
+use crate::agent_bin::{agent_hash, AGENT};
 use crate::cli::{DumpArgs, TargetSpec};
-use anyhow::{bail, Result};
+use crate::manifest::{default_name, validate_name};
+use crate::receiver::{receive, InFlight, ReceiveOptions, ReceiveStats};
+use crate::ssh::{sudo_hint, Remote, SshOptions, Target};
+use crate::store::{LocalStore, LockKind, Store};
+use crate::{progress, signals};
+use anyhow::{bail, Context, Result};
+use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-pub fn run(_store_dir: &Path, _targets: Vec<TargetSpec>, _args: DumpArgs) -> Result<u8> {
-    bail!("dump over SSH is not built yet")
+/// One target, checked before any work starts.
+struct Job {
+    spec: TargetSpec,
+    target: Target,
+    name: String,
+}
+
+struct Done {
+    manifest: String,
+    stats: ReceiveStats,
+    took: Duration,
+}
+
+pub fn run(store_dir: &Path, specs: Vec<TargetSpec>, args: DumpArgs) -> Result<u8> {
+    let mut jobs = Vec::new();
+    for spec in specs {
+        let target = Target::parse(&spec.target)?;
+        let name = match &spec.name {
+            Some(n) => {
+                validate_name(n)?;
+                n.clone()
+            }
+            None => default_name(&target.host, &target.path)
+                .with_context(|| format!("target {}", spec.target))?,
+        };
+        jobs.push(Job { spec, target, name });
+    }
+    diskdump_agent::proto::check_params(
+        args.block_size
+            .unwrap_or(diskdump_agent::DEFAULT_BLOCK_SIZE),
+        args.batch_size,
+        args.window,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let store = LocalStore::open_or_create(store_dir, args.block_size)?;
+    let _lock = store.lock(LockKind::Shared, true)?;
+    let ssh = SshOptions {
+        user: args.user.clone(),
+        accept_new_host_key: args.accept_new_host_key,
+        ..SshOptions::default()
+    };
+    let inflight = InFlight::new();
+    let bars = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+    let results: Vec<Mutex<Option<Result<Done>>>> = jobs.iter().map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    let workers = args.jobs.unwrap_or(jobs.len()).clamp(1, jobs.len().max(1));
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(job) = jobs.get(i) else { return };
+                let bar = bars.add(target_bar(&job.spec.target));
+                let r = if signals::received().is_some() {
+                    Err(anyhow::anyhow!("not started: interrupted"))
+                } else {
+                    dump_one(&store, &inflight, &ssh, &args, job, &bar)
+                };
+                bar.finish_and_clear();
+                if let Err(e) = &r {
+                    let line = format!("{}: FAILED: {e:#}", job.spec.target);
+                    if bars.is_hidden() {
+                        eprintln!("{line}");
+                    } else {
+                        let _ = bars.println(line);
+                    }
+                }
+                *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+            });
+        }
+    });
+    let results: Vec<Result<Done>> = results
+        .into_iter()
+        .map(|m| {
+            m.into_inner()
+                .unwrap_or_else(|p| p.into_inner())
+                .expect("every job ran")
+        })
+        .collect();
+    print_summary(&jobs, &results);
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    if failed > 0 {
+        signals::check()?;
+        bail!("{failed} of {} targets failed", jobs.len());
+    }
+    Ok(0)
+}
+
+fn target_bar(target: &str) -> ProgressBar {
+    let pb = ProgressBar::new(0);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{prefix:24} [{bar:25}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    pb.set_prefix(target.to_string());
+    pb.set_message("connecting");
+    pb.enable_steady_tick(Duration::from_millis(200));
+    pb
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+fn dump_one(
+    store: &LocalStore,
+    inflight: &InFlight,
+    ssh: &SshOptions,
+    args: &DumpArgs,
+    job: &Job,
+    bar: &ProgressBar,
+) -> Result<Done> {
+    let started = Instant::now();
+    let t = &job.target;
+    let dest = match &t.user {
+        Some(u) => format!("{u}@{}", t.host),
+        None => t.host.clone(),
+    };
+    let remote = Remote::connect(&dest, ssh)?;
+    bar.set_message("deploying agent");
+    let agent = remote.ensure_agent(AGENT, &agent_hash())?;
+    let cmd = format!(
+        "{}{} --block-size {} --batch-size {} --window {} --compress {} {}",
+        if job.spec.sudo { "sudo -n " } else { "" },
+        shell_quote(&agent),
+        store.block_size(),
+        args.batch_size,
+        args.window,
+        args.compress,
+        shell_quote(&t.path)
+    );
+    let label = remote.label().to_string();
+    let (input, output, handle) = remote.exec_stream(&cmd)?.split();
+    bar.set_message("");
+    let source = format!("{}:{}", t.host, t.path);
+    let update = |st: &ReceiveStats| {
+        bar.set_length(st.size);
+        bar.set_position(st.bytes_read);
+        bar.set_message(format!(
+            "new {} wire {}",
+            HumanBytes(st.bytes_new),
+            HumanBytes(st.wire_bytes)
+        ));
+    };
+    let opts = ReceiveOptions {
+        store,
+        inflight,
+        source: &source,
+        progress: &update,
+    };
+    let finished = AtomicBool::new(false);
+    let received = std::thread::scope(|s| {
+        // Ctrl-C: cut the session, so the agent sees EOF and the receiver stops.
+        s.spawn(|| {
+            while !finished.load(Ordering::SeqCst) {
+                if signals::received().is_some() {
+                    handle.kill();
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let r = receive(&opts, input, output);
+        finished.store(true, Ordering::SeqCst);
+        r
+    });
+    let received = match received {
+        Ok(r) => r,
+        Err(e) => {
+            handle.kill();
+            signals::check()?;
+            let stderr = handle.wait().map(|x| x.stderr).unwrap_or_default();
+            if let Some(hint) = sudo_hint(&stderr) {
+                bail!("{source}: {hint}");
+            }
+            // The agent's last words, unless the error already carries them.
+            let said = format!("{e:#}");
+            let tail = match stderr.trim().lines().last() {
+                Some(l) if !said.contains(l.trim_start_matches("diskdump-agent: ")) => {
+                    format!(" (remote stderr: {l})")
+                }
+                _ => String::new(),
+            };
+            return Err(e.context(format!(
+                "dump of {source} via {label} failed; no manifest written{tail}"
+            )));
+        }
+    };
+    let exit = handle.wait()?;
+    if !exit.success() {
+        bail!(
+            "{source}: the agent exited with status {} after finishing: {}",
+            exit.status,
+            exit.stderr.trim()
+        );
+    }
+    signals::check()?;
+    let entry = store.write_manifest(&job.name, &received.manifest)?;
+    Ok(Done {
+        manifest: entry.rel,
+        stats: received.stats,
+        took: started.elapsed(),
+    })
+}
+
+fn print_summary(jobs: &[Job], results: &[Result<Done>]) {
+    println!(
+        "{:<28} {:<40} {:>7} {:>8} {:>7} {:>10} {:>8} {:>10}",
+        "TARGET", "MANIFEST", "NEW", "PRESENT", "ZERO", "WIRE", "TIME", "RATE"
+    );
+    for (job, r) in jobs.iter().zip(results) {
+        match r {
+            Ok(d) => println!(
+                "{:<28} {:<40} {:>7} {:>8} {:>7} {:>10} {:>8} {:>10}",
+                job.spec.target,
+                d.manifest,
+                d.stats.blocks_new,
+                d.stats.blocks_present + d.stats.blocks_deduped,
+                d.stats.blocks_zero,
+                HumanBytes(d.stats.wire_bytes).to_string().replace(' ', ""),
+                progress::secs(d.took),
+                progress::rate(d.stats.size, d.took)
+            ),
+            Err(e) => println!("{:<28} FAILED: {e:#}", job.spec.target),
+        }
+    }
 }

@@ -65,7 +65,11 @@ impl Sshd {
         // A port found free can be taken before sshd binds it: try a few.
         for _ in 0..5 {
             let port = free_port();
-            fs::write(d.join("sshd_config"), sshd_config(d, port, opts.rsa_host_key)).unwrap();
+            fs::write(
+                d.join("sshd_config"),
+                sshd_config(d, port, opts.rsa_host_key),
+            )
+            .unwrap();
             let log = fs::File::create(d.join("sshd.log")).unwrap();
             let mut child = Command::new(SSHD)
                 .args(["-D", "-e", "-f"])
@@ -83,7 +87,10 @@ impl Sshd {
             let _ = child.kill();
             let _ = child.wait();
         }
-        panic!("sshd did not start; log:\n{}", fs::read_to_string(d.join("sshd.log")).unwrap_or_default());
+        panic!(
+            "sshd did not start; log:\n{}",
+            fs::read_to_string(d.join("sshd.log")).unwrap_or_default()
+        );
     }
 
     fn write_client_files(&self) {
@@ -137,8 +144,17 @@ impl Sshd {
     }
     /// `SHA256:...` of this server's `kind` host key, from `ssh-keygen -l`.
     pub fn fingerprint(&self, kind: &str) -> String {
-        let out = Command::new("ssh-keygen").arg("-lf").arg(self.host_key_pub(kind)).output().unwrap();
-        String::from_utf8(out.stdout).unwrap().split_whitespace().nth(1).unwrap().to_string()
+        let out = Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(self.host_key_pub(kind))
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_string()
     }
     /// Environment for a spawned `diskdump`.
     pub fn env(&self) -> Vec<(String, OsString)> {
@@ -162,7 +178,16 @@ pub fn keygen(path: &Path, kind: &str, passphrase: &str) {
     let _ = fs::remove_file(path);
     let _ = fs::remove_file(path.with_extension("pub"));
     let status = Command::new("ssh-keygen")
-        .args(["-q", "-t", kind, "-N", passphrase, "-C", "diskdump-test", "-f"])
+        .args([
+            "-q",
+            "-t",
+            kind,
+            "-N",
+            passphrase,
+            "-C",
+            "diskdump-test",
+            "-f",
+        ])
         .arg(path)
         .stdin(Stdio::null())
         .status()
@@ -186,7 +211,11 @@ fn prerequisites() -> Result<(), String> {
 
 fn sshd_config(d: &Path, port: u16, rsa: bool) -> String {
     let d = d.display();
-    let rsa = if rsa { format!("HostKey {d}/host_rsa\n") } else { String::new() };
+    let rsa = if rsa {
+        format!("HostKey {d}/host_rsa\n")
+    } else {
+        String::new()
+    };
     format!(
         "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\n{rsa}\
          AuthorizedKeysFile {d}/authorized_keys\nPidFile {d}/sshd.pid\nStrictModes no\nUsePAM no\n\
@@ -196,7 +225,11 @@ fn sshd_config(d: &Path, port: u16, rsa: bool) -> String {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Polls until the server greets with `SSH-` (ready), or gives up when it exits or after 10 s.

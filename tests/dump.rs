@@ -1,0 +1,234 @@
+//! `diskdump dump` end to end: the real binary, a real sshd on 127.0.0.1, the
+//! embedded agent deployed over SCP, a store in a temp dir.
+
+mod common;
+
+use common::sshd::Sshd;
+use common::{images, walk};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BS: usize = 131072;
+
+fn run(sshd: &Sshd, store: &Path, args: &[&str]) -> Output {
+    Command::new(common::bin())
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .envs(sshd.env())
+        .output()
+        .expect("run diskdump")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn manifests(store: &Path) -> Vec<PathBuf> {
+    walk(store)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "manifest"))
+        .collect()
+}
+
+fn restore(store: &Path, name: &str) -> Vec<u8> {
+    let (code, bytes, err) = common::dd_bytes(store, &["restore", name]);
+    assert_eq!(code, 0, "{err}");
+    bytes
+}
+
+/// The summary row of a target: NEW and WIRE columns.
+fn summary(o: &Output, target: &str) -> (u64, String) {
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let row = out
+        .lines()
+        .find(|l| l.starts_with(target))
+        .unwrap_or_else(|| panic!("no row for {target}: {out}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    (cols[2].parse().unwrap(), cols[5].to_string())
+}
+
+#[test]
+fn dump_restores_byte_identical_and_a_redump_moves_almost_nothing() {
+    let Some(sshd) = Sshd::require() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let data = images::mixed(BS, 300, 4321, 41); // ~37.5 MiB
+    let img = dir.path().join("disk.img");
+    images::write(&img, &data);
+    let store = dir.path().join("store");
+    let target = format!("{}:{}", sshd.host_alias(), img.display());
+    let o = run(&sshd, &store, &["dump", &target, "--as", "disk1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(restore(&store, "disk1") == data, "restored bytes differ");
+    common::dd(&store, &["verify"]).ok();
+    let blocks_before = common::block_files(&store);
+    let o = run(&sshd, &store, &["dump", &target, "--as", "disk1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let (new, wire) = summary(&o, &target);
+    assert_eq!(new, 0, "{}", text(&o));
+    assert_eq!(
+        common::block_files(&store),
+        blocks_before,
+        "no new block stored"
+    );
+    // Under 1% of the image: only hashes and framing cross the wire.
+    assert!(
+        wire.ends_with("KiB")
+            && wire.trim_end_matches("KiB").parse::<f64>().unwrap()
+                < data.len() as f64 / 100.0 / 1024.0,
+        "wire {wire}"
+    );
+    assert_eq!(manifests(&store).len(), 2);
+    assert!(restore(&store, "disk1") == data);
+}
+
+#[test]
+fn two_targets_in_parallel_each_with_its_own_flags() {
+    let Some(sshd) = Sshd::require() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (images::mixed(BS, 40, 0, 42), images::mixed(BS, 50, 99, 43));
+    let (ia, ib) = (dir.path().join("a.img"), dir.path().join("b.img"));
+    images::write(&ia, &a);
+    images::write(&ib, &b);
+    let store = dir.path().join("store");
+    let h = sshd.host_alias();
+    let (ta, tb) = (
+        format!("{h}:{}", ia.display()),
+        format!("root@{h}:{}", ib.display()),
+    );
+    let o = run(
+        &sshd,
+        &store,
+        &[
+            "dump",
+            &ta,
+            "--as",
+            "alpha",
+            &tb,
+            "--sudo",
+            "--as",
+            "beta",
+            "--compress",
+            "zlib",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(restore(&store, "alpha") == a);
+    assert!(restore(&store, "beta") == b);
+    common::dd(&store, &["verify"]).ok();
+}
+
+#[test]
+fn one_failing_target_does_not_stop_the_others() {
+    let Some(sshd) = Sshd::require() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let a = images::mixed(BS, 20, 5, 44);
+    let ia = dir.path().join("a.img");
+    images::write(&ia, &a);
+    let store = dir.path().join("store");
+    let h = sshd.host_alias();
+    let good = format!("{h}:{}", ia.display());
+    let missing = format!("{h}:/no/such/disk.img");
+    let o = run(
+        &sshd,
+        &store,
+        &["dump", &missing, "--as", "gone", &good, "--as", "ok"],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("/no/such/disk.img") && err.contains(h),
+        "names host and path: {}",
+        text(&o)
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("FAILED"),
+        "{}",
+        text(&o)
+    );
+    let names: Vec<String> = manifests(&store)
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["ok.manifest".to_string()]);
+    assert!(restore(&store, "ok") == a);
+}
+
+#[test]
+fn unknown_and_changed_host_keys_are_refused() {
+    let Some(sshd) = Sshd::require() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let ia = dir.path().join("a.img");
+    images::write(&ia, &images::mixed(BS, 4, 0, 45));
+    let store = dir.path().join("store");
+    let target = format!("{}:{}", sshd.host_alias(), ia.display());
+    let kh = sshd.known_hosts();
+    let good = fs::read_to_string(&kh).unwrap();
+    fs::write(&kh, "").unwrap();
+    let o = run(&sshd, &store, &["dump", &target, "--as", "x"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("SHA256:") && err.to_lowercase().contains("unknown"),
+        "{}",
+        text(&o)
+    );
+    // Some other host's key recorded for this host: a changed key.
+    let other = dir.path().join("other_key");
+    common::sshd::keygen(&other, "ed25519", "");
+    let other_pub = fs::read_to_string(other.with_extension("pub")).unwrap();
+    let host_field = good.split_whitespace().next().unwrap();
+    let fake = other_pub
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    fs::write(&kh, format!("{host_field} {fake}\n")).unwrap();
+    let o = run(
+        &sshd,
+        &store,
+        &["dump", &target, "--as", "x", "--accept-new-host-key"],
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr).to_lowercase();
+    assert!(
+        err.contains("changed") || err.contains("mismatch") || err.contains("does not match"),
+        "{}",
+        text(&o)
+    );
+    assert!(manifests(&store).is_empty());
+    // accept-new records an unknown key and proceeds.
+    fs::write(&kh, "").unwrap();
+    let o = run(
+        &sshd,
+        &store,
+        &["dump", &target, "--as", "x", "--accept-new-host-key"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!fs::read_to_string(&kh).unwrap().trim().is_empty());
+}
+
+#[test]
+fn bad_targets_and_flags_are_refused_before_connecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    for (args, want) in [
+        (vec!["dump", "--sudo", "h:/x"], "must follow"),
+        (vec!["dump", "nocolon"], "invalid target"),
+        (
+            vec!["dump", "h:/dev/sda", "--as", "../x"],
+            "invalid dump name",
+        ),
+        (vec!["dump", "h:/x", "--batch-size", "0"], "batch"),
+    ] {
+        let r = common::dd(&store, &args).fails();
+        assert!(r.stderr.contains(want), "{args:?}: {}", r.stderr);
+    }
+    assert!(!store.exists());
+}
