@@ -24,7 +24,9 @@
 pub mod cli;
 pub mod commands;
 pub mod digest;
+pub mod fuse;
 pub mod image;
 pub mod manifest;
+pub mod mountfs;
 pub mod progress;
 pub mod store;

@@ -2,13 +2,15 @@
 //! dated manifests under the root, Python-era manifests under
 //! `.blockstore/manifests/`.
 
-use super::{BlockError, LockKind, ManifestEntry, Store, StoreConfig, StoreLock, WalkItem};
+use super::{
+    BlockError, LockKind, ManifestEntry, ManifestInfo, Store, StoreConfig, StoreLock, WalkItem,
+};
 use crate::digest::Digest;
-use crate::manifest::{parse_date, Manifest};
+use crate::manifest::{parse_date, Manifest, ManifestHeader};
 use anyhow::{bail, Context, Result};
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
@@ -388,6 +390,25 @@ impl Store for LocalStore {
         read_manifest_file(&self.root.join(&entry.rel), &entry.rel)
     }
 
+    fn manifest_info(&self, entry: &ManifestEntry) -> Result<ManifestInfo> {
+        let path = self.root.join(&entry.rel);
+        let ctx = || format!("cannot read manifest {}", path.display());
+        let file = File::open(&path).with_context(ctx)?;
+        let modified = file.metadata().and_then(|m| m.modified()).ok();
+        let head = read_header(file).with_context(ctx)?;
+        let h = ManifestHeader::parse(&String::from_utf8_lossy(&head), &entry.rel)?;
+        match h.size() {
+            Some(total_size) => Ok(ManifestInfo {
+                total_size,
+                block_size: h.block_size,
+                date: h.datetime(),
+                modified,
+            }),
+            // Only old Python manifests lack both counts: the hashes decide.
+            None => Ok(ManifestInfo::of(&self.read_manifest(entry)?, modified)),
+        }
+    }
+
     fn write_manifest(&self, name: &str, m: &Manifest) -> Result<ManifestEntry> {
         crate::manifest::validate_name(name)?;
         let date = parse_date(&m.date)?;
@@ -434,6 +455,24 @@ impl Store for LocalStore {
         }
         fsync_dir(&self.root).with_context(|| format!("cannot sync {}", self.root.display()))?;
         Ok(entry)
+    }
+}
+
+/// The comment lines at the top of a manifest, up to and including the first
+/// other line; capped so a damaged file cannot make us read it all.
+fn read_header(file: File) -> io::Result<Vec<u8>> {
+    const CAP: u64 = 64 * 1024;
+    let mut r = BufReader::new(file).take(CAP);
+    let mut head = Vec::new();
+    loop {
+        let start = head.len();
+        if r.read_until(b'\n', &mut head)? == 0 {
+            return Ok(head);
+        }
+        let line = &head[start..];
+        if !line.starts_with(b"#") && !line.trim_ascii().is_empty() {
+            return Ok(head);
+        }
     }
 }
 
