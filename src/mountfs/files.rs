@@ -218,3 +218,16 @@ impl Files {
         found.ok_or(Errno::ENXIO)
     }
 }
+
+#[cfg(test)]
+impl Files {
+    pub(super) fn reported_count(&self) -> usize {
+        lock(&self.reported).len()
+    }
+
+    /// (parsed manifests cached, their hash-list bytes)
+    pub(super) fn cached_manifests(&self) -> (usize, usize) {
+        let rs = lock(&self.readers);
+        (rs.lru.len(), rs.bytes)
+    }
+}

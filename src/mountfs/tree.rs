@@ -176,3 +176,73 @@ impl Inodes {
         gone.into_iter().map(|(_, ino)| ino).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(rel: &str, name: &str, day: Option<&str>) -> ManifestEntry {
+        ManifestEntry {
+            rel: rel.into(),
+            name: name.into(),
+            day: day.map(String::from),
+        }
+    }
+
+    #[test]
+    fn paths_and_shapes() {
+        let d = entry("2026/04/24/a.2.manifest", "a.2", Some("2026/04/24"));
+        let l = entry(".blockstore/manifests/box/3.manifest", "box/3", None);
+        assert_eq!(image_path(&d), "2026/04/24/a.2.img");
+        assert_eq!(image_path(&l), "legacy/box/3.img");
+        let s = Snapshot::build(vec![d.clone(), l], Instant::now());
+        assert_eq!(s.images, 2);
+        let root: Vec<_> = s.children("").unwrap().keys().collect();
+        assert_eq!(root, ["2026", "legacy"]);
+        assert_eq!(s.child("2026/04/24", "a.2.img"), Some(&Kind::Image(d)));
+        assert!(s.contains("legacy/box") && s.contains("2026") && !s.contains("2026/05"));
+        for (dir, name, ok) in [
+            ("", "2027", true),
+            ("", "legacy", true),
+            ("", ".git", false),
+            ("", "202", false),
+            ("2026", "05", true),
+            ("2026", "5", false),
+            ("2026/05", "01", true),
+            ("2026/05/01", "x.img", true),
+            ("2026/05/01", "x.manifest", false),
+            ("2026/05/01/x.img", "y", false),
+            ("legacy", "anything", true),
+            ("legacy/box", "4.img", true),
+            ("legacy/box", "4", false),
+        ] {
+            assert_eq!(plausible(dir, name), ok, "{dir:?} {name:?}");
+        }
+    }
+
+    #[test]
+    fn inode_numbers_are_stable_and_retired_images_not_reused() {
+        let d = entry("2026/04/24/a.manifest", "a", Some("2026/04/24"));
+        let img = Kind::Image(d.clone());
+        let mut ino = Inodes::default();
+        let year = ino.ino_for(ROOT, "", "2026", &Kind::Dir);
+        let a = ino.ino_for(9, "2026/04/24", "a.img", &img);
+        assert_eq!(ino.ino_for(9, "2026/04/24", "a.img", &img), a);
+        assert_eq!(ino.get(a).unwrap().path, "2026/04/24/a.img");
+        assert_eq!(
+            (ino.get(ROOT).unwrap().path.as_str(), ino.get(0).is_none()),
+            ("", true)
+        );
+        let with = Snapshot::build(vec![d], Instant::now());
+        assert!(ino.retire_missing(&with).is_empty());
+        let without = Snapshot::build(vec![], Instant::now());
+        assert_eq!(ino.retire_missing(&without), [a]);
+        assert!(ino.get(a).is_some(), "the kernel may still ask about it");
+        assert_ne!(ino.ino_for(9, "2026/04/24", "a.img", &img), a);
+        assert_eq!(
+            ino.ino_for(ROOT, "", "2026", &Kind::Dir),
+            year,
+            "directories stay"
+        );
+    }
+}
