@@ -47,13 +47,17 @@ pub fn run(opts: &MountOptions) -> Result<u8> {
     };
     let mnt = opts.mountpoint.display();
     let mut mounted = fuse::mount(fs, &opts.mountpoint, &cfg).map_err(|e| {
-        let hint = match e.kind() {
-            ErrorKind::PermissionDenied => {
-                "; FUSE mounts need root, or access to /dev/fuse and fusermount3"
-            }
-            _ => "",
-        };
-        anyhow::anyhow!("cannot mount on {mnt}: {}{hint}", e.to_string().trim())
+        let denied = e.kind() == ErrorKind::PermissionDenied;
+        let e = e.to_string();
+        let e = e.trim(); // fusermount3's message ends with a newline
+                          // fusermount3's refusals arrive as text, not as an error kind.
+        match denied || e.contains("Permission denied") || e.contains("not permitted") {
+            true => anyhow::anyhow!(
+                "not permitted to mount on {mnt}: {e}; \
+                 FUSE mounts need root, or access to /dev/fuse and fusermount3"
+            ),
+            false => anyhow::anyhow!("cannot mount on {mnt}: {e}"),
+        }
     })?;
     if let Err(e) = mounted.set_read_ahead_kb(READ_AHEAD_KB) {
         eprintln!("diskdump: warning: cannot raise the mount's read-ahead ({e}); reads stay small");
