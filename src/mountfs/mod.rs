@@ -1,10 +1,12 @@
 //! What `diskdump mount` serves, free of FUSE types so it is tested without
 //! the kernel; `src/fuse.rs` only translates requests into these calls.
 //!
-//! - The tree mirrors the manifests (see `tree`); it is re-listed from the
-//!   store on every `opendir` and on a lookup miss of a plausible name, so
-//!   dumps written or removed while mounted appear and vanish without a
-//!   remount. Nothing is read at mount time beyond that listing.
+//! - The tree mirrors the manifests (see `tree`). Each directory is listed
+//!   from the store on its own (`Store::manifests_under`): on every
+//!   `opendir`, on a lookup miss of a plausible name, and for lookups when
+//!   its last listing is older than `DIR_TTL`. So dumps written or removed
+//!   while mounted appear and vanish without a remount, and a `find` over
+//!   the mount lists each store directory about once.
 //! - A dump's size and date come from its manifest header (`manifest_info`),
 //!   cached per image (they are immutable). The hash list is parsed only when
 //!   an image is opened, and parsed manifests are kept in a bounded LRU.
@@ -22,10 +24,10 @@ pub use tree::{image_path, Ino, LEGACY_DIR, ROOT};
 use crate::store::{ManifestEntry, Store};
 use chrono::NaiveDate;
 use files::Files;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
-use tree::{Inodes, Kind, Snapshot};
+use tree::{Inodes, Kind};
 
 /// How long the kernel may trust a directory's attributes and entries, and
 /// an image's name: new and removed dumps show within this.
@@ -128,8 +130,16 @@ struct ImageInfo {
     data_bytes: Option<u64>,
 }
 
+/// One directory's children as listed from the store at `built`.
+struct Listing {
+    built: Instant,
+    children: BTreeMap<String, Kind>,
+}
+
 struct Tree {
-    snapshot: Arc<Snapshot>,
+    /// The latest listing of each directory seen: a few names per store
+    /// directory, kept for the mount's life.
+    listings: HashMap<String, Arc<Listing>>,
     inodes: Inodes,
     infos: HashMap<Ino, ImageInfo>,
 }
@@ -137,6 +147,7 @@ struct Tree {
 pub struct MountFs {
     store: Arc<dyn Store>,
     started: SystemTime,
+    dumps_at_start: usize,
     tree: Mutex<Tree>,
     /// Serializes re-listings so a burst of misses lists the store once.
     refreshing: Mutex<()>,
@@ -150,16 +161,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl MountFs {
-    /// Lists the store once (to fail early on an unreadable one).
+    /// Lists the store once: to fail early on an unreadable one, and to say
+    /// how many dumps there are.
     pub fn new(store: Arc<dyn Store>, opts: &FsOptions) -> anyhow::Result<MountFs> {
-        let now = Instant::now();
-        let snapshot = Arc::new(Snapshot::build(store.manifests()?, now));
+        let dumps_at_start = store.manifests()?.len();
         Ok(MountFs {
             files: Files::new(opts),
             store,
             started: SystemTime::now(),
+            dumps_at_start,
             tree: Mutex::new(Tree {
-                snapshot,
+                listings: HashMap::new(),
                 inodes: Inodes::default(),
                 infos: HashMap::new(),
             }),
@@ -167,37 +179,48 @@ impl MountFs {
         })
     }
 
-    /// Number of dumps in the latest listing.
+    /// Number of dumps when mounted.
     pub fn image_count(&self) -> usize {
-        lock(&self.tree).snapshot.images
+        self.dumps_at_start
     }
 
-    /// The tree as listed at most `max_age` ago (listing it again if older).
-    fn snapshot(&self, max_age: Duration) -> FsResult<Arc<Snapshot>> {
+    /// `dir`'s children as listed at most `max_age` ago (listing it again
+    /// if older). An image gone from a new listing has its inode retired.
+    fn listing(&self, dir: &str, max_age: Duration) -> FsResult<Arc<Listing>> {
         let asked = Instant::now();
-        let fresh = |s: &Arc<Snapshot>| s.built >= asked || asked - s.built <= max_age;
-        let current = lock(&self.tree).snapshot.clone();
-        if fresh(&current) {
-            return Ok(current);
+        let fresh = |l: &Listing| l.built >= asked || asked - l.built <= max_age;
+        let cached = |t: &Tree| t.listings.get(dir).cloned();
+        if let Some(l) = cached(&lock(&self.tree)).filter(|l| fresh(l)) {
+            return Ok(l);
         }
         let _one_at_a_time = lock(&self.refreshing);
-        let current = lock(&self.tree).snapshot.clone();
-        if current.built >= asked {
-            return Ok(current); // another thread listed it while we waited
+        if let Some(l) = cached(&lock(&self.tree)).filter(|l| l.built >= asked) {
+            return Ok(l); // another thread listed it while we waited
         }
-        let started = Instant::now();
-        let entries = self.store.manifests().map_err(|e| {
-            files::log(&format!("cannot list the dumps: {e:#}"));
-            Errno::EIO
-        })?;
-        let snap = Arc::new(Snapshot::build(entries, started));
+        let built = Instant::now();
+        let entries = self
+            .store
+            .manifests_under(&tree::store_prefix(dir))
+            .map_err(|e| {
+                files::log(&format!("cannot list the dumps: {e:#}"));
+                Errno::EIO
+            })?;
+        let new = Arc::new(Listing {
+            built,
+            children: tree::children(&entries, dir),
+        });
         let mut t = lock(&self.tree);
-        for ino in t.inodes.retire_missing(&snap) {
-            t.infos.remove(&ino);
-            self.files.forget_reader(ino);
+        if let Some(old) = t.listings.insert(dir.to_string(), new.clone()) {
+            for (name, kind) in &old.children {
+                if matches!(kind, Kind::Image(_)) && !new.children.contains_key(name) {
+                    if let Some(ino) = t.inodes.retire(&tree::join(dir, name)) {
+                        t.infos.remove(&ino);
+                        self.files.forget_reader(ino);
+                    }
+                }
+            }
         }
-        t.snapshot = snap.clone();
-        Ok(snap)
+        Ok(new)
     }
 
     fn node(&self, ino: Ino) -> FsResult<tree::Node> {
@@ -218,11 +241,11 @@ impl MountFs {
 
     pub fn lookup(&self, parent: Ino, name: &str) -> FsResult<Attr> {
         let dir = self.dir_path(parent)?;
-        let mut snap = self.snapshot(DIR_TTL)?;
-        if snap.child(&dir, name).is_none() && tree::plausible(&dir, name) {
-            snap = self.snapshot(Duration::ZERO)?; // maybe a dump written just now
+        let mut listing = self.listing(&dir, DIR_TTL)?;
+        if !listing.children.contains_key(name) && tree::plausible(&dir, name) {
+            listing = self.listing(&dir, Duration::ZERO)?; // maybe written just now
         }
-        let kind = snap.child(&dir, name).ok_or(Errno::ENOENT)?;
+        let kind = listing.children.get(name).ok_or(Errno::ENOENT)?;
         let ino = lock(&self.tree).inodes.ino_for(parent, &dir, name, kind);
         self.getattr(ino)
     }
@@ -248,10 +271,13 @@ impl MountFs {
     }
 
     fn dir_attr(&self, ino: Ino, path: &str) -> Attr {
-        let subdirs = lock(&self.tree)
-            .snapshot
-            .children(path)
-            .map_or(0, |c| c.values().filter(|k| matches!(k, Kind::Dir)).count());
+        // From the last listing, if any (a stat must not list the store).
+        let subdirs = lock(&self.tree).listings.get(path).map_or(0, |l| {
+            l.children
+                .values()
+                .filter(|k| matches!(k, Kind::Dir))
+                .count()
+        });
         Attr {
             ino,
             kind: FileKind::Dir,
@@ -317,7 +343,7 @@ impl MountFs {
         if !matches!(node.kind, Kind::Dir) {
             return Err(Errno::ENOTDIR);
         }
-        let snap = self.snapshot(Duration::ZERO)?;
+        let listing = self.listing(&node.path, Duration::ZERO)?;
         let mut list = vec![
             DirEntry {
                 ino,
@@ -331,7 +357,7 @@ impl MountFs {
             },
         ];
         let mut t = lock(&self.tree);
-        for (name, kind) in snap.children(&node.path).into_iter().flatten() {
+        for (name, kind) in &listing.children {
             list.push(DirEntry {
                 ino: t.inodes.ino_for(ino, &node.path, name, kind),
                 kind: match kind {

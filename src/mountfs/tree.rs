@@ -6,7 +6,6 @@
 
 use crate::store::ManifestEntry;
 use std::collections::{BTreeMap, HashMap};
-use std::time::Instant;
 
 /// Top-level folder of the Python-era dumps.
 pub const LEGACY_DIR: &str = "legacy";
@@ -57,55 +56,34 @@ pub fn plausible(dir: &str, name: &str) -> bool {
     }
 }
 
-/// Every directory of the tree and its sorted children, as listed at `built`.
-#[derive(Debug)]
-pub struct Snapshot {
-    dirs: HashMap<String, BTreeMap<String, Kind>>,
-    pub built: Instant,
-    pub images: usize,
+/// Where the manifests behind mount directory `dir` live in the store, as a
+/// `Store::manifests_under` prefix.
+pub fn store_prefix(dir: &str) -> String {
+    match dir.strip_prefix(LEGACY_DIR) {
+        _ if dir.is_empty() => String::new(),
+        Some("") => ".blockstore/manifests/".into(),
+        Some(rest) if rest.starts_with('/') => format!(".blockstore/manifests{rest}/"),
+        _ => format!("{dir}/"),
+    }
 }
 
-impl Snapshot {
-    /// `built` is when the listing started: the snapshot shows at least every
-    /// dump that existed then.
-    pub fn build(entries: Vec<ManifestEntry>, built: Instant) -> Snapshot {
-        let mut dirs: HashMap<String, BTreeMap<String, Kind>> = HashMap::new();
-        dirs.insert(String::new(), BTreeMap::new());
-        let images = entries.len();
-        for e in entries {
-            let path = image_path(&e);
-            let mut parts = path.split('/').peekable();
-            let mut dir = String::new();
-            while let Some(part) = parts.next() {
-                let kind = if parts.peek().is_none() {
-                    Kind::Image(e.clone())
-                } else {
-                    Kind::Dir
-                };
-                let child = join(&dir, part);
-                dirs.entry(dir).or_default().insert(part.to_string(), kind);
-                dir = child;
-            }
-        }
-        Snapshot {
-            dirs,
-            built,
-            images,
-        }
+/// The sorted children of mount directory `dir`, given (at least) the
+/// manifests under its `store_prefix`.
+pub fn children(entries: &[ManifestEntry], dir: &str) -> BTreeMap<String, Kind> {
+    let mut out = BTreeMap::new();
+    for e in entries {
+        let path = image_path(e);
+        let rest = match dir {
+            "" => Some(path.as_str()),
+            _ => path.strip_prefix(dir).and_then(|r| r.strip_prefix('/')),
+        };
+        let Some(rest) = rest else { continue };
+        match rest.split_once('/') {
+            Some((sub, _)) => out.insert(sub.to_string(), Kind::Dir),
+            None => out.insert(rest.to_string(), Kind::Image(e.clone())),
+        };
     }
-
-    pub fn children(&self, dir: &str) -> Option<&BTreeMap<String, Kind>> {
-        self.dirs.get(dir)
-    }
-
-    pub fn child(&self, dir: &str, name: &str) -> Option<&Kind> {
-        self.dirs.get(dir)?.get(name)
-    }
-
-    pub fn contains(&self, path: &str) -> bool {
-        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
-        self.child(dir, name).is_some()
-    }
+    out
 }
 
 #[derive(Debug, Clone)]
@@ -160,20 +138,9 @@ impl Inodes {
         ino
     }
 
-    /// Retires every known image `snap` no longer has; returns their numbers.
-    pub fn retire_missing(&mut self, snap: &Snapshot) -> Vec<Ino> {
-        let gone: Vec<(String, Ino)> = self
-            .by_path
-            .iter()
-            .filter(|(path, &ino)| {
-                matches!(self.nodes[ino as usize - 1].kind, Kind::Image(_)) && !snap.contains(path)
-            })
-            .map(|(p, &i)| (p.clone(), i))
-            .collect();
-        for (path, _) in &gone {
-            self.by_path.remove(path);
-        }
-        gone.into_iter().map(|(_, ino)| ino).collect()
+    /// Forgets `path`'s number (its dump is gone); returns it.
+    pub fn retire(&mut self, path: &str) -> Option<Ino> {
+        self.by_path.remove(path)
     }
 }
 
@@ -195,12 +162,24 @@ mod tests {
         let l = entry(".blockstore/manifests/box/3.manifest", "box/3", None);
         assert_eq!(image_path(&d), "2026/04/24/a.2.img");
         assert_eq!(image_path(&l), "legacy/box/3.img");
-        let s = Snapshot::build(vec![d.clone(), l], Instant::now());
-        assert_eq!(s.images, 2);
-        let root: Vec<_> = s.children("").unwrap().keys().collect();
-        assert_eq!(root, ["2026", "legacy"]);
-        assert_eq!(s.child("2026/04/24", "a.2.img"), Some(&Kind::Image(d)));
-        assert!(s.contains("legacy/box") && s.contains("2026") && !s.contains("2026/05"));
+        let all = [d.clone(), l];
+        let names = |dir| children(&all, dir).into_keys().collect::<Vec<_>>();
+        assert_eq!(names(""), ["2026", "legacy"]);
+        assert_eq!(names("2026/04"), ["24"]);
+        assert_eq!(names("legacy"), ["box"]);
+        assert_eq!(names("legacy/box"), ["3.img"]);
+        assert!(names("2026/05").is_empty() && names("2026/04/2").is_empty());
+        assert_eq!(children(&all, "2026/04/24")["a.2.img"], Kind::Image(d));
+        assert_eq!(children(&all, "2026")["04"], Kind::Dir);
+        for (dir, prefix) in [
+            ("", ""),
+            ("2026", "2026/"),
+            ("2026/04/24", "2026/04/24/"),
+            ("legacy", ".blockstore/manifests/"),
+            ("legacy/box", ".blockstore/manifests/box/"),
+        ] {
+            assert_eq!(store_prefix(dir), prefix);
+        }
         for (dir, name, ok) in [
             ("", "2027", true),
             ("", "legacy", true),
@@ -223,7 +202,7 @@ mod tests {
     #[test]
     fn inode_numbers_are_stable_and_retired_images_not_reused() {
         let d = entry("2026/04/24/a.manifest", "a", Some("2026/04/24"));
-        let img = Kind::Image(d.clone());
+        let img = Kind::Image(d);
         let mut ino = Inodes::default();
         let year = ino.ino_for(ROOT, "", "2026", &Kind::Dir);
         let a = ino.ino_for(9, "2026/04/24", "a.img", &img);
@@ -233,16 +212,9 @@ mod tests {
             (ino.get(ROOT).unwrap().path.as_str(), ino.get(0).is_none()),
             ("", true)
         );
-        let with = Snapshot::build(vec![d], Instant::now());
-        assert!(ino.retire_missing(&with).is_empty());
-        let without = Snapshot::build(vec![], Instant::now());
-        assert_eq!(ino.retire_missing(&without), [a]);
+        assert_eq!(ino.retire("2026/04/24/a.img"), Some(a));
         assert!(ino.get(a).is_some(), "the kernel may still ask about it");
         assert_ne!(ino.ino_for(9, "2026/04/24", "a.img", &img), a);
-        assert_eq!(
-            ino.ino_for(ROOT, "", "2026", &Kind::Dir),
-            year,
-            "directories stay"
-        );
+        assert_eq!(ino.ino_for(ROOT, "", "2026", &Kind::Dir), year);
     }
 }

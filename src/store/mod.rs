@@ -122,6 +122,15 @@ pub trait Store: Send + Sync {
     fn sync(&self) -> io::Result<()>;
     fn lock(&self, kind: LockKind, wait: bool) -> Result<StoreLock>;
     fn manifests(&self) -> Result<Vec<ManifestEntry>>;
+    /// The manifests whose `rel` starts with `prefix`: "" for all, or one
+    /// directory of the manifest tree (`2026/`, `2026/04/24/`,
+    /// `.blockstore/manifests/<name>/`). Backends should list only that part:
+    /// `mount` asks for one directory per listing.
+    fn manifests_under(&self, prefix: &str) -> Result<Vec<ManifestEntry>> {
+        let mut all = self.manifests()?;
+        all.retain(|e| e.rel.starts_with(prefix));
+        Ok(all)
+    }
     fn read_manifest(&self, entry: &ManifestEntry) -> Result<Manifest>;
     /// A dump's size and dates. Backends that can read just the header
     /// should: `mount` stats every dump in a directory listing.
