@@ -295,6 +295,17 @@ impl ImageReader {
             let n = (self.manifest.block_len(idx) - within).min(len - done);
             let dst = &mut buf[done..done + n];
             match self.block(idx)? {
+                // A verified block shorter than the manifest says (an old
+                // manifest without total_size, cut short): fail, never panic.
+                Some(b) if b.len() < within + n => {
+                    let reason = format!(
+                        "block is {} bytes, the manifest needs {}",
+                        b.len(),
+                        self.manifest.block_len(idx)
+                    );
+                    let digest = self.manifest.blocks[idx];
+                    return Err(self.err(idx, BlockError::Corrupt { digest, reason }));
+                }
                 Some(b) => dst.copy_from_slice(&b[within..within + n]),
                 None => dst
                     .chunks_mut(ZEROS.len())
@@ -415,6 +426,22 @@ mod tests {
         let mut buf = vec![1u8; 20];
         assert_eq!(r.read_at(BS as u64 - 10, &mut buf).unwrap(), 20);
         assert!(is_zero(&buf));
+    }
+
+    #[test]
+    fn short_block_is_an_error_not_a_panic() {
+        let data = image();
+        let (_d, store, m) = setup(&data);
+        // Claim the 1000-byte tail is a full block.
+        let m = Manifest {
+            total_size: 6 * BS as u64,
+            ..(*m).clone()
+        };
+        let r = ImageReader::new(Arc::new(m), store, BlockCache::new(1 << 20));
+        let mut buf = vec![0u8; 2000];
+        let e = r.read_at(5 * BS as u64 + 500, &mut buf).unwrap_err();
+        assert!(e.to_string().contains("block is 1000 bytes"), "{e}");
+        assert_eq!(r.read_at(5 * BS as u64, &mut buf[..1000]).unwrap(), 1000);
     }
 
     #[test]

@@ -167,6 +167,94 @@ impl Manifest {
     }
 }
 
+/// The comment lines before the hash list: enough for a dump's size and date
+/// without reading (or holding) its hashes, which is what `mount` needs to
+/// stat many dumps cheaply. `Manifest::parse` stays the full validator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestHeader {
+    pub source: String,
+    pub date: String,
+    pub block_size: usize,
+    pub total_blocks: Option<u64>,
+    pub total_size: Option<u64>,
+}
+
+impl ManifestHeader {
+    /// Parses the header of `text`, which may be the whole manifest or any
+    /// prefix of it that ends after the header (a partial last line is ignored).
+    pub fn parse(text: &str, origin: &str) -> Result<ManifestHeader, ManifestError> {
+        let err = |line: usize, msg: String| ManifestError {
+            origin: origin.to_string(),
+            line,
+            msg,
+        };
+        let mut lines = text.split_inclusive('\n').enumerate();
+        match lines.next() {
+            Some((_, l)) if l.trim_end() == MAGIC => {}
+            _ => {
+                return Err(err(
+                    1,
+                    format!("not a diskdump manifest (expected {MAGIC:?})"),
+                ))
+            }
+        }
+        let mut h = ManifestHeader {
+            source: String::new(),
+            date: String::new(),
+            block_size: 131072, // Python 0.1.5's default, as in Manifest::parse
+            total_blocks: None,
+            total_size: None,
+        };
+        for (i, raw) in lines {
+            let Some(line) = raw.strip_suffix('\n') else {
+                break; // a prefix cut mid-line
+            };
+            let line = line.trim_end_matches('\r');
+            let Some(c) = line.strip_prefix('#') else {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                break; // the first hash: the header is over
+            };
+            let Some((key, value)) = c.trim_start().split_once(':') else {
+                continue;
+            };
+            let value = value.trim();
+            let num = || {
+                value
+                    .parse::<u64>()
+                    .map_err(|_| err(i + 1, format!("{key}: {value:?} is not a number")))
+            };
+            match key {
+                "source" => h.source = value.to_string(),
+                "date" => h.date = value.to_string(),
+                "block_size" => h.block_size = num()? as usize,
+                "total_blocks" => h.total_blocks = Some(num()?),
+                "total_size" => h.total_size = Some(num()?),
+                _ => {}
+            }
+        }
+        if h.block_size == 0 || h.block_size > crate::store::MAX_BLOCK_SIZE {
+            return Err(err(
+                0,
+                format!("block_size {} is out of range", h.block_size),
+            ));
+        }
+        Ok(h)
+    }
+
+    /// The image size, if the header alone says it (as `Manifest::parse`
+    /// would compute it); None means counting the hashes.
+    pub fn size(&self) -> Option<u64> {
+        self.total_size
+            .or_else(|| self.total_blocks?.checked_mul(self.block_size as u64))
+    }
+
+    pub fn datetime(&self) -> Option<DateTime<Utc>> {
+        parse_date(&self.date).ok()
+    }
+}
+
 fn trunc(s: &str) -> String {
     s.chars().take(80).collect()
 }
@@ -322,6 +410,31 @@ mod tests {
             (m.block_size, m.total_size, m.blocks.len()),
             (131072, 131072, 1)
         );
+    }
+
+    #[test]
+    fn header_alone_gives_size_and_date() {
+        let text = sample().render();
+        let cut = text.find(&d(1).to_hex()).unwrap();
+        for prefix in [&text[..], &text[..cut], &text[..cut + 10]] {
+            let h = ManifestHeader::parse(prefix, "x").unwrap();
+            assert_eq!((h.block_size, h.size()), (4096, Some(4096 * 2 + 100)));
+            assert_eq!(h.total_blocks, Some(3));
+            assert_eq!(h.datetime(), sample().datetime());
+            assert_eq!(h.source, "server01:/dev/sda");
+        }
+        // Python-era: no total_size; total_blocks decides, else only a count can.
+        let py = format!("{MAGIC}\n# date: 2026-01-01\n# total_blocks: 2\n{}\n", d(9));
+        assert_eq!(
+            ManifestHeader::parse(&py, "x").unwrap().size(),
+            Some(2 * 131072)
+        );
+        let bare = format!("{MAGIC}\n# date: someday\n{}\n", d(9));
+        let h = ManifestHeader::parse(&bare, "x").unwrap();
+        assert_eq!((h.size(), h.datetime()), (None, None));
+        assert_eq!(ManifestHeader::parse("nope\n", "x").unwrap_err().line, 1);
+        let bad = text.replace("total_size: 8292", "total_size: big");
+        assert_eq!(ManifestHeader::parse(&bad, "x").unwrap_err().line, 6);
     }
 
     #[test]

@@ -2,13 +2,15 @@
 //! dated manifests under the root, Python-era manifests under
 //! `.blockstore/manifests/`.
 
-use super::{BlockError, LockKind, ManifestEntry, Store, StoreConfig, StoreLock, WalkItem};
+use super::{
+    BlockError, LockKind, ManifestEntry, ManifestInfo, Store, StoreConfig, StoreLock, WalkItem,
+};
 use crate::digest::Digest;
-use crate::manifest::{parse_date, Manifest};
+use crate::manifest::{parse_date, Manifest, ManifestHeader};
 use anyhow::{bail, Context, Result};
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
@@ -346,52 +348,53 @@ impl Store for LocalStore {
     }
 
     fn manifests(&self) -> Result<Vec<ManifestEntry>> {
+        self.manifests_under("")
+    }
+
+    fn manifests_under(&self, prefix: &str) -> Result<Vec<ManifestEntry>> {
+        let parts: Vec<&str> = prefix.split('/').filter(|p| !p.is_empty()).collect();
+        let dated = parts.len() <= 3 && parts.iter().zip([4, 2, 2]).all(|(p, w)| is_digits(p, w));
         let mut out = Vec::new();
-        for (y, yd) in list_dir(&self.root)? {
-            if !yd || !is_digits(&y, 4) {
-                continue;
+        if !(prefix.is_empty() || prefix.ends_with('/')) {
+            // Not a directory of the tree: filter the whole list.
+            out = self.manifests_under("")?;
+        } else if dated {
+            self.dated_manifests(&parts, &mut out)?;
+            if parts.is_empty() {
+                self.legacy_manifests(None, &mut out)?;
             }
-            for (m, md) in list_dir(&self.root.join(&y))? {
-                if !md || !is_digits(&m, 2) {
-                    continue;
-                }
-                for (d, dd) in list_dir(&self.root.join(&y).join(&m))? {
-                    if !dd || !is_digits(&d, 2) {
-                        continue;
-                    }
-                    let day = format!("{y}/{m}/{d}");
-                    for (f, fd) in list_dir(&self.root.join(&day))? {
-                        if let (false, Some(name)) = (fd, f.strip_suffix(".manifest")) {
-                            out.push(ManifestEntry {
-                                rel: format!("{day}/{f}"),
-                                name: name.to_string(),
-                                day: Some(day.clone()),
-                            });
-                        }
-                    }
-                }
+        } else if let [".blockstore", "manifests", rest @ ..] = parts.as_slice() {
+            match rest {
+                [] => self.legacy_manifests(None, &mut out)?,
+                [name] => self.legacy_manifests(Some(name), &mut out)?,
+                _ => {}
             }
         }
-        let legacy = self.blocks.join("manifests");
-        for (name, nd) in list_dir(&legacy)? {
-            if !nd {
-                continue;
-            }
-            for (f, fd) in list_dir(&legacy.join(&name))? {
-                if let (false, Some(n)) = (fd, f.strip_suffix(".manifest")) {
-                    out.push(ManifestEntry {
-                        rel: format!(".blockstore/manifests/{name}/{f}"),
-                        name: format!("{name}/{n}"),
-                        day: None,
-                    });
-                }
-            }
-        }
+        out.retain(|e| e.rel.starts_with(prefix));
         Ok(out)
     }
 
     fn read_manifest(&self, entry: &ManifestEntry) -> Result<Manifest> {
         read_manifest_file(&self.root.join(&entry.rel), &entry.rel)
+    }
+
+    fn manifest_info(&self, entry: &ManifestEntry) -> Result<ManifestInfo> {
+        let path = self.root.join(&entry.rel);
+        let ctx = || format!("cannot read manifest {}", path.display());
+        let file = File::open(&path).with_context(ctx)?;
+        let modified = file.metadata().and_then(|m| m.modified()).ok();
+        let head = read_header(file).with_context(ctx)?;
+        let h = ManifestHeader::parse(&String::from_utf8_lossy(&head), &entry.rel)?;
+        match h.size() {
+            Some(total_size) => Ok(ManifestInfo {
+                total_size,
+                block_size: h.block_size,
+                date: h.datetime(),
+                modified,
+            }),
+            // Only old Python manifests lack both counts: the hashes decide.
+            None => Ok(ManifestInfo::of(&self.read_manifest(entry)?, modified)),
+        }
     }
 
     fn write_manifest(&self, name: &str, m: &Manifest) -> Result<ManifestEntry> {
@@ -443,6 +446,92 @@ impl Store for LocalStore {
     }
 }
 
+impl LocalStore {
+    /// Dated manifests, sorted; `filter` fixes the leading YYYY, MM, DD.
+    fn dated_manifests(&self, filter: &[&str], out: &mut Vec<ManifestEntry>) -> Result<()> {
+        let mut dirs = vec![String::new()];
+        for (level, width) in [4, 2, 2].into_iter().enumerate() {
+            let mut next = Vec::new();
+            for dir in &dirs {
+                let join = |n: &str| {
+                    if dir.is_empty() {
+                        n.to_string()
+                    } else {
+                        format!("{dir}/{n}")
+                    }
+                };
+                match filter.get(level) {
+                    Some(f) if self.root.join(join(f)).is_dir() => next.push(join(f)),
+                    Some(_) => {}
+                    None => next.extend(
+                        list_dir(&self.root.join(dir))?
+                            .into_iter()
+                            .filter(|(n, is_dir)| *is_dir && is_digits(n, width))
+                            .map(|(n, _)| join(&n)),
+                    ),
+                }
+            }
+            dirs = next;
+        }
+        for day in dirs {
+            for (f, fd) in list_dir(&self.root.join(&day))? {
+                if let (false, Some(name)) = (fd, f.strip_suffix(".manifest")) {
+                    out.push(ManifestEntry {
+                        rel: format!("{day}/{f}"),
+                        name: name.to_string(),
+                        day: Some(day.clone()),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Python-era manifests, sorted; all, or those of one dump name.
+    fn legacy_manifests(&self, only: Option<&str>, out: &mut Vec<ManifestEntry>) -> Result<()> {
+        let legacy = self.blocks.join("manifests");
+        let names: Vec<String> = match only {
+            Some(n) if legacy.join(n).is_dir() => vec![n.to_string()],
+            Some(_) => Vec::new(),
+            None => list_dir(&legacy)?
+                .into_iter()
+                .filter(|(_, is_dir)| *is_dir)
+                .map(|(n, _)| n)
+                .collect(),
+        };
+        for name in names {
+            for (f, fd) in list_dir(&legacy.join(&name))? {
+                if let (false, Some(n)) = (fd, f.strip_suffix(".manifest")) {
+                    out.push(ManifestEntry {
+                        rel: format!(".blockstore/manifests/{name}/{f}"),
+                        name: format!("{name}/{n}"),
+                        day: None,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The comment lines at the top of a manifest, up to and including the first
+/// other line; capped so a damaged file cannot make us read it all.
+fn read_header(file: File) -> io::Result<Vec<u8>> {
+    const CAP: u64 = 64 * 1024;
+    let mut r = BufReader::new(file).take(CAP);
+    let mut head = Vec::new();
+    loop {
+        let start = head.len();
+        if r.read_until(b'\n', &mut head)? == 0 {
+            return Ok(head);
+        }
+        let line = &head[start..];
+        if !line.starts_with(b"#") && !line.trim_ascii().is_empty() {
+            return Ok(head);
+        }
+    }
+}
+
 /// Reads and parses a manifest file, naming `origin` in errors.
 pub fn read_manifest_file(path: &Path, origin: &str) -> Result<Manifest> {
     let bytes =
@@ -454,4 +543,64 @@ pub fn read_manifest_file(path: &Path, origin: &str) -> Result<Manifest> {
         )
     })?;
     Ok(Manifest::parse(&text, origin)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifests_under_a_prefix_lists_only_that_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open_or_create(dir.path(), Some(4096)).unwrap();
+        let m = |date: &str| Manifest {
+            source: "h:/x".into(),
+            date: date.into(),
+            block_size: 4096,
+            total_size: 0,
+            blocks: vec![],
+        };
+        for (name, date) in [
+            ("a", "2026-04-24"),
+            ("a", "2026-04-24"),
+            ("b", "2026-05-01"),
+            ("c", "2025-12-31"),
+        ] {
+            store.write_manifest(name, &m(date)).unwrap();
+        }
+        for (name, n) in [("old", 1), ("old", 2), ("other", 1)] {
+            let d = dir.path().join(".blockstore/manifests").join(name);
+            fs::create_dir_all(&d).unwrap();
+            fs::write(d.join(format!("{n}.manifest")), m("2020-01-01").render()).unwrap();
+        }
+        fs::create_dir_all(dir.path().join("2027")).unwrap(); // empty year
+        fs::write(dir.path().join("2026/04/notes.txt"), "x").unwrap();
+        let all = store.manifests().unwrap();
+        assert_eq!(all.len(), 7);
+        assert_eq!(all[0].rel, "2025/12/31/c.manifest");
+        assert_eq!(all[6].name, "other/1");
+        for prefix in [
+            "",
+            "2026/",
+            "2026/04/",
+            "2026/04/24/",
+            "2026/05/01/",
+            "2027/",
+            "2024/",
+            "2026/04/25/",
+            ".blockstore/manifests/",
+            ".blockstore/manifests/old/",
+            ".blockstore/manifests/none/",
+            "2026/04/24/a.2",
+            "junk/",
+        ] {
+            let want: Vec<_> = all
+                .iter()
+                .filter(|e| e.rel.starts_with(prefix))
+                .cloned()
+                .collect();
+            assert_eq!(store.manifests_under(prefix).unwrap(), want, "{prefix:?}");
+        }
+        assert_eq!(store.manifests_under("2026/04/24/").unwrap().len(), 2);
+    }
 }

@@ -12,9 +12,11 @@ pub use lock::{LockKind, StoreLock};
 use crate::digest::Digest;
 use crate::manifest::Manifest;
 use anyhow::Result;
+use chrono::{DateTime, Utc};
 use diskdump_agent::blockfmt;
 use std::fmt;
 use std::io;
+use std::time::SystemTime;
 
 /// Why a block could not be read. Cloneable so every reader waiting on one
 /// load gets the same answer; FUSE maps all of them to EIO, verify counts them.
@@ -75,6 +77,28 @@ impl ManifestEntry {
     }
 }
 
+/// What `mount` shows for a dump, read without loading its hash list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestInfo {
+    pub total_size: u64,
+    pub block_size: usize,
+    /// The dump's date, when the manifest's `# date:` parses.
+    pub date: Option<DateTime<Utc>>,
+    /// When the manifest was written, if the backend knows.
+    pub modified: Option<SystemTime>,
+}
+
+impl ManifestInfo {
+    pub fn of(m: &Manifest, modified: Option<SystemTime>) -> ManifestInfo {
+        ManifestInfo {
+            total_size: m.total_size,
+            block_size: m.block_size,
+            date: m.datetime(),
+            modified,
+        }
+    }
+}
+
 /// The operations every store backend provides. Blocks are handled as LZ4
 /// frames (the on-disk and `lz4` wire format); decoding and verification are
 /// backend-independent and live in the free functions below.
@@ -101,7 +125,21 @@ pub trait Store: Send + Sync {
     fn sync(&self) -> io::Result<()>;
     fn lock(&self, kind: LockKind, wait: bool) -> Result<StoreLock>;
     fn manifests(&self) -> Result<Vec<ManifestEntry>>;
+    /// The manifests whose `rel` starts with `prefix`: "" for all, or one
+    /// directory of the manifest tree (`2026/`, `2026/04/24/`,
+    /// `.blockstore/manifests/<name>/`). Backends should list only that part:
+    /// `mount` asks for one directory per listing.
+    fn manifests_under(&self, prefix: &str) -> Result<Vec<ManifestEntry>> {
+        let mut all = self.manifests()?;
+        all.retain(|e| e.rel.starts_with(prefix));
+        Ok(all)
+    }
     fn read_manifest(&self, entry: &ManifestEntry) -> Result<Manifest>;
+    /// A dump's size and dates. Backends that can read just the header
+    /// should: `mount` stats every dump in a directory listing.
+    fn manifest_info(&self, entry: &ManifestEntry) -> Result<ManifestInfo> {
+        Ok(ManifestInfo::of(&self.read_manifest(entry)?, None))
+    }
     /// Makes `m` visible as `<day>/<name>.manifest` after syncing its blocks;
     /// never overwrites (a same-day repeat becomes `<name>.2.manifest`).
     fn write_manifest(&self, name: &str, m: &Manifest) -> Result<ManifestEntry>;

@@ -1,0 +1,458 @@
+//! `diskdump mount` through the kernel: the real binary, real FUSE mounts,
+//! loop devices on top. See tests/common/mount.rs for the helpers and for
+//! how missing root or /dev/fuse is handled (SKIP, or a failure with CI=true).
+
+mod common;
+
+use common::mount::*;
+use sha2::{Digest as _, Sha256};
+use std::fs::{self, File};
+use std::io::Read;
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+const BS: usize = 128 * 1024;
+
+/// Random, zero and repetitive blocks, and a ragged tail.
+fn sample(seed: u64) -> Vec<u8> {
+    let mut v = random_bytes(seed, 24 * BS);
+    v.extend(vec![0u8; 16 * BS]);
+    v.extend((0..8 * BS).map(|i| b"some text, again "[i % 17]));
+    v.extend(random_bytes(seed + 1, 4 * BS + 12345));
+    v
+}
+
+fn cmp(a: &Path, b: &Path) -> bool {
+    Command::new("cmp")
+        .arg(a)
+        .arg(b)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// (fstype, source, mount options) of the mount at `mnt`.
+fn mount_info(mnt: &Path) -> (String, String, String) {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mnt = mnt.to_string_lossy();
+    let line = text
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(&*mnt))
+        .expect("in mountinfo");
+    let opts = line.split(' ').nth(5).unwrap().to_string();
+    let mut tail = line.split(" - ").nth(1).unwrap().split(' ');
+    let (fstype, source) = (tail.next().unwrap(), tail.next().unwrap());
+    (fstype.into(), source.into(), opts)
+}
+
+fn errno(r: std::io::Result<impl Sized>) -> Option<i32> {
+    r.err().and_then(|e| e.raw_os_error())
+}
+
+#[test]
+fn image_bytes_equal_the_source_and_the_mount_is_read_only() {
+    if !require("image_bytes_equal_the_source", fuse_missing()) {
+        return;
+    }
+    let env = Env::new();
+    let data = sample(1);
+    let src = env.file("a.img", &data);
+    let rel = env.import(&src, "web:/dev/sda", "2026-04-24T03:00:12Z");
+    assert_eq!(rel, "2026/04/24/web-sda.img");
+    // The same dump as a Python-era manifest.
+    let legacy = env.store.join(".blockstore/manifests/web-sda");
+    fs::create_dir_all(&legacy).unwrap();
+    fs::copy(
+        env.store.join("2026/04/24/web-sda.manifest"),
+        legacy.join("1.manifest"),
+    )
+    .unwrap();
+    let m = env.mount(&[]);
+    let img = m.mnt.join(&rel);
+    assert!(cmp(&src, &img), "image differs from its source");
+    assert!(cmp(&src, &m.mnt.join("legacy/web-sda/1.img")));
+    assert_eq!(names(&m.mnt), ["2026", "legacy"]);
+    let meta = fs::metadata(&img).unwrap();
+    assert_eq!(meta.len(), data.len() as u64);
+    assert_eq!(meta.permissions().mode() & 0o777, 0o444);
+    let date = SystemTime::UNIX_EPOCH + Duration::from_secs(1_776_999_612);
+    assert_eq!(meta.modified().unwrap(), date, "2026-04-24T03:00:12Z");
+    let (fstype, source, opts) = mount_info(&m.mnt);
+    assert_eq!((fstype.as_str(), source.as_str()), ("fuse", "diskdump"));
+    assert!(opts.split(',').any(|o| o == "ro"), "{opts}");
+    // Read-only, whatever the attempt.
+    assert_eq!(errno(File::create(m.mnt.join("new"))), Some(libc::EROFS));
+    assert_eq!(
+        errno(File::options().write(true).open(&img)),
+        Some(libc::EROFS)
+    );
+    let perms = fs::Permissions::from_mode(0o666);
+    assert_eq!(errno(fs::set_permissions(&img, perms)), Some(libc::EROFS));
+    assert_eq!(errno(fs::remove_file(&img)), Some(libc::EROFS));
+    assert_eq!(errno(fs::create_dir(m.mnt.join("d"))), Some(libc::EROFS));
+    let log = m.stop();
+    assert!(log.contains("unmounted"), "{log}");
+}
+
+#[test]
+fn eight_threads_reading_random_ranges_get_the_right_bytes() {
+    if !require("eight_threads_reading_random_ranges", fuse_missing()) {
+        return;
+    }
+    let env = Env::new();
+    let mut data = sample(2);
+    data.extend(sample(3));
+    let src = env.file("b.img", &data);
+    let rel = env.import(&src, "b", "2026-04-25");
+    let m = env.mount(&["--cache-size", "2M", "--threads", "8"]);
+    let img = m.mnt.join(rel);
+    let data = Arc::new(data);
+    std::thread::scope(|s| {
+        for t in 0..8u64 {
+            let (img, data) = (&img, data.clone());
+            s.spawn(move || {
+                let f = File::open(img).unwrap();
+                let rnd = random_bytes(100 + t, 300 * 16);
+                for r in rnd.chunks(16) {
+                    let n = |i: usize| u64::from_le_bytes(r[i..i + 8].try_into().unwrap());
+                    let off = (n(0) % data.len() as u64) as usize;
+                    let len = (n(8) % (3 * BS as u64)) as usize + 1;
+                    let mut buf = vec![0u8; len];
+                    let got = f.read_at(&mut buf, off as u64).unwrap();
+                    let want = &data[off..(off + len).min(data.len())];
+                    assert_eq!(&buf[..got], want, "thread {t} at {off}+{len}");
+                }
+            });
+        }
+    });
+    m.stop();
+}
+
+/// Files of assorted sizes in nested directories.
+fn populate(dir: &Path) -> Vec<PathBuf> {
+    let files: [(&str, Vec<u8>); 6] = [
+        ("a.bin", random_bytes(7, 3 << 20)),
+        ("sub/b.txt", b"hello from ext4\n".repeat(1000)),
+        ("sub/deep/c.bin", random_bytes(8, (10 << 20) + 1)),
+        ("sub/deep/zeros", vec![0u8; 1 << 20]),
+        ("empty", Vec::new()),
+        ("odd size", random_bytes(9, 4097)),
+    ];
+    files
+        .into_iter()
+        .map(|(name, bytes)| {
+            let p = dir.join(name);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(&p, bytes).unwrap();
+            PathBuf::from(name)
+        })
+        .collect()
+}
+
+fn sha256(p: &Path) -> [u8; 32] {
+    let mut f = File::open(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let (mut h, mut buf) = (Sha256::new(), vec![0u8; 1 << 16]);
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            return h.finalize().into();
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+/// A loop mount, unmounted on drop.
+struct LoopMount(PathBuf);
+
+impl Drop for LoopMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn ext4_image_loop_mounted_from_the_fuse_mount_has_the_original_files() {
+    if !require("ext4_image_loop_mounted", loop_missing()) {
+        return;
+    }
+    let env = Env::new();
+    let files = env.path("files");
+    let list = populate(&files);
+    let image = env.path("fs.img");
+    make_ext4(&files, &image, "64M");
+    let rel = env.import(&image, "ext4host:/dev/vdb", "2026-04-26T12:00:00Z");
+    let m = env.mount(&[]);
+    let inner = env.path("inner");
+    fs::create_dir(&inner).unwrap();
+    run(Command::new("mount")
+        .args(["-o", "loop,ro"])
+        .arg(m.mnt.join(&rel))
+        .arg(&inner));
+    let lm = LoopMount(inner.clone());
+    for f in &list {
+        assert_eq!(
+            sha256(&inner.join(f)),
+            sha256(&files.join(f)),
+            "{}",
+            f.display()
+        );
+    }
+    drop(lm);
+    assert!(!is_mounted(&inner));
+    m.stop();
+}
+
+#[test]
+fn a_dump_imported_while_mounted_shows_up() {
+    if !require("a_dump_imported_while_mounted_shows_up", fuse_missing()) {
+        return;
+    }
+    let env = Env::new();
+    let data = sample(4);
+    let first = env.import(&env.file("c.img", &data), "c", "2026-04-24");
+    let m = env.mount(&[]);
+    assert_eq!(names(&m.mnt.join("2026")), ["04"]);
+    let src = env.file("d.img", &data[..5 * BS + 3]);
+    let rel = env.import(&src, "d", "2026-05-02T10:00:00Z");
+    // No waiting: the next lookup and the next listing see it.
+    assert_eq!(
+        fs::metadata(m.mnt.join(&rel)).unwrap().len(),
+        5 * BS as u64 + 3
+    );
+    assert_eq!(names(&m.mnt.join("2026")), ["04", "05"]);
+    assert_eq!(names(&m.mnt.join("2026/05/02")), ["d.img"]);
+    assert!(cmp(&src, &m.mnt.join(&rel)));
+    assert!(m.mnt.join(first).exists());
+    m.stop_with(libc::SIGINT);
+}
+
+/// The store path of the block holding `data`.
+fn block_file(store: &Path, data: &[u8]) -> PathBuf {
+    let hex: String = Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    store
+        .join(".blockstore")
+        .join(&hex[..2])
+        .join(&hex[2..4])
+        .join(format!("{hex}.lz4"))
+}
+
+#[test]
+fn a_flipped_byte_in_one_block_gives_eio_for_that_range_only() {
+    if !require("a_flipped_byte_gives_eio", fuse_missing()) {
+        return;
+    }
+    let env = Env::new();
+    let data = sample(5);
+    let rel = env.import(&env.file("e.img", &data), "e", "2026-04-27");
+    let k = 5; // a random block
+    let victim = block_file(&env.store, &data[k * BS..(k + 1) * BS]);
+    let mut bytes = fs::read(&victim).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    fs::write(&victim, bytes).unwrap();
+    let m = env.mount(&[]);
+    let f = File::open(m.mnt.join(&rel)).unwrap();
+    let mut buf = vec![0u8; 4096];
+    for off in [k * BS, k * BS + 100, (k + 1) * BS - 4096] {
+        let e = f.read_at(&mut buf, off as u64).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EIO), "at {off}: {e}");
+    }
+    // Everything else reads, right up to the bad block and right after it.
+    let mut block = vec![0u8; BS];
+    for i in (0..data.len().div_ceil(BS)).filter(|&i| i != k) {
+        let want = &data[i * BS..((i + 1) * BS).min(data.len())];
+        let n = f.read_at(&mut block, (i * BS) as u64).unwrap();
+        assert_eq!(&block[..n], want, "block {i}");
+    }
+    let e = fs::read(m.mnt.join(&rel)).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO));
+    drop(f);
+    let log = m.stop();
+    let needle = format!("read error in block {k} at image offset {}", k * BS);
+    assert_eq!(log.matches(&needle).count(), 1, "logged once: {log}");
+    assert!(log.contains(&rel) && log.contains("corrupt"), "{log}");
+}
+
+#[test]
+fn sigterm_with_a_loop_device_attached_detaches_and_exits() {
+    if !require("sigterm_with_a_loop_device_attached", loop_missing()) {
+        return;
+    }
+    let env = Env::new();
+    let data = sample(6);
+    let rel = env.import(&env.file("f.img", &data), "f", "2026-04-28");
+    let mut m = env.mount(&[]);
+    let out = run(Command::new("losetup")
+        .args(["-r", "-f", "--show"])
+        .arg(m.mnt.join(&rel)));
+    let dev = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    m.signal(libc::SIGTERM);
+    assert!(wait_for(10, || !is_mounted(&m.mnt)), "still mounted");
+    // Detached from the tree, still serving the loop device.
+    assert!(
+        m.try_wait().is_none(),
+        "exited under its user: {}",
+        m.log_text()
+    );
+    assert_eq!(read_prefix(&dev, 4 << 20), &data[..4 << 20]);
+    run(Command::new("losetup").arg("-d").arg(&dev));
+    let status = m.wait(20);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}: {}",
+        m.log_text()
+    );
+    assert!(m.log_text().contains("busy"), "{}", m.log_text());
+    assert!(!is_mounted(&m.mnt));
+}
+
+#[test]
+fn cp_sparse_always_copies_zero_blocks_as_holes() {
+    if !require("cp_sparse_always", fuse_missing()) {
+        return;
+    }
+    let env = Env::new();
+    let mut data = vec![0u8; 64 << 20];
+    for (i, at) in [0, 100 * BS, 300 * BS + 7].into_iter().enumerate() {
+        data[at..at + BS].copy_from_slice(&random_bytes(i as u64, BS));
+    }
+    data.extend(random_bytes(50, 999)); // a ragged tail
+    let src = env.file("g.img", &data);
+    let rel = env.import(&src, "g", "2026-04-29");
+    let m = env.mount(&[]);
+    let copy = env.path("copy.img");
+    run(Command::new("cp")
+        .arg("--sparse=always")
+        .arg(m.mnt.join(&rel))
+        .arg(&copy));
+    assert!(cmp(&src, &copy), "copy differs");
+    let used = allocated(&copy);
+    assert!(
+        used < data.len() as u64 / 8,
+        "not sparse: {used} bytes allocated"
+    );
+    // The mount says so too, once the manifest has been read.
+    assert!(allocated(&m.mnt.join(&rel)) < data.len() as u64 / 8);
+    m.stop();
+}
+
+/// Runs `diskdump ARGS` expecting failure; returns its stderr.
+fn fails(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    err
+}
+
+fn mount_cmd(store: &Path, mnt: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg("mount").arg(store).arg(mnt);
+    c
+}
+
+#[test]
+fn bad_arguments_give_clear_one_line_errors() {
+    let env = Env::new();
+    env.import(&env.file("h.img", &sample(7)[..BS]), "h", "2026-04-30");
+    let not_store = env.path("plain");
+    fs::create_dir(&not_store).unwrap();
+    let err = fails(&mut mount_cmd(&not_store, &env.mnt));
+    assert!(err.contains("is not a diskdump store"), "{err}");
+    let err = fails(&mut mount_cmd(&env.path("nope"), &env.mnt));
+    assert!(err.contains("does not exist"), "{err}");
+    let err = fails(&mut mount_cmd(&env.store, &env.path("missing")));
+    assert!(
+        err.contains("mountpoint") && err.contains("does not exist"),
+        "{err}"
+    );
+    let err = fails(&mut mount_cmd(&env.store, &env.store));
+    assert!(err.contains("is not empty"), "{err}");
+    let err = fails(&mut mount_cmd(&env.store, &env.path("h.img")));
+    assert!(err.contains("is not a directory"), "{err}");
+}
+
+#[test]
+fn no_fuse_device_and_no_permission_give_clear_errors() {
+    let tools = ["unshare", "setpriv"].into_iter().find(|t| !tool_exists(t));
+    let missing = fuse_missing().or(tools.map(|t| format!("{t} is not installed")));
+    if !require("no_fuse_device_and_no_permission", missing) {
+        return;
+    }
+    let env = Env::new();
+    env.import(&env.file("i.img", &sample(8)[..BS]), "i", "2026-04-30");
+    // Without /dev/fuse: an empty /dev in a private mount namespace.
+    let err = fails(
+        Command::new("unshare")
+            .args([
+                "-m",
+                "sh",
+                "-c",
+                "mount -t tmpfs tmpfs /dev && exec \"$@\"",
+                "sh",
+            ])
+            .arg(BIN)
+            .arg("mount")
+            .arg(&env.store)
+            .arg(&env.mnt),
+    );
+    assert!(err.contains("/dev/fuse does not exist"), "{err}");
+    // As an unprivileged user (who can read the store).
+    fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let err = fails(
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(BIN)
+            .arg("mount")
+            .arg(&env.store)
+            .arg(&env.mnt),
+    );
+    assert!(err.contains("not permitted to mount"), "{err}");
+    assert!(!is_mounted(&env.mnt));
+}
+
+#[test]
+fn mounting_a_store_with_many_dumps_is_instant() {
+    if !require("mounting_a_store_with_many_dumps", fuse_missing()) {
+        return;
+    }
+    let env = Env::new();
+    let rel = env.import(&env.file("j.img", &sample(9)), "j", "2026-01-01");
+    // 400 dumps over 100 days: copies of one manifest.
+    let text = fs::read(env.store.join(rel.replace(".img", ".manifest"))).unwrap();
+    for i in 0..400 {
+        let day = env.store.join(format!(
+            "2025/{:02}/{:02}",
+            1 + i % 10,
+            1 + i % 10 * 2 + i / 100
+        ));
+        fs::create_dir_all(&day).unwrap();
+        fs::write(day.join(format!("host{i}.manifest")), &text).unwrap();
+    }
+    let started = std::time::Instant::now();
+    let m = env.mount(&[]);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "mount took {took:?}");
+    assert!(
+        m.log_text().contains("mounted 401 dump(s)"),
+        "{}",
+        m.log_text()
+    );
+    let day = m.mnt.join("2025/03/05");
+    assert_eq!(names(&day).len(), 10);
+    m.stop();
+}
