@@ -51,7 +51,7 @@ impl Target {
         let colon = colon.ok_or_else(|| bad("no ':' between host and path"))?;
         let (left, path) = (&s[..colon], &s[colon + 1..]);
         let (user, host) = match left.rsplit_once('@') {
-            Some((u, h)) if u.is_empty() => return Err(bad(&format!("empty user before '@{h}'"))),
+            Some(("", h)) => return Err(bad(&format!("empty user before '@{h}'"))),
             Some((u, h)) => (Some(u.to_string()), h),
             None => (None, left),
         };
