@@ -1,6 +1,8 @@
 //! The receiver against the real embedded agent over pipes, against a
 //! hand-written hostile agent, and two receivers sharing one `InFlight`.
 
+#[path = "receiver/bullseye.rs"]
+mod bullseye;
 #[path = "receiver/hostile.rs"]
 mod hostile;
 #[path = "receiver/inflight.rs"]
