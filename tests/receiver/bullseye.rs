@@ -104,7 +104,7 @@ fn the_embedded_agent_runs_in_a_debian_bullseye_chroot() {
         )
     });
     assert!(out.status.success());
-    assert_eq!(got.hello.hostname.is_empty(), false);
+    assert!(!got.hello.hostname.is_empty());
     assert!(
         restore(&store, &got.manifest.blocks)[..img.len()] == img[..],
         "restored bytes differ"
