@@ -232,3 +232,78 @@ fn bad_targets_and_flags_are_refused_before_connecting() {
     }
     assert!(!store.exists());
 }
+
+#[test]
+fn ctrl_c_stops_the_agent_writes_no_manifest_and_the_rerun_resends_nothing() {
+    let Some(sshd) = Sshd::require() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("big.img");
+    // 16 MiB of data up front, then a long sparse tail the agent is still
+    // reading when Ctrl-C arrives.
+    images::write(&img, &images::random_bytes(128 * BS, 46));
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(48 << 30)
+        .unwrap();
+    let store = dir.path().join("store");
+    let target = format!("{}:{}", sshd.host_alias(), img.display());
+    let child = Command::new(common::bin())
+        .args([
+            "--store",
+            store.to_str().unwrap(),
+            "dump",
+            &target,
+            "--as",
+            "big",
+        ])
+        .envs(sshd.env())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while common::block_files(&store).len() < 128 {
+        assert!(t0.elapsed().as_secs() < 60, "the data blocks never arrived");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("interrupted"),
+        "{}",
+        text(&o)
+    );
+    assert!(manifests(&store).is_empty());
+    common::dd(&store, &["verify"]).ok();
+    // The agent exits once its session is cut.
+    let gone = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let ps = Command::new("pgrep")
+            .args(["-f", img.to_str().unwrap()])
+            .output()
+            .unwrap();
+        ps.stdout.is_empty()
+    });
+    assert!(gone, "an agent still reads {}", img.display());
+    // Shrink the tail so the re-run is quick; the data blocks are all there.
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(256 * BS as u64)
+        .unwrap();
+    let o = run(&sshd, &store, &["dump", &target, "--as", "big"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let (new, _) = summary(&o, &target);
+    assert_eq!(
+        new,
+        0,
+        "blocks that arrived before Ctrl-C are not sent again: {}",
+        text(&o)
+    );
+    assert_eq!(manifests(&store).len(), 1);
+}
