@@ -486,3 +486,114 @@ fn ctrl_c_during_import_leaves_no_manifest_and_a_valid_store() {
     assert!(strays.is_empty(), "{strays:?}");
     dd(&store, &["verify"]).ok();
 }
+
+#[test]
+fn gc_waits_for_a_running_import_and_never_sweeps_blocks_it_relies_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let data = images::random_bytes(8 * BS, 50);
+    let first = dir.path().join("first.img");
+    images::write(&first, &data);
+    dd(
+        &store,
+        &["import", first.to_str().unwrap(), "--as", "first"],
+    )
+    .ok();
+    // Orphan those blocks: the next import finds them "already present".
+    fs::remove_file(only_manifest(&store)).unwrap();
+    let big = dir.path().join("big.img");
+    images::write(&big, &data);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&big)
+        .unwrap()
+        .set_len(6 << 30)
+        .unwrap();
+    let import = Command::new(common::bin())
+        .args([
+            "--store",
+            store.to_str().unwrap(),
+            "import",
+            big.to_str().unwrap(),
+            "--as",
+            "big",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let r = dd(&store, &["gc", "--no-wait"]).fails();
+    assert!(
+        r.stderr.contains("busy") && r.stderr.contains("running dumps or imports"),
+        "{}",
+        r.stderr
+    );
+    let gc = Command::new(common::bin())
+        .args(["--store", store.to_str().unwrap(), "gc"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let imported = import.wait_with_output().unwrap();
+    assert!(
+        imported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&imported.stderr)
+    );
+    let gc = gc.wait_with_output().unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&gc.stdout),
+        String::from_utf8_lossy(&gc.stderr),
+    );
+    assert!(gc.status.success(), "{err}");
+    assert!(
+        err.contains("waiting for running dumps or imports"),
+        "gc said it waited: {err}"
+    );
+    assert!(out.contains("removed 0 unreferenced blocks"), "{out}");
+    let (code, bytes, _) = dd_bytes(
+        &store,
+        &[
+            "restore",
+            "big",
+            "-o",
+            dir.path().join("r.img").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0);
+    let _ = bytes;
+    let restored = fs::File::open(dir.path().join("r.img")).unwrap();
+    let mut head = vec![0u8; data.len()];
+    std::io::Read::read_exact(&mut &restored, &mut head).unwrap();
+    assert!(head == data);
+    assert_eq!(restored.metadata().unwrap().len(), 6 << 30);
+}
+
+#[test]
+fn a_second_gc_refuses_or_waits_clearly() {
+    let (dir, img) = setup(&images::mixed(BS, 4, 0, 51));
+    let store = dir.path().join("store");
+    dd(&store, &["import", img.to_str().unwrap(), "--as", "x"]).ok();
+    // Hold the lock exclusively the way a running gc does.
+    let holder = Command::new("flock")
+        .args([
+            "-x",
+            store.join(".blockstore/lock").to_str().unwrap(),
+            "sleep",
+            "1.5",
+        ])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let r = dd(&store, &["gc", "--no-wait"]).fails();
+    assert!(r.stderr.contains("busy"), "{}", r.stderr);
+    let r = dd(&store, &["import", img.to_str().unwrap(), "--as", "y"]).ok();
+    assert!(
+        r.stderr.contains("waiting for a running gc"),
+        "{}",
+        r.stderr
+    );
+    let mut holder = holder;
+    holder.wait().unwrap();
+}
