@@ -33,6 +33,7 @@ use config::{KnownLine, Resolved};
 
 /// libssh2's "would block", as returned by calls that are not `Read`/`Write` (`send_eof`...).
 const LIBSSH2_ERROR_EAGAIN: i32 = -37;
+const LIBSSH2_ERROR_TIMEOUT: i32 = -9;
 /// Largest read or write the pump does at once, and the most it buffers in each direction.
 const CHUNK: usize = 256 * 1024;
 /// How much of the remote stderr is kept for error messages (the end of it).
@@ -75,6 +76,9 @@ impl Remote {
                      did not offer one: if its host keys really changed, verify and update known_hosts",
                     types.join(", ")
                 );
+            }
+            if e.code() == ErrorCode::Session(LIBSSH2_ERROR_TIMEOUT) {
+                bail!("no SSH handshake within {:?} (is an SSH server listening there?): {e}", r.connect_timeout);
             }
             bail!("SSH handshake failed: {e}");
         }
