@@ -14,11 +14,16 @@ use diskdump::ssh::{Remote, SshOptions};
 use sha2::{Digest, Sha256};
 
 fn opts(s: &Sshd) -> SshOptions {
-    SshOptions { ssh_config: Some(s.ssh_config()), home: Some(s.home()), ..Default::default() }
+    SshOptions {
+        ssh_config: Some(s.ssh_config()),
+        home: Some(s.home()),
+        ..Default::default()
+    }
 }
 
 fn connect(s: &Sshd) -> Remote {
-    Remote::connect(s.host_alias(), &opts(s)).unwrap_or_else(|e| panic!("{e:#}\nsshd log:\n{}", s.log()))
+    Remote::connect(s.host_alias(), &opts(s))
+        .unwrap_or_else(|e| panic!("{e:#}\nsshd log:\n{}", s.log()))
 }
 
 fn connect_err(s: &Sshd, o: &SshOptions) -> String {
@@ -51,7 +56,8 @@ fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'st
     std::thread::spawn(move || {
         let _ = tx.send(f());
     });
-    rx.recv_timeout(limit).unwrap_or_else(|_| panic!("no result within {limit:?}: deadlock?"))
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("no result within {limit:?}: deadlock?"))
 }
 
 #[test]
@@ -60,17 +66,31 @@ fn runs_commands_and_reports_status() {
     let r = connect(&s);
     assert_eq!(r.label(), format!("root@127.0.0.1:{}", s.port()));
     let (status, out, err) = r.run("echo hello; echo oops >&2; exit 3").unwrap();
-    assert_eq!((status, out.as_slice(), err.as_slice()), (3, &b"hello\n"[..], &b"oops\n"[..]));
+    assert_eq!(
+        (status, out.as_slice(), err.as_slice()),
+        (3, &b"hello\n"[..], &b"oops\n"[..])
+    );
     // More stderr than the channel window, before any stdout: must not deadlock.
     let (status, out, err) = r.run("head -c 3000000 /dev/zero >&2; echo done").unwrap();
-    assert_eq!((status, out.as_slice(), err.len()), (0, &b"done\n"[..], 64 * 1024));
+    assert_eq!(
+        (status, out.as_slice(), err.len()),
+        (0, &b"done\n"[..], 64 * 1024)
+    );
     assert_eq!(r.run("kill -9 $$").unwrap().0, -1);
     let e = r.run_ok("false").unwrap_err().to_string();
     assert!(e.contains("status 1") && e.contains("127.0.0.1"), "{e}");
     // user@host overrides the config's User: no such user on the server.
-    let e = format!("{:#}", Remote::connect(&format!("nosuchuser@{}", s.host_alias()), &opts(&s)).err().unwrap());
+    let e = format!(
+        "{:#}",
+        Remote::connect(&format!("nosuchuser@{}", s.host_alias()), &opts(&s))
+            .err()
+            .unwrap()
+    );
     eprintln!("expected error: {e}");
-    assert!(e.contains(&format!("nosuchuser@127.0.0.1:{}", s.port())) && e.contains("authentication"), "{e}");
+    assert!(
+        e.contains(&format!("nosuchuser@127.0.0.1:{}", s.port())) && e.contains("authentication"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -81,18 +101,29 @@ fn upload_and_ensure_agent() {
     let data = noise(3 << 20, 7);
     r.upload(dest.to_str().unwrap(), &data, 0o640).unwrap();
     assert_eq!(fs::read(&dest).unwrap(), data);
-    assert_eq!(r.run_ok(&format!("stat -c %a {}", dest.display())).unwrap(), b"640\n");
-    let leftovers: Vec<_> = fs::read_dir(s.remote_home()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(
+        r.run_ok(&format!("stat -c %a {}", dest.display())).unwrap(),
+        b"640\n"
+    );
+    let leftovers: Vec<_> = fs::read_dir(s.remote_home())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(leftovers, ["up.bin"], "no temp files left behind");
 
     let agent = noise(1 << 20, 9);
     let hash = hex(&Sha256::digest(&agent));
     let path = r.ensure_agent(&agent, &hash).unwrap();
-    let want = s.remote_home().join(format!(".cache/diskdump/agent-{}", &hash[..16]));
+    let want = s
+        .remote_home()
+        .join(format!(".cache/diskdump/agent-{}", &hash[..16]));
     assert_eq!(path, want.to_str().unwrap());
     assert_eq!(fs::read(&want).unwrap(), agent);
-    let inode = |p: &std::path::Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
-    let mode = |p: &std::path::Path| std::os::unix::fs::PermissionsExt::mode(&fs::metadata(p).unwrap().permissions());
+    let inode =
+        |p: &std::path::Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
+    let mode = |p: &std::path::Path| {
+        std::os::unix::fs::PermissionsExt::mode(&fs::metadata(p).unwrap().permissions())
+    };
     assert_eq!(mode(want.parent().unwrap()) & 0o777, 0o700);
     assert_eq!(mode(&want) & 0o777, 0o700);
     let first = inode(&want);
@@ -114,10 +145,26 @@ fn ensure_agent_refuses_other_architectures() {
     fs::write(&uname, "#!/bin/sh\necho Linux aarch64\n").unwrap();
     fs::set_permissions(&uname, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let path = format!("PATH={}:/usr/bin:/bin", bin.path().display());
-    let Some(s) = Sshd::require_with(SshdOptions { set_env: vec![path], ..Default::default() }) else { return };
-    let e = format!("{:#}", connect(&s).ensure_agent(b"agent", &"ab".repeat(32)).unwrap_err());
-    assert!(e.contains("\"Linux aarch64\"") && e.contains("x86_64") && e.contains("127.0.0.1"), "{e}");
-    assert!(!s.remote_home().join(".cache").exists(), "nothing is created on a refused remote");
+    let Some(s) = Sshd::require_with(SshdOptions {
+        set_env: vec![path],
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let e = format!(
+        "{:#}",
+        connect(&s)
+            .ensure_agent(b"agent", &"ab".repeat(32))
+            .unwrap_err()
+    );
+    assert!(
+        e.contains("\"Linux aarch64\"") && e.contains("x86_64") && e.contains("127.0.0.1"),
+        "{e}"
+    );
+    assert!(
+        !s.remote_home().join(".cache").exists(),
+        "nothing is created on a refused remote"
+    );
 }
 
 fn hex(b: &[u8]) -> String {
@@ -142,7 +189,12 @@ fn echo_through_cat(s: &Sshd, size: usize) {
         got
     });
     writer.join().unwrap();
-    assert!(got == *data, "echoed bytes differ (got {} of {} bytes)", got.len(), size);
+    assert!(
+        got == *data,
+        "echoed bytes differ (got {} of {} bytes)",
+        got.len(),
+        size
+    );
     let exit = handle.wait().unwrap();
     assert!(exit.success(), "{exit:?}");
 }
@@ -195,12 +247,20 @@ fn throughput_512_mib_each_way() {
     let mb_s = |t: Duration| size as f64 / t.as_secs_f64() / 1e6;
     for (what, cmd, send, expect) in [
         ("echo, each way at once", "cat".to_string(), size, size),
-        ("download only", format!("head -c {size} /dev/zero"), 0, size),
+        (
+            "download only",
+            format!("head -c {size} /dev/zero"),
+            0,
+            size,
+        ),
         ("upload only", "cat >/dev/null".to_string(), size, 0),
     ] {
         let (received, t, cpu) = stream(&s, &cmd, send);
         assert_eq!(received, expect);
-        eprintln!("diskdump::ssh {what}: {t:.2?}, {:.0} MB/s; this process used {cpu:.2?} CPU", mb_s(t));
+        eprintln!(
+            "diskdump::ssh {what}: {t:.2?}, {:.0} MB/s; this process used {cpu:.2?} CPU",
+            mb_s(t)
+        );
     }
     let ssh = format!(
         "head -c {size} /dev/zero | ssh -F /dev/null -o BatchMode=yes -i {} -o UserKnownHostsFile={} -p {} root@127.0.0.1 cat >/dev/null",
@@ -209,15 +269,26 @@ fn throughput_512_mib_each_way() {
         s.port()
     );
     let start = Instant::now();
-    assert!(Command::new("sh").arg("-c").arg(&ssh).status().unwrap().success());
+    assert!(Command::new("sh")
+        .arg("-c")
+        .arg(&ssh)
+        .status()
+        .unwrap()
+        .success());
     let t = start.elapsed();
-    eprintln!("OpenSSH ssh (its default cipher) echo, each way at once: {t:.2?}, {:.0} MB/s", mb_s(t));
+    eprintln!(
+        "OpenSSH ssh (its default cipher) echo, each way at once: {t:.2?}, {:.0} MB/s",
+        mb_s(t)
+    );
 }
 
 #[test]
 fn exec_stream_exit_status_stderr_and_kill() {
     let Some(s) = Sshd::require() else { return };
-    let (mut out, inp, handle) = connect(&s).exec_stream("echo out; echo err >&2; exit 5").unwrap().split();
+    let (mut out, inp, handle) = connect(&s)
+        .exec_stream("echo out; echo err >&2; exit 5")
+        .unwrap()
+        .split();
     drop(inp);
     let mut text = String::new();
     out.read_to_string(&mut text).unwrap();
@@ -235,7 +306,10 @@ fn exec_stream_exit_status_stderr_and_kill() {
     out.read_to_end(&mut rest).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !marker.exists() {
-        assert!(Instant::now() < deadline, "remote cat did not exit after kill()");
+        assert!(
+            Instant::now() < deadline,
+            "remote cat did not exit after kill()"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 
@@ -257,11 +331,20 @@ fn unknown_host_key_is_refused_with_fingerprint_and_accept_new_records_it() {
     let e = connect_err(&s, &opts(&s));
     let fp = s.fingerprint("ed25519");
     assert!(e.contains("unknown host key") && e.contains(&fp), "{e}");
-    assert!(e.contains(&format!("[127.0.0.1]:{}", s.port())) && e.contains("ssh-keyscan"), "{e}");
+    assert!(
+        e.contains(&format!("[127.0.0.1]:{}", s.port())) && e.contains("ssh-keyscan"),
+        "{e}"
+    );
 
-    let o = SshOptions { accept_new_host_key: true, ..opts(&s) };
+    let o = SshOptions {
+        accept_new_host_key: true,
+        ..opts(&s)
+    };
     Remote::connect(s.host_alias(), &o).unwrap();
-    assert_eq!(fs::read_to_string(s.known_hosts()).unwrap(), s.known_hosts_line("ed25519"));
+    assert_eq!(
+        fs::read_to_string(s.known_hosts()).unwrap(),
+        s.known_hosts_line("ed25519")
+    );
     connect(&s); // now known, without accept-new
 }
 
@@ -273,7 +356,10 @@ fn accept_new_from_ssh_config() {
     cfg.push_str("    StrictHostKeyChecking accept-new\n");
     fs::write(s.ssh_config(), cfg).unwrap();
     connect(&s);
-    assert_eq!(fs::read_to_string(s.known_hosts()).unwrap(), s.known_hosts_line("ed25519"));
+    assert_eq!(
+        fs::read_to_string(s.known_hosts()).unwrap(),
+        s.known_hosts_line("ed25519")
+    );
 }
 
 #[test]
@@ -285,30 +371,63 @@ fn changed_host_key_is_refused_even_with_accept_new() {
     let line = format!("[127.0.0.1]:{} {}", s.port(), public);
     fs::write(s.known_hosts(), &line).unwrap();
     for accept_new in [false, true] {
-        let e = connect_err(&s, &SshOptions { accept_new_host_key: accept_new, ..opts(&s) });
-        assert!(e.contains("HOST KEY CHANGED") && e.contains(&s.fingerprint("ed25519")), "{e}");
+        let e = connect_err(
+            &s,
+            &SshOptions {
+                accept_new_host_key: accept_new,
+                ..opts(&s)
+            },
+        );
+        assert!(
+            e.contains("HOST KEY CHANGED") && e.contains(&s.fingerprint("ed25519")),
+            "{e}"
+        );
     }
-    assert_eq!(fs::read_to_string(s.known_hosts()).unwrap(), line, "known_hosts must not change");
+    assert_eq!(
+        fs::read_to_string(s.known_hosts()).unwrap(),
+        line,
+        "known_hosts must not change"
+    );
 }
 
 #[test]
 fn known_rsa_key_is_used_when_server_also_has_ed25519() {
-    let Some(s) = Sshd::require_with(SshdOptions { rsa_host_key: true, ..Default::default() }) else { return };
+    let Some(s) = Sshd::require_with(SshdOptions {
+        rsa_host_key: true,
+        ..Default::default()
+    }) else {
+        return;
+    };
     // Without steering, the server would show its ed25519 key and libssh2 would call that a
     // mismatch with the recorded RSA key.
     fs::write(s.known_hosts(), s.known_hosts_line("rsa")).unwrap();
     connect(&s).run_ok("true").unwrap();
     // The same with a hashed name: the key types for the host are found through libssh2.
-    assert!(Command::new("ssh-keygen").arg("-Hf").arg(s.known_hosts()).output().unwrap().status.success());
-    assert!(fs::read_to_string(s.known_hosts()).unwrap().starts_with("|1|"));
+    assert!(Command::new("ssh-keygen")
+        .arg("-Hf")
+        .arg(s.known_hosts())
+        .output()
+        .unwrap()
+        .status
+        .success());
+    assert!(fs::read_to_string(s.known_hosts())
+        .unwrap()
+        .starts_with("|1|"));
     connect(&s).run_ok("true").unwrap();
     // A different RSA key on record is still a changed key.
     let other = s.dir().join("other_rsa");
     keygen(&other, "rsa", "");
     let public = fs::read_to_string(other.with_extension("pub")).unwrap();
-    fs::write(s.known_hosts(), format!("[127.0.0.1]:{} {}", s.port(), public)).unwrap();
+    fs::write(
+        s.known_hosts(),
+        format!("[127.0.0.1]:{} {}", s.port(), public),
+    )
+    .unwrap();
     let e = connect_err(&s, &opts(&s));
-    assert!(e.contains("HOST KEY CHANGED") && e.contains(&s.fingerprint("rsa")), "{e}");
+    assert!(
+        e.contains("HOST KEY CHANGED") && e.contains(&s.fingerprint("rsa")),
+        "{e}"
+    );
 }
 
 #[test]
@@ -319,10 +438,19 @@ fn hashed_known_hosts_entry_works() {
     let unrelated = fs::read_to_string(other.with_extension("pub")).unwrap();
     let text = format!("example.org {unrelated}{}", s.known_hosts_line("ed25519"));
     fs::write(s.known_hosts(), text).unwrap();
-    let status = Command::new("ssh-keygen").arg("-H").arg("-f").arg(s.known_hosts()).output().unwrap().status;
+    let status = Command::new("ssh-keygen")
+        .arg("-H")
+        .arg("-f")
+        .arg(s.known_hosts())
+        .output()
+        .unwrap()
+        .status;
     assert!(status.success());
     let hashed = fs::read_to_string(s.known_hosts()).unwrap();
-    assert!(hashed.starts_with("|1|") && !hashed.contains("127.0.0.1"), "{hashed}");
+    assert!(
+        hashed.starts_with("|1|") && !hashed.contains("127.0.0.1"),
+        "{hashed}"
+    );
     connect(&s).run_ok("true").unwrap();
 }
 
@@ -332,7 +460,10 @@ fn passphrase_protected_key_gives_a_clear_error() {
     let key = s.dir().join("locked_ed25519");
     keygen(&key, "ed25519", "secret passphrase");
     let cfg = fs::read_to_string(s.ssh_config()).unwrap();
-    let cfg = cfg.replace(&s.client_key().display().to_string(), &key.display().to_string());
+    let cfg = cfg.replace(
+        &s.client_key().display().to_string(),
+        &key.display().to_string(),
+    );
     fs::write(s.ssh_config(), cfg).unwrap();
     let o = opts(&s);
     if std::env::var_os("SSH_AUTH_SOCK").is_some() {
@@ -340,8 +471,17 @@ fn passphrase_protected_key_gives_a_clear_error() {
         return;
     }
     let e = connect_err(&s, &o);
-    assert!(e.contains(&format!("identity file {} is passphrase-protected", key.display())), "{e}");
-    assert!(e.contains("ssh-agent") && e.contains(&format!("root@127.0.0.1:{}", s.port())), "{e}");
+    assert!(
+        e.contains(&format!(
+            "identity file {} is passphrase-protected",
+            key.display()
+        )),
+        "{e}"
+    );
+    assert!(
+        e.contains("ssh-agent") && e.contains(&format!("root@127.0.0.1:{}", s.port())),
+        "{e}"
+    );
 }
 
 #[test]
@@ -351,7 +491,11 @@ fn silent_server_times_out_clearly() {
     let port = listener.local_addr().unwrap().port();
     let home = tempfile::tempdir().unwrap();
     let cfg = home.path().join("config");
-    fs::write(&cfg, format!("Host mute\n  HostName 127.0.0.1\n  Port {port}\n  User someone\n")).unwrap();
+    fs::write(
+        &cfg,
+        format!("Host mute\n  HostName 127.0.0.1\n  Port {port}\n  User someone\n"),
+    )
+    .unwrap();
     let o = SshOptions {
         ssh_config: Some(cfg),
         home: Some(home.path().into()),
@@ -361,20 +505,43 @@ fn silent_server_times_out_clearly() {
     let start = Instant::now();
     let e = format!("{:#}", Remote::connect("mute", &o).err().unwrap());
     eprintln!("expected error: {e}");
-    assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
-    assert!(e.contains(&format!("someone@127.0.0.1:{port}")) && e.contains("no SSH handshake within 1s"), "{e}");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(
+        e.contains(&format!("someone@127.0.0.1:{port}"))
+            && e.contains("no SSH handshake within 1s"),
+        "{e}"
+    );
     drop(listener);
 }
 
 #[test]
 fn closed_port_gives_a_clear_error() {
     // No sshd needed: a port that was free a moment ago.
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let home = tempfile::tempdir().unwrap();
     let cfg = home.path().join("config");
-    fs::write(&cfg, format!("Host closed\n  HostName 127.0.0.1\n  Port {port}\n  User someone\n")).unwrap();
-    let o = SshOptions { ssh_config: Some(cfg), home: Some(home.path().into()), ..Default::default() };
+    fs::write(
+        &cfg,
+        format!("Host closed\n  HostName 127.0.0.1\n  Port {port}\n  User someone\n"),
+    )
+    .unwrap();
+    let o = SshOptions {
+        ssh_config: Some(cfg),
+        home: Some(home.path().into()),
+        ..Default::default()
+    };
     let e = format!("{:#}", Remote::connect("closed", &o).err().unwrap());
     eprintln!("expected error: {e}");
-    assert!(e.contains(&format!("someone@127.0.0.1:{port}")) && e.contains("refused"), "{e}");
+    assert!(
+        e.contains(&format!("someone@127.0.0.1:{port}")) && e.contains("refused"),
+        "{e}"
+    );
 }

@@ -32,7 +32,11 @@ impl Target {
     /// Parses `[user@]host:/path`; a bare device name (`host:sda`) means `/dev/sda`.
     /// An IPv6 address goes in brackets: `[::1]:/dev/sda`.
     pub fn parse(s: &str) -> Result<Target> {
-        let bad = |why: &str| anyhow::anyhow!("invalid target {s:?}: {why} (expected [user@]host:/path or host:device)");
+        let bad = |why: &str| {
+            anyhow::anyhow!(
+                "invalid target {s:?}: {why} (expected [user@]host:/path or host:device)"
+            )
+        };
         // The separator is the first ':' outside brackets, so IPv6 addresses stay whole.
         let mut depth = 0i32;
         let colon = s.char_indices().find_map(|(i, c)| {
@@ -47,19 +51,30 @@ impl Target {
         let colon = colon.ok_or_else(|| bad("no ':' between host and path"))?;
         let (left, path) = (&s[..colon], &s[colon + 1..]);
         let (user, host) = match left.rsplit_once('@') {
-            Some((u, h)) if u.is_empty() => return Err(bad(&format!("empty user before '@{h}'"))),
+            Some(("", h)) => return Err(bad(&format!("empty user before '@{h}'"))),
             Some((u, h)) => (Some(u.to_string()), h),
             None => (None, left),
         };
-        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
         if host.is_empty() || host.contains(char::is_whitespace) {
             return Err(bad("empty or malformed host"));
         }
         if path.is_empty() {
             return Err(bad("empty path"));
         }
-        let path = if path.starts_with('/') { path.to_string() } else { format!("/dev/{path}") };
-        Ok(Target { user, host: host.to_string(), path })
+        let path = if path.starts_with('/') {
+            path.to_string()
+        } else {
+            format!("/dev/{path}")
+        };
+        Ok(Target {
+            user,
+            host: host.to_string(),
+            path,
+        })
     }
 }
 
@@ -168,7 +183,10 @@ pub(crate) fn resolve(dest: &str, opts: &SshOptions) -> Result<Resolved> {
         Some((u, h)) => (Some(u.to_string()), h),
         None => (None, dest),
     };
-    let alias = alias.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(alias);
+    let alias = alias
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(alias);
     let home = match &opts.home {
         Some(h) => h.clone(),
         None => PathBuf::from(std::env::var_os("HOME").context("$HOME is not set")?),
@@ -179,8 +197,18 @@ pub(crate) fn resolve(dest: &str, opts: &SshOptions) -> Result<Resolved> {
     let host_name = p.host_name.clone().unwrap_or_else(|| alias.to_string());
     let host = host_name.replace("%h", alias);
     let port = p.port.unwrap_or(22);
-    let user = dest_user.or_else(|| opts.user.clone()).or_else(|| p.user.clone()).unwrap_or_else(|| local_user.clone());
-    let tokens = Tokens { alias, host: &host, port, local_user: &local_user, remote_user: &user, home: &home };
+    let user = dest_user
+        .or_else(|| opts.user.clone())
+        .or_else(|| p.user.clone())
+        .unwrap_or_else(|| local_user.clone());
+    let tokens = Tokens {
+        alias,
+        host: &host,
+        port,
+        local_user: &local_user,
+        remote_user: &user,
+        home: &home,
+    };
     let expand = |s: &str| expand_tokens(s, &tokens).map(PathBuf::from);
 
     let mut identity_files = Vec::new();
@@ -201,18 +229,35 @@ pub(crate) fn resolve(dest: &str, opts: &SshOptions) -> Result<Resolved> {
             files => files.iter().map(|f| expand(f)).collect::<Result<_>>()?,
         },
     };
-    let strict = unsupported("stricthostkeychecking").first().map(|s| s.to_ascii_lowercase());
-    let accept_new = opts.accept_new_host_key || matches!(strict.as_deref(), Some("accept-new" | "no" | "off"));
+    let strict = unsupported("stricthostkeychecking")
+        .first()
+        .map(|s| s.to_ascii_lowercase());
+    let accept_new =
+        opts.accept_new_host_key || matches!(strict.as_deref(), Some("accept-new" | "no" | "off"));
     let connect_timeout = p.connect_timeout.unwrap_or(opts.connect_timeout);
-    Ok(Resolved { host, port, user, identity_files, known_hosts, accept_new, connect_timeout })
+    Ok(Resolved {
+        host,
+        port,
+        user,
+        identity_files,
+        known_hosts,
+        accept_new,
+        connect_timeout,
+    })
 }
 
 fn load_config(explicit: Option<&Path>, home: &Path) -> Result<SshConfig> {
-    let path = explicit.map(Path::to_path_buf).unwrap_or_else(|| home.join(".ssh/config"));
+    let path = explicit
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| home.join(".ssh/config"));
     let file = match File::open(&path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => return Ok(SshConfig::default()),
-        Err(e) => return Err(e).with_context(|| format!("cannot open ssh config {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => {
+            return Ok(SshConfig::default())
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot open ssh config {}", path.display()))
+        }
     };
     // Unknown and unsupported keywords are kept, not fatal: we read two of the "unsupported"
     // ones (UserKnownHostsFile, StrictHostKeyChecking) ourselves.
@@ -236,7 +281,9 @@ fn local_user() -> String {
     let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut result) };
     if rc == 0 && !result.is_null() {
         // SAFETY: on success pw_name points into `buf`, NUL-terminated.
-        return unsafe { std::ffi::CStr::from_ptr(pw.pw_name) }.to_string_lossy().into_owned();
+        return unsafe { std::ffi::CStr::from_ptr(pw.pw_name) }
+            .to_string_lossy()
+            .into_owned();
     }
     uid.to_string()
 }
@@ -267,7 +314,12 @@ pub(crate) fn parse_known_line(line: &str) -> Option<KnownLine> {
     let mut fields = rest.split_whitespace();
     let (_names, key_type, key) = (fields.next()?, fields.next()?, fields.next()?);
     let blob = base64_decode(key)?;
-    Some(KnownLine { marker, key_type: key_type.to_string(), blob, text: rest.to_string() })
+    Some(KnownLine {
+        marker,
+        key_type: key_type.to_string(),
+        blob,
+        text: rest.to_string(),
+    })
 }
 
 /// Host key algorithms to offer so that the server picks a key type known_hosts has for it.
@@ -283,12 +335,18 @@ pub(crate) fn hostkey_prefs<S: AsRef<str>>(known_types: &[S]) -> Vec<&'static st
         ("ssh-dss", &["ssh-dss"]),
     ];
     let known = |t: &str| known_types.iter().any(|k| k.as_ref() == t);
-    ORDER.iter().filter(|(t, _)| known(t)).flat_map(|(_, algs)| algs.iter().copied()).collect()
+    ORDER
+        .iter()
+        .filter(|(t, _)| known(t))
+        .flat_map(|(_, algs)| algs.iter().copied())
+        .collect()
 }
 
 /// The key type inside an SSH public key blob (its first string).
 pub(crate) fn blob_key_type(blob: &[u8]) -> String {
-    read_string(blob).map(|(s, _)| String::from_utf8_lossy(s).into_owned()).unwrap_or_else(|| "unknown".into())
+    read_string(blob)
+        .map(|(s, _)| String::from_utf8_lossy(s).into_owned())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// `SHA256:<base64>` as `ssh-keygen -l` prints it.
@@ -325,7 +383,10 @@ pub(crate) fn key_file_encrypted(content: &[u8]) -> Option<bool> {
 /// Explains sudo's refusals (we always run `sudo -n`, which never prompts).
 pub fn sudo_hint(stderr: &str) -> Option<String> {
     let s = stderr.to_ascii_lowercase();
-    if s.contains("a password is required") || s.contains("no tty present") || s.contains("a terminal is required") {
+    if s.contains("a password is required")
+        || s.contains("no tty present")
+        || s.contains("a terminal is required")
+    {
         return Some(
             "sudo on the remote host wants a password, but diskdump runs it non-interactively (sudo -n): \
              allow the agent without a password (a NOPASSWD sudoers rule for ~/.cache/diskdump/agent-*, \
@@ -337,7 +398,10 @@ pub fn sudo_hint(stderr: &str) -> Option<String> {
         return Some("the remote user may not use sudo to run the agent: add a sudoers rule or connect as root".into());
     }
     if s.contains("sudo: not found") || s.contains("sudo: command not found") {
-        return Some("sudo is not installed on the remote host: connect as root instead of using --sudo".into());
+        return Some(
+            "sudo is not installed on the remote host: connect as root instead of using --sudo"
+                .into(),
+        );
     }
     None
 }
@@ -354,7 +418,10 @@ const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 pub(crate) fn base64_encode(data: &[u8], pad: bool) -> String {
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | (b as u32) << (16 - 8 * i));
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | (b as u32) << (16 - 8 * i));
         for i in 0..=chunk.len() {
             out.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
         }
@@ -390,19 +457,51 @@ mod tests {
     use super::*;
 
     fn t(user: Option<&str>, host: &str, path: &str) -> Target {
-        Target { user: user.map(Into::into), host: host.into(), path: path.into() }
+        Target {
+            user: user.map(Into::into),
+            host: host.into(),
+            path: path.into(),
+        }
     }
 
     #[test]
     fn target_forms() {
-        assert_eq!(Target::parse("server01:/dev/sda").unwrap(), t(None, "server01", "/dev/sda"));
-        assert_eq!(Target::parse("server01:sda").unwrap(), t(None, "server01", "/dev/sda"));
-        assert_eq!(Target::parse("bob@h:nvme0n1").unwrap(), t(Some("bob"), "h", "/dev/nvme0n1"));
-        assert_eq!(Target::parse("a@b@h:/x").unwrap(), t(Some("a@b"), "h", "/x"));
-        assert_eq!(Target::parse("[::1]:/dev/vda").unwrap(), t(None, "::1", "/dev/vda"));
-        assert_eq!(Target::parse("u@[fe80::1]:vdb").unwrap(), t(Some("u"), "fe80::1", "/dev/vdb"));
-        assert_eq!(Target::parse("h:/dev/disk/by-id/a:b").unwrap(), t(None, "h", "/dev/disk/by-id/a:b"));
-        for bad in ["server01", "server01:", ":/dev/sda", "@h:/x", "[]:/x", "a b:/x"] {
+        assert_eq!(
+            Target::parse("server01:/dev/sda").unwrap(),
+            t(None, "server01", "/dev/sda")
+        );
+        assert_eq!(
+            Target::parse("server01:sda").unwrap(),
+            t(None, "server01", "/dev/sda")
+        );
+        assert_eq!(
+            Target::parse("bob@h:nvme0n1").unwrap(),
+            t(Some("bob"), "h", "/dev/nvme0n1")
+        );
+        assert_eq!(
+            Target::parse("a@b@h:/x").unwrap(),
+            t(Some("a@b"), "h", "/x")
+        );
+        assert_eq!(
+            Target::parse("[::1]:/dev/vda").unwrap(),
+            t(None, "::1", "/dev/vda")
+        );
+        assert_eq!(
+            Target::parse("u@[fe80::1]:vdb").unwrap(),
+            t(Some("u"), "fe80::1", "/dev/vdb")
+        );
+        assert_eq!(
+            Target::parse("h:/dev/disk/by-id/a:b").unwrap(),
+            t(None, "h", "/dev/disk/by-id/a:b")
+        );
+        for bad in [
+            "server01",
+            "server01:",
+            ":/dev/sda",
+            "@h:/x",
+            "[]:/x",
+            "a b:/x",
+        ] {
             let e = Target::parse(bad).unwrap_err().to_string();
             assert!(e.contains("invalid target"), "{bad}: {e}");
         }
@@ -411,10 +510,23 @@ mod tests {
     #[test]
     fn tokens() {
         let home = PathBuf::from("/home/me");
-        let t = Tokens { alias: "web", host: "10.0.0.1", port: 2222, local_user: "me", remote_user: "root", home: &home };
-        assert_eq!(expand_tokens("~/.ssh/id_%h", &t).unwrap(), "/home/me/.ssh/id_10.0.0.1");
+        let t = Tokens {
+            alias: "web",
+            host: "10.0.0.1",
+            port: 2222,
+            local_user: "me",
+            remote_user: "root",
+            home: &home,
+        };
+        assert_eq!(
+            expand_tokens("~/.ssh/id_%h", &t).unwrap(),
+            "/home/me/.ssh/id_10.0.0.1"
+        );
         assert_eq!(expand_tokens("~", &t).unwrap(), "/home/me");
-        assert_eq!(expand_tokens("%d/kh-%n-%p-%r-%u-%%", &t).unwrap(), "/home/me/kh-web-2222-root-me-%");
+        assert_eq!(
+            expand_tokens("%d/kh-%n-%p-%r-%u-%%", &t).unwrap(),
+            "/home/me/kh-web-2222-root-me-%"
+        );
         assert_eq!(expand_tokens("~other/x", &t).unwrap(), "~other/x");
         assert!(expand_tokens("%C", &t).is_err());
         assert!(expand_tokens("x%", &t).is_err());
@@ -430,37 +542,85 @@ mod tests {
              UserKnownHostsFile %d/kh1 ~/kh2\n  StrictHostKeyChecking accept-new\n  ConnectTimeout 3\n  Frobnicate yes\n",
         )
         .unwrap();
-        let opts = SshOptions { ssh_config: Some(cfg), home: Some(dir.path().into()), ..Default::default() };
+        let opts = SshOptions {
+            ssh_config: Some(cfg),
+            home: Some(dir.path().into()),
+            ..Default::default()
+        };
         let r = resolve("web", &opts).unwrap();
         let home = dir.path().display().to_string();
-        assert_eq!((r.host.as_str(), r.port, r.user.as_str()), ("web.example.org", 2200, "cfguser"));
+        assert_eq!(
+            (r.host.as_str(), r.port, r.user.as_str()),
+            ("web.example.org", 2200, "cfguser")
+        );
         assert_eq!(r.label(), "cfguser@web.example.org:2200");
         assert_eq!(r.known_host_name(), "[web.example.org]:2200");
-        assert_eq!(r.identity_files[0], (PathBuf::from(format!("{home}/.ssh/web_cfguser")), true));
-        assert_eq!(r.identity_files[1], (PathBuf::from(format!("{home}/.ssh/id_ed25519")), false));
-        assert_eq!(r.known_hosts, [PathBuf::from(format!("{home}/kh1")), PathBuf::from(format!("{home}/kh2"))]);
+        assert_eq!(
+            r.identity_files[0],
+            (PathBuf::from(format!("{home}/.ssh/web_cfguser")), true)
+        );
+        assert_eq!(
+            r.identity_files[1],
+            (PathBuf::from(format!("{home}/.ssh/id_ed25519")), false)
+        );
+        assert_eq!(
+            r.known_hosts,
+            [
+                PathBuf::from(format!("{home}/kh1")),
+                PathBuf::from(format!("{home}/kh2"))
+            ]
+        );
         assert!(r.accept_new);
         assert_eq!(r.connect_timeout, Duration::from_secs(3));
-        let r = resolve("web", &SshOptions { user: Some("flag".into()), ..opts.clone() }).unwrap();
+        let r = resolve(
+            "web",
+            &SshOptions {
+                user: Some("flag".into()),
+                ..opts.clone()
+            },
+        )
+        .unwrap();
         assert_eq!(r.user, "flag");
-        let r = resolve("at@web", &SshOptions { user: Some("flag".into()), ..opts.clone() }).unwrap();
+        let r = resolve(
+            "at@web",
+            &SshOptions {
+                user: Some("flag".into()),
+                ..opts.clone()
+            },
+        )
+        .unwrap();
         assert_eq!(r.user, "at");
         let r = resolve("other", &opts).unwrap();
-        assert_eq!((r.host.as_str(), r.port, r.accept_new), ("other", 22, false));
+        assert_eq!(
+            (r.host.as_str(), r.port, r.accept_new),
+            ("other", 22, false)
+        );
         assert_eq!(r.known_host_name(), "other");
         assert_eq!(r.known_hosts, [dir.path().join(".ssh/known_hosts")]);
-        let missing = SshOptions { ssh_config: Some(dir.path().join("nope")), ..opts };
-        assert!(resolve("web", &missing).is_err(), "an explicit config file must exist");
+        let missing = SshOptions {
+            ssh_config: Some(dir.path().join("nope")),
+            ..opts
+        };
+        assert!(
+            resolve("web", &missing).is_err(),
+            "an explicit config file must exist"
+        );
     }
 
     #[test]
     fn known_host_type_selection() {
-        assert_eq!(hostkey_prefs(&["ssh-rsa"]), ["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"]);
+        assert_eq!(
+            hostkey_prefs(&["ssh-rsa"]),
+            ["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"]
+        );
         assert_eq!(
             hostkey_prefs(&["ssh-rsa", "ssh-ed25519", "ssh-ed25519"]),
             ["ssh-ed25519", "rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"]
         );
-        assert_eq!(hostkey_prefs(&["ecdsa-sha2-nistp384"]), ["ecdsa-sha2-nistp384"]);
+        assert_eq!(
+            hostkey_prefs(&["ecdsa-sha2-nistp384"]),
+            ["ecdsa-sha2-nistp384"]
+        );
         assert!(hostkey_prefs::<&str>(&[]).is_empty());
         assert!(hostkey_prefs(&["sk-ssh-ed25519@openssh.com"]).is_empty());
     }
@@ -470,10 +630,14 @@ mod tests {
 
     #[test]
     fn known_lines() {
-        let l = parse_known_line(&format!("  [127.0.0.1]:2222 ssh-ed25519 {PUB} comment\n")).unwrap();
+        let l =
+            parse_known_line(&format!("  [127.0.0.1]:2222 ssh-ed25519 {PUB} comment\n")).unwrap();
         assert_eq!((l.marker, l.key_type.as_str()), (None, "ssh-ed25519"));
         assert_eq!(blob_key_type(&l.blob), "ssh-ed25519");
-        assert_eq!(l.text, format!("[127.0.0.1]:2222 ssh-ed25519 {PUB} comment"));
+        assert_eq!(
+            l.text,
+            format!("[127.0.0.1]:2222 ssh-ed25519 {PUB} comment")
+        );
         let l = parse_known_line(&format!("@revoked * ssh-ed25519 {PUB}")).unwrap();
         assert_eq!(l.marker.as_deref(), Some("revoked"));
         assert_eq!(l.text, format!("* ssh-ed25519 {PUB}"));
@@ -486,12 +650,24 @@ mod tests {
     #[test]
     fn fingerprint_and_base64() {
         let blob = base64_decode(PUB).unwrap();
-        assert_eq!(fingerprint(&blob), "SHA256:PKYWNuw4OWRqZDIV+zlPG5RE+nKKuHpHZem1kmz/9yQ");
+        assert_eq!(
+            fingerprint(&blob),
+            "SHA256:PKYWNuw4OWRqZDIV+zlPG5RE+nKKuHpHZem1kmz/9yQ"
+        );
         assert_eq!(base64_encode(&blob, true), PUB);
-        for (raw, enc) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg==")] {
+        for (raw, enc) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+        ] {
             assert_eq!(base64_encode(raw.as_bytes(), true), enc);
             assert_eq!(base64_decode(enc).unwrap(), raw.as_bytes());
-            assert_eq!(base64_decode(enc.trim_end_matches('=')).unwrap(), raw.as_bytes());
+            assert_eq!(
+                base64_decode(enc.trim_end_matches('=')).unwrap(),
+                raw.as_bytes()
+            );
         }
     }
 
@@ -505,19 +681,36 @@ mod tests {
             format!("-----BEGIN OPENSSH PRIVATE KEY-----\n{b}\n-----END OPENSSH PRIVATE KEY-----\n")
         };
         assert_eq!(key_file_encrypted(openssh("none").as_bytes()), Some(false));
-        assert_eq!(key_file_encrypted(openssh("aes256-ctr").as_bytes()), Some(true));
+        assert_eq!(
+            key_file_encrypted(openssh("aes256-ctr").as_bytes()),
+            Some(true)
+        );
         let pem = "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,00\n\nAAAA\n-----END RSA PRIVATE KEY-----\n";
         assert_eq!(key_file_encrypted(pem.as_bytes()), Some(true));
-        assert_eq!(key_file_encrypted(b"-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n"), Some(false));
-        assert_eq!(key_file_encrypted(b"-----BEGIN ENCRYPTED PRIVATE KEY-----\n"), Some(true));
+        assert_eq!(
+            key_file_encrypted(
+                b"-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n"
+            ),
+            Some(false)
+        );
+        assert_eq!(
+            key_file_encrypted(b"-----BEGIN ENCRYPTED PRIVATE KEY-----\n"),
+            Some(true)
+        );
         assert_eq!(key_file_encrypted(b"garbage"), None);
     }
 
     #[test]
     fn sudo_hints() {
-        assert!(sudo_hint("sudo: a password is required\n").unwrap().contains("sudo -n"));
-        assert!(sudo_hint("bob is not in the sudoers file.  This incident will be reported.").is_some());
-        assert!(sudo_hint("sh: 1: sudo: not found").unwrap().contains("not installed"));
+        assert!(sudo_hint("sudo: a password is required\n")
+            .unwrap()
+            .contains("sudo -n"));
+        assert!(
+            sudo_hint("bob is not in the sudoers file.  This incident will be reported.").is_some()
+        );
+        assert!(sudo_hint("sh: 1: sudo: not found")
+            .unwrap()
+            .contains("not installed"));
         assert!(sudo_hint("agent: cannot open /dev/sda: Permission denied").is_none());
     }
 }

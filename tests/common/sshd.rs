@@ -85,7 +85,10 @@ impl Sshd {
             let _ = child.kill();
             let _ = child.wait();
         }
-        panic!("sshd did not start; log:\n{}", fs::read_to_string(d.join("sshd.log")).unwrap_or_default());
+        panic!(
+            "sshd did not start; log:\n{}",
+            fs::read_to_string(d.join("sshd.log")).unwrap_or_default()
+        );
     }
 
     fn write_client_files(&self) {
@@ -139,8 +142,17 @@ impl Sshd {
     }
     /// `SHA256:...` of this server's `kind` host key, from `ssh-keygen -l`.
     pub fn fingerprint(&self, kind: &str) -> String {
-        let out = Command::new("ssh-keygen").arg("-lf").arg(self.host_key_pub(kind)).output().unwrap();
-        String::from_utf8(out.stdout).unwrap().split_whitespace().nth(1).unwrap().to_string()
+        let out = Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(self.host_key_pub(kind))
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_string()
     }
     /// Environment for a spawned `diskdump`.
     pub fn env(&self) -> Vec<(String, OsString)> {
@@ -164,7 +176,16 @@ pub fn keygen(path: &Path, kind: &str, passphrase: &str) {
     let _ = fs::remove_file(path);
     let _ = fs::remove_file(path.with_extension("pub"));
     let status = Command::new("ssh-keygen")
-        .args(["-q", "-t", kind, "-N", passphrase, "-C", "diskdump-test", "-f"])
+        .args([
+            "-q",
+            "-t",
+            kind,
+            "-N",
+            passphrase,
+            "-C",
+            "diskdump-test",
+            "-f",
+        ])
         .arg(path)
         .stdin(Stdio::null())
         .status()
@@ -188,9 +209,17 @@ fn prerequisites() -> Result<(), String> {
 
 fn sshd_config(d: &Path, port: u16, opts: &SshdOptions) -> String {
     let d = d.display();
-    let rsa = if opts.rsa_host_key { format!("HostKey {d}/host_rsa\n") } else { String::new() };
+    let rsa = if opts.rsa_host_key {
+        format!("HostKey {d}/host_rsa\n")
+    } else {
+        String::new()
+    };
     // sshd uses only the first SetEnv line, so everything goes on one.
-    let env = opts.set_env.iter().map(|e| format!(" {e}")).collect::<String>();
+    let env = opts
+        .set_env
+        .iter()
+        .map(|e| format!(" {e}"))
+        .collect::<String>();
     format!(
         "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\n{rsa}\
          AuthorizedKeysFile {d}/authorized_keys\nPidFile {d}/sshd.pid\nStrictModes no\nUsePAM no\n\
@@ -200,7 +229,11 @@ fn sshd_config(d: &Path, port: u16, opts: &SshdOptions) -> String {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Polls until the server greets with `SSH-` (ready), or gives up when it exits or after 10 s.
