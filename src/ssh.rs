@@ -1,15 +1,15 @@
 //! The SSH side of `dump`, and the only file that uses `ssh2` (libssh2); its submodules are
-//! the pure parts ([`config`]: ssh_config, known_hosts lines, keys) and the stream pump
-//! ([`pump`], behind a small channel trait this file implements).
+//! the pure parts (`config`: ssh_config, known_hosts lines, keys) and the stream pump
+//! (`pump`, behind a small channel trait this file implements).
 //!
-//! [`Remote::connect`] resolves the host through ssh_config ([`config`]), connects with a
+//! [`Remote::connect`] resolves the host through ssh_config (`config`), connects with a
 //! timeout, verifies the host key against known_hosts and logs in (ssh-agent, then identity
 //! files). A [`Remote`] runs small commands ([`Remote::run`]), uploads files atomically over
 //! SCP, deploys the agent once per content hash ([`Remote::ensure_agent`]), and starts the
 //! long-running agent as a duplex byte stream ([`Remote::exec_stream`]).
 //!
 //! libssh2 holds one session lock through each call, so reading and writing one channel from
-//! two threads deadlocks; streams are driven by one thread in non-blocking mode (see [`pump`]).
+//! two threads deadlocks; streams are driven by one thread in non-blocking mode (see `pump`).
 //!
 //! Throughput: libssh2 does all crypto of a session on the pump thread, in its own portable
 //! chacha20-poly1305 (its default and here the cheapest: its AES-GCM calls OpenSSL once per
@@ -213,7 +213,7 @@ impl Remote {
     }
 
     /// Starts `cmd`; its stdin and stdout become pipes the caller reads and writes from any
-    /// threads, while a thread of ours drives the channel (see [`pump`]).
+    /// threads, while a thread of ours drives the channel (see `pump`).
     pub fn exec_stream(self, cmd: &str) -> Result<RemoteProcess> {
         let mut ch = self.exec(cmd)?;
         pump::spawn(self.label.clone(), move |io| {
