@@ -137,6 +137,36 @@ fn upload_and_ensure_agent() {
     assert!(r.ensure_agent(&agent, "nothex").is_err());
 }
 
+#[test]
+fn ensure_agent_refuses_other_architectures() {
+    // A fake `uname` first in the remote PATH.
+    let bin = tempfile::tempdir().unwrap();
+    let uname = bin.path().join("uname");
+    fs::write(&uname, "#!/bin/sh\necho Linux aarch64\n").unwrap();
+    fs::set_permissions(&uname, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!("PATH={}:/usr/bin:/bin", bin.path().display());
+    let Some(s) = Sshd::require_with(SshdOptions {
+        set_env: vec![path],
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let e = format!(
+        "{:#}",
+        connect(&s)
+            .ensure_agent(b"agent", &"ab".repeat(32))
+            .unwrap_err()
+    );
+    assert!(
+        e.contains("\"Linux aarch64\"") && e.contains("x86_64") && e.contains("127.0.0.1"),
+        "{e}"
+    );
+    assert!(
+        !s.remote_home().join(".cache").exists(),
+        "nothing is created on a refused remote"
+    );
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -362,7 +392,10 @@ fn changed_host_key_is_refused_even_with_accept_new() {
 
 #[test]
 fn known_rsa_key_is_used_when_server_also_has_ed25519() {
-    let Some(s) = Sshd::require_with(SshdOptions { rsa_host_key: true }) else {
+    let Some(s) = Sshd::require_with(SshdOptions {
+        rsa_host_key: true,
+        ..Default::default()
+    }) else {
         return;
     };
     // Without steering, the server would show its ed25519 key and libssh2 would call that a
@@ -449,6 +482,40 @@ fn passphrase_protected_key_gives_a_clear_error() {
         e.contains("ssh-agent") && e.contains(&format!("root@127.0.0.1:{}", s.port())),
         "{e}"
     );
+}
+
+#[test]
+fn silent_server_times_out_clearly() {
+    // Accepts TCP (the kernel's backlog does) but never speaks SSH.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let home = tempfile::tempdir().unwrap();
+    let cfg = home.path().join("config");
+    fs::write(
+        &cfg,
+        format!("Host mute\n  HostName 127.0.0.1\n  Port {port}\n  User someone\n"),
+    )
+    .unwrap();
+    let o = SshOptions {
+        ssh_config: Some(cfg),
+        home: Some(home.path().into()),
+        connect_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let start = Instant::now();
+    let e = format!("{:#}", Remote::connect("mute", &o).err().unwrap());
+    eprintln!("expected error: {e}");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(
+        e.contains(&format!("someone@127.0.0.1:{port}"))
+            && e.contains("no SSH handshake within 1s"),
+        "{e}"
+    );
+    drop(listener);
 }
 
 #[test]

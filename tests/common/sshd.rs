@@ -18,6 +18,8 @@ const SSHD: &str = "/usr/sbin/sshd";
 pub struct SshdOptions {
     /// Also give the server an RSA host key (it then offers ed25519 and RSA).
     pub rsa_host_key: bool,
+    /// More `NAME=value` for remote sessions, besides HOME (e.g. a PATH with fake tools).
+    pub set_env: Vec<String>,
 }
 
 pub struct Sshd {
@@ -65,11 +67,7 @@ impl Sshd {
         // A port found free can be taken before sshd binds it: try a few.
         for _ in 0..5 {
             let port = free_port();
-            fs::write(
-                d.join("sshd_config"),
-                sshd_config(d, port, opts.rsa_host_key),
-            )
-            .unwrap();
+            fs::write(d.join("sshd_config"), sshd_config(d, port, &opts)).unwrap();
             let log = fs::File::create(d.join("sshd.log")).unwrap();
             let mut child = Command::new(SSHD)
                 .args(["-D", "-e", "-f"])
@@ -209,18 +207,24 @@ fn prerequisites() -> Result<(), String> {
     Ok(())
 }
 
-fn sshd_config(d: &Path, port: u16, rsa: bool) -> String {
+fn sshd_config(d: &Path, port: u16, opts: &SshdOptions) -> String {
     let d = d.display();
-    let rsa = if rsa {
+    let rsa = if opts.rsa_host_key {
         format!("HostKey {d}/host_rsa\n")
     } else {
         String::new()
     };
+    // sshd uses only the first SetEnv line, so everything goes on one.
+    let env = opts
+        .set_env
+        .iter()
+        .map(|e| format!(" {e}"))
+        .collect::<String>();
     format!(
         "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\n{rsa}\
          AuthorizedKeysFile {d}/authorized_keys\nPidFile {d}/sshd.pid\nStrictModes no\nUsePAM no\n\
          PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n\
-         MaxStartups 100\nMaxSessions 100\nSetEnv HOME={d}/remote-home\n"
+         MaxStartups 100\nMaxSessions 100\nSetEnv HOME={d}/remote-home{env}\n"
     )
 }
 

@@ -1,0 +1,57 @@
+//! Login through ssh-agent. Its own test binary: it sets SSH_AUTH_SOCK for the whole process.
+
+mod common;
+
+use std::fs;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::sshd::{keygen, Sshd};
+use diskdump::ssh::{Remote, SshOptions};
+
+#[test]
+fn logs_in_with_a_key_held_by_ssh_agent() {
+    let Some(s) = Sshd::require() else { return };
+    let sock = s.dir().join("agent.sock");
+    let mut agent = Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&sock)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "ssh-agent did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let added = Command::new("ssh-add")
+        .arg("-q")
+        .arg(s.client_key())
+        .env("SSH_AUTH_SOCK", &sock)
+        .status()
+        .unwrap();
+    assert!(added.success());
+    // The config names only a passphrase-protected key: the agent must be what logs in.
+    let locked = s.dir().join("locked_ed25519");
+    keygen(&locked, "ed25519", "secret passphrase");
+    let cfg = fs::read_to_string(s.ssh_config()).unwrap();
+    fs::write(
+        s.ssh_config(),
+        cfg.replace(
+            &s.client_key().display().to_string(),
+            &locked.display().to_string(),
+        ),
+    )
+    .unwrap();
+    std::env::set_var("SSH_AUTH_SOCK", &sock);
+    let o = SshOptions {
+        ssh_config: Some(s.ssh_config()),
+        home: Some(s.home()),
+        ..Default::default()
+    };
+    let res = Remote::connect(s.host_alias(), &o).and_then(|r| r.run_ok("echo via-agent"));
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert_eq!(res.unwrap_or_else(|e| panic!("{e:#}")), b"via-agent\n");
+}
