@@ -50,10 +50,18 @@ impl Manifest {
         let mut lines = text.lines().enumerate();
         match lines.next() {
             Some((_, l)) if l.trim_end() == MAGIC => {}
-            _ => return Err(err(1, format!("not a diskdump manifest (expected {MAGIC:?})"))),
+            _ => {
+                return Err(err(
+                    1,
+                    format!("not a diskdump manifest (expected {MAGIC:?})"),
+                ))
+            }
         }
         if !text.is_empty() && !text.ends_with('\n') {
-            return Err(err(text.lines().count(), "truncated: no final newline".into()));
+            return Err(err(
+                text.lines().count(),
+                "truncated: no final newline".into(),
+            ));
         }
         let (mut source, mut date) = (String::new(), String::new());
         let (mut block_size, mut total_blocks, mut total_size) = (None, None, None);
@@ -82,7 +90,10 @@ impl Manifest {
                 continue;
             } else {
                 let d = Digest::from_hex(line).ok_or_else(|| {
-                    err(n, format!("{:?} is not a SHA-256 hash (64 hex digits)", trunc(line)))
+                    err(
+                        n,
+                        format!("{:?} is not a SHA-256 hash (64 hex digits)", trunc(line)),
+                    )
                 })?;
                 blocks.push(d);
             }
@@ -95,7 +106,10 @@ impl Manifest {
         let count = blocks.len() as u64;
         if let Some(tb) = total_blocks {
             if tb != count {
-                return Err(err(0, format!("total_blocks says {tb} but it lists {count} hashes")));
+                return Err(err(
+                    0,
+                    format!("total_blocks says {tb} but it lists {count} hashes"),
+                ));
             }
         }
         let max = count * block_size;
@@ -190,7 +204,11 @@ pub fn validate_name(name: &str) -> Result<()> {
 
 /// `server01` + `/dev/sda` → `server01-sda`; checked like any name.
 pub fn default_name(host: &str, path: &str) -> Result<String> {
-    let base = path.trim_end_matches('/').rsplit('/').next().unwrap_or(path);
+    let base = path
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or(path);
     let name = format!("{host}-{base}");
     validate_name(&name).map_err(|e| e.context("choose a name with --as NAME"))?;
     Ok(name)
@@ -274,9 +292,15 @@ mod tests {
         let short = good.replace(&d(2).to_hex(), &d(2).to_hex()[..63]);
         assert_eq!(Manifest::parse(&short, "a").unwrap_err().line, 8);
         let count = good.replace("total_blocks: 3", "total_blocks: 4");
-        assert!(Manifest::parse(&count, "a").unwrap_err().msg.contains("total_blocks"));
+        assert!(Manifest::parse(&count, "a")
+            .unwrap_err()
+            .msg
+            .contains("total_blocks"));
         let big = good.replace("total_size: 8292", "total_size: 999999999999");
-        assert!(Manifest::parse(&big, "a").unwrap_err().msg.contains("total_size"));
+        assert!(Manifest::parse(&big, "a")
+            .unwrap_err()
+            .msg
+            .contains("total_size"));
         let small = good.replace("total_size: 8292", "total_size: 8192");
         assert!(Manifest::parse(&small, "a").is_err());
         let truncated = &good[..good.len() - 10];
@@ -294,7 +318,10 @@ mod tests {
         assert_eq!(Manifest::parse(&text, "x").unwrap(), sample());
         let py = format!("{MAGIC}\n# source: a:b\n# date: 2026-01-01\n{}\n", d(9));
         let m = Manifest::parse(&py, "x").unwrap();
-        assert_eq!((m.block_size, m.total_size, m.blocks.len()), (131072, 131072, 1));
+        assert_eq!(
+            (m.block_size, m.total_size, m.blocks.len()),
+            (131072, 131072, 1)
+        );
     }
 
     #[test]
@@ -312,7 +339,10 @@ mod tests {
         assert_eq!(block_len(ts, bs, 3), 0);
         assert_eq!(block_len(8192, bs, 1), 4096);
         // Offsets beyond 4 GiB do not overflow.
-        assert_eq!(locate(u64::MAX, bs, u64::MAX - 1), Some((((u64::MAX - 1) / 4096) as usize, 4094)));
+        assert_eq!(
+            locate(u64::MAX, bs, u64::MAX - 1),
+            Some((((u64::MAX - 1) / 4096) as usize, 4094))
+        );
     }
 
     #[test]
@@ -320,10 +350,23 @@ mod tests {
         for ok in ["a", "server01-sda", "x.2_y", &"n".repeat(128)] {
             validate_name(ok).unwrap();
         }
-        for bad in ["", ".hidden", "a/b", "../x", "a b", "a\nb", "a\0b", &"n".repeat(129), "é"] {
+        for bad in [
+            "",
+            ".hidden",
+            "a/b",
+            "../x",
+            "a b",
+            "a\nb",
+            "a\0b",
+            &"n".repeat(129),
+            "é",
+        ] {
             assert!(validate_name(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(default_name("server01", "/dev/sda").unwrap(), "server01-sda");
+        assert_eq!(
+            default_name("server01", "/dev/sda").unwrap(),
+            "server01-sda"
+        );
         assert_eq!(name_from_as("web:/dev/nvme0n1").unwrap(), "web-nvme0n1");
         assert_eq!(name_from_as("plain").unwrap(), "plain");
         assert!(name_from_as("../evil").is_err());
@@ -333,8 +376,14 @@ mod tests {
     fn dates() {
         let d = parse_date("2026-04-24T03:00:12.345678+00:00").unwrap();
         assert_eq!(format_date(d), "2026-04-24T03:00:12.345678+00:00");
-        assert_eq!(parse_date("2026-04-24").unwrap().to_rfc3339(), "2026-04-24T00:00:00+00:00");
-        assert!(parse_date("2026-04-24T05:00:00+02:00").unwrap().to_rfc3339().starts_with("2026-04-24T03"));
+        assert_eq!(
+            parse_date("2026-04-24").unwrap().to_rfc3339(),
+            "2026-04-24T00:00:00+00:00"
+        );
+        assert!(parse_date("2026-04-24T05:00:00+02:00")
+            .unwrap()
+            .to_rfc3339()
+            .starts_with("2026-04-24T03"));
         assert!(parse_date("yesterday").is_err());
     }
 }

@@ -64,8 +64,7 @@ impl Encoder {
         let hc = (XxHash32::oneshot(0, &out[start + 4..]) >> 8) as u8;
         out.push(hc);
         for chunk in raw.chunks(max_block) {
-            self.scratch
-                .resize(get_maximum_output_size(chunk.len()), 0);
+            self.scratch.resize(get_maximum_output_size(chunk.len()), 0);
             let n = compress_into_with_table(chunk, &mut self.scratch, &mut self.table)
                 .expect("output sized by get_maximum_output_size");
             if n < chunk.len() {
@@ -121,7 +120,9 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
     fn u32(&mut self) -> Result<u32, FrameError> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
 }
 
@@ -306,7 +307,8 @@ mod tests {
         use std::io::Write;
         assert!(is_plain(&encode(b"abc")));
         assert!(is_plain(&encode(&[])));
-        let mut enc = FrameEncoder::with_frame_info(FrameInfo::new().content_checksum(true), Vec::new());
+        let mut enc =
+            FrameEncoder::with_frame_info(FrameInfo::new().content_checksum(true), Vec::new());
         enc.write_all(b"abc").unwrap();
         assert!(!is_plain(&enc.finish().unwrap()));
         let mut skippable = vec![0x50, 0x2A, 0x4D, 0x18, 0, 0, 0, 0];
@@ -321,7 +323,10 @@ mod tests {
         let frame = encode(&raw);
         let mut out = Vec::new();
         for cut in [0, 3, 5, 14, frame.len() / 2, frame.len() - 1] {
-            assert!(decode(&frame[..cut], 131072, &mut out).is_err(), "cut {cut}");
+            assert!(
+                decode(&frame[..cut], 131072, &mut out).is_err(),
+                "cut {cut}"
+            );
         }
         let mut trailing = frame.clone();
         trailing.push(0);

@@ -63,11 +63,16 @@ impl LocalStore {
             fs::create_dir_all(cfg_path.parent().expect("has parent"))
                 .with_context(|| format!("cannot create store {}", root.display()))?;
             let text = StoreConfig { block_size: bs }.render();
-            write_new_durably(&cfg_path, text.as_bytes()).or_else(|e| {
-                // Another process created it first: theirs stands.
-                if e.kind() == ErrorKind::AlreadyExists { Ok(()) } else { Err(e) }
-            })
-            .with_context(|| format!("cannot create {}", cfg_path.display()))?;
+            write_new_durably(&cfg_path, text.as_bytes())
+                .or_else(|e| {
+                    // Another process created it first: theirs stands.
+                    if e.kind() == ErrorKind::AlreadyExists {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
+                .with_context(|| format!("cannot create {}", cfg_path.display()))?;
         }
         let store = LocalStore::open(root)?;
         if let Some(bs) = block_size {
@@ -88,7 +93,10 @@ impl LocalStore {
 
     pub fn block_path(&self, d: &Digest) -> PathBuf {
         let hex = d.to_hex();
-        self.blocks.join(&hex[..2]).join(&hex[2..4]).join(hex + ".lz4")
+        self.blocks
+            .join(&hex[..2])
+            .join(&hex[2..4])
+            .join(hex + ".lz4")
     }
 
     fn tmp_name(&self, base: &Path) -> PathBuf {
@@ -99,13 +107,20 @@ impl LocalStore {
     }
 
     fn rel(&self, p: &Path) -> String {
-        p.strip_prefix(&self.root).unwrap_or(p).to_string_lossy().into_owned()
+        p.strip_prefix(&self.root)
+            .unwrap_or(p)
+            .to_string_lossy()
+            .into_owned()
     }
 }
 
 /// Creates `path` with `data`, fsynced, failing if it exists.
 fn write_new_durably(path: &Path, data: &[u8]) -> io::Result<()> {
-    let mut f = OpenOptions::new().write(true).create_new(true).mode(0o644).open(path)?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(path)?;
     f.write_all(data)?;
     f.sync_all()
 }
@@ -117,7 +132,13 @@ fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     let b = CString::new(to.as_os_str().as_bytes())?;
     // SAFETY: valid NUL-terminated paths; AT_FDCWD resolves them as given.
     let rc = unsafe {
-        libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_NOREPLACE)
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
     };
     if rc == 0 {
         return Ok(());
@@ -137,7 +158,9 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
 }
 
 fn is_hex(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+    s.len() == len
+        && s.bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
 }
 
 fn is_digits(s: &str, len: usize) -> bool {
@@ -181,11 +204,20 @@ impl Store for LocalStore {
     fn put_frame(&self, d: &Digest, frame: &[u8]) -> io::Result<bool> {
         let path = self.block_path(d);
         let tmp = self.tmp_name(&path);
-        let mut f = match OpenOptions::new().write(true).create_new(true).mode(0o644).open(&tmp) {
+        let mut f = match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&tmp)
+        {
             Ok(f) => f,
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 fs::create_dir_all(path.parent().expect("block paths have a parent"))?;
-                OpenOptions::new().write(true).create_new(true).mode(0o644).open(&tmp)?
+                OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o644)
+                    .open(&tmp)?
             }
             Err(e) => return Err(e),
         };
@@ -211,7 +243,10 @@ impl Store for LocalStore {
             if e.kind() == ErrorKind::NotFound {
                 BlockError::Missing(*d)
             } else {
-                BlockError::Io { digest: *d, reason: e.to_string() }
+                BlockError::Io {
+                    digest: *d,
+                    reason: e.to_string(),
+                }
             }
         };
         let f = File::open(self.block_path(d)).map_err(io_err)?;
@@ -249,7 +284,10 @@ impl Store for LocalStore {
                     let size = match fs::symlink_metadata(&path) {
                         Ok(m) => m.len(),
                         Err(e) if e.kind() == ErrorKind::NotFound => continue, // raced with gc
-                        Err(e) => return Err(e).with_context(|| format!("cannot stat {}", path.display())),
+                        Err(e) => {
+                            return Err(e)
+                                .with_context(|| format!("cannot stat {}", path.display()))
+                        }
                     };
                     let d = Digest::from_hex(hex).expect("checked hex");
                     f(WalkItem::Block(d, size))?;
@@ -351,13 +389,18 @@ impl Store for LocalStore {
         let dir = self.root.join(&day);
         fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         // Every block the manifest names must be durable before it is visible.
-        self.sync().context("cannot sync the store's blocks to disk")?;
+        self.sync()
+            .context("cannot sync the store's blocks to disk")?;
         let tmp = self.tmp_name(&dir.join(format!("{name}.manifest")));
         write_new_durably(&tmp, m.render().as_bytes())
             .with_context(|| format!("cannot write {}", tmp.display()))?;
         let mut seq = 1;
         let result = loop {
-            let file = if seq == 1 { format!("{name}.manifest") } else { format!("{name}.{seq}.manifest") };
+            let file = if seq == 1 {
+                format!("{name}.manifest")
+            } else {
+                format!("{name}.{seq}.manifest")
+            };
             match rename_noreplace(&tmp, &dir.join(&file)) {
                 Ok(()) => {
                     break Ok(ManifestEntry {
@@ -367,7 +410,10 @@ impl Store for LocalStore {
                     })
                 }
                 Err(e) if e.kind() == ErrorKind::AlreadyExists && seq < 10_000 => seq += 1,
-                Err(e) => break Err(e).with_context(|| format!("cannot create a manifest in {}", dir.display())),
+                Err(e) => {
+                    break Err(e)
+                        .with_context(|| format!("cannot create a manifest in {}", dir.display()))
+                }
             }
         };
         if result.is_err() {
@@ -387,9 +433,13 @@ impl Store for LocalStore {
 
 /// Reads and parses a manifest file, naming `origin` in errors.
 pub fn read_manifest_file(path: &Path, origin: &str) -> Result<Manifest> {
-    let bytes = fs::read(path).with_context(|| format!("cannot read manifest {}", path.display()))?;
+    let bytes =
+        fs::read(path).with_context(|| format!("cannot read manifest {}", path.display()))?;
     let text = String::from_utf8(bytes).map_err(|e| {
-        anyhow::anyhow!("{origin}: not a text manifest (invalid UTF-8 at byte {})", e.utf8_error().valid_up_to())
+        anyhow::anyhow!(
+            "{origin}: not a text manifest (invalid UTF-8 at byte {})",
+            e.utf8_error().valid_up_to()
+        )
     })?;
     Ok(Manifest::parse(&text, origin)?)
 }

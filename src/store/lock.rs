@@ -59,9 +59,15 @@ impl StoreLock {
             LockKind::Exclusive => "running dumps or imports",
         };
         if !wait {
-            bail!("the store is busy: {what} hold its lock ({})", path.display());
+            bail!(
+                "the store is busy: {what} hold its lock ({})",
+                path.display()
+            );
         }
-        eprintln!("waiting for {what} to finish (store lock {})", path.display());
+        eprintln!(
+            "waiting for {what} to finish (store lock {})",
+            path.display()
+        );
         flock(&file, op).with_context(|| format!("cannot lock {}", path.display()))?;
         Ok(StoreLock { _file: file })
     }

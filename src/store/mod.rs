@@ -29,7 +29,9 @@ impl fmt::Display for BlockError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             BlockError::Missing(d) => write!(f, "block {d} is missing from the store"),
-            BlockError::Corrupt { digest, reason } => write!(f, "block {digest} is corrupt: {reason}"),
+            BlockError::Corrupt { digest, reason } => {
+                write!(f, "block {digest} is corrupt: {reason}")
+            }
             BlockError::Io { digest, reason } => write!(f, "cannot read block {digest}: {reason}"),
         }
     }
