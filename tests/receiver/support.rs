@@ -3,7 +3,7 @@
 use anyhow::Result;
 use diskdump::agent_bin::{agent_hash, AGENT};
 use diskdump::digest::Digest;
-use diskdump::receiver::{receive, InFlight, NoProgress, ReceiveOptions, Received};
+use diskdump::receiver::{receive, InFlight, NoProgress, Progress, ReceiveOptions, Received};
 use diskdump::store::{get_block, LocalStore, Store, WalkItem};
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
@@ -77,6 +77,16 @@ pub fn dump(
     path: &Path,
     args: &[&str],
 ) -> (Result<Received>, std::process::ExitStatus, String) {
+    dump_with_progress(store, inflight, path, args, &NoProgress)
+}
+
+pub fn dump_with_progress(
+    store: &dyn Store,
+    inflight: &InFlight,
+    path: &Path,
+    args: &[&str],
+    progress: &dyn Progress,
+) -> (Result<Received>, std::process::ExitStatus, String) {
     let mut child = Command::new(agent_path())
         .args(args)
         .arg("--")
@@ -91,7 +101,7 @@ pub fn dump(
         store,
         inflight,
         source: "testhost:/dev/test",
-        progress: &NoProgress,
+        progress,
     };
     let result = receive(&opts, stdout, stdin);
     let status = child.wait().unwrap();
