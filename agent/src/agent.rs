@@ -11,7 +11,8 @@
 use crate::args::{hostname, Args};
 use crate::digest::Digest;
 use crate::proto::{
-    block_header, max_frame_len, read_frame, Done, Entry, Hello, Message, Need, PROTOCOL_VERSION,
+    block_header, check_params, max_frame_len, read_frame, Done, Entry, Hello, Message, Need,
+    PROTOCOL_VERSION,
 };
 use crate::work::{Batch, Compressor, Job, Queue, Reader};
 use std::collections::{BTreeMap, HashMap};
@@ -53,6 +54,7 @@ where
     R: Read + Send + 'static,
     W: Write,
 {
+    check_params(args.block_size, args.batch_size, args.window)?;
     let mut out = BufWriter::with_capacity(1 << 20, output);
     let (file, size) = match open_source(&args.source) {
         Ok(opened) => opened,
@@ -102,21 +104,7 @@ where
             s.spawn(move || work(queue, Compressor::new(mode), events));
         }
         drop(events_tx);
-        let mut writer = Writer {
-            out,
-            queue: &queue,
-            total: size.div_ceil(batch_bytes),
-            next_announce: 0,
-            hashed: BTreeMap::new(),
-            open: HashMap::new(),
-            retired: 0,
-            done: Done {
-                blocks: size.div_ceil(args.block_size as u64),
-                size,
-            },
-            scratch: Vec::new(),
-        };
-        let result = writer.run(&events);
+        let result = Writer::new(out, &queue, size, args).run(&events);
         stop.store(true, Ordering::Relaxed);
         queue.close();
         result
@@ -220,7 +208,25 @@ struct Writer<'a, W: Write> {
     scratch: Vec<u8>,
 }
 
-impl<W: Write> Writer<'_, W> {
+impl<'a, W: Write> Writer<'a, W> {
+    fn new(out: BufWriter<W>, queue: &'a Queue, size: u64, args: &Args) -> Writer<'a, W> {
+        let batch_bytes = (args.block_size * args.batch_size) as u64;
+        Writer {
+            out,
+            queue,
+            total: size.div_ceil(batch_bytes),
+            next_announce: 0,
+            hashed: BTreeMap::new(),
+            open: HashMap::new(),
+            retired: 0,
+            done: Done {
+                blocks: size.div_ceil(args.block_size as u64),
+                size,
+            },
+            scratch: Vec::new(),
+        }
+    }
+
     fn run(&mut self, events: &Receiver<Event>) -> Result<Outcome, String> {
         while self.retired < self.total {
             let event = match events.try_recv() {
