@@ -5,6 +5,7 @@
 //!     cargo run --release --example pipe_dump -- IMAGE STORE [AGENT ARGS...]
 //!
 //! e.g. `-- disk.img /tmp/store --compress zlib`. Writes the manifest too.
+//! `PIPE_DUMP_AGENT=path` runs that agent binary instead of the embedded one.
 
 use anyhow::{bail, Context, Result};
 use diskdump::agent_bin::{agent_hash, AGENT};
@@ -23,7 +24,11 @@ fn main() -> Result<()> {
     let agent_args: Vec<String> = args.collect();
     let store = LocalStore::open_or_create(&PathBuf::from(&store_dir), None)?;
     let _lock = store.lock(LockKind::Shared, true)?;
-    let agent = std::env::temp_dir().join(format!("diskdump-agent-{}", agent_hash()));
+    // PIPE_DUMP_AGENT runs another agent build, e.g. one with symbols for perf.
+    let agent = match std::env::var_os("PIPE_DUMP_AGENT") {
+        Some(path) => PathBuf::from(path),
+        None => std::env::temp_dir().join(format!("diskdump-agent-{}", agent_hash())),
+    };
     if !agent.exists() {
         let tmp = agent.with_extension("tmp");
         std::fs::write(&tmp, AGENT)?;
