@@ -331,3 +331,44 @@ fn protocol_violations_fail() {
         assert_mentions(&err, &[expected]);
     }
 }
+
+/// Not hostile, merely unusual: content is verified, and what the store
+/// keeps is its own plain frame, not checksums nobody verified.
+#[test]
+fn a_valid_but_unusual_lz4_frame_is_stored_in_the_stores_format() {
+    use lz4_flex::frame::{BlockMode, FrameEncoder, FrameInfo};
+    let raw = b"unusual ".repeat(BS / 8);
+    let info = FrameInfo::new()
+        .block_mode(BlockMode::Linked)
+        .block_checksums(true)
+        .content_checksum(true);
+    let mut enc = FrameEncoder::with_frame_info(info, Vec::new());
+    enc.write_all(&raw).unwrap();
+    let odd = enc.finish().unwrap();
+    assert!(!blockfmt::is_plain(&odd));
+    let (dir, store) = new_store(BS);
+    let inflight = InFlight::new();
+    let (mut fake, from_agent, to_agent) = FakeAgent::new();
+    fake.send(hello(BS as u64, Compression::Lz4));
+    let d = Digest::of(&raw);
+    fake.send(Message::Batch(Batch {
+        seq: 0,
+        entries: vec![Entry::Hash(d)],
+    }));
+    fake.block_as(d, odd);
+    fake.send(Message::Done(Done {
+        blocks: 1,
+        size: BS as u64,
+    }));
+    let opts = ReceiveOptions {
+        store: &store,
+        inflight: &inflight,
+        source: "odd:/dev/odd",
+        progress: &NoProgress,
+    };
+    let got = receive(&opts, from_agent, to_agent).unwrap();
+    assert_eq!(got.stats.blocks_new, 1);
+    let stored = std::fs::read(store.block_path(&d)).unwrap();
+    assert_eq!(stored, blockfmt::encode(&raw));
+    drop(dir);
+}
