@@ -18,6 +18,13 @@
 //! | gc             | exclusive  | reads only        |
 //! | restore, info, status, verify, mount | none | everything but a gc sweep of their blocks |
 //!
+//! - **Dump** (`receiver`, `agent_bin`, protocol in `diskdump_agent::proto`):
+//!   the static agent embedded in this binary reads the source once, hashes
+//!   on all cores and announces batches of hashes, a window of them ahead;
+//!   the receiver answers each batch with the blocks the store lacks, then
+//!   decompresses each one within the block size, checks its SHA-256 and
+//!   stores it (`lz4` frames as received). A shared `InFlight` makes a block
+//!   announced by several dumps at once cross the wire once.
 //! - **Reading** (`image`): `ImageReader::read_at` over a manifest, through a
 //!   bounded LRU of decompressed blocks; restore and mount share it.
 

@@ -125,9 +125,7 @@ pub fn receive(
         for _ in 0..workers {
             s.spawn(|| verifier.run(&jobs_rx));
         }
-        let result = session.run(&mut input, &mut output, max_frame, jobs_tx);
-        session.wire_bytes = input.get_ref().count;
-        result
+        session.run(&mut input, &mut output, max_frame, jobs_tx)
     });
     // A worker's error is the root cause of whatever the reading loop saw
     // afterwards (often just the agent being cut off).
@@ -136,7 +134,7 @@ pub fn receive(
     }
     received?;
     drop(output); // the agent may exit now
-    session.finish(date)
+    session.finish(date, input.get_ref().count)
 }
 
 fn read_hello<R: Read>(

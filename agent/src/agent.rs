@@ -11,19 +11,19 @@
 use crate::args::{hostname, Args};
 use crate::digest::Digest;
 use crate::proto::{
-    block_header, max_frame_len, read_frame, Done, Entry, Hello, Message, Need, PROTOCOL_VERSION,
+    block_header, check_params, max_frame_len, read_frame, Done, Entry, Hello, Message, Need,
+    PROTOCOL_VERSION,
 };
-use crate::work::{Batch, Compressor, Job, Queue};
+use crate::work::{Batch, Compressor, Job, Queue, Reader};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
 
 /// How a run ended without error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +54,7 @@ where
     R: Read + Send + 'static,
     W: Write,
 {
+    check_params(args.block_size, args.batch_size, args.window)?;
     let mut out = BufWriter::with_capacity(1 << 20, output);
     let (file, size) = match open_source(&args.source) {
         Ok(opened) => opened,
@@ -89,31 +90,21 @@ where
             batch_bytes,
             block_size: args.block_size,
             queue: &queue,
-            events: events_tx.clone(),
             stop: &stop,
         };
-        s.spawn(move || reader.run(args.window));
+        let report = events_tx.clone();
+        s.spawn(move || {
+            if let Err(msg) = reader.run(args.window) {
+                let _ = report.send(Event::Failed(msg));
+            }
+        });
         for _ in 0..workers {
             let events = events_tx.clone();
             let (queue, mode) = (&queue, args.compression);
             s.spawn(move || work(queue, Compressor::new(mode), events));
         }
         drop(events_tx);
-        let mut writer = Writer {
-            out,
-            queue: &queue,
-            total: size.div_ceil(batch_bytes),
-            next_announce: 0,
-            hashed: BTreeMap::new(),
-            open: HashMap::new(),
-            retired: 0,
-            done: Done {
-                blocks: size.div_ceil(args.block_size as u64),
-                size,
-            },
-            scratch: Vec::new(),
-        };
-        let result = writer.run(&events);
+        let result = Writer::new(out, &queue, size, args).run(&events);
         stop.store(true, Ordering::Relaxed);
         queue.close();
         result
@@ -198,83 +189,6 @@ fn work(queue: &Queue, mut compressor: Compressor, events: Sender<Event>) {
     }
 }
 
-struct Reader<'a> {
-    file: File,
-    path: &'a Path,
-    size: u64,
-    batch_bytes: u64,
-    block_size: usize,
-    queue: &'a Queue,
-    events: Sender<Event>,
-    stop: &'a AtomicBool,
-}
-
-impl Reader<'_> {
-    /// Reads batch after batch into `window` recycled buffers and queues their
-    /// blocks for hashing; waits for a buffer when the window is full.
-    fn run(mut self, window: usize) {
-        let (recycle, free) = mpsc::channel();
-        for _ in 0..window {
-            let _ = recycle.send(Vec::new());
-        }
-        let mut offset = 0;
-        let mut seq = 0;
-        while offset < self.size {
-            let Some(mut buf) = self.next_buffer(&free) else {
-                return;
-            };
-            let len = (self.size - offset).min(self.batch_bytes) as usize;
-            buf.resize(len, 0);
-            if let Err(msg) = self.fill(&mut buf, offset) {
-                let _ = self.events.send(Event::Failed(msg));
-                return;
-            }
-            let batch = Arc::new(Batch::new(seq, buf, self.block_size, recycle.clone()));
-            let jobs = (0..batch.len()).map(|i| Job::Hash(batch.clone(), i));
-            self.queue.push(jobs, false);
-            offset += len as u64;
-            seq += 1;
-        }
-    }
-
-    fn next_buffer(&self, free: &Receiver<Vec<u8>>) -> Option<Vec<u8>> {
-        while !self.stop.load(Ordering::Relaxed) {
-            match free.recv_timeout(Duration::from_millis(100)) {
-                Ok(buf) => return Some(buf),
-                Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => return None,
-            }
-        }
-        None
-    }
-
-    fn fill(&mut self, buf: &mut [u8], offset: u64) -> Result<(), String> {
-        let mut got = 0;
-        while got < buf.len() {
-            match self.file.read(&mut buf[got..]) {
-                Ok(0) => {
-                    return Err(format!(
-                        "{} ended at byte {}, before its size when the dump started ({} bytes)",
-                        self.path.display(),
-                        offset + got as u64,
-                        self.size
-                    ))
-                }
-                Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    let at = offset + got as u64;
-                    return Err(format!(
-                        "cannot read {} at byte {at}: {e}",
-                        self.path.display()
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
 /// An announced batch: waiting for its Need, then for its blocks to be sent.
 struct Open {
     batch: Arc<Batch>,
@@ -294,7 +208,25 @@ struct Writer<'a, W: Write> {
     scratch: Vec<u8>,
 }
 
-impl<W: Write> Writer<'_, W> {
+impl<'a, W: Write> Writer<'a, W> {
+    fn new(out: BufWriter<W>, queue: &'a Queue, size: u64, args: &Args) -> Writer<'a, W> {
+        let batch_bytes = (args.block_size * args.batch_size) as u64;
+        Writer {
+            out,
+            queue,
+            total: size.div_ceil(batch_bytes),
+            next_announce: 0,
+            hashed: BTreeMap::new(),
+            open: HashMap::new(),
+            retired: 0,
+            done: Done {
+                blocks: size.div_ceil(args.block_size as u64),
+                size,
+            },
+            scratch: Vec::new(),
+        }
+    }
+
     fn run(&mut self, events: &Receiver<Event>) -> Result<Outcome, String> {
         while self.retired < self.total {
             let event = match events.try_recv() {

@@ -158,7 +158,8 @@ mod tests {
     }
 
     #[test]
-    fn hostname_is_not_empty() {
-        assert!(!hostname().is_empty());
+    fn hostname_comes_from_the_kernel() {
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        assert_eq!(hostname(), kernel.trim());
     }
 }

@@ -1,16 +1,20 @@
-//! The agent's shared pieces of work: a batch read from the source, the jobs
-//! workers run on it (hash one block, compress one block), and the queue that
-//! hands jobs out with compression first, so needed blocks leave (and window
-//! slots free up) before more read-ahead is hashed.
+//! The agent's pieces of work: a batch read from the source, the jobs workers
+//! run on it (hash one block, compress one block), the queue that hands jobs
+//! out with compression first, so needed blocks leave (and window slots free
+//! up) before more read-ahead is hashed, and the reader that makes batches.
 
 use crate::blockfmt;
 use crate::digest::{is_zero, Digest};
 use crate::proto::{Compression, Entry};
 use flate2::{Compress, FlushCompress, Status};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::Sender;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::Duration;
 
 /// One batch of consecutive blocks, read once. Its buffer goes back to the
 /// reader when the last reference drops, which is what bounds memory to
@@ -200,6 +204,82 @@ fn deflate(z: &mut Compress, raw: &[u8], out: &mut Vec<u8>) {
             return;
         }
         out.reserve(64 << 10);
+    }
+}
+
+/// Reads the source once, sequentially, in batch-sized reads.
+pub struct Reader<'a> {
+    pub file: File,
+    pub path: &'a Path,
+    pub size: u64,
+    pub batch_bytes: u64,
+    pub block_size: usize,
+    pub queue: &'a Queue,
+    pub stop: &'a AtomicBool,
+}
+
+impl Reader<'_> {
+    /// Reads batch after batch into `window` recycled buffers and queues their
+    /// blocks for hashing; waits for a buffer when the window is full. Stops
+    /// early, without error, when `stop` is set.
+    pub fn run(mut self, window: usize) -> Result<(), String> {
+        let (recycle, free) = mpsc::channel();
+        for _ in 0..window {
+            let _ = recycle.send(Vec::new());
+        }
+        let mut offset = 0;
+        let mut seq = 0;
+        while offset < self.size {
+            let Some(mut buf) = self.next_buffer(&free) else {
+                return Ok(());
+            };
+            let len = (self.size - offset).min(self.batch_bytes) as usize;
+            buf.resize(len, 0);
+            self.fill(&mut buf, offset)?;
+            let batch = Arc::new(Batch::new(seq, buf, self.block_size, recycle.clone()));
+            let jobs = (0..batch.len()).map(|i| Job::Hash(batch.clone(), i));
+            self.queue.push(jobs, false);
+            offset += len as u64;
+            seq += 1;
+        }
+        Ok(())
+    }
+
+    fn next_buffer(&self, free: &Receiver<Vec<u8>>) -> Option<Vec<u8>> {
+        while !self.stop.load(Ordering::Relaxed) {
+            match free.recv_timeout(Duration::from_millis(100)) {
+                Ok(buf) => return Some(buf),
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+        None
+    }
+
+    fn fill(&mut self, buf: &mut [u8], offset: u64) -> Result<(), String> {
+        let mut got = 0;
+        while got < buf.len() {
+            match self.file.read(&mut buf[got..]) {
+                Ok(0) => {
+                    return Err(format!(
+                        "{} ended at byte {}, before its size when the dump started ({} bytes)",
+                        self.path.display(),
+                        offset + got as u64,
+                        self.size
+                    ))
+                }
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let at = offset + got as u64;
+                    return Err(format!(
+                        "cannot read {} at byte {at}: {e}",
+                        self.path.display()
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -51,7 +51,6 @@ pub(super) struct Session<'a> {
     /// them (this dump's or another's) was under way.
     borrowed: HashSet<Digest>,
     stats: ReceiveStats,
-    pub wire_bytes: u64,
     /// Set when a Need could not be sent: the agent is gone or going, and
     /// what it still says (an Error frame) explains why better than EPIPE.
     send_error: Option<io::Error>,
@@ -95,7 +94,6 @@ impl<'a> Session<'a> {
                 size: hello.size,
                 ..ReceiveStats::default()
             },
-            wire_bytes: 0,
             send_error: None,
         }
     }
@@ -139,6 +137,35 @@ impl<'a> Session<'a> {
     }
 
     fn batch<W: Write>(&mut self, b: Batch, output: &mut W) -> Result<()> {
+        let (seq, first) = self.check_batch(&b)?;
+        let requested = self.classify_entries(&b, first)?;
+        self.send_need(output, seq, b.entries.len(), &requested);
+        if !requested.is_empty() {
+            let requested: Vec<Digest> = requested.into_iter().map(|(_, d)| d).collect();
+            let outstanding = requested.len();
+            let open = OpenBatch {
+                requested,
+                outstanding,
+            };
+            self.open.insert(seq, open);
+            if self.open.len() > self.hello.window as usize {
+                bail!(
+                    "protocol violation: the agent has more than its window of {} batches \
+                     with blocks unsent",
+                    self.hello.window
+                );
+            }
+        }
+        self.next_seq += 1;
+        let end = first + b.entries.len() as u64;
+        self.stats.blocks = end;
+        self.stats.bytes_read = (end * self.store.block_size() as u64).min(self.hello.size);
+        Ok(())
+    }
+
+    /// Checks that `b` is the next batch and has the entries the source's
+    /// size implies; returns its number and the index of its first block.
+    fn check_batch(&self, b: &Batch) -> Result<(u64, u64)> {
         let seq = b.seq;
         if seq != self.next_seq || seq >= self.total_batches {
             bail!(
@@ -155,20 +182,27 @@ impl<'a> Session<'a> {
                 b.entries.len()
             );
         }
+        Ok((seq, first))
+    }
+
+    /// Adds the batch's blocks to the manifest and returns the ones this dump
+    /// must fetch (index in the batch, digest), now claimed and wanted.
+    fn classify_entries(&mut self, b: &Batch, first: u64) -> Result<Vec<(u32, Digest)>> {
         let bs = self.store.block_size();
-        let mut indices = Vec::new();
         let mut requested = Vec::new();
         for (i, entry) in b.entries.iter().enumerate() {
             let index = first + i as u64;
             let len = block_len(self.hello.size, bs, index as usize);
             let d = match *entry {
                 Entry::Zero if len != bs => bail!(
-                    "protocol violation: block {index} is flagged all-zero but is {len} bytes, not a full block"
+                    "protocol violation: block {index} is flagged all-zero \
+                     but is {len} bytes, not a full block"
                 ),
                 Entry::Zero => self.zero,
                 Entry::Hash(d) => d,
             };
             self.blocks.push(d);
+            // Announced by its hash or flagged, the zero block never travels.
             if d == self.zero && len == bs {
                 self.stats.blocks_zero += 1;
                 continue;
@@ -177,51 +211,42 @@ impl<'a> Session<'a> {
                 Class::Present => self.stats.blocks_present += 1,
                 Class::Borrowed => self.stats.blocks_deduped += 1,
                 Class::Claimed => {
-                    indices.push(i as u32);
-                    requested.push(d);
+                    requested.push((i as u32, d));
+                    let received = false;
                     self.wanted.insert(
                         d,
                         Want {
-                            seq,
+                            seq: b.seq,
                             len,
-                            received: false,
+                            received,
                         },
                     );
                 }
             }
         }
+        Ok(requested)
+    }
+
+    /// Sends the Need for batch `seq`. A failure is kept, not returned: the
+    /// agent's remaining output may explain it (see `send_error`).
+    fn send_need<W: Write>(
+        &mut self,
+        output: &mut W,
+        seq: u64,
+        count: usize,
+        req: &[(u32, Digest)],
+    ) {
+        if self.send_error.is_some() {
+            return;
+        }
         let need = Message::Need(Need {
             seq,
-            count: b.entries.len() as u32,
-            indices,
+            count: count as u32,
+            indices: req.iter().map(|&(i, _)| i).collect(),
         });
-        if self.send_error.is_none() {
-            let mut frame = Vec::new();
-            need.encode(&mut frame);
-            let sent = output.write_all(&frame).and_then(|_| output.flush());
-            self.send_error = sent.err();
-        }
-        if !requested.is_empty() {
-            let outstanding = requested.len();
-            self.open.insert(
-                seq,
-                OpenBatch {
-                    requested,
-                    outstanding,
-                },
-            );
-            if self.open.len() > self.hello.window as usize {
-                bail!(
-                    "protocol violation: the agent has more than its window of {} batches with blocks unsent",
-                    self.hello.window
-                );
-            }
-        }
-        self.next_seq += 1;
-        self.stats.blocks += expected;
-        self.stats.bytes_read = (first + expected) * bs as u64;
-        self.stats.bytes_read = self.stats.bytes_read.min(self.hello.size);
-        Ok(())
+        let mut frame = Vec::new();
+        need.encode(&mut frame);
+        self.send_error = output.write_all(&frame).and_then(|_| output.flush()).err();
     }
 
     /// Decides who fetches `d`: nobody (the store has it), another fetch
@@ -323,7 +348,7 @@ impl<'a> Session<'a> {
 
     /// After every verifier is done: the zero block and every block fetched
     /// by someone else must now be in the store; then the manifest is ready.
-    pub fn finish(mut self, date: String) -> Result<Received> {
+    pub fn finish(mut self, date: String, wire_bytes: u64) -> Result<Received> {
         let store = self.store;
         let bs = store.block_size();
         let ctx = || format!("cannot check the store {}", store.describe());
@@ -341,7 +366,7 @@ impl<'a> Session<'a> {
                 );
             }
         }
-        self.stats.wire_bytes = self.wire_bytes;
+        self.stats.wire_bytes = wire_bytes;
         let stats = self.snapshot();
         self.progress.update(&stats);
         let manifest = Manifest {

@@ -127,8 +127,8 @@ impl Verifier<'_> {
             bail!("block {d} from the agent hashes to {actual}: wrong data, refused");
         }
         // An LZ4 frame shaped like ours is exactly what the store keeps; any
-        // other valid frame (checksums we do not verify, odd block layout, or
-        // simply zlib/none on the wire) is re-encoded.
+        // other (checksums we do not verify, a skippable prefix, a size past
+        // the store's bound, or simply zlib/none on the wire) is re-encoded.
         let frame: &[u8] = if self.mode == Compression::Lz4
             && blockfmt::is_plain(&job.data)
             && job.data.len() <= max_stored_frame(bs)

@@ -7,64 +7,11 @@ use diskdump::digest::Digest;
 use diskdump::receiver::{receive, InFlight, NoProgress, ReceiveOptions};
 use diskdump::store::{LocalStore, Store};
 use diskdump_agent::blockfmt;
-use diskdump_agent::proto::{
-    read_frame, Batch, Block, Compression, Done, Entry, Hello, Message, Need, PROTOCOL_VERSION,
-};
-use std::io::{pipe, PipeReader, PipeWriter, Write};
-
-/// The fake agent's ends of the two pipes. Write errors are ignored: the
-/// receiver hangs up as soon as it has seen enough.
-struct Fake<'a> {
-    out: PipeWriter,
-    needs: PipeReader,
-    store: &'a LocalStore,
-}
-
-impl Fake<'_> {
-    fn send(&mut self, m: Message) {
-        let mut buf = Vec::new();
-        m.encode(&mut buf);
-        self.raw(&buf);
-    }
-    fn raw(&mut self, bytes: &[u8]) {
-        let _ = self.out.write_all(bytes);
-    }
-    fn need(&mut self) -> Need {
-        match read_frame(&mut self.needs, 1 << 20).unwrap() {
-            Some(Message::Need(n)) => n,
-            other => panic!("expected a Need, got {other:?}"),
-        }
-    }
-    fn block(&mut self, raw: &[u8]) {
-        self.block_as(Digest::of(raw), blockfmt::encode(raw));
-    }
-    fn block_as(&mut self, digest: Digest, data: Vec<u8>) {
-        self.send(Message::Block(Block { digest, data }));
-    }
-    /// Waits until the receiver has verified and stored `raw`.
-    fn wait_stored(&self, raw: &[u8]) {
-        let d = Digest::of(raw);
-        for _ in 0..1000 {
-            if self.store.contains(&d).unwrap() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        panic!("block {d} was never stored");
-    }
-}
+use diskdump_agent::proto::{Batch, Block, Compression, Done, Entry, Message};
+use std::io::Write;
 
 fn hello(size: u64, mode: Compression) -> Message {
-    Message::Hello(Hello {
-        version: PROTOCOL_VERSION,
-        hostname: "evil".into(),
-        source: "/dev/evil".into(),
-        size,
-        block_size: BS as u32,
-        batch_size: 4,
-        window: 2,
-        compression: mode,
-    })
+    Message::Hello(fake_hello(size, mode))
 }
 
 /// The size of the source most cases announce: three full blocks.
@@ -84,7 +31,7 @@ fn batch0() -> Message {
 }
 
 /// Hello + batch 0 (all three needed by an empty store).
-fn start(f: &mut Fake, mode: Compression) {
+fn start(f: &mut FakeAgent, mode: Compression) {
     f.send(hello(3 * BS as u64, mode));
     f.send(batch0());
     assert_eq!(f.need().indices, vec![0, 1, 2]);
@@ -93,21 +40,15 @@ fn start(f: &mut Fake, mode: Compression) {
 /// Runs `script` as the agent against a receiver on a fresh store; returns
 /// the error (the dump must fail) and the store.
 fn run_hostile(
-    script: impl FnOnce(&mut Fake<'_>) + Send,
+    script: impl FnOnce(&mut FakeAgent, &LocalStore) + Send,
 ) -> (String, tempfile::TempDir, LocalStore) {
     let (dir, store) = new_store(BS);
     let inflight = InFlight::new();
-    let (from_agent, agent_out) = pipe().unwrap();
-    let (needs, to_agent) = pipe().unwrap();
+    let (mut fake, from_agent, to_agent) = FakeAgent::new();
     let store_ref = &store;
     let err = std::thread::scope(|s| {
         s.spawn(move || {
-            let mut fake = Fake {
-                out: agent_out,
-                needs,
-                store: store_ref,
-            };
-            script(&mut fake);
+            script(&mut fake, store_ref);
             // Like a live agent, close the output but keep reading Needs
             // until the receiver hangs up.
             drop(fake.out);
@@ -138,10 +79,10 @@ fn assert_mentions(err: &str, words: &[&str]) {
 #[test]
 fn a_wrong_hash_fails_and_verified_blocks_stay() {
     let [a, b, c] = blocks();
-    let (err, _d, store) = run_hostile(|f| {
+    let (err, _d, store) = run_hostile(|f, store| {
         start(f, Compression::Lz4);
         f.block(&a);
-        f.wait_stored(&a);
+        wait_stored(store, &a);
         f.block_as(Digest::of(&b), blockfmt::encode(&c));
         f.block(&c);
         f.send(Message::Done(Done {
@@ -168,7 +109,7 @@ fn a_block_larger_than_the_block_size_fails_in_every_mode() {
             }
             Compression::None => big.clone(),
         };
-        let (err, _d, _s) = run_hostile(|f| {
+        let (err, _d, _s) = run_hostile(|f, _| {
             start(f, mode);
             f.block_as(Digest::of(&blocks()[0]), data);
         });
@@ -178,7 +119,7 @@ fn a_block_larger_than_the_block_size_fails_in_every_mode() {
 
 #[test]
 fn a_block_nobody_asked_for_fails() {
-    let (err, _d, _s) = run_hostile(|f| {
+    let (err, _d, _s) = run_hostile(|f, _| {
         start(f, Compression::Lz4);
         f.block(&noise(BS, 42));
     });
@@ -190,10 +131,10 @@ fn a_block_nobody_asked_for_fails() {
 
 #[test]
 fn a_duplicate_block_fails() {
-    let (err, _d, store) = run_hostile(|f| {
+    let (err, _d, store) = run_hostile(|f, store| {
         start(f, Compression::Lz4);
         f.block(&blocks()[0]);
-        f.wait_stored(&blocks()[0]);
+        wait_stored(store, &blocks()[0]);
         f.block(&blocks()[0]);
     });
     assert_mentions(&err, &["duplicate block"]);
@@ -203,7 +144,7 @@ fn a_duplicate_block_fails() {
 #[test]
 fn a_truncated_stream_fails() {
     // Cut inside a frame, and cleanly between frames before Done.
-    let (err, _d, _s) = run_hostile(|f| {
+    let (err, _d, _s) = run_hostile(|f, _| {
         start(f, Compression::Lz4);
         let mut frame = Vec::new();
         let raw = &blocks()[0];
@@ -215,7 +156,7 @@ fn a_truncated_stream_fails() {
         f.raw(&frame[..frame.len() / 2]);
     });
     assert_mentions(&err, &["truncated"]);
-    let (err, _d, _s) = run_hostile(|f| {
+    let (err, _d, _s) = run_hostile(|f, _| {
         start(f, Compression::Lz4);
         f.block(&blocks()[0]);
     });
@@ -224,12 +165,12 @@ fn a_truncated_stream_fails() {
 
 #[test]
 fn garbage_fails_before_and_after_the_hello() {
-    let (err, _d, _s) = run_hostile(|f| f.raw(b"Welcome to Ubuntu 22.04 LTS\n"));
+    let (err, _d, _s) = run_hostile(|f, _| f.raw(b"Welcome to Ubuntu 22.04 LTS\n"));
     assert_mentions(
         &err,
         &["does not start with a diskdump Hello", "Welcome to Ubuntu"],
     );
-    let (err, _d, _s) = run_hostile(|f| {
+    let (err, _d, _s) = run_hostile(|f, _| {
         start(f, Compression::Lz4);
         f.raw(&[1, 0, 0, 0, 0xee, 1, 2, 3]);
     });
@@ -238,7 +179,7 @@ fn garbage_fails_before_and_after_the_hello() {
 
 #[test]
 fn a_frame_claiming_4_gib_fails_before_allocating() {
-    let (err, _d, _s) = run_hostile(|f| {
+    let (err, _d, _s) = run_hostile(|f, _| {
         start(f, Compression::Lz4);
         f.raw(&[0xff, 0xff, 0xff, 0xff, 3]);
     });
@@ -247,10 +188,8 @@ fn a_frame_claiming_4_gib_fails_before_allocating() {
 
 #[test]
 fn another_protocol_version_fails() {
-    let (err, _d, _s) = run_hostile(|f| {
-        let Message::Hello(mut h) = hello(0, Compression::Lz4) else {
-            unreachable!()
-        };
+    let (err, _d, _s) = run_hostile(|f, _| {
+        let mut h = fake_hello(0, Compression::Lz4);
         h.version = 2;
         f.send(Message::Hello(h));
     });
@@ -259,7 +198,7 @@ fn another_protocol_version_fails() {
 
 #[test]
 fn an_agent_error_is_reported() {
-    let (err, _d, _s) = run_hostile(|f| {
+    let (err, _d, _s) = run_hostile(|f, _| {
         start(f, Compression::Lz4);
         f.send(Message::Error(
             "cannot read /dev/evil at byte 4096: Input/output error".into(),
@@ -272,13 +211,7 @@ fn an_agent_error_is_reported() {
 fn an_agent_that_dies_explains_why_even_if_needs_cannot_be_sent() {
     let (dir, store) = new_store(BS);
     let inflight = InFlight::new();
-    let (from_agent, agent_out) = pipe().unwrap();
-    let (needs, to_agent) = pipe().unwrap();
-    let mut fake = Fake {
-        out: agent_out,
-        needs,
-        store: &store,
-    };
+    let (mut fake, from_agent, to_agent) = FakeAgent::new();
     // Everything the agent writes before dying, with nobody reading Needs.
     fake.send(hello(3 * BS as u64, Compression::Lz4));
     fake.send(batch0());
@@ -299,11 +232,11 @@ fn an_agent_that_dies_explains_why_even_if_needs_cannot_be_sent() {
 
 #[test]
 fn protocol_violations_fail() {
-    type Script = Box<dyn FnOnce(&mut Fake<'_>) + Send>;
+    type Script = Box<dyn FnOnce(&mut FakeAgent, &LocalStore) + Send>;
     let cases: Vec<(&str, Script)> = vec![
         (
             "expected batch 0",
-            Box::new(|f: &mut Fake<'_>| {
+            Box::new(|f: &mut FakeAgent, _: &LocalStore| {
                 f.send(hello(SIZE, Compression::Lz4));
                 f.send(Message::Batch(Batch {
                     seq: 1,
@@ -313,7 +246,7 @@ fn protocol_violations_fail() {
         ),
         (
             "the source's size implies 3",
-            Box::new(|f: &mut Fake<'_>| {
+            Box::new(|f: &mut FakeAgent, _: &LocalStore| {
                 f.send(hello(SIZE, Compression::Lz4));
                 f.send(Message::Batch(Batch {
                     seq: 0,
@@ -323,7 +256,7 @@ fn protocol_violations_fail() {
         ),
         (
             "not a full block",
-            Box::new(|f: &mut Fake<'_>| {
+            Box::new(|f: &mut FakeAgent, _: &LocalStore| {
                 f.send(hello(SIZE - 1, Compression::Lz4));
                 f.send(Message::Batch(Batch {
                     seq: 0,
@@ -333,7 +266,7 @@ fn protocol_violations_fail() {
         ),
         (
             "Done after 0 of 1 batches",
-            Box::new(|f: &mut Fake<'_>| {
+            Box::new(|f: &mut FakeAgent, _: &LocalStore| {
                 f.send(hello(SIZE, Compression::Lz4));
                 f.send(Message::Done(Done {
                     blocks: 3,
@@ -343,7 +276,7 @@ fn protocol_violations_fail() {
         ),
         (
             "never came",
-            Box::new(|f: &mut Fake<'_>| {
+            Box::new(|f: &mut FakeAgent, _: &LocalStore| {
                 start(f, Compression::Lz4);
                 f.send(Message::Done(Done {
                     blocks: 3,
@@ -353,7 +286,7 @@ fn protocol_violations_fail() {
         ),
         (
             "its Hello 3",
-            Box::new(|f: &mut Fake<'_>| {
+            Box::new(|f: &mut FakeAgent, _: &LocalStore| {
                 f.send(hello(SIZE, Compression::Lz4));
                 f.send(Message::Batch(Batch {
                     seq: 0,
@@ -367,14 +300,14 @@ fn protocol_violations_fail() {
         ),
         (
             "second Hello",
-            Box::new(|f: &mut Fake<'_>| {
+            Box::new(|f: &mut FakeAgent, _: &LocalStore| {
                 f.send(hello(SIZE, Compression::Lz4));
                 f.send(hello(SIZE, Compression::Lz4));
             }),
         ),
         (
             "window of 2",
-            Box::new(|f: &mut Fake<'_>| {
+            Box::new(|f: &mut FakeAgent, _: &LocalStore| {
                 f.send(hello(12 * BS as u64, Compression::Lz4));
                 for seq in 0..3 {
                     let entries = (0..4)
@@ -386,10 +319,8 @@ fn protocol_violations_fail() {
         ),
         (
             "the agent's Hello: window 0",
-            Box::new(|f: &mut Fake<'_>| {
-                let Message::Hello(mut h) = hello(SIZE, Compression::Lz4) else {
-                    unreachable!()
-                };
+            Box::new(|f: &mut FakeAgent, _: &LocalStore| {
+                let mut h = fake_hello(SIZE, Compression::Lz4);
                 h.window = 0;
                 f.send(Message::Hello(h));
             }),
@@ -399,4 +330,45 @@ fn protocol_violations_fail() {
         let (err, _d, _s) = run_hostile(script);
         assert_mentions(&err, &[expected]);
     }
+}
+
+/// Not hostile, merely unusual: content is verified, and what the store
+/// keeps is its own plain frame, not checksums nobody verified.
+#[test]
+fn a_valid_but_unusual_lz4_frame_is_stored_in_the_stores_format() {
+    use lz4_flex::frame::{BlockMode, FrameEncoder, FrameInfo};
+    let raw = b"unusual ".repeat(BS / 8);
+    let info = FrameInfo::new()
+        .block_mode(BlockMode::Linked)
+        .block_checksums(true)
+        .content_checksum(true);
+    let mut enc = FrameEncoder::with_frame_info(info, Vec::new());
+    enc.write_all(&raw).unwrap();
+    let odd = enc.finish().unwrap();
+    assert!(!blockfmt::is_plain(&odd));
+    let (dir, store) = new_store(BS);
+    let inflight = InFlight::new();
+    let (mut fake, from_agent, to_agent) = FakeAgent::new();
+    fake.send(hello(BS as u64, Compression::Lz4));
+    let d = Digest::of(&raw);
+    fake.send(Message::Batch(Batch {
+        seq: 0,
+        entries: vec![Entry::Hash(d)],
+    }));
+    fake.block_as(d, odd);
+    fake.send(Message::Done(Done {
+        blocks: 1,
+        size: BS as u64,
+    }));
+    let opts = ReceiveOptions {
+        store: &store,
+        inflight: &inflight,
+        source: "odd:/dev/odd",
+        progress: &NoProgress,
+    };
+    let got = receive(&opts, from_agent, to_agent).unwrap();
+    assert_eq!(got.stats.blocks_new, 1);
+    let stored = std::fs::read(store.block_path(&d)).unwrap();
+    assert_eq!(stored, blockfmt::encode(&raw));
+    drop(dir);
 }

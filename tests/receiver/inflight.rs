@@ -5,56 +5,27 @@ use crate::support::*;
 use diskdump::digest::Digest;
 use diskdump::receiver::{receive, InFlight, NoProgress, ReceiveOptions, Received};
 use diskdump::store::{LocalStore, Store};
-use diskdump_agent::blockfmt;
-use diskdump_agent::proto::{
-    read_frame, Batch, Block, Compression, Done, Entry, Hello, Message, Need, PROTOCOL_VERSION,
-};
-use std::io::{pipe, PipeReader, PipeWriter, Write};
+use diskdump_agent::proto::{Batch, Compression, Done, Entry, Message, Need};
 use std::sync::mpsc;
 
-/// A scripted one-block agent for the store's receiver number `n`.
-struct Agent {
-    out: PipeWriter,
-    needs: PipeReader,
+/// Announces a one-block source holding `raw`; returns the receiver's Need.
+fn announce(a: &mut FakeAgent, raw: &[u8]) -> Need {
+    a.send(Message::Hello(fake_hello(
+        raw.len() as u64,
+        Compression::Lz4,
+    )));
+    let entries = vec![Entry::Hash(Digest::of(raw))];
+    a.send(Message::Batch(Batch { seq: 0, entries }));
+    a.need()
 }
 
-impl Agent {
-    fn send(&mut self, m: Message) {
-        let mut buf = Vec::new();
-        m.encode(&mut buf);
-        let _ = self.out.write_all(&buf);
+/// Sends the block (or not) and Done.
+fn finish(a: &mut FakeAgent, raw: &[u8], send_block: bool) {
+    if send_block {
+        a.block(raw);
     }
-    fn announce(&mut self, raw: &[u8]) -> Need {
-        self.send(Message::Hello(Hello {
-            version: PROTOCOL_VERSION,
-            hostname: "h".into(),
-            source: "/dev/x".into(),
-            size: raw.len() as u64,
-            block_size: BS as u32,
-            batch_size: 4,
-            window: 2,
-            compression: Compression::Lz4,
-        }));
-        let entries = vec![Entry::Hash(Digest::of(raw))];
-        self.send(Message::Batch(Batch { seq: 0, entries }));
-        match read_frame(&mut self.needs, 1 << 20).unwrap() {
-            Some(Message::Need(n)) => n,
-            other => panic!("{other:?}"),
-        }
-    }
-    fn finish(&mut self, raw: &[u8], send_block: bool) {
-        if send_block {
-            let data = blockfmt::encode(raw);
-            self.send(Message::Block(Block {
-                digest: Digest::of(raw),
-                data,
-            }));
-        }
-        self.send(Message::Done(Done {
-            blocks: 1,
-            size: raw.len() as u64,
-        }));
-    }
+    let size = raw.len() as u64;
+    a.send(Message::Done(Done { blocks: 1, size }));
 }
 
 /// Starts a receiver on its own thread; returns its agent end and result.
@@ -63,11 +34,10 @@ fn start<'s>(
     store: &'s LocalStore,
     inflight: &'s InFlight,
 ) -> (
-    Agent,
+    FakeAgent,
     std::thread::ScopedJoinHandle<'s, anyhow::Result<Received>>,
 ) {
-    let (from_agent, out) = pipe().unwrap();
-    let (needs, to_agent) = pipe().unwrap();
+    let (agent, from_agent, to_agent) = FakeAgent::new();
     let h = s.spawn(move || {
         let opts = ReceiveOptions {
             store,
@@ -77,7 +47,7 @@ fn start<'s>(
         };
         receive(&opts, from_agent, to_agent)
     });
-    (Agent { out, needs }, h)
+    (agent, h)
 }
 
 #[test]
@@ -89,23 +59,23 @@ fn two_dumps_fetch_a_shared_new_block_once() {
         let (mut a, ha) = start(s, &store, &inflight);
         let (mut b, hb) = start(s, &store, &inflight);
         assert_eq!(
-            a.announce(&raw).indices,
+            announce(&mut a, &raw).indices,
             vec![0],
             "the first dump fetches it"
         );
         assert_eq!(
-            b.announce(&raw).indices,
+            announce(&mut b, &raw).indices,
             Vec::<u32>::new(),
             "the second does not"
         );
         // B is done first, but must wait for A's copy to land before succeeding.
-        b.finish(&raw, false);
+        finish(&mut b, &raw, false);
         let (tx, rx) = mpsc::channel();
         s.spawn(move || tx.send(hb.join().unwrap()).unwrap());
         assert!(rx
             .recv_timeout(std::time::Duration::from_millis(100))
             .is_err());
-        a.finish(&raw, true);
+        finish(&mut a, &raw, true);
         let ra = ha.join().unwrap().unwrap();
         let rb = rx.recv().unwrap().unwrap();
         assert_eq!((ra.stats.blocks_new, ra.stats.blocks_deduped), (1, 0));
@@ -124,9 +94,9 @@ fn a_dump_relying_on_a_failed_fetch_fails_clearly() {
     std::thread::scope(|s| {
         let (mut a, ha) = start(s, &store, &inflight);
         let (mut b, hb) = start(s, &store, &inflight);
-        assert_eq!(a.announce(&raw).indices, vec![0]);
-        assert_eq!(b.announce(&raw).indices, Vec::<u32>::new());
-        b.finish(&raw, false);
+        assert_eq!(announce(&mut a, &raw).indices, vec![0]);
+        assert_eq!(announce(&mut b, &raw).indices, Vec::<u32>::new());
+        finish(&mut b, &raw, false);
         drop(a); // A's agent dies without sending the block
         assert!(ha.join().unwrap().is_err());
         let err = format!("{:#}", hb.join().unwrap().unwrap_err());

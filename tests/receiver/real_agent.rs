@@ -2,8 +2,9 @@
 
 use crate::support::*;
 use diskdump::digest::Digest;
-use diskdump::receiver::InFlight;
+use diskdump::receiver::{InFlight, ReceiveStats};
 use std::io::Write;
+use std::sync::Mutex;
 
 const ARGS: [&str; 6] = ["--block-size", "4096", "--batch-size", "4", "--window", "3"];
 
@@ -125,4 +126,22 @@ fn a_block_size_other_than_the_stores_is_refused() {
         err.contains("blocks of 4096 bytes") && err.contains("8192"),
         "{err}"
     );
+}
+
+#[test]
+fn progress_is_reported_per_batch_and_at_the_end() {
+    let img = image(BS, 21, 0);
+    let file = write_image(&img);
+    let (_dir, store) = new_store(BS);
+    let seen = Mutex::new(Vec::<ReceiveStats>::new());
+    let progress = |s: &ReceiveStats| seen.lock().unwrap().push(s.clone());
+    let (r, _, _) = dump_with_progress(&store, &InFlight::new(), file.path(), &ARGS, &progress);
+    let got = r.unwrap();
+    let seen = seen.into_inner().unwrap();
+    assert_eq!(seen.len(), 6 + 1, "6 batches of 4, then the final report");
+    assert_eq!(seen.last(), Some(&got.stats));
+    let read: Vec<u64> = seen.iter().map(|s| s.bytes_read).collect();
+    assert!(read.windows(2).all(|w| w[0] <= w[1]), "{read:?}");
+    assert_eq!(read[0], 4 * BS as u64);
+    assert_eq!(got.stats.bytes_read, img.len() as u64);
 }

@@ -3,9 +3,13 @@
 use anyhow::Result;
 use diskdump::agent_bin::{agent_hash, AGENT};
 use diskdump::digest::Digest;
-use diskdump::receiver::{receive, InFlight, NoProgress, ReceiveOptions, Received};
+use diskdump::receiver::{receive, InFlight, NoProgress, Progress, ReceiveOptions, Received};
 use diskdump::store::{get_block, LocalStore, Store, WalkItem};
-use std::io::Read;
+use diskdump_agent::blockfmt;
+use diskdump_agent::proto::{
+    read_frame, Block, Compression, Hello, Message, Need, PROTOCOL_VERSION,
+};
+use std::io::{pipe, PipeReader, PipeWriter, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -77,6 +81,16 @@ pub fn dump(
     path: &Path,
     args: &[&str],
 ) -> (Result<Received>, std::process::ExitStatus, String) {
+    dump_with_progress(store, inflight, path, args, &NoProgress)
+}
+
+pub fn dump_with_progress(
+    store: &dyn Store,
+    inflight: &InFlight,
+    path: &Path,
+    args: &[&str],
+    progress: &dyn Progress,
+) -> (Result<Received>, std::process::ExitStatus, String) {
     let mut child = Command::new(agent_path())
         .args(args)
         .arg("--")
@@ -91,7 +105,7 @@ pub fn dump(
         store,
         inflight,
         source: "testhost:/dev/test",
-        progress: &NoProgress,
+        progress,
     };
     let result = receive(&opts, stdout, stdin);
     let status = child.wait().unwrap();
@@ -133,4 +147,69 @@ pub fn restore(store: &dyn Store, blocks: &[Digest]) -> Vec<u8> {
         out.extend_from_slice(&raw);
     }
     out
+}
+
+/// An agent written by hand, for scripted and hostile cases: its ends of the
+/// two pipes. Write errors are ignored: the receiver hangs up as soon as it
+/// has seen enough.
+pub struct FakeAgent {
+    pub out: PipeWriter,
+    pub needs: PipeReader,
+}
+
+impl FakeAgent {
+    /// A fake agent and the receiver's ends (its input, its output).
+    pub fn new() -> (FakeAgent, PipeReader, PipeWriter) {
+        let (from_agent, out) = pipe().unwrap();
+        let (needs, to_agent) = pipe().unwrap();
+        (FakeAgent { out, needs }, from_agent, to_agent)
+    }
+    pub fn send(&mut self, m: Message) {
+        let mut buf = Vec::new();
+        m.encode(&mut buf);
+        self.raw(&buf);
+    }
+    pub fn raw(&mut self, bytes: &[u8]) {
+        let _ = self.out.write_all(bytes);
+    }
+    pub fn need(&mut self) -> Need {
+        match read_frame(&mut self.needs, 1 << 20).unwrap() {
+            Some(Message::Need(n)) => n,
+            other => panic!("expected a Need, got {other:?}"),
+        }
+    }
+    /// Sends `raw` as a correct lz4 Block.
+    pub fn block(&mut self, raw: &[u8]) {
+        self.block_as(Digest::of(raw), blockfmt::encode(raw));
+    }
+    pub fn block_as(&mut self, digest: Digest, data: Vec<u8>) {
+        self.send(Message::Block(Block { digest, data }));
+    }
+}
+
+/// A Hello for a source of `size` bytes in blocks of `BS`, batches of 4,
+/// a window of 2.
+pub fn fake_hello(size: u64, mode: Compression) -> Hello {
+    Hello {
+        version: PROTOCOL_VERSION,
+        hostname: "fake".into(),
+        source: "/dev/fake".into(),
+        size,
+        block_size: BS as u32,
+        batch_size: 4,
+        window: 2,
+        compression: mode,
+    }
+}
+
+/// Waits until a receiver has verified and stored `raw`.
+pub fn wait_stored(store: &dyn Store, raw: &[u8]) {
+    let d = Digest::of(raw);
+    for _ in 0..1000 {
+        if store.contains(&d).unwrap() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    panic!("block {d} was never stored");
 }

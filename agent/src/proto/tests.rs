@@ -1,5 +1,6 @@
 use super::*;
 use crate::testdata::noise;
+use std::io::Read;
 
 const MAX: usize = 1 << 20;
 
