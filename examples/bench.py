@@ -325,7 +325,7 @@ def cells(row):
     m = row["median"]
     if row["runs_ok"] == 0:
         err = (row["error"] or "failed").replace("|", "/")
-        return [row["group"], row["tool"], row["cache"], f"n/a: {err[:160]}", "", "", "", "", "", ""]
+        return [row["group"], row["tool"], row["cache"], "n/a", "", "", "", "", f"n/a: {err[:150]}", ""]
     cpu = ""
     if "cpu" in m:
         cpu = f"{m['cpu']:.2f}"

@@ -30,7 +30,8 @@
 # command and its children, via /usr/bin/time), peak RSS, store/repository size after (du -sb), and for
 # dumps the bytes on the wire. "cold" rows drop the page cache first (sync; echo 3 > drop_caches), the same for
 # every tool; "warm" rows read from the page cache. Commands that write a store or an output file are timed
-# including a final `sync`, so a tool that fsyncs and one that does not are compared on the same terms.
+# including a final `sync` (its time is added to the wall time, not to the tool's CPU time), so a tool that
+# fsyncs and one that does not are compared on the same terms.
 #   ours:    import day 1 into an empty store, then day 2 into the same store; import of rand and sparse;
 #            dump over SSH (day 1, day 2, day 2 unchanged, rand, sparse; --compress lz4 and zlib);
 #            restore -o (sparse output); mount start-up, sequential dd bs=1M, fio 4 KiB random reads
@@ -95,7 +96,7 @@ export BORG_BASE_DIR="$WORK/borg-base" BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_O
   BORG_RELOCATED_REPO_ACCESS_IS_OK=yes BORG_DELETE_I_KNOW_WHAT_I_AM_DOING=YES \
   RESTIC_PASSWORD=diskdump-bench RESTIC_CACHE_DIR="$WORK/restic-cache"
 unset SSH_AUTH_SOCK
-SECTION=main RUN=0 MEASURE_OK=0 SSHD_PID= SSH_ERR= MOUNT_PID= MOUNT_ERR= MOUNT_FILE= CMD_CWD= DD= PYDD=
+SECTION=main RUN=0 MEASURE_OK=0 SSHD_PID= SSH_ERR= MOUNT_PID= MOUNT_TOOL= MOUNT_ERR= MOUNT_FILE= CMD_CWD= DD= PYDD=
 declare -A BROKEN=() PREP_ERR=()
 
 say() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
@@ -158,7 +159,9 @@ setup_tools() {
 # ------------------------------------------------------------------------------------------ images
 
 # Everything that decides the images' bytes; its hash names the image directory.
-image_recipe() { declare -f make_images make_ext4_images; cat "$HELPER"; echo "$1"; }
+image_recipe() { declare -f make_images make_ext4_images; helper_image_code; echo "$1"; }
+# The part of bench.py that writes image bytes (not the report code).
+helper_image_code() { sed -n '/^# -* deterministic data/,/^# -* records and the report/p' "$HELPER"; }
 
 make_ext4_images() {   # DIR SIZE_BYTES
   local dir=$1 size=$2 uuid=6d1e2c1a-5b3b-4c9e-8f00-d15cd0e0bec4
@@ -349,7 +352,7 @@ measure() {
   shift
   local fam; fam=$(family "$tool")
   local log="$LOGS/$(echo "$SECTION-$group-$tool-$RUN" | tr -c 'A-Za-z0-9.-' '_').log" tf="$LOGS/time.out"
-  ((COLD)) || [[ $cache == warm ]] || cache="warm (no drop)"
+  [[ $cache == warm ]] || cache=$(cold_label)
   local base=(group="$group" tool="$tool" cache="$cache")
   local err=${BROKEN[$fam]:-${PREP_ERR[$fam]:-}}
   MEASURE_OK=0
@@ -361,8 +364,7 @@ measure() {
   ((wire)) && r0=$(cgroup_cpu)
   [[ -n $daemon ]] && d0=$(proc_cpu "$daemon")
   local rc=0
-  /usr/bin/time -f '%e %U %S %M' -o "$tf" -- bash -c 'cd "$1" && shift && "$@" && { [ "$0" = 0 ] || sync; }' \
-    "$sync" "$cwd" "$@" >"$log" 2>&1 || rc=$?
+  /usr/bin/time -f '%e %U %S %M' -o "$tf" -- bash -c 'cd "$0" && "$@"' "$cwd" "$@" >"$log" 2>&1 || rc=$?
   MEASURE_OK=0
   if ((rc)); then
     err="$(last_line "$log") (exit $rc)"
@@ -372,6 +374,10 @@ measure() {
   read -r wall user sys rss < <(tail -n 1 "$tf")
   local cpu; cpu=$(calc "$user + $sys")
   local extra=()
+  if ((sync)); then   # the flush counts in the wall time, not in the tool's CPU time
+    local s0 s1; s0=$(date +%s.%N); sync; s1=$(date +%s.%N)
+    extra+=(sync_s="$(calc "$s1 - $s0")"); wall=$(calc "$wall + $s1 - $s0")
+  fi
   if ((wire && WIRE)); then
     local w1; read -r -a w1 < <(wire_bytes)
     extra+=(wire_up=$((w1[0] - w0[0])) wire_down=$((w1[1] - w0[1])) wire_bytes=$((w1[0] - w0[0] + w1[1] - w0[1])))
@@ -518,8 +524,12 @@ backup_all() {   # TOOL timed|untimed
 }
 
 ensure_stores() {   # TOOL
+  local k
   [[ -z ${BROKEN[$1]:-} ]] || return 0
   PREP_ERR[$1]=
+  if [[ $1 == restic ]]; then   # stale locks of an interrupted earlier run would fail every command
+    for k in day2 rand sparse; do restic -r "$(store_of restic $k)" unlock >/dev/null 2>&1 || true; done
+  fi
   [[ $(cat "$STORES/$1.ready" 2>/dev/null) != "$IMG_HASH" ]] || return 0
   say "making the $1 stores (untimed)"
   local RUN=0; backup_all "$1" untimed
@@ -633,8 +643,8 @@ phase_gc() {
 
 # Starts a FUSE daemon and waits until MOUNT_FILE is there; sets MOUNT_PID, or MOUNT_ERR on failure.
 mount_start() {   # TOOL STORE [FILE to wait for instead of the day-2 image]
-  MOUNT_ERR= MOUNT_PID=
-  if mountpoint -q "$MNT"; then umount -l "$MNT"; fi
+  MOUNT_ERR= MOUNT_PID= MOUNT_TOOL=$1
+  umount -l "$MNT" 2>/dev/null || true   # a dead mount left by an earlier run
   cmd_mount "$1" "$2" "$MNT"
   MOUNT_FILE=${3:-$MOUNT_FILE}
   local log="$LOGS/mount-$1.log" i
@@ -650,49 +660,62 @@ mount_start() {   # TOOL STORE [FILE to wait for instead of the day-2 image]
   return 1
 }
 
+# Ours unmounts on SIGTERM; borg and restic exit when unmounted (killing them leaves a stale lock).
 mount_stop() {
   [[ -n $MOUNT_PID ]] || return 0
-  kill -TERM "$MOUNT_PID" 2>/dev/null || true
   local i
+  if [[ $MOUNT_TOOL == ours ]] || ! umount "$MNT" 2>/dev/null; then kill -TERM "$MOUNT_PID" 2>/dev/null || true; fi
   for ((i = 0; i < 150; i++)); do kill -0 "$MOUNT_PID" 2>/dev/null || break; sleep 0.1; done
-  if mountpoint -q "$MNT"; then umount "$MNT" 2>/dev/null || umount -l "$MNT"; fi
+  umount -l "$MNT" 2>/dev/null || true
   kill -KILL "$MOUNT_PID" 2>/dev/null || true
   wait "$MOUNT_PID" 2>/dev/null || true
   MOUNT_PID=
 }
 
+cold_label() { if ((COLD)); then echo cold; else echo "warm (no drop)"; fi; }
+
+# Starts TOOL's mount from cold caches and records the time until FILE is listed; on failure records
+# the error and returns 1 with MOUNT_ERR set.
+mount_timed() {   # TOOL STORE GROUP LABEL [FILE]
+  local t0 t1
+  MOUNT_ERR=${BROKEN[$1]:-${PREP_ERR[$1]:-}}
+  if [[ -z $MOUNT_ERR ]]; then
+    if ((COLD)); then drop_caches; fi
+    t0=$(date +%s.%N)
+    if mount_start "$1" "$2" "${5:-}"; then
+      t1=$(date +%s.%N)
+      record group="$3" tool="$4" cache="$(cold_label)" wall="$(calc "$t1 - $t0")" cpu="$(proc_cpu "$MOUNT_PID")" \
+        rss_kb="$(awk '/^VmHWM/{print $2}' "/proc/$MOUNT_PID/status")"
+      say "$3 / $4: $(calc "$t1 - $t0")s"
+      return 0
+    fi
+  fi
+  record group="$3" tool="$4" cache="$(cold_label)" error="$MOUNT_ERR"
+  say "$3 / $4: n/a: $MOUNT_ERR"
+  return 1
+}
+
 phase_mount() {
-  local tool label t0 t1 size; size=$(img_size day2)
+  local tool label store size; size=$(img_size day2)
   local g_start="mount: start-up until the day-2 image is listed" g_dd="mount: sequential read, dd bs=1M (day 2)"
   local g_fio="mount: 4 KiB random reads, fio ${FIO_SECS}s (day 2)"
   for tool in $(tools_in ours,borg,restic); do ensure_stores "$tool"; done
   for RUN in $(seq "$RUNS"); do
     for tool in $(tools_in ours,borg,restic); do
-      label=${LABEL[$tool]}
-      local err=${BROKEN[$tool]:-${PREP_ERR[$tool]:-}}
-      ((COLD)) && drop_caches
-      t0=$(date +%s.%N)
-      if [[ -z $err ]] && mount_start "$tool" "$(store_of "$tool" day2)"; then
-        t1=$(date +%s.%N)
-        record group="$g_start" tool="$label" cache=cold wall="$(calc "$t1 - $t0")" \
-          cpu="$(proc_cpu "$MOUNT_PID")" rss_kb="$(awk '/^VmHWM/{print $2}' "/proc/$MOUNT_PID/status")"
-        measure "$g_dd" "$label" --bytes "$size" --daemon "$MOUNT_PID" \
-          -- dd if="$MOUNT_FILE" of=/dev/null bs=1M
-        mount_stop
-      else
-        err=${err:-$MOUNT_ERR}
-        say "$tool mount: n/a: $err"
-        record group="$g_start" tool="$label" cache=cold error="$err"
-        record group="$g_dd" tool="$label" cache=cold error="$err"
-        record group="$g_fio" tool="$label" cache=cold error="$err"
+      label=${LABEL[$tool]} store=$(store_of "$tool" day2)
+      if ! mount_timed "$tool" "$store" "$g_start" "$label"; then
+        record group="$g_dd" tool="$label" cache="$(cold_label)" error="$MOUNT_ERR"
+        record group="$g_fio" tool="$label" cache="$(cold_label)" error="$MOUNT_ERR"
         continue
       fi
+      measure "$g_dd" "$label" --bytes "$size" --daemon "$MOUNT_PID" -- dd if="$MOUNT_FILE" of=/dev/null bs=1M
+      mount_stop
       # A fresh daemon for the random reads, so the sequential pass left nothing in its cache.
-      if mount_start "$tool" "$(store_of "$tool" day2)"; then
+      if mount_start "$tool" "$store"; then
         measure "$g_fio" "$label" --daemon "$MOUNT_PID" --post post_fio -- "${FIO[@]}" --filename="$MOUNT_FILE"
         mount_stop
       else
-        record group="$g_fio" tool="$label" cache=cold error="$MOUNT_ERR"
+        record group="$g_fio" tool="$label" cache="$(cold_label)" error="$MOUNT_ERR"
       fi
     done
   done
@@ -703,7 +726,7 @@ phase_mount() {
 phase_scale() {
   SECTION=scale
   local s bytes img dir="$WORK/scale" store="$STORES/scale" out="$WORK/out/scale" n have k
-  local recipe; recipe=$(sha256sum "$HELPER" | cut -c1-12)
+  local recipe; recipe=$(helper_image_code | sha256sum | cut -c1-12)
   mkdir -p "$dir"
   for s in ${SCALE_SIZES//,/ }; do
     bytes=$(numfmt --from=iec "$s"); img="$dir/synth-$bytes-$recipe.img"
@@ -720,13 +743,13 @@ phase_scale() {
     done
   done
   # Many manifests: the same small image imported on different days.
-  img="$dir/small.img"
+  img="$dir/small-$recipe.img"
   [[ -f $img ]] || python3 "$HELPER" synth "$img" $((256 << 20)) 0.5 4
   rm -rf "$store"; have=0
   for n in ${SCALE_MANIFESTS//,/ }; do
     for ((k = have + 1; k <= n; k++)); do
-      "$DD" --store "$store" import "$img" --as many --date "$(date -u -d "2020-01-01 + $k days" +%F)" >/dev/null ||
-        BROKEN[ours]="import --date failed"
+      "$DD" --store "$store" import "$img" --as many --date "$(date -u -d "2020-01-01 + $k days" +%F)" \
+        >"$LOGS/scale-import.log" 2>&1 || BROKEN[ours]="import --date failed: $(last_line "$LOGS/scale-import.log")"
     done
     have=$n
     local last; last=$(date -u -d "2020-01-01 + $n days" +%Y/%m/%d)
@@ -734,17 +757,7 @@ phase_scale() {
       measure "status, $n manifests" ours -- "$DD" --store "$store" status
       measure "gc --dry-run, $n manifests" ours -- "$DD" --store "$store" gc --dry-run
       measure "verify, $n manifests" ours -- "$DD" --store "$store" verify
-      ((COLD)) && drop_caches
-      local t0 t1; t0=$(date +%s.%N)
-      MOUNT_PID=
-      if [[ -z ${BROKEN[ours]:-} ]] && mount_start ours "$store" "$MNT/$last/many.img"; then
-        t1=$(date +%s.%N)
-        record group="mount start-up, $n manifests" tool=ours cache=cold \
-          wall="$(calc "$t1 - $t0")" rss_kb="$(awk '/^VmHWM/{print $2}' "/proc/$MOUNT_PID/status")"
-        mount_stop
-      else
-        record group="mount start-up, $n manifests" tool=ours cache=cold error="${BROKEN[ours]:-$MOUNT_ERR}"
-      fi
+      if mount_timed ours "$store" "mount start-up, $n manifests" ours "$MNT/$last/many.img"; then mount_stop; fi
     done
   done
   rm -rf "$store"
