@@ -384,13 +384,11 @@ def cmd_report(runs_path, machine_path, *opts):
             runs = [json.loads(line) for line in f if line.strip()]
     rows = summarize(runs)
     out = [f"# diskdump benchmark, {machine.get('date', '')}", ""]
-    for k in ("machine", "settings", "versions"):
-        if machine.get(k):
-            out.append(f"**{k}:** " + "; ".join(f"{a}: {b}" for a, b in machine[k].items()))
-            out.append("")
-    if machine.get("images"):
-        out.append("**images:** " + "; ".join(machine["images"]))
-        out.append("")
+    for k in ("machine", "settings", "versions", "images"):
+        v = machine.get(k)
+        if v:
+            items = v.items() if isinstance(v, dict) else [(None, x) for x in v]
+            out += [f"**{k}:** " + "; ".join(f"{a}: {b}" if a else str(b) for a, b in items), ""]
     out.append("Medians over the runs. CPU s is user+sys of the command and its children; for dumps "
                "\"+remote\" is the CPU of sshd and the agent on the SSH side; for mounts it includes the FUSE "
                "daemon. Peak RSS of a mount is the FUSE daemon's. \"vs ours\" is the tool's wall time over "

@@ -5,10 +5,11 @@
 #
 #   bash examples/bench.sh [--size 2G] [--runs 3] [--quick] [--markdown FILE] [--json FILE]
 #                          [--only limits,import,dump,restore,mount,verify,gc] [--tools ours,python,borg,restic]
-#                          [--warm] [--fio-seconds 10] [--workdir /var/tmp/diskdump-bench]
+#                          [--warm] [--fio-seconds 10] [--workdir /var/tmp/diskdump-bench] [--bin DISKDUMP]
 #   bash examples/bench.sh --scale [--scale-sizes 1G,2G,4G,8G] [--scale-manifests 1,10,100] [--runs 3]
 #
 # --quick is --size 256M --runs 1 --fio-seconds 3 (a smoke test of the harness, not a measurement).
+# --warm skips dropping the page cache; --bin times a given diskdump binary instead of building this tree.
 # Run as root on Debian 12: it installs what is missing (borgbackup restic fio lz4 e2fsprogs openssh-server
 # fuse3 time nftables), the Python diskdump 0.1.5 into a venv under the work dir, and runs
 # `cargo build --release`. Everything else stays in the work dir; rm -rf it to clean up.
@@ -56,10 +57,10 @@ HELPER="$REPO/examples/bench.py"
 
 SIZE= RUNS= QUICK=0 MARKDOWN= JSON= ONLY=limits,import,dump,restore,mount,verify,gc
 TOOLS=ours,python,borg,restic WORK=/var/tmp/diskdump-bench SCALE=0 FIO_SECS= COLD=1
-SCALE_SIZES=1G,2G,4G,8G SCALE_MANIFESTS=1,10,100
+SCALE_SIZES=1G,2G,4G,8G SCALE_MANIFESTS=1,10,100 BIN=
 
 abspath() { case $1 in /*) echo "$1" ;; *) echo "$ORIG/$1" ;; esac; }
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while (($#)); do
   case $1 in
     --size) SIZE=$2; shift 2 ;;
@@ -72,6 +73,7 @@ while (($#)); do
     --warm) COLD=0; shift ;;
     --fio-seconds) FIO_SECS=$2; shift 2 ;;
     --workdir) WORK=$(abspath "$2"); shift 2 ;;
+    --bin) BIN=$(abspath "$2"); shift 2 ;;
     --scale) SCALE=1; shift ;;
     --scale-sizes) SCALE_SIZES=$2; shift 2 ;;
     --scale-manifests) SCALE_MANIFESTS=$2; shift 2 ;;
@@ -129,7 +131,9 @@ setup_tools() {
   if [[ -n ${BROKEN[borgbackup]:-} ]]; then BROKEN[borg]=${BROKEN[borgbackup]}; fi
   modprobe fuse 2>/dev/null || true
   modprobe loop 2>/dev/null || true
-  if on "$TOOLS" ours; then
+  if [[ -n $BIN ]]; then
+    DD=$BIN
+  elif on "$TOOLS" ours; then
     say "cargo build --release"
     if cargo build --release >"$LOGS/cargo.log" 2>&1; then
       DD="$REPO/target/release/diskdump"
@@ -754,10 +758,10 @@ phase_scale() {
     have=$n
     local last; last=$(date -u -d "2020-01-01 + $n days" +%Y/%m/%d)
     for RUN in $(seq "$RUNS"); do
-      measure "status, $n manifests" ours -- "$DD" --store "$store" status
-      measure "gc --dry-run, $n manifests" ours -- "$DD" --store "$store" gc --dry-run
-      measure "verify, $n manifests" ours -- "$DD" --store "$store" verify
-      if mount_timed ours "$store" "mount start-up, $n manifests" ours "$MNT/$last/many.img"; then mount_stop; fi
+      measure "status, manifests: $n" ours -- "$DD" --store "$store" status
+      measure "gc --dry-run, manifests: $n" ours -- "$DD" --store "$store" gc --dry-run
+      measure "verify, manifests: $n" ours -- "$DD" --store "$store" verify
+      if mount_timed ours "$store" "mount start-up, manifests: $n" ours "$MNT/$last/many.img"; then mount_stop; fi
     done
   done
   rm -rf "$store"
@@ -777,7 +781,8 @@ trap 'exit 130' INT TERM
 
 machine_info() {
   local v=() t
-  v+=("diskdump=$(git -C "$REPO" describe --always --dirty 2>/dev/null || echo '?')")
+  if [[ -n $BIN ]]; then v+=("$("$BIN" --version 2>&1 | head -n 1) ($BIN)")
+  else v+=("diskdump $(git -C "$REPO" describe --always --dirty 2>/dev/null || echo '?')"); fi
   command -v borg >/dev/null && v+=("$(borg --version)")
   command -v restic >/dev/null && v+=("$(restic version | cut -d' ' -f1,2)")
   [[ -x $PYDD ]] && v+=("python diskdump $("$PYDD" -m pip show diskdump 2>/dev/null | awk '/^Version/{print $2}')")
@@ -794,7 +799,7 @@ json.dump({
               "work dir": "$WORK on $(findmnt -no FSTYPE,SOURCE -T "$WORK" | tr -s ' ')"},
   "settings": {"size": "$SIZE", "runs": $RUNS, "fio seconds": $FIO_SECS, "caches": "$( ((COLD)) && echo 'cold rows drop caches' || echo 'all warm (--warm)')",
                "scale": bool($SCALE), "only": "$ONLY", "tools": "$TOOLS"},
-  "versions": {f"v{i}": x for i, x in enumerate(sys.argv[2:])},
+  "versions": sys.argv[2:],
   "images": images,
 }, open(sys.argv[1], "w"), indent=1)
 EOF
