@@ -8,6 +8,7 @@ Standard library only (python3 >= 3.9). Each subcommand is one step the shell sc
   rand OUT SIZE SEED         SIZE incompressible bytes (AES-128-CTR over zeros, fixed key)
   zerofrac IMG [BS]          fraction of BS-byte blocks that are all zero (holes count as zero)
   record FILE KEY=VALUE...   append one measurement as a JSON line
+  machine FILE SECTION:KEY=VALUE...   the run's facts (machine, settings, versions, images)
   fio-iops FILE              read IOPS from fio's JSON output
   free-port                  a free TCP port on 127.0.0.1
   report RUNS MACHINE [--markdown F] [--json F]   the table of medians
@@ -258,6 +259,26 @@ def cmd_record(path, *pairs):
         f.write(json.dumps(rec) + "\n")
 
 
+def cmd_machine(path, *pairs):
+    """Writes the run's facts: SECTION:KEY=VALUE pairs (KEY empty: appended to a list) plus this machine."""
+    with open("/proc/meminfo") as f:
+        mem = int(f.read().split()[1]) / 2**20
+    with open("/proc/cpuinfo") as f:
+        cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "?")
+    info = {"machine": {"nproc": os.cpu_count(), "CPU": cpu, "kernel": os.uname().release, "RAM": f"{mem:.1f} GiB"}}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        section, _, name = key.rpartition(":")
+        if not section:
+            info[name] = value
+        elif name:
+            info.setdefault(section, {})[name] = value
+        else:
+            info.setdefault(section, []).append(value)
+    with open(path, "w") as f:
+        json.dump(info, f, indent=1)
+
+
 def cmd_fio_iops(path):
     with open(path) as f:
         text = f.read()
@@ -408,7 +429,7 @@ def cmd_report(runs_path, machine_path, *opts):
 
 COMMANDS = {
     "fill": cmd_fill, "day2": cmd_day2, "synth": cmd_synth, "rand": cmd_rand, "zerofrac": cmd_zerofrac,
-    "record": cmd_record, "fio-iops": cmd_fio_iops, "free-port": cmd_free_port, "report": cmd_report,
+    "record": cmd_record, "machine": cmd_machine, "fio-iops": cmd_fio_iops, "free-port": cmd_free_port, "report": cmd_report,
 }
 
 if __name__ == "__main__":

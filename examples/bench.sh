@@ -780,42 +780,33 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 machine_info() {
-  local v=() t
-  if [[ -n $BIN ]]; then v+=("$("$BIN" --version 2>&1 | head -n 1) ($BIN)")
-  else v+=("diskdump $(git -C "$REPO" describe --always --dirty 2>/dev/null || echo '?')"); fi
-  command -v borg >/dev/null && v+=("$(borg --version)")
-  command -v restic >/dev/null && v+=("$(restic version | cut -d' ' -f1,2)")
-  [[ -x $PYDD ]] && v+=("python diskdump $("$PYDD" -m pip show diskdump 2>/dev/null | awk '/^Version/{print $2}')")
-  v+=("$(fio --version 2>/dev/null)" "lz4 $(lz4 --version 2>&1 | grep -o 'v[0-9.]*' | head -n 1)" "$(openssl version | cut -d' ' -f1,2)")
-  python3 - "$MACHINE_FILE" "${v[@]}" <<EOF
-import json, os, platform, sys
-mem = int(open("/proc/meminfo").read().split()[1]) / 2**20
-cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-images = open("$IMG/info").read().splitlines() if os.path.exists("$IMG/info") else []
-json.dump({
-  "date": "$(date -u +%FT%TZ)",
-  "machine": {"nproc": os.cpu_count(), "CPU": cpu, "kernel": platform.release(), "RAM": f"{mem:.1f} GiB",
-              "load average at start": "$(cut -d' ' -f1-3 /proc/loadavg)",
-              "work dir": "$WORK on $(findmnt -no FSTYPE,SOURCE -T "$WORK" | tr -s ' ')"},
-  "settings": {"size": "$SIZE", "runs": $RUNS, "fio seconds": $FIO_SECS, "caches": "$( ((COLD)) && echo 'cold rows drop caches' || echo 'all warm (--warm)')",
-               "scale": bool($SCALE), "only": "$ONLY", "tools": "$TOOLS"},
-  "versions": sys.argv[2:],
-  "images": images,
-}, open(sys.argv[1], "w"), indent=1)
-EOF
+  local v=()
+  if [[ -n $BIN ]]; then v+=("versions:=$("$BIN" --version 2>&1 | head -n 1) ($BIN)")
+  else v+=("versions:=diskdump $(git -C "$REPO" describe --always --dirty 2>/dev/null || echo '?')"); fi
+  if command -v borg >/dev/null; then v+=("versions:=$(borg --version)"); fi
+  if command -v restic >/dev/null; then v+=("versions:=$(restic version | cut -d' ' -f1,2)"); fi
+  if [[ -x $PYDD ]]; then v+=("versions:=python diskdump $("$PYDD" -m pip show diskdump 2>/dev/null | awk '/^Version/{print $2}')"); fi
+  v+=("versions:=$(fio --version 2>/dev/null)" "versions:=lz4 $(lz4 --version 2>&1 | grep -o 'v[0-9.]*' | head -n 1)"
+    "versions:=$(openssl version | cut -d' ' -f1,2)")
+  if [[ -f $IMG/info ]]; then while read -r line; do v+=("images:=$line"); done <"$IMG/info"; fi
+  python3 "$HELPER" machine "$MACHINE_FILE" "date=$START_DATE" "machine:load average at start=$START_LOAD" \
+    "machine:work dir=$WORK on $(findmnt -no FSTYPE,SOURCE -T "$WORK" | tr -s ' ')" \
+    "settings:size=$SIZE" "settings:runs=$RUNS" "settings:fio seconds=$FIO_SECS" "settings:only=$ONLY" \
+    "settings:tools=$TOOLS" "settings:caches=$(if ((COLD)); then echo 'cold rows drop the page cache first'; else echo 'all warm (--warm)'; fi)" \
+    "settings:bytes on the wire=$(if ((WIRE)); then echo "nftables counters on lo for the sshd's port $SSH_PORT"; else echo 'not measured (no sshd or no nftables)'; fi)" \
+    "settings:remote CPU=$(if [[ -n $CG ]]; then echo "cgroup v$CG_V of the sshd"; else echo 'not measured'; fi)" "${v[@]}"
 }
 
 main() {
+  START_DATE=$(date -u +%FT%TZ) START_LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
   say "results in $RESULTS"
   setup_tools
   if ((SCALE)); then
     IMG=$WORK; : "${DD:?our diskdump did not build: ${BROKEN[ours]:-}}"
-    machine_info
     phase_scale
   else
     prepare_images
     cat "$IMG/info" >&2
-    machine_info
     local p
     for p in limits import dump restore mount verify gc; do
       on "$ONLY" "$p" || continue
@@ -823,9 +814,10 @@ main() {
       "phase_$p"
     done
   fi
+  machine_info
   local args=()
-  [[ -n $MARKDOWN ]] && args+=(--markdown "$MARKDOWN")
-  [[ -n $JSON ]] && args+=(--json "$JSON")
+  if [[ -n $MARKDOWN ]]; then args+=(--markdown "$MARKDOWN"); fi
+  if [[ -n $JSON ]]; then args+=(--json "$JSON"); fi
   python3 "$HELPER" report "$RUNS_FILE" "$MACHINE_FILE" --markdown "$RESULTS/report.md" --json "$RESULTS/report.json" >/dev/null
   python3 "$HELPER" report "$RUNS_FILE" "$MACHINE_FILE" "${args[@]}"
 }
