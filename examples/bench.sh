@@ -84,6 +84,12 @@ done
 if ((QUICK)); then SIZE=${SIZE:-256M} RUNS=${RUNS:-1} FIO_SECS=${FIO_SECS:-3}; fi
 SIZE=${SIZE:-2G} RUNS=${RUNS:-3} FIO_SECS=${FIO_SECS:-10}
 SIZE_BYTES=$(numfmt --from=iec "$SIZE")
+for x in ${ONLY//,/ }; do
+  [[ ,limits,import,dump,restore,mount,verify,gc, == *",$x,"* ]] || { echo "--only: unknown part $x" >&2; exit 2; }
+done
+for x in ${TOOLS//,/ }; do
+  [[ ,ours,python,borg,restic, == *",$x,"* ]] || { echo "--tools: unknown tool $x" >&2; exit 2; }
+done
 [[ $(id -u) == 0 ]] || { echo "bench.sh needs root (loop mounts, drop_caches, sshd, FUSE)" >&2; exit 1; }
 
 STAMP=$(date +%Y%m%d-%H%M%S)
