@@ -467,11 +467,14 @@ cmd_verify() {
   CMD_CWD=$IMG
 }
 
+# borg and restic keep state per repository ID outside the repository (borg refuses a repository older
+# than its cache), so a copy of one gets a copy of that state too.
 cmd_gc_prepare() {   # TOOL STORE GCSTORE: a copy of the store without day 1
   case $1 in
     ours) CMD=(bash -c 'rm -rf "$2" && cp -a "$1" "$2" && rm "$2"/2024/01/01/bench.manifest' _ "$2" "$3") ;;
     python) CMD=(bash -c 'rm -rf "$2" && cp -a "$1" "$2" && rm "$2"/.blockstore/manifests/bench.vda/0.manifest' _ "$2" "$3") ;;
-    borg|restic) CMD=(bash -c 'rm -rf "$2" && cp -a "$1" "$2"' _ "$2" "$3") ;;
+    borg) CMD=(bash -c 'rm -rf "$2" "$2.base" && cp -a "$1" "$2" && cp -a "$BORG_BASE_DIR" "$2.base"' _ "$2" "$3") ;;
+    restic) CMD=(bash -c 'rm -rf "$2" "$2.cache" && cp -a "$1" "$2" && cp -a "$RESTIC_CACHE_DIR" "$2.cache"' _ "$2" "$3") ;;
   esac
   CMD_CWD=$IMG
 }
@@ -480,8 +483,8 @@ cmd_gc() {   # TOOL GCSTORE
   case $1 in
     ours) CMD=("$DD" --store "$2" gc) ;;
     python) CMD=(env DISKDUMP_BASE="$2" "$PYDD" -m diskdump gc) ;;
-    borg) CMD=(bash -c 'borg delete "$1::day1" && borg compact "$1"' _ "$2") ;;
-    restic) CMD=(bash -c 'id=$(restic -r "$1" snapshots --tag day1 --json | python3 -c "import json,sys; print(json.load(sys.stdin)[0][\"id\"])") && restic -r "$1" forget "$id" --prune' _ "$2") ;;
+    borg) CMD=(env BORG_BASE_DIR="$2.base" bash -c 'borg delete "$1::day1" && borg compact "$1"' _ "$2") ;;
+    restic) CMD=(env RESTIC_CACHE_DIR="$2.cache" bash -c 'id=$(restic -r "$1" snapshots --tag day1 --json | python3 -c "import json,sys; print(json.load(sys.stdin)[0][\"id\"])") && restic -r "$1" forget "$id" --prune' _ "$2") ;;
   esac
   CMD_CWD=$IMG
 }
@@ -648,7 +651,7 @@ phase_gc() {
       measure "gc after deleting day 1" "${LABEL[$tool]}" --store "$gcs" --sync -- "${CMD[@]}"
     done
   done
-  rm -rf "$gcs"
+  rm -rf "$gcs" "$gcs.base" "$gcs.cache"
 }
 
 # Starts a FUSE daemon and waits until MOUNT_FILE is there; sets MOUNT_PID, or MOUNT_ERR on failure.
