@@ -293,7 +293,7 @@ def cmd_free_port():
     s.close()
 
 
-NUMERIC = ("wall", "cpu", "remote_cpu", "rss_kb", "store_bytes", "wire_bytes", "wire_up", "wire_down",
+NUMERIC = ("wall", "user", "sys", "cpu", "sync_s", "remote_cpu", "rss_kb", "store_bytes", "wire_bytes", "wire_up", "wire_down",
            "bytes", "iops", "rate", "alloc_bytes")
 
 

@@ -214,7 +214,7 @@ prepare_images() {
   for f in day1 day2 rand sparse; do
     read -r z _ _ < <(python3 "$HELPER" zerofrac "$dir/$f.img")
     printf '%s.img %s, %s%% zero 128 KiB blocks, %s allocated%s\n' "$f" \
-      "$(numfmt --to=iec "$(stat -c %s "$dir/$f.img")")" "$(python3 -c "print(round(100*$z, 1))")" \
+      "$(numfmt --to=iec "$(stat -c %s "$dir/$f.img")")" "$(awk "BEGIN{printf \"%.1f\", 100 * $z}")" \
       "$(du -h "$dir/$f.img" | cut -f1)" \
       "$([[ $f == day* ]] && echo ", ext4 $(ext4_used "$dir/$f.img")% used")" >>"$dir/info"
   done
