@@ -104,7 +104,7 @@ export BORG_BASE_DIR="$WORK/borg-base" BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_O
   BORG_RELOCATED_REPO_ACCESS_IS_OK=yes BORG_DELETE_I_KNOW_WHAT_I_AM_DOING=YES \
   RESTIC_PASSWORD=diskdump-bench RESTIC_CACHE_DIR="$WORK/restic-cache"
 unset SSH_AUTH_SOCK
-SECTION=main RUN=0 MEASURE_OK=0 SSHD_PID= SSH_ERR= MOUNT_PID= MOUNT_TOOL= MOUNT_ERR= MOUNT_FILE= CMD_CWD= DD= PYDD=
+SECTION=main RUN=0 MEASURE_OK=0 SSHD_PID= SSH_ERR= MOUNT_PID= MOUNT_TOOL= MOUNT_ERR= MOUNT_FILE= DD= PYDD=
 declare -A BROKEN=() PREP_ERR=()
 
 say() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
@@ -342,7 +342,7 @@ record() { python3 "$HELPER" record "$RUNS_FILE" section="$SECTION" run="$RUN" "
 prep() {
   local fam=$1 log="$LOGS/prep.log"; shift
   PREP_ERR[$fam]=
-  (cd "${CMD_CWD:-$IMG}" && "$@") >"$log" 2>&1 || PREP_ERR[$fam]="set-up failed ($*): $(last_line "$log")"
+  (cd "$IMG" && "$@") >"$log" 2>&1 || PREP_ERR[$fam]="set-up failed ($*): $(last_line "$log")"
 }
 
 # measure GROUP TOOL [--cache cold|warm] [--store DIR] [--bytes N] [--wire] [--sync] [--cd DIR]
@@ -350,7 +350,7 @@ prep() {
 # Times COMMAND once (run $RUN) and appends a record; on failure the record carries the error.
 measure() {
   local group=$1 tool=$2; shift 2
-  local cache=cold store= bytes= wire=0 sync=0 cwd=${CMD_CWD:-$IMG} out= cmp_a= cmp_b= daemon= post=
+  local cache=cold store= bytes= wire=0 sync=0 cwd=$IMG out= cmp_a= cmp_b= daemon= post=
   while [[ $1 != -- ]]; do
     case $1 in
       --cache) cache=$2; shift 2 ;; --store) store=$2; shift 2 ;; --bytes) bytes=$2; shift 2 ;;
@@ -375,7 +375,6 @@ measure() {
   [[ -n $daemon ]] && d0=$(proc_cpu "$daemon")
   local rc=0
   /usr/bin/time -f '%e %U %S %M' -o "$tf" -- bash -c 'cd "$0" && "$@"' "$cwd" "$@" >"$log" 2>&1 || rc=$?
-  MEASURE_OK=0
   if ((rc)); then
     err="$(last_line "$log") (exit $rc)"
     record "${base[@]}" error="$err"; say "$group / $tool: FAILED: $err"; return 0
@@ -416,7 +415,8 @@ proc_cpu() {   # seconds of CPU (user+sys) of a live process
 }
 
 # ------------------------------------------------------------------------------------------ the tools
-# Each cmd_* function sets CMD (and CMD_CWD) for one tool; the phases below time them with measure.
+# Each cmd_* function sets CMD for one tool; the phases below time them with measure (in the image
+# directory, so borg and restic archive plain file names; restores run in their output directory).
 
 declare -A DATES=([day1]=2024-01-01T03:00:00Z [day2]=2024-01-02T03:00:00Z [rand]=2024-01-03T03:00:00Z
   [sparse]=2024-01-04T03:00:00Z)
@@ -430,7 +430,6 @@ cmd_init() {   # TOOL STORE
     borg) CMD=(bash -c 'rm -rf "$1" && borg init -e none "$1"' _ "$2") ;;
     restic) CMD=(bash -c 'rm -rf "$1" && restic -q -r "$1" init' _ "$2") ;;
   esac
-  CMD_CWD=$IMG
 }
 
 cmd_backup() {   # TOOL STORE KIND
@@ -441,7 +440,6 @@ cmd_backup() {   # TOOL STORE KIND
     borg) CMD=(borg create --sparse --chunker-params fixed,131072 --compression lz4 "$2::$3" "$3.img") ;;
     restic) CMD=(restic -r "$2" backup --tag "$3" "$3.img") ;;
   esac
-  CMD_CWD=$IMG
 }
 
 cmd_restore() {   # TOOL STORE KIND OUTDIR [sparse]
@@ -454,7 +452,6 @@ cmd_restore() {   # TOOL STORE KIND OUTDIR [sparse]
     borg) CMD=(borg extract ${5:+--sparse} "$2::$3") ;;
     restic) CMD=(restic -r "$2" restore latest --tag "$3" --target "$4") ;;
   esac
-  CMD_CWD=$4
 }
 
 cmd_verify() {
@@ -464,7 +461,6 @@ cmd_verify() {
     borg) CMD=(borg check --verify-data "$2") ;;
     restic) CMD=(restic -r "$2" check --read-data) ;;
   esac
-  CMD_CWD=$IMG
 }
 
 # borg and restic keep state per repository ID outside the repository (borg refuses a repository older
@@ -476,7 +472,6 @@ cmd_gc_prepare() {   # TOOL STORE GCSTORE: a copy of the store without day 1
     borg) CMD=(bash -c 'rm -rf "$2" "$2.base" && cp -a "$1" "$2" && cp -a "$BORG_BASE_DIR" "$2.base"' _ "$2" "$3") ;;
     restic) CMD=(bash -c 'rm -rf "$2" "$2.cache" && cp -a "$1" "$2" && cp -a "$RESTIC_CACHE_DIR" "$2.cache"' _ "$2" "$3") ;;
   esac
-  CMD_CWD=$IMG
 }
 
 cmd_gc() {   # TOOL GCSTORE
@@ -486,7 +481,6 @@ cmd_gc() {   # TOOL GCSTORE
     borg) CMD=(env BORG_BASE_DIR="$2.base" bash -c 'borg delete "$1::day1" && borg compact "$1"' _ "$2") ;;
     restic) CMD=(env RESTIC_CACHE_DIR="$2.cache" bash -c 'id=$(restic -r "$1" snapshots --tag day1 --json | python3 -c "import json,sys; print(json.load(sys.stdin)[0][\"id\"])") && restic -r "$1" forget "$id" --prune' _ "$2") ;;
   esac
-  CMD_CWD=$IMG
 }
 
 cmd_mount() {   # TOOL STORE MOUNTPOINT; sets MOUNT_FILE, the day-2 image inside the mount
@@ -495,7 +489,6 @@ cmd_mount() {   # TOOL STORE MOUNTPOINT; sets MOUNT_FILE, the day-2 image inside
     borg) CMD=(borg mount -f "$2::day2" "$3"); MOUNT_FILE="$3/day2.img" ;;
     restic) CMD=(restic -r "$2" mount "$3"); MOUNT_FILE="$3/tags/day2/latest/day2.img" ;;
   esac
-  CMD_CWD=$IMG
 }
 
 cmd_dump() {   # TOOL STORE KIND COMPRESS
@@ -504,7 +497,6 @@ cmd_dump() {   # TOOL STORE KIND COMPRESS
     ours) CMD=(env HOME="$WORK/ssh/home" "$DD" --store "$2" dump "$target" --as bench --compress "$4") ;;
     python) CMD=(env PATH="$WORK/bin:$PATH" DISKDUMP_BASE="$2" "$PYDD" -m diskdump dump "$target" --as bench) ;;
   esac
-  CMD_CWD=$IMG
 }
 
 # ------------------------------------------------------------------------------------------ phases
