@@ -254,7 +254,7 @@ def cmd_record(path, *pairs):
     for pair in pairs:
         k, _, v = pair.partition("=")
         if v != "":
-            rec[k] = v if k in ("error", "note", "group", "tool") else parse_value(v)
+            rec[k] = v if k in ("error", "group", "tool") else parse_value(v)
     with open(path, "a") as f:
         f.write(json.dumps(rec) + "\n")
 
@@ -314,7 +314,7 @@ def summarize(runs):
         if key not in index:
             index[key] = len(rows)
             rows.append({"section": key[0], "group": key[1], "tool": key[2], "cache": r.get("cache", ""),
-                         "ok": [], "errors": [], "note": r.get("note", "")})
+                         "ok": [], "errors": []})
         row = rows[index[key]]
         (row["errors"] if "error" in r else row["ok"]).append(r)
     for row in rows:
@@ -361,8 +361,6 @@ def cells(row):
         notes.append(f"{m['iops']:,.0f} IOPS")
     if "alloc_bytes" in m:
         notes.append(f"output allocates {human_bytes(m['alloc_bytes'])}")
-    if row["note"]:
-        notes.append(row["note"])
     if row["runs_ok"] < row["runs"]:
         notes.append(f"{row['runs'] - row['runs_ok']} of {row['runs']} runs failed: {row['error'][:80]}")
     return [
