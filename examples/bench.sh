@@ -1,0 +1,826 @@
+#!/usr/bin/env bash
+# The benchmark: diskdump against the Python diskdump 0.1.5, borg 1.2 and restic 0.14, and against the
+# machine's own limits, in one run on one machine. Prints a table of medians; a failing tool or command
+# gives a row "n/a: <error>" and the benchmark goes on.
+#
+#   bash examples/bench.sh [--size 2G] [--runs 3] [--quick] [--markdown FILE] [--json FILE]
+#                          [--only limits,import,dump,restore,mount,verify,gc] [--tools ours,python,borg,restic]
+#                          [--warm] [--fio-seconds 10] [--workdir /var/tmp/diskdump-bench] [--bin DISKDUMP]
+#   bash examples/bench.sh --scale [--scale-sizes 1G,2G,4G,8G] [--scale-manifests 1,10,100] [--runs 3]
+#
+# --quick is --size 256M --runs 1 --fio-seconds 3 (a smoke test of the harness, not a measurement).
+# --warm skips dropping the page cache; --bin times a given diskdump binary instead of building this tree.
+# Run as root on Debian 12: it installs what is missing (borgbackup restic fio lz4 e2fsprogs openssh-server
+# fuse3 time nftables), the Python diskdump 0.1.5 into a venv under the work dir, and runs
+# `cargo build --release`. Everything else stays in the work dir; rm -rf it to clean up.
+#
+# Images (under WORKDIR/images/<size>-<recipe hash>/, reused while the recipe below and bench.py are unchanged;
+# the ext4 images copy this machine's system files, so they are reproducible per machine, not across machines):
+#   day1.img   SIZE ext4 (mkfs.ext4 -d, fixed UUID, hash seed and time): a generated web-server log (8% of
+#              the file budget, compresses ~8x), /etc, /usr/share/doc twice, /usr/bin twice (duplicated trees),
+#              /usr/share, /usr/lib, copied in sorted order until the files take 66% of SIZE (about 70% used
+#              with metadata); the rest is zero. The zero-block fraction (128 KiB blocks) is printed.
+#   day2.img   day1 loop-mounted and changed the next day: every 33rd file deleted, every 33rd (offset 11)
+#              modified (4 KiB overwritten in the middle, or a line appended), /usr/include copied in (3% of
+#              the file bytes) and 1% more log appended; then unmounted.
+#   rand.img   SIZE/2 incompressible bytes: AES-128-CTR over zeros with a fixed key (openssl enc).
+#   sparse.img 2*SIZE, 3% data: 1 MiB pieces (alternately random and log text) at spread 4 KiB-aligned offsets,
+#              holes between.
+#
+# What is measured, per tool and operation (medians over --runs runs): wall time, CPU time (user+sys of the
+# command and its children, via /usr/bin/time), peak RSS, store/repository size after (du -sb), and for
+# dumps the bytes on the wire. "cold" rows drop the page cache first (sync; echo 3 > drop_caches), the same for
+# every tool; "warm" rows read from the page cache. Commands that write a store or an output file are timed
+# including a final `sync` (its time is added to the wall time, not to the tool's CPU time), so a tool that
+# fsyncs and one that does not are compared on the same terms.
+#   ours:    import day 1 into an empty store, then day 2 into the same store; import of rand and sparse;
+#            dump over SSH (day 1, day 2, day 2 unchanged, rand, sparse; --compress lz4 and zlib);
+#            restore -o (sparse output); mount start-up, sequential dd bs=1M, fio 4 KiB random reads
+#            (psync, 1 job); verify; gc after deleting day 1's manifest.
+#   python:  diskdump 0.1.5 import, dump (the same sshd, through ssh/scp wrappers that pass -F), restore,
+#            verify, gc.
+#   borg:    init -e none; create --sparse --chunker-params fixed,131072 --compression lz4; extract and
+#            extract --sparse; mount -f + dd + fio; check --verify-data; delete day 1 + compact.
+#   restic:  backup; restore; mount + dd + fio; check --read-data; forget day 1 --prune.
+#   limits:  openssl speed -evp sha256 (128 KiB), lz4 -1 and lz4 -d, cat from page cache and from disk,
+#            sha256sum, fio on the local image, ssh throughput over the same loopback sshd.
+# Bytes on the wire: the dumps go to a throwaway sshd on its own 127.0.0.1 port; an nftables table counts
+# the packets to and from that port on the output hook of lo (each loopback packet passes it once), so
+# other traffic is not counted; bytes are IP packet lengths (payload + ~52 header bytes per packet).
+# The remote side's CPU (sshd + agent) is the sshd's cgroup CPU usage (cpuacct or cgroup v2 cpu.stat).
+# shellcheck disable=SC1007,SC2054  # `a= b=` are empty assignments; commas are in option values
+set -euo pipefail
+ORIG=$PWD
+cd "$(dirname "$0")/.."
+REPO=$PWD
+HELPER="$REPO/examples/bench.py"
+
+SIZE= RUNS= QUICK=0 MARKDOWN= JSON= ONLY=limits,import,dump,restore,mount,verify,gc
+TOOLS=ours,python,borg,restic WORK=/var/tmp/diskdump-bench SCALE=0 FIO_SECS= COLD=1
+SCALE_SIZES=1G,2G,4G,8G SCALE_MANIFESTS=1,10,100 BIN=
+
+abspath() { case $1 in /*) echo "$1" ;; *) echo "$ORIG/$1" ;; esac; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+while (($#)); do
+  case $1 in
+    --size) SIZE=$2; shift 2 ;;
+    --runs) RUNS=$2; shift 2 ;;
+    --quick) QUICK=1; shift ;;
+    --markdown) MARKDOWN=$(abspath "$2"); shift 2 ;;
+    --json) JSON=$(abspath "$2"); shift 2 ;;
+    --only) ONLY=$2; shift 2 ;;
+    --tools) TOOLS=$2; shift 2 ;;
+    --warm) COLD=0; shift ;;
+    --fio-seconds) FIO_SECS=$2; shift 2 ;;
+    --workdir) WORK=$(abspath "$2"); shift 2 ;;
+    --bin) BIN=$(abspath "$2"); shift 2 ;;
+    --scale) SCALE=1; shift ;;
+    --scale-sizes) SCALE_SIZES=$2; shift 2 ;;
+    --scale-manifests) SCALE_MANIFESTS=$2; shift 2 ;;
+    -h|--help) usage ;;
+    *) echo "unknown argument: $1" >&2; usage 2 ;;
+  esac
+done
+if ((QUICK)); then SIZE=${SIZE:-256M} RUNS=${RUNS:-1} FIO_SECS=${FIO_SECS:-3}; fi
+SIZE=${SIZE:-2G} RUNS=${RUNS:-3} FIO_SECS=${FIO_SECS:-10}
+SIZE_BYTES=$(numfmt --from=iec "$SIZE")
+for x in ${ONLY//,/ }; do
+  [[ ,limits,import,dump,restore,mount,verify,gc, == *",$x,"* ]] || { echo "--only: unknown part $x" >&2; exit 2; }
+done
+for x in ${TOOLS//,/ }; do
+  [[ ,ours,python,borg,restic, == *",$x,"* ]] || { echo "--tools: unknown tool $x" >&2; exit 2; }
+done
+[[ $(id -u) == 0 ]] || { echo "bench.sh needs root (loop mounts, drop_caches, sshd, FUSE)" >&2; exit 1; }
+
+STAMP=$(date +%Y%m%d-%H%M%S)
+RESULTS="$WORK/results/$STAMP"
+LOGS="$RESULTS/logs"
+RUNS_FILE="$RESULTS/runs.jsonl"
+MACHINE_FILE="$RESULTS/machine.json"
+STORES="$WORK/stores"
+MNT="$WORK/mnt"
+mkdir -p "$LOGS" "$STORES" "$MNT" "$WORK/bin" "$WORK/out"
+export BORG_BASE_DIR="$WORK/borg-base" BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes \
+  BORG_RELOCATED_REPO_ACCESS_IS_OK=yes BORG_DELETE_I_KNOW_WHAT_I_AM_DOING=YES \
+  RESTIC_PASSWORD=diskdump-bench RESTIC_CACHE_DIR="$WORK/restic-cache"
+unset SSH_AUTH_SOCK
+SECTION=main RUN=0 MEASURE_OK=0 SSHD_PID= SSH_ERR= MOUNT_PID= MOUNT_TOOL= MOUNT_ERR= MOUNT_FILE= DD= PYDD=
+declare -A BROKEN=() PREP_ERR=()
+
+say() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
+on() { [[ ",$1," == *",$2,"* ]]; }
+family() { echo "${1%% *}"; }
+# The last meaningful line of a log (progress bars use \r), for error rows.
+last_line() { { tr '\r' '\n' <"$1" | sed 's/\x1b\[[0-9;]*[A-Za-z]//g' | grep -v '^[[:space:]]*$' |
+  grep -v '^Command exited with non-zero status' | tail -n 1 | cut -c1-200; } || true; }
+calc() { awk "BEGIN{printf \"%.3f\", $*}"; }
+
+# ------------------------------------------------------------------------------------------ setup
+
+install_missing() {
+  local need=(borg:borgbackup restic:restic fio:fio lz4:lz4 mkfs.ext4:e2fsprogs /usr/sbin/sshd:openssh-server
+    ssh:openssh-client fusermount3:fuse3 /usr/bin/time:time nft:nftables openssl:openssl losetup:mount)
+  local missing=() p
+  for p in "${need[@]}"; do command -v "${p%%:*}" >/dev/null 2>&1 || missing+=("${p#*:}"); done
+  ((${#missing[@]})) || return 0
+  say "installing: ${missing[*]}"
+  apt-get update -qq >"$LOGS/apt.log" 2>&1 || true
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >>"$LOGS/apt.log" 2>&1 && return 0
+  for p in "${missing[@]}"; do   # one by one, so one missing package does not keep the others out
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$p" >"$LOGS/apt-$p.log" 2>&1 ||
+      BROKEN[$p]="apt-get install $p failed: $(last_line "$LOGS/apt-$p.log")"
+  done
+}
+
+setup_tools() {
+  install_missing
+  if [[ -n ${BROKEN[borgbackup]:-} ]]; then BROKEN[borg]=${BROKEN[borgbackup]}; fi
+  modprobe fuse 2>/dev/null || true
+  modprobe loop 2>/dev/null || true
+  if [[ -n $BIN ]]; then
+    DD=$BIN
+  elif on "$TOOLS" ours; then
+    say "cargo build --release"
+    if cargo build --release >"$LOGS/cargo.log" 2>&1; then
+      DD="$REPO/target/release/diskdump"
+    else
+      BROKEN[ours]="cargo build --release failed: $(last_line "$LOGS/cargo.log")"
+    fi
+  fi
+  PYDD="$WORK/pyvenv/bin/python"
+  if on "$TOOLS" python && ! "$PYDD" -c 'import diskdump' 2>/dev/null; then
+    say "Python diskdump 0.1.5 into $WORK/pyvenv"
+    rm -rf "$WORK/pyvenv"
+    if ! python3 -m venv "$WORK/pyvenv" >"$LOGS/venv.log" 2>&1; then
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >>"$LOGS/venv.log" 2>&1 || true
+      rm -rf "$WORK/pyvenv"
+      python3 -m venv "$WORK/pyvenv" >>"$LOGS/venv.log" 2>&1 || true
+    fi
+    "$WORK/pyvenv/bin/pip" install -q --disable-pip-version-check diskdump==0.1.5 >>"$LOGS/venv.log" 2>&1 ||
+      BROKEN[python]="venv + pip install diskdump==0.1.5 failed: $(last_line "$LOGS/venv.log")"
+  fi
+  # The Python diskdump runs plain `ssh` and `scp`, which read ~/.ssh/config from the passwd home, not
+  # $HOME: these wrappers (first in its PATH) point them at the benchmark's sshd config.
+  printf '#!/bin/sh\nexec /usr/bin/ssh -F %q "$@"\n' "$WORK/ssh/home/.ssh/config" >"$WORK/bin/ssh"
+  printf '#!/bin/sh\nexec /usr/bin/scp -F %q "$@"\n' "$WORK/ssh/home/.ssh/config" >"$WORK/bin/scp"
+  chmod +x "$WORK/bin/ssh" "$WORK/bin/scp"
+}
+
+# ------------------------------------------------------------------------------------------ images
+
+# Everything that decides the images' bytes; its hash names the image directory.
+image_recipe() { declare -f make_images make_ext4_images; helper_image_code; echo "$1"; }
+# The part of bench.py that writes image bytes (not the report code).
+helper_image_code() { sed -n '/^# -* deterministic data/,/^# -* records and the report/p' "$HELPER"; }
+
+make_ext4_images() {   # DIR SIZE_BYTES
+  local dir=$1 size=$2 uuid=6d1e2c1a-5b3b-4c9e-8f00-d15cd0e0bec4
+  rm -rf "$dir/staging"
+  python3 "$HELPER" fill "$dir/staging" $((size * 66 / 100))
+  E2FSPROGS_FAKE_TIME=1704078000 mkfs.ext4 -q -F -U "$uuid" -E "hash_seed=$uuid,root_owner=0:0" \
+    -d "$dir/staging" "$dir/day1.img" "$((size / 1024))k"
+  rm -rf "$dir/staging"
+  cp --sparse=always "$dir/day1.img" "$dir/day2.img"
+  mkdir -p "$dir/mnt"
+  mount -o loop "$dir/day2.img" "$dir/mnt"
+  python3 "$HELPER" day2 "$dir/mnt" || { umount "$dir/mnt"; return 1; }
+  umount "$dir/mnt"
+  rmdir "$dir/mnt"
+}
+
+make_images() {   # DIR SIZE_BYTES
+  local dir=$1 size=$2
+  make_ext4_images "$dir" "$size"
+  python3 "$HELPER" rand "$dir/rand.img" $((size / 2)) 1
+  python3 "$HELPER" synth "$dir/sparse.img" $((size * 2)) 0.03 2
+}
+
+ext4_used() {   # percent of the file system's blocks in use
+  dumpe2fs -h "$1" 2>/dev/null | awk -F: '/^Block count/{t=$2} /^Free blocks/{f=$2} END{printf "%.0f", 100*(t-f)/t}'
+}
+
+prepare_images() {
+  local hash dir
+  hash=$(image_recipe "$SIZE_BYTES" | sha256sum | cut -c1-12)
+  dir="$WORK/images/$SIZE_BYTES-$hash"
+  IMG=$dir IMG_HASH=$hash
+  if [[ -f $dir/done ]]; then say "images: reusing $dir"; return 0; fi
+  for old in "$WORK/images/$SIZE_BYTES"-*; do if [[ -d $old && $old != "$dir" ]]; then rm -rf "$old"; fi; done
+  say "images: making them in $dir (recipe $hash)"
+  rm -rf "$dir"; mkdir -p "$dir"
+  make_images "$dir" "$SIZE_BYTES"
+  local f z
+  : >"$dir/info"
+  for f in day1 day2 rand sparse; do
+    read -r z _ _ < <(python3 "$HELPER" zerofrac "$dir/$f.img")
+    printf '%s.img %s, %s%% zero 128 KiB blocks, %s allocated%s\n' "$f" \
+      "$(numfmt --to=iec "$(stat -c %s "$dir/$f.img")")" "$(awk "BEGIN{printf \"%.1f\", 100 * $z}")" \
+      "$(du -h "$dir/$f.img" | cut -f1)" \
+      "$([[ $f == day* ]] && echo ", ext4 $(ext4_used "$dir/$f.img")% used")" >>"$dir/info"
+  done
+  touch "$dir/done"
+}
+
+img_size() { stat -c %s "$IMG/$1.img"; }
+
+# ------------------------------------------------------------------------------------------ sshd
+
+start_sshd() {
+  local d="$WORK/ssh" i
+  mkdir -p "$d/home/.ssh" /run/sshd
+  [[ -f $d/host_ed25519 ]] || ssh-keygen -q -t ed25519 -N '' -f "$d/host_ed25519" || return 1
+  [[ -f $d/client_ed25519 ]] || ssh-keygen -q -t ed25519 -N '' -f "$d/client_ed25519" || return 1
+  cp "$d/client_ed25519.pub" "$d/authorized_keys"; chmod 644 "$d/authorized_keys"
+  SSH_PORT=$(python3 "$HELPER" free-port)
+  cat >"$d/sshd_config" <<EOF
+Port $SSH_PORT
+ListenAddress 127.0.0.1
+HostKey $d/host_ed25519
+AuthorizedKeysFile $d/authorized_keys
+PidFile $d/sshd.pid
+StrictModes no
+UsePAM no
+PasswordAuthentication no
+PermitRootLogin prohibit-password
+MaxStartups 100
+MaxSessions 100
+Subsystem sftp /usr/lib/openssh/sftp-server
+EOF
+  echo "[127.0.0.1]:$SSH_PORT $(cut -d' ' -f1,2 "$d/host_ed25519.pub")" >"$d/known_hosts"
+  cat >"$d/home/.ssh/config" <<EOF
+Host benchhost
+  HostName 127.0.0.1
+  Port $SSH_PORT
+  User root
+  IdentityFile $d/client_ed25519
+  IdentitiesOnly yes
+  UserKnownHostsFile $d/known_hosts
+  StrictHostKeyChecking yes
+  BatchMode yes
+EOF
+  /usr/sbin/sshd -t -f "$d/sshd_config" || return 1
+  /usr/sbin/sshd -D -e -f "$d/sshd_config" 2>"$d/sshd.log" &
+  SSHD_PID=$!
+  for i in $(seq 100); do
+    [[ $(timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$SSH_PORT && head -c 4 <&3" 2>/dev/null) == SSH- ]] && break
+    sleep 0.05
+  done
+  cgroup_setup "$SSHD_PID" || say "no cgroup for sshd: remote CPU not measured"
+  wire_setup || say "nft counters unavailable: bytes on the wire not measured"
+  "$WORK/bin/ssh" benchhost true || { echo "ssh benchhost true failed: $(tail -n 3 "$d/sshd.log")"; return 1; }
+}
+
+# Starts the sshd once; on failure SSH_ERR says why (and later calls fail at once).
+sshd_ready() {
+  [[ -z $SSHD_PID ]] || return 0
+  [[ -z $SSH_ERR ]] || return 1
+  start_sshd >"$LOGS/sshd-start.log" 2>&1 && return 0
+  SSH_ERR="sshd: $(last_line "$LOGS/sshd-start.log")"
+  stop_sshd
+  return 1
+}
+
+stop_sshd() {
+  [[ -n ${SSHD_PID:-} ]] || return 0
+  kill "$SSHD_PID" 2>/dev/null || true
+  wait "$SSHD_PID" 2>/dev/null || true
+  SSHD_PID=
+}
+
+# Remote CPU: the sshd and every session it forks (the agent too) live in one cgroup.
+CG= CG_V=
+cgroup_setup() {
+  local g
+  if [[ -f /sys/fs/cgroup/cpuacct/cpuacct.usage ]]; then
+    g=/sys/fs/cgroup/cpuacct/diskdump-bench-$$ CG_V=1
+  elif [[ -f /sys/fs/cgroup/cgroup.controllers ]]; then
+    g=/sys/fs/cgroup/diskdump-bench-$$ CG_V=2
+  elif [[ -f /sys/fs/cgroup/unified/cgroup.controllers ]]; then
+    g=/sys/fs/cgroup/unified/diskdump-bench-$$ CG_V=2
+  else return 1; fi
+  mkdir -p "$g" && echo "$1" >"$g/cgroup.procs" && CG=$g
+}
+cgroup_cpu() {   # seconds of CPU used by the cgroup so far
+  [[ -n $CG ]] || return 0
+  if ((CG_V == 1)); then awk '{printf "%.3f", $1/1e9}' "$CG/cpuacct.usage"
+  else awk '$1=="usage_usec"{printf "%.3f", $2/1e6}' "$CG/cpu.stat"; fi
+}
+
+NFT_TABLE=diskdump_bench_$$ WIRE=0
+wire_setup() {
+  nft -f - <<EOF || return 1
+table inet $NFT_TABLE {
+  counter up {}
+  counter down {}
+  chain out {
+    type filter hook output priority 0; policy accept;
+    oif "lo" tcp dport $SSH_PORT counter name "up"
+    oif "lo" tcp sport $SSH_PORT counter name "down"
+  }
+}
+EOF
+  WIRE=1
+}
+wire_bytes() {   # "<to sshd> <from sshd>" in bytes
+  local c
+  for c in up down; do
+    nft list counter inet "$NFT_TABLE" "$c" | grep -o 'bytes [0-9]*' | cut -d' ' -f2
+  done | paste -sd' '
+}
+
+# ------------------------------------------------------------------------------------------ measuring
+
+drop_caches() {
+  sync
+  echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || { COLD=0; say "cannot drop caches: every row is warm"; }
+}
+
+record() { python3 "$HELPER" record "$RUNS_FILE" section="$SECTION" run="$RUN" "$@"; }
+
+# Runs a command untimed for a tool (store set-up); a failure is kept in PREP_ERR and turns the tool's
+# following measurements into error rows until its next prep.
+prep() {
+  local fam=$1 log="$LOGS/prep.log"; shift
+  PREP_ERR[$fam]=
+  (cd "$IMG" && "$@") >"$log" 2>&1 || PREP_ERR[$fam]="set-up failed ($*): $(last_line "$log")"
+}
+
+# measure GROUP TOOL [--cache cold|warm] [--store DIR] [--bytes N] [--wire] [--sync] [--cd DIR]
+#         [--out DIR] [--cmp A B] [--daemon PID] [--post FUNC] -- COMMAND...
+# Times COMMAND once (run $RUN) and appends a record; on failure the record carries the error.
+measure() {
+  local group=$1 tool=$2; shift 2
+  local cache=cold store= bytes= wire=0 sync=0 cwd=$IMG out= cmp_a= cmp_b= daemon= post=
+  while [[ $1 != -- ]]; do
+    case $1 in
+      --cache) cache=$2; shift 2 ;; --store) store=$2; shift 2 ;; --bytes) bytes=$2; shift 2 ;;
+      --wire) wire=1; shift ;; --sync) sync=1; shift ;; --cd) cwd=$2; shift 2 ;; --out) out=$2; shift 2 ;;
+      --cmp) cmp_a=$2 cmp_b=$3; shift 3 ;; --daemon) daemon=$2; shift 2 ;; --post) post=$2; shift 2 ;;
+      *) echo "measure: bad option $1" >&2; return 2 ;;
+    esac
+  done
+  shift
+  local fam; fam=$(family "$tool")
+  local log="$LOGS/$(echo "$SECTION-$group-$tool-$RUN" | tr -c 'A-Za-z0-9.-' '_').log" tf="$LOGS/time.out"
+  [[ $cache == warm ]] || cache=$(cold_label)
+  local base=(group="$group" tool="$tool" cache="$cache")
+  local err=${BROKEN[$fam]:-${PREP_ERR[$fam]:-}}
+  MEASURE_OK=0
+  if [[ -n $err ]]; then record "${base[@]}" error="$err"; say "$group / $tool: n/a: $err"; return 0; fi
+  [[ -z $out ]] || { rm -rf "$out"; mkdir -p "$out"; }
+  [[ $cache == cold ]] && drop_caches
+  local w0=(0 0) r0= d0=
+  ((wire && WIRE)) && read -r -a w0 < <(wire_bytes)
+  ((wire)) && r0=$(cgroup_cpu)
+  [[ -n $daemon ]] && d0=$(proc_cpu "$daemon")
+  local rc=0
+  /usr/bin/time -f '%e %U %S %M' -o "$tf" -- bash -c 'cd "$0" && "$@"' "$cwd" "$@" >"$log" 2>&1 || rc=$?
+  if ((rc)); then
+    err="$(last_line "$log") (exit $rc)"
+    record "${base[@]}" error="$err"; say "$group / $tool: FAILED: $err"; return 0
+  fi
+  local wall user sys rss
+  read -r wall user sys rss < <(tail -n 1 "$tf")
+  local cpu; cpu=$(calc "$user + $sys")
+  local extra=()
+  if ((sync)); then   # the flush counts in the wall time, not in the tool's CPU time
+    local s0 s1; s0=$(date +%s.%N); sync; s1=$(date +%s.%N)
+    extra+=(sync_s="$(calc "$s1 - $s0")"); wall=$(calc "$wall + $s1 - $s0")
+  fi
+  if ((wire && WIRE)); then
+    local w1; read -r -a w1 < <(wire_bytes)
+    extra+=(wire_up=$((w1[0] - w0[0])) wire_down=$((w1[1] - w0[1])) wire_bytes=$((w1[0] - w0[0] + w1[1] - w0[1])))
+  fi
+  [[ -z $r0 ]] || extra+=(remote_cpu="$(calc "$(cgroup_cpu) - $r0")")
+  if [[ -n $daemon ]]; then   # a FUSE daemon's CPU counts with the reader's; its peak RSS is the row's
+    cpu=$(calc "$cpu + $(proc_cpu "$daemon") - $d0")
+    rss=$(awk '/^VmHWM/{print $2}' "/proc/$daemon/status" 2>/dev/null || echo "$rss")
+  fi
+  [[ -n $store ]] && extra+=(store_bytes="$(du -sb "$store" | cut -f1)")
+  [[ -n $bytes ]] && extra+=(bytes="$bytes")
+  [[ -n $out ]] && extra+=(alloc_bytes="$(du -sB1 "$out" | cut -f1)")
+  if [[ -n $cmp_a ]] && ! cmp -s "$cmp_a" "$cmp_b"; then
+    err="output differs from the source image ($cmp_b)"
+  fi
+  if [[ -n $post ]]; then local more; read -r -a more < <("$post" "$log"); extra+=("${more[@]}"); fi
+  [[ -z $out ]] || rm -rf "$out"
+  if [[ -n $err ]]; then record "${base[@]}" error="$err"; say "$group / $tool: FAILED: $err"; return 0; fi
+  record "${base[@]}" wall="$wall" user="$user" sys="$sys" cpu="$cpu" rss_kb="$rss" "${extra[@]}"
+  MEASURE_OK=1
+  say "$group / $tool: ${wall}s wall, ${cpu}s CPU, $((rss / 1024)) MiB"
+}
+
+proc_cpu() {   # seconds of CPU (user+sys) of a live process
+  awk -v t="$(getconf CLK_TCK)" '{printf "%.3f", ($14+$15)/t}' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+
+# ------------------------------------------------------------------------------------------ the tools
+# Each cmd_* function sets CMD for one tool; the phases below time them with measure (in the image
+# directory, so borg and restic archive plain file names; restores run in their output directory).
+
+declare -A DATES=([day1]=2024-01-01T03:00:00Z [day2]=2024-01-02T03:00:00Z [rand]=2024-01-03T03:00:00Z
+  [sparse]=2024-01-04T03:00:00Z)
+declare -A LABEL=([ours]=ours [python]="python 0.1.5" [borg]=borg [restic]=restic)
+
+store_of() { case $2 in day1|day2) echo "$STORES/$1" ;; *) echo "$STORES/$1-$2" ;; esac; }
+
+cmd_init() {   # TOOL STORE
+  case $1 in
+    ours|python) CMD=(rm -rf "$2") ;;
+    borg) CMD=(bash -c 'rm -rf "$1" && borg init -e none "$1"' _ "$2") ;;
+    restic) CMD=(bash -c 'rm -rf "$1" && restic -q -r "$1" init' _ "$2") ;;
+  esac
+}
+
+cmd_backup() {   # TOOL STORE KIND
+  local img="$IMG/$3.img"
+  case $1 in
+    ours) CMD=("$DD" --store "$2" import "$img" --as bench --date "${DATES[$3]}") ;;
+    python) CMD=(env DISKDUMP_BASE="$2" "$PYDD" -m diskdump import "$img" --as bench:/dev/vda --date "${DATES[$3]}") ;;
+    borg) CMD=(borg create --sparse --chunker-params fixed,131072 --compression lz4 "$2::$3" "$3.img") ;;
+    restic) CMD=(restic -r "$2" backup --tag "$3" "$3.img") ;;
+  esac
+}
+
+cmd_restore() {   # TOOL STORE KIND OUTDIR [sparse]
+  local latest
+  case $1 in
+    ours) CMD=("$DD" --store "$2" restore bench -o "$4/$3.img") ;;
+    python)
+      latest=$(ls "$2/.blockstore/manifests/bench.vda" 2>/dev/null | sort -n | tail -n 1)
+      CMD=(env DISKDUMP_BASE="$2" "$PYDD" -m diskdump restore "bench.vda/${latest:-0.manifest}" -o "$4/$3.img") ;;
+    borg) CMD=(borg extract ${5:+--sparse} "$2::$3") ;;
+    restic) CMD=(restic -r "$2" restore latest --tag "$3" --target "$4") ;;
+  esac
+}
+
+cmd_verify() {
+  case $1 in
+    ours) CMD=("$DD" --store "$2" verify) ;;
+    python) CMD=(env DISKDUMP_BASE="$2" "$PYDD" -m diskdump verify) ;;
+    borg) CMD=(borg check --verify-data "$2") ;;
+    restic) CMD=(restic -r "$2" check --read-data) ;;
+  esac
+}
+
+# borg and restic keep state per repository ID outside the repository (borg refuses a repository older
+# than its cache), so a copy of one gets a copy of that state too.
+cmd_gc_prepare() {   # TOOL STORE GCSTORE: a copy of the store without day 1
+  case $1 in
+    ours) CMD=(bash -c 'rm -rf "$2" && cp -a "$1" "$2" && rm "$2"/2024/01/01/bench.manifest' _ "$2" "$3") ;;
+    python) CMD=(bash -c 'rm -rf "$2" && cp -a "$1" "$2" && rm "$2"/.blockstore/manifests/bench.vda/0.manifest' _ "$2" "$3") ;;
+    borg) CMD=(bash -c 'rm -rf "$2" "$2.base" && cp -a "$1" "$2" && cp -a "$BORG_BASE_DIR" "$2.base"' _ "$2" "$3") ;;
+    restic) CMD=(bash -c 'rm -rf "$2" "$2.cache" && cp -a "$1" "$2" && cp -a "$RESTIC_CACHE_DIR" "$2.cache"' _ "$2" "$3") ;;
+  esac
+}
+
+cmd_gc() {   # TOOL GCSTORE
+  case $1 in
+    ours) CMD=("$DD" --store "$2" gc) ;;
+    python) CMD=(env DISKDUMP_BASE="$2" "$PYDD" -m diskdump gc) ;;
+    borg) CMD=(env BORG_BASE_DIR="$2.base" bash -c 'borg delete "$1::day1" && borg compact "$1"' _ "$2") ;;
+    restic) CMD=(env RESTIC_CACHE_DIR="$2.cache" bash -c 'id=$(restic -r "$1" snapshots --tag day1 --json | python3 -c "import json,sys; print(json.load(sys.stdin)[0][\"id\"])") && restic -r "$1" forget "$id" --prune' _ "$2") ;;
+  esac
+}
+
+cmd_mount() {   # TOOL STORE MOUNTPOINT; sets MOUNT_FILE, the day-2 image inside the mount
+  case $1 in
+    ours) CMD=("$DD" mount "$2" "$3"); MOUNT_FILE="$3/2024/01/02/bench.img" ;;
+    borg) CMD=(borg mount -f "$2::day2" "$3"); MOUNT_FILE="$3/day2.img" ;;
+    restic) CMD=(restic -r "$2" mount "$3"); MOUNT_FILE="$3/tags/day2/latest/day2.img" ;;
+  esac
+}
+
+cmd_dump() {   # TOOL STORE KIND COMPRESS
+  local target="benchhost:$IMG/$3.img"
+  case $1 in
+    ours) CMD=(env HOME="$WORK/ssh/home" "$DD" --store "$2" dump "$target" --as bench --compress "$4") ;;
+    python) CMD=(env PATH="$WORK/bin:$PATH" DISKDUMP_BASE="$2" "$PYDD" -m diskdump dump "$target" --as bench) ;;
+  esac
+}
+
+# ------------------------------------------------------------------------------------------ phases
+
+declare -A GROUP_BACKUP=([day1]="backup day 1 (empty store)" [day2]="backup day 2 (next day, same store)"
+  [rand]="backup random (incompressible)" [sparse]="backup sparse (3% data)")
+declare -A GROUP_DUMP=([day1]="dump day 1 over SSH (empty store)" [day2]="dump day 2 over SSH (next day)"
+  [day2-again]="dump day 2 again (unchanged)" [rand]="dump random over SSH" [sparse]="dump sparse over SSH")
+declare -A GROUP_RESTORE=([day2]="restore day 2" [rand]="restore random" [sparse]="restore sparse")
+
+# The stores the read phases use: day 1 + day 2 in one store, rand and sparse in their own. Timed in
+# the import phase; made untimed when a later phase needs them and they are not there for these images.
+backup_all() {   # TOOL timed|untimed
+  local tool=$1 kind store ok=1
+  rm -f "$STORES/$tool.ready"
+  for kind in day1 day2 rand sparse; do
+    store=$(store_of "$tool" "$kind")
+    if [[ $kind != day2 ]]; then cmd_init "$tool" "$store"; prep "$tool" "${CMD[@]}"; fi
+    cmd_backup "$tool" "$store" "$kind"
+    if [[ $2 == timed ]]; then
+      measure "${GROUP_BACKUP[$kind]}" "${LABEL[$tool]}" --store "$store" --bytes "$(img_size "$kind")" --sync \
+        -- "${CMD[@]}"
+      ((MEASURE_OK)) || ok=0
+    else
+      prep "$tool" "${CMD[@]}"
+      [[ -z ${PREP_ERR[$tool]} ]] || ok=0
+    fi
+  done
+  if ((ok)); then echo "$IMG_HASH" >"$STORES/$tool.ready"; fi
+}
+
+ensure_stores() {   # TOOL
+  local k
+  [[ -z ${BROKEN[$1]:-} ]] || return 0
+  PREP_ERR[$1]=
+  if [[ $1 == restic ]]; then   # stale locks of an interrupted earlier run would fail every command
+    for k in day2 rand sparse; do restic -r "$(store_of restic $k)" unlock >/dev/null 2>&1 || true; done
+  fi
+  [[ $(cat "$STORES/$1.ready" 2>/dev/null) != "$IMG_HASH" ]] || return 0
+  say "making the $1 stores (untimed)"
+  local RUN=0; backup_all "$1" untimed
+}
+
+tools_in() { local t; for t in ${TOOLS//,/ }; do on "$1" "$t" && echo "$t"; done; }
+
+phase_limits() {
+  local img="$IMG/day1.img" size; size=$(img_size day1)
+  for RUN in $(seq "$RUNS"); do
+    measure "SHA-256, 128 KiB blocks, 1 core (openssl speed)" openssl --cache warm --post post_openssl \
+      -- openssl speed -evp sha256 -bytes 131072 -seconds 3
+    cat "$img" >/dev/null
+    measure "lz4 -1 compress, 1 core (day 1)" lz4 --cache warm --bytes "$size" \
+      -- bash -c 'lz4 -1 -c "$1" >/dev/null' _ "$img"
+    lz4 -q -1 -f "$img" "$WORK/out/day1.img.lz4"
+    measure "lz4 -d decompress, 1 core (day 1)" lz4 --cache warm --bytes "$size" \
+      -- bash -c 'lz4 -d -c "$1" >/dev/null' _ "$WORK/out/day1.img.lz4"
+    rm -f "$WORK/out/day1.img.lz4"
+    cat "$img" >/dev/null
+    measure "cat from page cache (day 1)" cat --cache warm --bytes "$size" -- bash -c 'cat "$1" >/dev/null' _ "$img"
+    measure "cat from disk (day 1)" cat --bytes "$size" -- bash -c 'cat "$1" >/dev/null' _ "$img"
+    cat "$img" >/dev/null
+    measure "sha256sum, 1 core (day 1)" sha256sum --cache warm --bytes "$size" -- sha256sum "$img"
+    measure "fio 4 KiB random reads, local day 2 image" fio --post post_fio -- "${FIO[@]}" --filename="$IMG/day2.img"
+    sshd_ready || PREP_ERR[ssh]=$SSH_ERR
+    cat "$IMG/rand.img" >/dev/null
+    measure "ssh loopback throughput (cat random image)" ssh --cache warm --wire --bytes "$(img_size rand)" \
+      -- bash -c '"$1" benchhost cat "$2" >/dev/null' _ "$WORK/bin/ssh" "$IMG/rand.img"
+  done
+}
+
+post_openssl() {   # the 131072-byte column of the sha256 line, in thousands of bytes per second
+  awk '$1 == "sha256" {v=$NF; sub("k", "", v); printf "rate=%.0f\n", v * 1000}' "$1"
+}
+post_fio() { echo "iops=$(python3 "$HELPER" fio-iops "$LOGS/fio.json")"; }
+FIO=(fio --name=randread --readonly --rw=randread --bs=4k --runtime="$FIO_SECS" --time_based --ioengine=psync
+  --output-format=json --output="$LOGS/fio.json")
+
+phase_import() {
+  local tool
+  for RUN in $(seq "$RUNS"); do
+    for tool in $(tools_in ours,python,borg,restic); do backup_all "$tool" timed; done
+  done
+}
+
+phase_dump() {
+  local tool comp label kind store
+  sshd_ready || true
+  for RUN in $(seq "$RUNS"); do
+    for tool in $(tools_in ours,python); do
+      for comp in lz4 zlib; do
+        [[ $tool == python && $comp == zlib ]] && continue
+        label=${LABEL[$tool]}; [[ $tool == ours && $comp != lz4 ]] && label="ours ($comp)"
+        [[ $tool == python ]] && label="python 0.1.5 (zlib)"
+        store="$STORES/dump-$tool-$comp"
+        for kind in day1 day2 day2-again rand sparse; do
+          case $kind in day1|rand|sparse) rm -rf "$store" ;; esac
+          PREP_ERR[$tool]=$SSH_ERR
+          cmd_dump "$tool" "$store" "${kind%-again}" "$comp"
+          measure "${GROUP_DUMP[$kind]}" "$label" --store "$store" --wire --sync \
+            --bytes "$(img_size "${kind%-again}")" -- "${CMD[@]}"
+        done
+      done
+    done
+  done
+  rm -rf "$STORES"/dump-*
+  PREP_ERR[ours]= PREP_ERR[python]=
+}
+
+phase_restore() {
+  local tool kind out="$WORK/out/restore" variants v
+  for tool in $(tools_in ours,python,borg,restic); do ensure_stores "$tool"; done
+  for RUN in $(seq "$RUNS"); do
+    for tool in $(tools_in ours,python,borg,restic); do
+      variants=(""); [[ $tool == borg ]] && variants=("" sparse)
+      for kind in day2 rand sparse; do
+        for v in "${variants[@]}"; do
+          cmd_restore "$tool" "$(store_of "$tool" "$kind")" "$kind" "$out" "$v"
+          measure "${GROUP_RESTORE[$kind]}" "${LABEL[$tool]}${v:+ --sparse}" --out "$out" --cd "$out" --sync \
+            --bytes "$(img_size "$kind")" --cmp "$IMG/$kind.img" "$out/$kind.img" -- "${CMD[@]}"
+        done
+      done
+    done
+  done
+}
+
+phase_verify() {
+  local tool
+  for tool in $(tools_in ours,python,borg,restic); do ensure_stores "$tool"; done
+  for RUN in $(seq "$RUNS"); do
+    for tool in $(tools_in ours,python,borg,restic); do
+      cmd_verify "$tool" "$(store_of "$tool" day2)"
+      measure "verify (day 1 + day 2 store)" "${LABEL[$tool]}" -- "${CMD[@]}"
+    done
+  done
+}
+
+phase_gc() {
+  local tool gcs="$STORES/gc"
+  for tool in $(tools_in ours,python,borg,restic); do ensure_stores "$tool"; done
+  for RUN in $(seq "$RUNS"); do
+    for tool in $(tools_in ours,python,borg,restic); do
+      cmd_gc_prepare "$tool" "$(store_of "$tool" day2)" "$gcs"; prep "$tool" "${CMD[@]}"
+      cmd_gc "$tool" "$gcs"
+      measure "gc after deleting day 1" "${LABEL[$tool]}" --store "$gcs" --sync -- "${CMD[@]}"
+    done
+  done
+  rm -rf "$gcs" "$gcs.base" "$gcs.cache"
+}
+
+# Starts a FUSE daemon and waits until MOUNT_FILE is there; sets MOUNT_PID, or MOUNT_ERR on failure.
+mount_start() {   # TOOL STORE [FILE to wait for instead of the day-2 image]
+  MOUNT_ERR= MOUNT_PID= MOUNT_TOOL=$1
+  umount -l "$MNT" 2>/dev/null || true   # a dead mount left by an earlier run
+  cmd_mount "$1" "$2" "$MNT"
+  MOUNT_FILE=${3:-$MOUNT_FILE}
+  local log="$LOGS/mount-$1.log" i
+  (cd "$IMG" && exec "${CMD[@]}") >"$log" 2>&1 &
+  MOUNT_PID=$!
+  for ((i = 0; i < 6000; i++)); do
+    [[ -e $MOUNT_FILE ]] && return 0
+    kill -0 "$MOUNT_PID" 2>/dev/null || { wait "$MOUNT_PID" 2>/dev/null || true; break; }
+    sleep 0.02
+  done
+  MOUNT_ERR="mount did not show $MOUNT_FILE: $(last_line "$log")"
+  mount_stop
+  return 1
+}
+
+# Ours unmounts on SIGTERM; borg and restic exit when unmounted (killing them leaves a stale lock).
+mount_stop() {
+  [[ -n $MOUNT_PID ]] || return 0
+  local i
+  if [[ $MOUNT_TOOL == ours ]] || ! umount "$MNT" 2>/dev/null; then kill -TERM "$MOUNT_PID" 2>/dev/null || true; fi
+  for ((i = 0; i < 150; i++)); do kill -0 "$MOUNT_PID" 2>/dev/null || break; sleep 0.1; done
+  umount -l "$MNT" 2>/dev/null || true
+  kill -KILL "$MOUNT_PID" 2>/dev/null || true
+  wait "$MOUNT_PID" 2>/dev/null || true
+  MOUNT_PID=
+}
+
+cold_label() { if ((COLD)); then echo cold; else echo "warm (no drop)"; fi; }
+
+# Starts TOOL's mount from cold caches and records the time until FILE is listed; on failure records
+# the error and returns 1 with MOUNT_ERR set.
+mount_timed() {   # TOOL STORE GROUP LABEL [FILE]
+  local t0 t1
+  MOUNT_ERR=${BROKEN[$1]:-${PREP_ERR[$1]:-}}
+  if [[ -z $MOUNT_ERR ]]; then
+    if ((COLD)); then drop_caches; fi
+    t0=$(date +%s.%N)
+    if mount_start "$1" "$2" "${5:-}"; then
+      t1=$(date +%s.%N)
+      record group="$3" tool="$4" cache="$(cold_label)" wall="$(calc "$t1 - $t0")" cpu="$(proc_cpu "$MOUNT_PID")" \
+        rss_kb="$(awk '/^VmHWM/{print $2}' "/proc/$MOUNT_PID/status")"
+      say "$3 / $4: $(calc "$t1 - $t0")s"
+      return 0
+    fi
+  fi
+  record group="$3" tool="$4" cache="$(cold_label)" error="$MOUNT_ERR"
+  say "$3 / $4: n/a: $MOUNT_ERR"
+  return 1
+}
+
+phase_mount() {
+  local tool label store size; size=$(img_size day2)
+  local g_start="mount: start-up until the day-2 image is listed" g_dd="mount: sequential read, dd bs=1M (day 2)"
+  local g_fio="mount: 4 KiB random reads, fio ${FIO_SECS}s (day 2)"
+  for tool in $(tools_in ours,borg,restic); do ensure_stores "$tool"; done
+  for RUN in $(seq "$RUNS"); do
+    for tool in $(tools_in ours,borg,restic); do
+      label=${LABEL[$tool]} store=$(store_of "$tool" day2)
+      if ! mount_timed "$tool" "$store" "$g_start" "$label"; then
+        record group="$g_dd" tool="$label" cache="$(cold_label)" error="$MOUNT_ERR"
+        record group="$g_fio" tool="$label" cache="$(cold_label)" error="$MOUNT_ERR"
+        continue
+      fi
+      measure "$g_dd" "$label" --bytes "$size" --daemon "$MOUNT_PID" -- dd if="$MOUNT_FILE" of=/dev/null bs=1M
+      mount_stop
+      # A fresh daemon for the random reads, so the sequential pass left nothing in its cache.
+      if mount_start "$tool" "$store"; then
+        measure "$g_fio" "$label" --daemon "$MOUNT_PID" --post post_fio -- "${FIO[@]}" --filename="$MOUNT_FILE"
+        mount_stop
+      else
+        record group="$g_fio" tool="$label" cache="$(cold_label)" error="$MOUNT_ERR"
+      fi
+    done
+  done
+}
+
+# ------------------------------------------------------------------------------------------ scale
+
+phase_scale() {
+  SECTION=scale
+  local s bytes img dir="$WORK/scale" store="$STORES/scale" out="$WORK/out/scale" n have k
+  local recipe; recipe=$(helper_image_code | sha256sum | cut -c1-12)
+  mkdir -p "$dir"
+  for s in ${SCALE_SIZES//,/ }; do
+    bytes=$(numfmt --from=iec "$s"); img="$dir/synth-$bytes-$recipe.img"
+    if [[ ! -f $img ]]; then   # 25% data (random and text in turn), the rest holes
+      say "scale: making $img"
+      python3 "$HELPER" synth "$img.tmp" "$bytes" 0.25 3 && mv "$img.tmp" "$img"
+    fi
+    for RUN in $(seq "$RUNS"); do
+      rm -rf "$store"
+      measure "import, $s image (25% data)" ours --store "$store" --bytes "$bytes" --sync \
+        -- "$DD" --store "$store" import "$img" --as scale
+      measure "restore, $s image" ours --out "$out" --bytes "$bytes" --sync \
+        -- "$DD" --store "$store" restore scale -o "$out/scale.img"
+    done
+  done
+  # Many manifests: the same small image imported on different days.
+  img="$dir/small-$recipe.img"
+  [[ -f $img ]] || python3 "$HELPER" synth "$img" $((256 << 20)) 0.5 4
+  rm -rf "$store"; have=0
+  for n in ${SCALE_MANIFESTS//,/ }; do
+    for ((k = have + 1; k <= n; k++)); do
+      "$DD" --store "$store" import "$img" --as many --date "$(date -u -d "2020-01-01 + $k days" +%F)" \
+        >"$LOGS/scale-import.log" 2>&1 || BROKEN[ours]="import --date failed: $(last_line "$LOGS/scale-import.log")"
+    done
+    have=$n
+    local last; last=$(date -u -d "2020-01-01 + $n days" +%Y/%m/%d)
+    for RUN in $(seq "$RUNS"); do
+      measure "status, manifests: $n" ours -- "$DD" --store "$store" status
+      measure "gc --dry-run, manifests: $n" ours -- "$DD" --store "$store" gc --dry-run
+      measure "verify, manifests: $n" ours -- "$DD" --store "$store" verify
+      if mount_timed ours "$store" "mount start-up, manifests: $n" ours "$MNT/$last/many.img"; then mount_stop; fi
+    done
+  done
+  rm -rf "$store"
+}
+
+# ------------------------------------------------------------------------------------------ main
+
+cleanup() {
+  set +e
+  mount_stop 2>/dev/null
+  stop_sshd
+  [[ -n $CG ]] && { sleep 0.2; rmdir "$CG" 2>/dev/null; }
+  ((WIRE)) && nft delete table inet "$NFT_TABLE" 2>/dev/null
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+machine_info() {
+  local v=()
+  if [[ -n $BIN ]]; then v+=("versions:=$("$BIN" --version 2>&1 | head -n 1) ($BIN)")
+  else v+=("versions:=diskdump $(git -C "$REPO" describe --always --dirty 2>/dev/null || echo '?')"); fi
+  if command -v borg >/dev/null; then v+=("versions:=$(borg --version)"); fi
+  if command -v restic >/dev/null; then v+=("versions:=$(restic version | cut -d' ' -f1,2)"); fi
+  if [[ -x $PYDD ]]; then v+=("versions:=python diskdump $("$PYDD" -m pip show diskdump 2>/dev/null | awk '/^Version/{print $2}')"); fi
+  v+=("versions:=$(fio --version 2>/dev/null)" "versions:=lz4 $(lz4 --version 2>&1 | grep -o 'v[0-9.]*' | head -n 1)"
+    "versions:=$(openssl version | cut -d' ' -f1,2)")
+  if [[ -f $IMG/info ]]; then while read -r line; do v+=("images:=$line"); done <"$IMG/info"; fi
+  python3 "$HELPER" machine "$MACHINE_FILE" "date=$START_DATE" "machine:load average at start=$START_LOAD" \
+    "machine:work dir=$WORK on $(findmnt -no FSTYPE,SOURCE -T "$WORK" | tr -s ' ')" \
+    "settings:size=$SIZE" "settings:runs=$RUNS" "settings:fio seconds=$FIO_SECS" "settings:only=$ONLY" \
+    "settings:tools=$TOOLS" "settings:caches=$(if ((COLD)); then echo 'cold rows drop the page cache first'; else echo 'all warm (--warm)'; fi)" \
+    "settings:bytes on the wire=$(if ((WIRE)); then echo "nftables counters on lo for the sshd's port $SSH_PORT"; else echo 'not measured (no sshd or no nftables)'; fi)" \
+    "settings:remote CPU=$(if [[ -n $CG ]]; then echo "cgroup v$CG_V of the sshd"; else echo 'not measured'; fi)" "${v[@]}"
+}
+
+main() {
+  START_DATE=$(date -u +%FT%TZ) START_LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
+  say "results in $RESULTS"
+  setup_tools
+  if ((SCALE)); then
+    IMG=$WORK; : "${DD:?our diskdump did not build: ${BROKEN[ours]:-}}"
+    phase_scale
+  else
+    prepare_images
+    cat "$IMG/info" >&2
+    local p
+    for p in limits import dump restore mount verify gc; do
+      on "$ONLY" "$p" || continue
+      say "== $p"
+      "phase_$p"
+    done
+  fi
+  machine_info
+  local args=()
+  if [[ -n $MARKDOWN ]]; then args+=(--markdown "$MARKDOWN"); fi
+  if [[ -n $JSON ]]; then args+=(--json "$JSON"); fi
+  python3 "$HELPER" report "$RUNS_FILE" "$MACHINE_FILE" --markdown "$RESULTS/report.md" --json "$RESULTS/report.json" >/dev/null
+  python3 "$HELPER" report "$RUNS_FILE" "$MACHINE_FILE" "${args[@]}"
+}
+
+main
