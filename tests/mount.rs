@@ -456,3 +456,39 @@ fn mounting_a_store_with_many_dumps_is_instant() {
     assert_eq!(names(&day).len(), 10);
     m.stop();
 }
+
+#[test]
+fn allow_other_lets_other_users_read() {
+    let missing = fuse_missing()
+        .or_else(|| (!tool_exists("setpriv")).then(|| "setpriv is not installed".to_string()));
+    if !require("allow_other_lets_other_users_read", missing) {
+        return;
+    }
+    let env = Env::new();
+    fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let data = sample(10);
+    let src = env.file("k.img", &data);
+    fs::set_permissions(&src, fs::Permissions::from_mode(0o644)).unwrap();
+    let rel = env.import(&src, "k", "2026-04-30");
+    let as_nobody = |m: &MountProc| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cmp"])
+            .arg(&src)
+            .arg(m.mnt.join(&rel))
+            .output()
+            .unwrap()
+    };
+    let m = env.mount(&[]);
+    let out = as_nobody(&m);
+    assert!(!out.status.success(), "only the owner may read by default");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"));
+    m.stop();
+    let m = env.mount(&["--allow-other"]);
+    let out = as_nobody(&m);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    m.stop();
+}

@@ -17,7 +17,9 @@ const MAX_REPORTED: usize = 65536;
 const MANIFEST: usize = usize::MAX;
 
 pub(super) fn log(msg: &str) {
-    eprintln!("diskdump mount: {msg}");
+    use std::io::Write;
+    // Not eprintln!: a closed stderr must not panic a FUSE thread.
+    let _ = writeln!(io::stderr(), "diskdump mount: {msg}");
 }
 
 struct OpenImage {
