@@ -27,6 +27,10 @@
 //!   announced by several dumps at once cross the wire once.
 //! - **Reading** (`image`): `ImageReader::read_at` over a manifest, through a
 //!   bounded LRU of decompressed blocks; restore and mount share it.
+//! - **Mounting** (`mountfs`, `fuse`): `MountFs` is the read-only tree of
+//!   images (`YYYY/MM/DD/<name>.img`, `legacy/<name>/<n>.img`) with its
+//!   lookups, attributes, reads and hole seeks, tested without the kernel;
+//!   `fuse` is the only user of `fuser` and only translates requests.
 
 pub mod agent_bin;
 pub mod cli;

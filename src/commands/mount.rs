@@ -60,9 +60,13 @@ pub fn run(opts: &MountOptions) -> Result<u8> {
         }
     })?;
     if let Err(e) = mounted.set_read_ahead_kb(READ_AHEAD_KB) {
-        eprintln!("diskdump: warning: cannot raise the mount's read-ahead ({e}); reads stay small");
+        say(&format!(
+            "warning: cannot raise the mount's read-ahead ({e}); reads stay small"
+        ));
     }
-    println!(
+    // Not println!: a closed stdout must not panic with the mount up.
+    let _ = writeln!(
+        io::stdout(),
         "mounted {dumps} dump(s) of {} on {} (read-only); Ctrl-C or SIGTERM unmounts",
         opts.store.display(),
         mounted.mountpoint().display()
@@ -90,26 +94,31 @@ fn serve(got: Option<i32>, mut mounted: fuse::Mounted, signals: &Signals) -> Res
     let mnt = mounted.mountpoint().display().to_string();
     if got.is_none() {
         mounted.join().context("the FUSE session failed")?;
-        eprintln!("diskdump: {mnt} was unmounted");
+        say(&format!("{mnt} was unmounted"));
         return Ok(0);
     }
     let how = mounted
         .unmount()
         .with_context(|| format!("cannot unmount {mnt}"))?;
     if how == Unmounted::Detached {
-        eprintln!(
-            "diskdump: {mnt} is busy (an open file or a loop device): detached it; \
+        say(&format!(
+            "{mnt} is busy (an open file or a loop device): detached it; \
              serving its remaining users until they close. Signal again to stop now."
-        );
+        ));
         if mounted_wait(&mut mounted, signals)?.is_some() {
             // Exiting closes /dev/fuse, which aborts the connection.
-            eprintln!("diskdump: stopped while still in use; its users now get I/O errors");
+            say("stopped while still in use; its users now get I/O errors");
             return Ok(1);
         }
     }
     mounted.join().context("the FUSE session failed")?;
-    eprintln!("diskdump: unmounted {mnt}");
+    say(&format!("unmounted {mnt}"));
     Ok(0)
+}
+
+/// A status line on stderr; a closed stderr is ignored rather than a panic.
+fn say(msg: &str) {
+    let _ = writeln!(io::stderr(), "diskdump: {msg}");
 }
 
 /// Refuses what would fail obscurely or hide files: a missing path, a file,

@@ -17,7 +17,9 @@ const MAX_REPORTED: usize = 65536;
 const MANIFEST: usize = usize::MAX;
 
 pub(super) fn log(msg: &str) {
-    eprintln!("diskdump mount: {msg}");
+    use std::io::Write;
+    // Not eprintln!: a closed stderr must not panic a FUSE thread.
+    let _ = writeln!(io::stderr(), "diskdump mount: {msg}");
 }
 
 struct OpenImage {
@@ -48,6 +50,13 @@ pub(super) struct Files {
     next_fh: AtomicU64,
     readers: Mutex<Readers>,
     reported: Mutex<HashSet<(Ino, usize)>>,
+}
+
+/// The image's bytes outside zero blocks (a pass over its hash list).
+pub(super) fn data_bytes(r: &ImageReader) -> u64 {
+    let m = r.manifest();
+    let zero = (0..m.blocks.len()).filter(|&i| r.is_zero(i)).count();
+    m.total_size - zero as u64 * m.block_size as u64
 }
 
 fn reader_bytes(r: &ImageReader) -> usize {
@@ -127,24 +136,21 @@ impl Files {
         }
     }
 
-    /// Opens an image; returns the handle and its non-zero data bytes.
+    /// Opens an image; returns the handle and the image's reader.
     pub(super) fn open(
         &self,
         store: &Arc<dyn Store>,
         ino: Ino,
         path: &str,
         entry: &ManifestEntry,
-    ) -> FsResult<(u64, u64)> {
+    ) -> FsResult<(u64, Arc<ImageReader>)> {
         let reader = self.reader(store, ino, path, entry)?;
-        let m = reader.manifest();
-        let zero = (0..m.blocks.len()).filter(|&i| reader.is_zero(i)).count();
-        let data = m.total_size - zero as u64 * m.block_size as u64;
         let img = OpenImage {
             ino,
             path: path.to_string(),
-            reader,
+            reader: reader.clone(),
         };
-        Ok((self.insert(Handle::Image(Arc::new(img))), data))
+        Ok((self.insert(Handle::Image(Arc::new(img))), reader))
     }
 
     fn reader(

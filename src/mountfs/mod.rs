@@ -317,9 +317,13 @@ impl MountFs {
         if write {
             return Err(Errno::EROFS);
         }
-        let (fh, data_bytes) = self.files.open(&self.store, ino, &node.path, entry)?;
-        if let Some(i) = lock(&self.tree).infos.get_mut(&ino) {
-            i.data_bytes = Some(data_bytes);
+        let (fh, reader) = self.files.open(&self.store, ino, &node.path, entry)?;
+        let known = |t: &Tree| t.infos.get(&ino).is_some_and(|i| i.data_bytes.is_some());
+        if !known(&lock(&self.tree)) {
+            let data = files::data_bytes(&reader); // outside the lock: O(blocks)
+            if let Some(i) = lock(&self.tree).infos.get_mut(&ino) {
+                i.data_bytes = Some(data);
+            }
         }
         Ok(fh)
     }
