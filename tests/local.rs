@@ -445,12 +445,7 @@ fn ctrl_c_during_import_leaves_no_manifest_and_a_valid_store() {
     // Random data up front, then a long sparse tail: the import is still busy
     // when the signal arrives.
     images::write(&img, &images::random_bytes(8 * BS, 5));
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&img)
-        .unwrap()
-        .set_len(64 << 30)
-        .unwrap();
+    slow_tail(&img, 64 << 30);
     let store = dir.path().join("store");
     let child = Command::new(common::bin())
         .args([
@@ -503,12 +498,7 @@ fn gc_waits_for_a_running_import_and_never_sweeps_blocks_it_relies_on() {
     fs::remove_file(only_manifest(&store)).unwrap();
     let big = dir.path().join("big.img");
     images::write(&big, &data);
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&big)
-        .unwrap()
-        .set_len(6 << 30)
-        .unwrap();
+    slow_tail(&big, 6 << 30);
     let import = Command::new(common::bin())
         .args([
             "--store",
@@ -596,4 +586,17 @@ fn a_second_gc_refuses_or_waits_clearly() {
     );
     let mut holder = holder;
     holder.wait().unwrap();
+}
+
+/// Grows `path` to `size` with one non-zero byte in every 4 MiB, so the rest
+/// is holes that an import must still read (it skips only all-hole chunks):
+/// an image that takes a while to import but little disk.
+fn slow_tail(path: &Path, size: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = fs::OpenOptions::new().write(true).open(path).unwrap();
+    let start = f.metadata().unwrap().len().next_multiple_of(4 << 20);
+    f.set_len(size).unwrap();
+    for off in (start..size).step_by(4 << 20) {
+        f.write_all_at(&[1], off).unwrap();
+    }
 }

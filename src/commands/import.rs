@@ -9,7 +9,9 @@ use crate::store::{put_block, LocalStore, LockKind, Store};
 use anyhow::{bail, Context, Result};
 use diskdump_agent::blockfmt::Encoder;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Seek, SeekFrom};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Mutex};
@@ -27,6 +29,8 @@ pub struct ImportStats {
     pub present: u64,
     pub zero: u64,
     pub bytes_written: u64,
+    /// Image bytes these counts cover (for progress).
+    pub bytes: u64,
 }
 
 impl ImportStats {
@@ -35,6 +39,7 @@ impl ImportStats {
         self.present += o.present;
         self.zero += o.zero;
         self.bytes_written += o.bytes_written;
+        self.bytes += o.bytes;
     }
 }
 
@@ -81,7 +86,7 @@ pub fn run(
     let started = Instant::now();
     let bar = progress::bytes_bar(size, "import");
     let (blocks, stats) =
-        import_blocks(&store, &mut file, size, &|n| bar.inc(n)).with_context(|| {
+        import_blocks(&store, &file, size, &|n| bar.inc(n)).with_context(|| {
             format!(
                 "import of {} failed; no manifest was written",
                 image.display()
@@ -117,7 +122,7 @@ pub fn run(
 /// returns the block list in order. Memory: a few chunks per worker.
 pub fn import_blocks(
     store: &dyn Store,
-    src: &mut (dyn Read + Send),
+    src: &File,
     size: u64,
     on_progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(Vec<Digest>, ImportStats)> {
@@ -139,14 +144,33 @@ pub fn import_blocks(
     let work_rx = Arc::new(Mutex::new(work_rx));
     let mut blocks = vec![zero; size.div_ceil(bs as u64) as usize];
     std::thread::scope(|s| -> Result<()> {
+        let holes_tx = done_tx.clone();
         let reader = s.spawn(move || -> Result<()> {
             for i in 0..nchunks {
-                let len = (size - (i * chunk) as u64).min(chunk as u64) as usize;
+                let off = (i * chunk) as u64;
+                let len = (size - off).min(chunk as u64) as usize;
                 crate::signals::check()?;
+                // A chunk of whole blocks with no data in it (a hole of a
+                // sparse file) is zero blocks: no need to read it.
+                if len.is_multiple_of(bs) && next_data(src, off) >= off + len as u64 {
+                    let n = len / bs;
+                    let st = ImportStats {
+                        zero: n as u64,
+                        bytes: len as u64,
+                        ..Default::default()
+                    };
+                    if holes_tx
+                        .send(Ok((i, vec![zero; n], st, Vec::new())))
+                        .is_err()
+                    {
+                        break;
+                    }
+                    continue;
+                }
                 let mut buf = free_rx.try_recv().unwrap_or_default();
                 buf.resize(len, 0);
-                src.read_exact(&mut buf)
-                    .with_context(|| format!("cannot read the image at offset {}", i * chunk))?;
+                src.read_exact_at(&mut buf, off)
+                    .with_context(|| format!("cannot read the image at offset {off}"))?;
                 if work_tx.send((i, buf)).is_err() {
                     break; // a worker failed; its error is reported
                 }
@@ -195,10 +219,27 @@ fn collect(
         let (i, ds, st, buf) = r?;
         blocks[i * per_chunk..i * per_chunk + ds.len()].copy_from_slice(&ds);
         stats.add(&st);
-        on_progress(buf.len() as u64);
-        let _ = free.try_send(buf);
+        on_progress(st.bytes);
+        if buf.capacity() > 0 {
+            let _ = free.try_send(buf);
+        }
     }
     Ok(())
+}
+
+/// The offset of the first data at or after `from` (SEEK_DATA); `u64::MAX`
+/// if only a hole follows. Where SEEK_DATA is not supported, all is data.
+fn next_data(file: &File, from: u64) -> u64 {
+    // SAFETY: lseek on an open descriptor; reads go through pread, so moving
+    // the file position is harmless.
+    let r = unsafe { libc::lseek(file.as_raw_fd(), from as libc::off_t, libc::SEEK_DATA) };
+    if r >= 0 {
+        return r as u64;
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(libc::ENXIO) => u64::MAX,
+        _ => from,
+    }
 }
 
 fn hash_and_store(
@@ -209,7 +250,10 @@ fn hash_and_store(
     enc: &mut Encoder,
     out: &mut Vec<u8>,
 ) -> Result<(Vec<Digest>, ImportStats)> {
-    let mut st = ImportStats::default();
+    let mut st = ImportStats {
+        bytes: buf.len() as u64,
+        ..Default::default()
+    };
     let mut ds = Vec::with_capacity(buf.len().div_ceil(bs));
     for block in buf.chunks(bs) {
         if block.len() == bs && is_zero(block) {
