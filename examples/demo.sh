@@ -12,9 +12,16 @@ cd "$(dirname "$0")/.."
 work="${1:-$(mktemp -d /tmp/diskdump-demo.XXXXXX)}"
 mkdir -p "$work"
 work="$(cd "$work" && pwd)"
-for tool in mkfs.ext4 /usr/sbin/sshd ssh-keygen; do
-  command -v "$tool" >/dev/null || { echo "demo needs $tool: apt-get install e2fsprogs openssh-server"; exit 1; }
+# What a fresh machine lacks (as root, like .ci/run): mkfs.ext4, sshd, FUSE.
+missing=()
+for p in e2fsprogs openssh-server fuse3; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+if ((${#missing[@]})); then
+  [ "$(id -u)" = 0 ] || { echo "the demo needs: ${missing[*]} (apt-get install them, or run as root)"; exit 1; }
+  echo "installing ${missing[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
 cargo build --release --quiet
 dd="$PWD/target/release/diskdump"
 store="$work/store"
