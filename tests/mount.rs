@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::images::random_bytes;
 use common::mount::*;
 use sha2::{Digest as _, Sha256};
 use std::fs::{self, File};
@@ -18,10 +19,10 @@ const BS: usize = 128 * 1024;
 
 /// Random, zero and repetitive blocks, and a ragged tail.
 fn sample(seed: u64) -> Vec<u8> {
-    let mut v = random_bytes(seed, 24 * BS);
+    let mut v = random_bytes(24 * BS, seed);
     v.extend(vec![0u8; 16 * BS]);
     v.extend((0..8 * BS).map(|i| b"some text, again "[i % 17]));
-    v.extend(random_bytes(seed + 1, 4 * BS + 12345));
+    v.extend(random_bytes(4 * BS + 12345, seed + 1));
     v
 }
 
@@ -123,7 +124,7 @@ fn eight_threads_reading_random_ranges_get_the_right_bytes() {
             let (img, data) = (&img, data.clone());
             s.spawn(move || {
                 let f = File::open(img).unwrap();
-                let rnd = random_bytes(100 + t, 300 * 16);
+                let rnd = random_bytes(300 * 16, 100 + t);
                 for r in rnd.chunks(16) {
                     let n = |i: usize| u64::from_le_bytes(r[i..i + 8].try_into().unwrap());
                     let off = (n(0) % data.len() as u64) as usize;
@@ -142,12 +143,12 @@ fn eight_threads_reading_random_ranges_get_the_right_bytes() {
 /// Files of assorted sizes in nested directories.
 fn populate(dir: &Path) -> Vec<PathBuf> {
     let files: [(&str, Vec<u8>); 6] = [
-        ("a.bin", random_bytes(7, 3 << 20)),
+        ("a.bin", random_bytes(3 << 20, 7)),
         ("sub/b.txt", b"hello from ext4\n".repeat(1000)),
-        ("sub/deep/c.bin", random_bytes(8, (10 << 20) + 1)),
+        ("sub/deep/c.bin", random_bytes((10 << 20) + 1, 8)),
         ("sub/deep/zeros", vec![0u8; 1 << 20]),
         ("empty", Vec::new()),
-        ("odd size", random_bytes(9, 4097)),
+        ("odd size", random_bytes(4097, 9)),
     ];
     files
         .into_iter()
@@ -328,9 +329,9 @@ fn cp_sparse_always_copies_zero_blocks_as_holes() {
     let env = Env::new();
     let mut data = vec![0u8; 64 << 20];
     for (i, at) in [0, 100 * BS, 300 * BS + 7].into_iter().enumerate() {
-        data[at..at + BS].copy_from_slice(&random_bytes(i as u64, BS));
+        data[at..at + BS].copy_from_slice(&random_bytes(BS, i as u64));
     }
-    data.extend(random_bytes(50, 999)); // a ragged tail
+    data.extend(random_bytes(999, 50)); // a ragged tail
     let src = env.file("g.img", &data);
     let rel = env.import(&src, "g", "2026-04-29");
     let m = env.mount(&[]);

@@ -36,20 +36,6 @@ fn connect_err(s: &Sshd, o: &SshOptions) -> String {
     }
 }
 
-/// Deterministic bytes that do not compress: xorshift64.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
-
 /// Runs `f` on a thread and fails (instead of hanging) if it takes longer than `limit`.
 fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
     let (tx, rx) = mpsc::channel();
@@ -98,7 +84,7 @@ fn upload_and_ensure_agent() {
     let Some(s) = Sshd::require() else { return };
     let r = connect(&s);
     let dest = s.remote_home().join("up.bin");
-    let data = noise(3 << 20, 7);
+    let data = common::images::random_bytes(3 << 20, 7);
     r.upload(dest.to_str().unwrap(), &data, 0o640).unwrap();
     assert_eq!(fs::read(&dest).unwrap(), data);
     assert_eq!(
@@ -111,7 +97,7 @@ fn upload_and_ensure_agent() {
         .collect();
     assert_eq!(leftovers, ["up.bin"], "no temp files left behind");
 
-    let agent = noise(1 << 20, 9);
+    let agent = common::images::random_bytes(1 << 20, 9);
     let hash = hex(&Sha256::digest(&agent));
     let path = r.ensure_agent(&agent, &hash).unwrap();
     let want = s
@@ -175,7 +161,7 @@ fn hex(b: &[u8]) -> String {
 fn echo_through_cat(s: &Sshd, size: usize) {
     let r = connect(s);
     let (mut out, mut inp, handle) = r.exec_stream("cat").unwrap().split();
-    let data = std::sync::Arc::new(noise(size, 42));
+    let data = std::sync::Arc::new(common::images::random_bytes(size, 42));
     let (tx_data, rx_data) = (data.clone(), data.clone());
     let writer = std::thread::spawn(move || {
         for chunk in tx_data.chunks(1 << 20) {
@@ -240,7 +226,7 @@ fn exec_stream_exit_status_stderr_and_kill() {
     let dest = s.remote_home().join("sink");
     let cmd = format!("exec >/dev/null; cat > {}", dest.display());
     let (_out, mut inp, handle) = connect(&s).exec_stream(&cmd).unwrap().split();
-    let data = noise(8 << 20, 3);
+    let data = common::images::random_bytes(8 << 20, 3);
     inp.write_all(&data).unwrap();
     drop(inp);
     assert!(handle.wait().unwrap().success());

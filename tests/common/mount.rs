@@ -73,20 +73,6 @@ pub fn run(cmd: &mut Command) -> Output {
     out
 }
 
-/// Deterministic bytes that do not compress or dedup.
-pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
-
 /// A temp dir holding a store and an empty mountpoint.
 pub struct Env {
     pub dir: tempfile::TempDir,
