@@ -447,18 +447,7 @@ fn ctrl_c_during_import_leaves_no_manifest_and_a_valid_store() {
     images::write(&img, &images::random_bytes(8 * BS, 5));
     slow_tail(&img, 64 << 30);
     let store = dir.path().join("store");
-    let child = Command::new(common::bin())
-        .args([
-            "--store",
-            store.to_str().unwrap(),
-            "import",
-            img.to_str().unwrap(),
-            "--as",
-            "big",
-        ])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = common::spawn_dd(&store, &["import", img.to_str().unwrap(), "--as", "big"]);
     std::thread::sleep(std::time::Duration::from_millis(800));
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
@@ -499,19 +488,7 @@ fn gc_waits_for_a_running_import_and_never_sweeps_blocks_it_relies_on() {
     let big = dir.path().join("big.img");
     images::write(&big, &data);
     slow_tail(&big, 6 << 30);
-    let import = Command::new(common::bin())
-        .args([
-            "--store",
-            store.to_str().unwrap(),
-            "import",
-            big.to_str().unwrap(),
-            "--as",
-            "big",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let import = common::spawn_dd(&store, &["import", big.to_str().unwrap(), "--as", "big"]);
     std::thread::sleep(std::time::Duration::from_millis(500));
     let r = dd(&store, &["gc", "--no-wait"]).fails();
     assert!(
@@ -519,12 +496,7 @@ fn gc_waits_for_a_running_import_and_never_sweeps_blocks_it_relies_on() {
         "{}",
         r.stderr
     );
-    let gc = Command::new(common::bin())
-        .args(["--store", store.to_str().unwrap(), "gc"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let gc = common::spawn_dd(&store, &["gc"]);
     let imported = import.wait_with_output().unwrap();
     assert!(
         imported.status.success(),

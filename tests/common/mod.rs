@@ -73,6 +73,19 @@ pub fn dd_bytes(store: &Path, args: &[&str]) -> (i32, Vec<u8>, String) {
     )
 }
 
+/// Starts `diskdump --store STORE ARGS...` in the background, output captured.
+pub fn spawn_dd(store: &Path, args: &[&str]) -> std::process::Child {
+    Command::new(bin())
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start diskdump")
+}
+
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
