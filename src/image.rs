@@ -341,48 +341,15 @@ impl ImageReader {
 mod tests {
     use super::*;
     use crate::digest::is_zero;
-    use crate::store::{put_block, LocalStore};
-    use diskdump_agent::blockfmt::Encoder;
-
-    const BS: usize = 4096;
+    use crate::store::LocalStore;
+    use crate::testutil::{image, manifest, BS};
 
     /// A store holding `data` as one image; returns the reader's parts.
     fn setup(data: &[u8]) -> (tempfile::TempDir, Arc<dyn Store>, Arc<Manifest>) {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::open_or_create(dir.path(), Some(BS)).unwrap();
-        let (mut enc, mut buf) = (Encoder::default(), Vec::new());
-        let blocks = data
-            .chunks(BS)
-            .map(|c| {
-                let d = Digest::of(c);
-                put_block(&store, &d, c, &mut enc, &mut buf).unwrap();
-                d
-            })
-            .collect();
-        let m = Manifest {
-            source: "t:/x".into(),
-            date: "2026-01-01T00:00:00+00:00".into(),
-            block_size: BS,
-            total_size: data.len() as u64,
-            blocks,
-        };
+        let m = manifest(&store, "2026-01-01T00:00:00+00:00", data);
         (dir, Arc::new(store), Arc::new(m))
-    }
-
-    fn image() -> Vec<u8> {
-        // blocks: text, zero, random, zero, text again, ragged tail of 1000
-        let mut v = Vec::new();
-        v.extend((0..BS).map(|i| b"hello world "[i % 12]));
-        v.extend(vec![0u8; BS]);
-        let mut x = 12345u32;
-        v.extend((0..BS).map(|_| {
-            x = x.wrapping_mul(1103515245).wrapping_add(12345);
-            (x >> 16) as u8
-        }));
-        v.extend(vec![0u8; BS]);
-        v.extend((0..BS).map(|i| b"hello world "[i % 12]));
-        v.extend((0..1000).map(|i| i as u8));
-        v
     }
 
     #[test]

@@ -45,3 +45,5 @@ pub mod receiver;
 pub mod signals;
 pub mod ssh;
 pub mod store;
+#[cfg(test)]
+mod testutil;
