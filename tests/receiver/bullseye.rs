@@ -3,7 +3,7 @@
 //! the receiver on this side over pipes.
 
 use crate::support::*;
-use diskdump::receiver::{receive, InFlight, NoProgress, ReceiveOptions};
+use diskdump::receiver::{InFlight, NoProgress};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -74,36 +74,16 @@ fn the_embedded_agent_runs_in_a_debian_bullseye_chroot() {
     fs::write(root.join("diskdump-agent"), diskdump::agent_bin::AGENT).unwrap();
     let img = image(BS, 40, 333);
     fs::write(root.join("disk.img"), &img).unwrap();
-    let mut child = Command::new("chroot")
-        .arg(&root)
-        .args([
-            "/bin/sh",
-            "-c",
-            "chmod 755 /diskdump-agent && exec /diskdump-agent --block-size 4096 /disk.img",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (stdin, stdout) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
+    let mut chroot = Command::new("chroot");
+    chroot.arg(&root).args([
+        "/bin/sh",
+        "-c",
+        "chmod 755 /diskdump-agent && exec /diskdump-agent --block-size 4096 /disk.img",
+    ]);
     let (_dir, store) = new_store(BS);
-    let inflight = InFlight::new();
-    let opts = ReceiveOptions {
-        store: &store,
-        inflight: &inflight,
-        source: "bullseye:/disk.img",
-        progress: &NoProgress,
-    };
-    let got = receive(&opts, stdout, stdin);
-    let out = child.wait_with_output().unwrap();
-    let got = got.unwrap_or_else(|e| {
-        panic!(
-            "{e:#}; agent stderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    assert!(out.status.success());
+    let (got, status, stderr) = dump_command(&store, &InFlight::new(), chroot, &NoProgress);
+    let got = got.unwrap_or_else(|e| panic!("{e:#}; agent stderr: {stderr}"));
+    assert!(status.success());
     assert!(!got.hello.hostname.is_empty());
     assert!(
         restore(&store, &got.manifest.blocks)[..img.len()] == img[..],

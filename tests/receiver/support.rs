@@ -91,10 +91,19 @@ pub fn dump_with_progress(
     args: &[&str],
     progress: &dyn Progress,
 ) -> (Result<Received>, std::process::ExitStatus, String) {
-    let mut child = Command::new(agent_path())
-        .args(args)
-        .arg("--")
-        .arg(path)
+    let mut cmd = Command::new(agent_path());
+    cmd.args(args).arg("--").arg(path);
+    dump_command(store, inflight, cmd, progress)
+}
+
+/// Runs `cmd` (an agent, however started) against the receiver over pipes.
+pub fn dump_command(
+    store: &dyn Store,
+    inflight: &InFlight,
+    mut cmd: Command,
+    progress: &dyn Progress,
+) -> (Result<Received>, std::process::ExitStatus, String) {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
