@@ -91,7 +91,12 @@ fn find_entry(store: &LocalStore, rel: &str) -> Result<Option<ManifestEntry>> {
     if !store.root().join(rel).is_file() {
         return Ok(None);
     }
-    Ok(store.manifests()?.into_iter().find(|e| e.rel == rel))
+    // List only the manifest's own directory, not the whole store.
+    let dir = rel.rfind('/').map_or("", |i| &rel[..=i]);
+    Ok(store
+        .manifests_under(dir)?
+        .into_iter()
+        .find(|e| e.rel == rel))
 }
 
 fn read_entry(store: &LocalStore, e: ManifestEntry) -> Result<Resolved> {
