@@ -9,7 +9,9 @@ use crate::proto::{Compression, Entry};
 use flate2::{Compress, FlushCompress, Status};
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -222,7 +224,7 @@ impl Reader<'_> {
     /// Reads batch after batch into `window` recycled buffers and queues their
     /// blocks for hashing; waits for a buffer when the window is full. Stops
     /// early, without error, when `stop` is set.
-    pub fn run(mut self, window: usize) -> Result<(), String> {
+    pub fn run(self, window: usize) -> Result<(), String> {
         let (recycle, free) = mpsc::channel();
         for _ in 0..window {
             let _ = recycle.send(Vec::new());
@@ -256,22 +258,37 @@ impl Reader<'_> {
         None
     }
 
-    fn fill(&mut self, buf: &mut [u8], offset: u64) -> Result<(), String> {
-        let mut got = 0;
-        while got < buf.len() {
-            match self.file.read(&mut buf[got..]) {
+    /// Fills `buf` with the source from `offset`. Holes (SEEK_DATA) are not
+    /// read but zero-filled: a sparse image costs what its data costs.
+    fn fill(&self, buf: &mut [u8], offset: u64) -> Result<(), String> {
+        let end = offset + buf.len() as u64;
+        let mut pos = offset;
+        while pos < end {
+            let (data, hole) = data_range(&self.file, pos, end);
+            buf[(pos - offset) as usize..(data - offset) as usize].fill(0);
+            self.read_range(buf, offset, data, hole)?;
+            pos = hole;
+        }
+        Ok(())
+    }
+
+    /// Reads source bytes `from..to` into their place in `buf` (which starts
+    /// at `offset`).
+    fn read_range(&self, buf: &mut [u8], offset: u64, from: u64, to: u64) -> Result<(), String> {
+        let mut at = from;
+        while at < to {
+            let dst = &mut buf[(at - offset) as usize..(to - offset) as usize];
+            match self.file.read_at(dst, at) {
                 Ok(0) => {
                     return Err(format!(
-                        "{} ended at byte {}, before its size when the dump started ({} bytes)",
+                        "{} ended at byte {at}, before its size when the dump started ({} bytes)",
                         self.path.display(),
-                        offset + got as u64,
                         self.size
                     ))
                 }
-                Ok(n) => got += n,
+                Ok(n) => at += n as u64,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    let at = offset + got as u64;
                     return Err(format!(
                         "cannot read {} at byte {at}: {e}",
                         self.path.display()
@@ -280,6 +297,36 @@ impl Reader<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// The next stretch of data in `pos..end`: `(data, hole)` with
+/// `pos <= data <= hole <= end`; `data == hole == end` if only a hole is
+/// left. Where SEEK_DATA is unsupported (or on a device) all of it is data.
+fn data_range(file: &File, pos: u64, end: u64) -> (u64, u64) {
+    let fd = file.as_raw_fd();
+    let seek = |from: u64, whence| {
+        // SAFETY: lseek on a descriptor we own has no memory effects.
+        let r = unsafe { libc::lseek(fd, from as libc::off_t, whence) };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(r as u64)
+        }
+    };
+    match seek(pos, libc::SEEK_DATA) {
+        Ok(data) if data >= end => (end, end),
+        Ok(data) => {
+            let hole = seek(data, libc::SEEK_HOLE).map_or(end, |h| h.clamp(data + 1, end));
+            (data, hole)
+        }
+        // ENXIO: no data after `pos` (a trailing hole, or the file shrank;
+        // reading it then reports the short file).
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => match file.metadata() {
+            Ok(m) if m.len() >= end => (end, end),
+            _ => (pos, end),
+        },
+        Err(_) => (pos, end),
     }
 }
 
@@ -333,6 +380,49 @@ mod tests {
         assert_eq!(e[2], Entry::Hash(Digest::of(&[0u8; 100])));
         drop(b);
         assert_eq!(rx.recv().unwrap().len(), 4096 * 2 + 100);
+    }
+
+    #[test]
+    fn reader_zero_fills_holes_and_reads_data() {
+        use std::io::Write;
+        let path = std::env::temp_dir().join(format!("agent-holes-{}", std::process::id()));
+        let mut f = File::create(&path).unwrap();
+        let mut want = vec![0u8; 3 << 20];
+        for (at, len) in [(0usize, 4096usize), (1 << 20, 100), ((2 << 20) + 5, 70000)] {
+            let data = noise(len);
+            want[at..at + len].copy_from_slice(&data);
+            f.write_all_at(&data, at as u64).unwrap();
+        }
+        f.set_len(want.len() as u64).unwrap();
+        f.flush().unwrap();
+        let file = File::open(&path).unwrap();
+        // Where the filesystem reports holes, the first hole is skipped.
+        let (data, hole) = data_range(&file, 4096, want.len() as u64);
+        assert!(data == 4096 || data >= 1 << 20, "{data}");
+        assert!(hole > data && hole <= want.len() as u64);
+        let queue = Queue::default();
+        let stop = AtomicBool::new(false);
+        let r = Reader {
+            file,
+            path: &path,
+            size: want.len() as u64,
+            batch_bytes: 1 << 20,
+            block_size: 4096,
+            queue: &queue,
+            stop: &stop,
+        };
+        for (off, len) in [(0u64, want.len()), (4096, 9000), ((1 << 20) + 50, 2 << 20)] {
+            let mut buf = vec![0xAAu8; len.min(want.len() - off as usize)];
+            r.fill(&mut buf, off).unwrap();
+            assert!(
+                buf[..] == want[off as usize..off as usize + buf.len()],
+                "{off}"
+            );
+        }
+        let mut past = vec![0u8; 10];
+        let e = r.fill(&mut past, want.len() as u64 - 5).unwrap_err();
+        assert!(e.contains("ended at byte"), "{e}");
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
