@@ -28,6 +28,14 @@ pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
+/// Threads that load blocks ahead of a reader. A cold block costs a few
+/// dependent disk reads (directories, inode, data) before any CPU work, so
+/// more loads in flight than cores hide that latency: a cold restore of the
+/// 2 GiB benchmark image took 6.3 s with 2 threads, 3.3 s with 8 to 16.
+pub fn loader_threads() -> usize {
+    (cores() * 4).clamp(8, 32)
+}
+
 /// Finds a manifest by path (relative to the store, or absolute) or by dump
 /// name (its newest dump). Relative paths may not climb out with `..`.
 pub fn resolve(store: &LocalStore, arg: &str) -> Result<Resolved> {

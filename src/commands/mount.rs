@@ -1,7 +1,7 @@
 //! `mount STORE MOUNTPOINT`: every dump as a read-only image file (FUSE), in
 //! the foreground until Ctrl-C, SIGTERM or SIGHUP, which unmount cleanly.
 
-use super::{cores, open_store};
+use super::{loader_threads, open_store};
 use crate::fuse::{self, MountConfig, Unmounted};
 use crate::mountfs::{FsOptions, MountFs};
 use crate::signals::Waiter;
@@ -36,7 +36,7 @@ pub fn run(opts: &MountOptions) -> Result<u8> {
     let signals = Waiter::install().context("cannot install signal handlers")?;
     let fs_opts = FsOptions {
         cache_bytes: opts.cache_size,
-        prefetch_threads: cores(),
+        prefetch_threads: loader_threads(),
         ..FsOptions::default()
     };
     let fs = MountFs::new(Arc::new(store), &fs_opts)?;

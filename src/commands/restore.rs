@@ -3,7 +3,7 @@
 //! several threads. To a regular file zero blocks become holes; to a device
 //! or stdout they are written.
 
-use super::{cores, open_store, resolve};
+use super::{loader_threads, open_store, resolve};
 use crate::image::{BlockCache, ImageReader, Prefetcher};
 use crate::progress;
 use crate::store::Store;
@@ -32,7 +32,7 @@ pub fn run(store_dir: &Path, arg: &str, output: Option<&Path>) -> Result<u8> {
     let store: Arc<dyn Store> = Arc::new(store);
     let cache = BlockCache::new(READ_AHEAD * bs * 4);
     let reader = ImageReader::new(Arc::new(r.manifest), store, cache)
-        .with_prefetch(Prefetcher::new(cores()), READ_AHEAD);
+        .with_prefetch(Prefetcher::new(loader_threads()), READ_AHEAD);
     let started = Instant::now();
     let size = reader.size();
     match output {
