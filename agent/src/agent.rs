@@ -14,6 +14,7 @@ use crate::proto::{
     block_header, check_params, max_frame_len, read_frame, Done, Entry, Hello, Message, Need,
     PROTOCOL_VERSION,
 };
+use crate::source::Source;
 use crate::work::{Batch, Compressor, Job, Queue, Reader};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -63,6 +64,7 @@ where
             return Err(msg);
         }
     };
+    let source = Source::new(file, &args.source);
     let hello = Hello {
         version: PROTOCOL_VERSION,
         hostname: hostname(),
@@ -84,8 +86,7 @@ where
     let workers = thread::available_parallelism().map_or(2, |n| n.get());
     thread::scope(|s| {
         let reader = Reader {
-            file,
-            path: &args.source,
+            source: &source,
             size,
             batch_bytes,
             block_size: args.block_size,

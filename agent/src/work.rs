@@ -6,13 +6,10 @@
 use crate::blockfmt;
 use crate::digest::{is_zero, Digest};
 use crate::proto::{Compression, Entry};
+use crate::source::AlignedBuf;
+use crate::source::Source;
 use flate2::{Compress, FlushCompress, Status};
 use std::collections::VecDeque;
-use std::fs::File;
-use std::io;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -23,15 +20,20 @@ use std::time::Duration;
 /// `window` batches.
 pub struct Batch {
     pub seq: u64,
-    data: Vec<u8>,
+    data: AlignedBuf,
     block_size: usize,
     entries: Vec<OnceLock<Entry>>,
     unhashed: AtomicUsize,
-    recycle: Sender<Vec<u8>>,
+    recycle: Sender<AlignedBuf>,
 }
 
 impl Batch {
-    pub fn new(seq: u64, data: Vec<u8>, block_size: usize, recycle: Sender<Vec<u8>>) -> Batch {
+    pub fn new(
+        seq: u64,
+        data: AlignedBuf,
+        block_size: usize,
+        recycle: Sender<AlignedBuf>,
+    ) -> Batch {
         let n = data.len().div_ceil(block_size);
         Batch {
             seq,
@@ -211,8 +213,7 @@ fn deflate(z: &mut Compress, raw: &[u8], out: &mut Vec<u8>) {
 
 /// Reads the source once, sequentially, in batch-sized reads.
 pub struct Reader<'a> {
-    pub file: File,
-    pub path: &'a Path,
+    pub source: &'a Source,
     pub size: u64,
     pub batch_bytes: u64,
     pub block_size: usize,
@@ -227,7 +228,7 @@ impl Reader<'_> {
     pub fn run(self, window: usize) -> Result<(), String> {
         let (recycle, free) = mpsc::channel();
         for _ in 0..window {
-            let _ = recycle.send(Vec::new());
+            let _ = recycle.send(AlignedBuf::default());
         }
         let mut offset = 0;
         let mut seq = 0;
@@ -236,7 +237,7 @@ impl Reader<'_> {
                 return Ok(());
             };
             let len = (self.size - offset).min(self.batch_bytes) as usize;
-            buf.resize(len, 0);
+            buf.set_len(len);
             self.fill(&mut buf, offset)?;
             let batch = Arc::new(Batch::new(seq, buf, self.block_size, recycle.clone()));
             let jobs = (0..batch.len()).map(|i| Job::Hash(batch.clone(), i));
@@ -247,7 +248,7 @@ impl Reader<'_> {
         Ok(())
     }
 
-    fn next_buffer(&self, free: &Receiver<Vec<u8>>) -> Option<Vec<u8>> {
+    fn next_buffer(&self, free: &Receiver<AlignedBuf>) -> Option<AlignedBuf> {
         while !self.stop.load(Ordering::Relaxed) {
             match free.recv_timeout(Duration::from_millis(100)) {
                 Ok(buf) => return Some(buf),
@@ -258,75 +259,14 @@ impl Reader<'_> {
         None
     }
 
-    /// Fills `buf` with the source from `offset`. Holes (SEEK_DATA) are not
-    /// read but zero-filled: a sparse image costs what its data costs.
     fn fill(&self, buf: &mut [u8], offset: u64) -> Result<(), String> {
-        let end = offset + buf.len() as u64;
-        let mut pos = offset;
-        while pos < end {
-            let (data, hole) = data_range(&self.file, pos, end);
-            buf[(pos - offset) as usize..(data - offset) as usize].fill(0);
-            self.read_range(buf, offset, data, hole)?;
-            pos = hole;
-        }
-        Ok(())
-    }
-
-    /// Reads source bytes `from..to` into their place in `buf` (which starts
-    /// at `offset`).
-    fn read_range(&self, buf: &mut [u8], offset: u64, from: u64, to: u64) -> Result<(), String> {
-        let mut at = from;
-        while at < to {
-            let dst = &mut buf[(at - offset) as usize..(to - offset) as usize];
-            match self.file.read_at(dst, at) {
-                Ok(0) => {
-                    return Err(format!(
-                        "{} ended at byte {at}, before its size when the dump started ({} bytes)",
-                        self.path.display(),
-                        self.size
-                    ))
-                }
-                Ok(n) => at += n as u64,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    return Err(format!(
-                        "cannot read {} at byte {at}: {e}",
-                        self.path.display()
-                    ));
-                }
+        self.source.fill(buf, offset).map_err(|e| {
+            if e.contains("ended at byte") {
+                format!("{e} ({} bytes when the dump started)", self.size)
+            } else {
+                e
             }
-        }
-        Ok(())
-    }
-}
-
-/// The next stretch of data in `pos..end`: `(data, hole)` with
-/// `pos <= data <= hole <= end`; `data == hole == end` if only a hole is
-/// left. Where SEEK_DATA is unsupported (or on a device) all of it is data.
-fn data_range(file: &File, pos: u64, end: u64) -> (u64, u64) {
-    let fd = file.as_raw_fd();
-    let seek = |from: u64, whence| {
-        // SAFETY: lseek on a descriptor we own has no memory effects.
-        let r = unsafe { libc::lseek(fd, from as libc::off_t, whence) };
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(r as u64)
-        }
-    };
-    match seek(pos, libc::SEEK_DATA) {
-        Ok(data) if data >= end => (end, end),
-        Ok(data) => {
-            let hole = seek(data, libc::SEEK_HOLE).map_or(end, |h| h.clamp(data + 1, end));
-            (data, hole)
-        }
-        // ENXIO: no data after `pos` (a trailing hole, or the file shrank;
-        // reading it then reports the short file).
-        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => match file.metadata() {
-            Ok(m) if m.len() >= end => (end, end),
-            _ => (pos, end),
-        },
-        Err(_) => (pos, end),
+        })
     }
 }
 
@@ -371,7 +311,7 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let mut data = vec![0u8; 4096 * 2 + 100];
         data[4096] = 1;
-        let b = Batch::new(3, data, 4096, tx);
+        let b = Batch::new(3, AlignedBuf::from(&data[..]), 4096, tx);
         assert_eq!(b.len(), 3);
         assert!(!b.hash(0) && !b.hash(2) && b.hash(1));
         let e = b.entries();
@@ -383,52 +323,9 @@ mod tests {
     }
 
     #[test]
-    fn reader_zero_fills_holes_and_reads_data() {
-        use std::io::Write;
-        let path = std::env::temp_dir().join(format!("agent-holes-{}", std::process::id()));
-        let mut f = File::create(&path).unwrap();
-        let mut want = vec![0u8; 3 << 20];
-        for (at, len) in [(0usize, 4096usize), (1 << 20, 100), ((2 << 20) + 5, 70000)] {
-            let data = noise(len);
-            want[at..at + len].copy_from_slice(&data);
-            f.write_all_at(&data, at as u64).unwrap();
-        }
-        f.set_len(want.len() as u64).unwrap();
-        f.flush().unwrap();
-        let file = File::open(&path).unwrap();
-        // Where the filesystem reports holes, the first hole is skipped.
-        let (data, hole) = data_range(&file, 4096, want.len() as u64);
-        assert!(data == 4096 || data >= 1 << 20, "{data}");
-        assert!(hole > data && hole <= want.len() as u64);
-        let queue = Queue::default();
-        let stop = AtomicBool::new(false);
-        let r = Reader {
-            file,
-            path: &path,
-            size: want.len() as u64,
-            batch_bytes: 1 << 20,
-            block_size: 4096,
-            queue: &queue,
-            stop: &stop,
-        };
-        for (off, len) in [(0u64, want.len()), (4096, 9000), ((1 << 20) + 50, 2 << 20)] {
-            let mut buf = vec![0xAAu8; len.min(want.len() - off as usize)];
-            r.fill(&mut buf, off).unwrap();
-            assert!(
-                buf[..] == want[off as usize..off as usize + buf.len()],
-                "{off}"
-            );
-        }
-        let mut past = vec![0u8; 10];
-        let e = r.fill(&mut past, want.len() as u64 - 5).unwrap_err();
-        assert!(e.contains("ended at byte"), "{e}");
-        std::fs::remove_file(&path).unwrap();
-    }
-
-    #[test]
     fn queue_serves_urgent_jobs_first_and_closes() {
         let (tx, _rx) = std::sync::mpsc::channel();
-        let b = Arc::new(Batch::new(0, vec![1; 10], 4096, tx));
+        let b = Arc::new(Batch::new(0, AlignedBuf::from(&[1u8; 10][..]), 4096, tx));
         let q = Queue::default();
         q.push([Job::Hash(b.clone(), 0)], false);
         q.push([Job::Compress(b.clone(), 0)], true);

@@ -8,17 +8,16 @@ use crate::progress;
 use crate::store::{put_block, LocalStore, LockKind, Store};
 use anyhow::{bail, Context, Result};
 use diskdump_agent::blockfmt::Encoder;
+use diskdump_agent::source::{AlignedBuf, Source};
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// A worker's answer for one chunk: its index, digests, counts, and the buffer back.
-type ChunkDone = Result<(usize, Vec<Digest>, ImportStats, Vec<u8>)>;
+type ChunkDone = Result<(usize, Vec<Digest>, ImportStats, AlignedBuf)>;
 
 /// Blocks read and handed to a worker at once.
 const CHUNK_BLOCKS: usize = 32;
@@ -85,6 +84,7 @@ pub fn run(
     let bs = store.block_size();
     let started = Instant::now();
     let bar = progress::bytes_bar(size, "import");
+    let file = Source::new(file, image);
     let (blocks, stats) =
         import_blocks(&store, &file, size, &|n| bar.inc(n)).with_context(|| {
             format!(
@@ -122,7 +122,7 @@ pub fn run(
 /// returns the block list in order. Memory: a few chunks per worker.
 pub fn import_blocks(
     store: &dyn Store,
-    src: &File,
+    src: &Source,
     size: u64,
     on_progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(Vec<Digest>, ImportStats)> {
@@ -137,9 +137,9 @@ pub fn import_blocks(
     let chunk = bs * CHUNK_BLOCKS;
     let nchunks = size.div_ceil(chunk as u64) as usize;
     let workers = cores();
-    let (work_tx, work_rx) = sync_channel::<(usize, Vec<u8>)>(workers * 2);
+    let (work_tx, work_rx) = sync_channel::<(usize, AlignedBuf)>(4);
     let (done_tx, done_rx) = sync_channel::<ChunkDone>(workers * 2);
-    let (free_tx, free_rx) = sync_channel::<Vec<u8>>(workers * 4 + 4);
+    let (free_tx, free_rx) = sync_channel::<AlignedBuf>(workers + 8);
     // Shared by the workers only: when the last one exits the reader's send fails.
     let work_rx = Arc::new(Mutex::new(work_rx));
     let mut blocks = vec![zero; size.div_ceil(bs as u64) as usize];
@@ -152,7 +152,8 @@ pub fn import_blocks(
                 crate::signals::check()?;
                 // A chunk of whole blocks with no data in it (a hole of a
                 // sparse file) is zero blocks: no need to read it.
-                if len.is_multiple_of(bs) && next_data(src, off) >= off + len as u64 {
+                let end = off + len as u64;
+                if len.is_multiple_of(bs) && src.data_range(off, end).0 >= end {
                     let n = len / bs;
                     let st = ImportStats {
                         zero: n as u64,
@@ -160,7 +161,7 @@ pub fn import_blocks(
                         ..Default::default()
                     };
                     if holes_tx
-                        .send(Ok((i, vec![zero; n], st, Vec::new())))
+                        .send(Ok((i, vec![zero; n], st, AlignedBuf::default())))
                         .is_err()
                     {
                         break;
@@ -168,9 +169,8 @@ pub fn import_blocks(
                     continue;
                 }
                 let mut buf = free_rx.try_recv().unwrap_or_default();
-                buf.resize(len, 0);
-                src.read_exact_at(&mut buf, off)
-                    .with_context(|| format!("cannot read the image at offset {off}"))?;
+                buf.set_len(len);
+                src.fill(&mut buf, off).map_err(anyhow::Error::msg)?;
                 if work_tx.send((i, buf)).is_err() {
                     break; // a worker failed; its error is reported
                 }
@@ -208,7 +208,7 @@ pub fn import_blocks(
 
 fn collect(
     done: Receiver<ChunkDone>,
-    free: &std::sync::mpsc::SyncSender<Vec<u8>>,
+    free: &std::sync::mpsc::SyncSender<AlignedBuf>,
     blocks: &mut [Digest],
     stats: &mut ImportStats,
     per_chunk: usize,
@@ -220,26 +220,11 @@ fn collect(
         blocks[i * per_chunk..i * per_chunk + ds.len()].copy_from_slice(&ds);
         stats.add(&st);
         on_progress(st.bytes);
-        if buf.capacity() > 0 {
+        if !buf.is_empty() {
             let _ = free.try_send(buf);
         }
     }
     Ok(())
-}
-
-/// The offset of the first data at or after `from` (SEEK_DATA); `u64::MAX`
-/// if only a hole follows. Where SEEK_DATA is not supported, all is data.
-fn next_data(file: &File, from: u64) -> u64 {
-    // SAFETY: lseek on an open descriptor; reads go through pread, so moving
-    // the file position is harmless.
-    let r = unsafe { libc::lseek(file.as_raw_fd(), from as libc::off_t, libc::SEEK_DATA) };
-    if r >= 0 {
-        return r as u64;
-    }
-    match std::io::Error::last_os_error().raw_os_error() {
-        Some(libc::ENXIO) => u64::MAX,
-        _ => from,
-    }
 }
 
 fn hash_and_store(

@@ -115,7 +115,7 @@ impl Default for FsOptions {
         FsOptions {
             cache_bytes: 256 << 20,
             prefetch_threads: 2,
-            read_ahead_blocks: 16,
+            read_ahead_blocks: 64,
             manifest_bytes: 128 << 20,
         }
     }

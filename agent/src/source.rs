@@ -1,0 +1,245 @@
+//! Reading a source image once, fast: holes (SEEK_DATA/SEEK_HOLE) are
+//! zero-filled instead of read, and data is read with O_DIRECT into aligned
+//! buffers where the filesystem allows it. A cold buffered read of the 2 GiB
+//! benchmark image cost 2.4 to 4.3 s of kernel CPU on this kind of VM (page
+//! cache allocation and the copy out of it); O_DIRECT cost 0.15 s and was
+//! faster. Direct reads see dirty cached data too: the kernel writes the
+//! range back before it reads. Used by the agent and by `import`.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::ops::{Deref, DerefMut};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Alignment of O_DIRECT reads (offset, length and memory): a page, which
+/// covers 512- and 4096-byte logical sectors.
+pub const ALIGN: usize = 4096;
+
+/// A byte buffer whose start is `ALIGN`-aligned. Resizing keeps the
+/// allocation when it is big enough; contents are then unspecified.
+#[derive(Default)]
+pub struct AlignedBuf {
+    raw: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    pub fn with_len(len: usize) -> AlignedBuf {
+        let mut b = AlignedBuf::default();
+        b.set_len(len);
+        b
+    }
+
+    /// Makes the buffer `len` bytes long (contents unspecified).
+    pub fn set_len(&mut self, len: usize) {
+        if self.raw.len() - self.start < len || self.raw.is_empty() {
+            self.raw = vec![0u8; len + ALIGN];
+            self.start = self.raw.as_ptr().align_offset(ALIGN);
+        }
+        self.len = len;
+    }
+}
+
+impl From<&[u8]> for AlignedBuf {
+    fn from(data: &[u8]) -> AlignedBuf {
+        let mut b = AlignedBuf::with_len(data.len());
+        b.copy_from_slice(data);
+        b
+    }
+}
+
+impl Deref for AlignedBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.raw[self.start..self.start + self.len]
+    }
+}
+
+impl DerefMut for AlignedBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.raw[self.start..self.start + self.len]
+    }
+}
+
+/// An open source file or block device.
+pub struct Source {
+    file: File,
+    /// The same file opened with O_DIRECT, if the filesystem supports it.
+    direct: Option<File>,
+    direct_ok: AtomicBool,
+    name: String,
+}
+
+impl Source {
+    pub fn new(file: File, path: &Path) -> Source {
+        let direct = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+            .ok();
+        Source {
+            direct_ok: AtomicBool::new(direct.is_some()),
+            file,
+            direct,
+            name: path.display().to_string(),
+        }
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The next stretch of data in `pos..end`: `(data, hole)` with
+    /// `pos <= data <= hole <= end`; `data == end` if only a hole is left.
+    /// Where SEEK_DATA is unsupported (or on a device) all of it is data.
+    pub fn data_range(&self, pos: u64, end: u64) -> (u64, u64) {
+        let fd = self.file.as_raw_fd();
+        let seek = |from: u64, whence| {
+            // SAFETY: lseek on a descriptor we own has no memory effects; all
+            // reads are positioned, so the file offset does not matter.
+            let r = unsafe { libc::lseek(fd, from as libc::off_t, whence) };
+            if r < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(r as u64)
+            }
+        };
+        match seek(pos, libc::SEEK_DATA) {
+            Ok(data) if data >= end => (end, end),
+            Ok(data) => {
+                let hole = seek(data, libc::SEEK_HOLE).map_or(end, |h| h.clamp(data + 1, end));
+                (data, hole)
+            }
+            // ENXIO: no data after `pos`. A trailing hole if the file still
+            // reaches `end`; if it shrank, reading reports the short file.
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => match self.file.metadata() {
+                Ok(m) if m.len() >= end => (end, end),
+                _ => (pos, end),
+            },
+            Err(_) => (pos, end),
+        }
+    }
+
+    /// Fills `buf` with the source from `offset`, zero-filling holes.
+    /// Errors name the source and the byte offset.
+    pub fn fill(&self, buf: &mut [u8], offset: u64) -> Result<(), String> {
+        let end = offset + buf.len() as u64;
+        let mut pos = offset;
+        while pos < end {
+            let (data, hole) = self.data_range(pos, end);
+            buf[(pos - offset) as usize..(data - offset) as usize].fill(0);
+            self.read_range(
+                &mut buf[(data - offset) as usize..(hole - offset) as usize],
+                data,
+            )?;
+            pos = hole;
+        }
+        Ok(())
+    }
+
+    /// Reads exactly `dst.len()` bytes at `at`.
+    fn read_range(&self, dst: &mut [u8], at: u64) -> Result<(), String> {
+        let mut done = 0;
+        while done < dst.len() {
+            let pos = at + done as u64;
+            let rest = &mut dst[done..];
+            match self.read_some(rest, pos) {
+                Ok(0) => {
+                    return Err(format!(
+                        "{} ended at byte {pos}, before its size when the read started",
+                        self.name
+                    ))
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("cannot read {} at byte {pos}: {e}", self.name)),
+            }
+        }
+        Ok(())
+    }
+
+    /// One read: direct for the aligned part when possible, else buffered.
+    fn read_some(&self, dst: &mut [u8], pos: u64) -> io::Result<usize> {
+        let aligned = dst.len() / ALIGN * ALIGN;
+        if let Some(direct) = &self.direct {
+            if aligned > 0
+                && pos.is_multiple_of(ALIGN as u64)
+                && dst.as_ptr().align_offset(ALIGN) == 0
+                && self.direct_ok.load(Ordering::Relaxed)
+            {
+                match direct.read_at(&mut dst[..aligned], pos) {
+                    // Some filesystems refuse O_DIRECT only at read time.
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                        self.direct_ok.store(false, Ordering::Relaxed);
+                    }
+                    r => return r,
+                }
+            }
+        }
+        self.file.read_at(dst, pos)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testdata::noise;
+
+    #[test]
+    fn aligned_buf_is_aligned_and_reuses_its_allocation() {
+        let mut b = AlignedBuf::with_len(10_000);
+        assert_eq!(b.as_ptr().align_offset(ALIGN), 0);
+        assert_eq!(b.len(), 10_000);
+        let p = b.as_ptr();
+        b.set_len(5000);
+        assert_eq!((b.as_ptr(), b.len()), (p, 5000));
+        b.set_len(1 << 20);
+        assert_eq!(b.as_ptr().align_offset(ALIGN), 0);
+        assert_eq!(b.len(), 1 << 20);
+        assert_eq!(AlignedBuf::default().len(), 0);
+    }
+
+    #[test]
+    fn fill_zero_fills_holes_and_reads_data_at_any_alignment() {
+        let path = std::env::temp_dir().join(format!("agent-source-{}", std::process::id()));
+        let f = File::create(&path).unwrap();
+        let mut want = vec![0u8; (3 << 20) + 777];
+        for (at, len) in [(0usize, 4096usize), (1 << 20, 100), ((2 << 20) + 5, 70000)] {
+            let data = noise(len);
+            want[at..at + len].copy_from_slice(&data);
+            f.write_all_at(&data, at as u64).unwrap();
+        }
+        f.set_len(want.len() as u64).unwrap();
+        drop(f);
+        let src = Source::new(File::open(&path).unwrap(), &path);
+        // Where the filesystem reports holes, the first hole is skipped.
+        let (data, hole) = src.data_range(4096, want.len() as u64);
+        assert!(data == 4096 || data >= 1 << 20, "{data}");
+        assert!(hole > data && hole <= want.len() as u64);
+        let mut buf = AlignedBuf::default();
+        for (off, len) in [
+            (0u64, want.len()),
+            (4096, 9000),
+            ((1 << 20) + 50, 2 << 20),
+            (3, 8192),
+            ((3 << 20) - 4096, 4096 + 777),
+        ] {
+            buf.set_len(len);
+            buf.fill(0xAA);
+            src.fill(&mut buf, off).unwrap();
+            assert!(buf[..] == want[off as usize..off as usize + len], "{off}");
+            // Unaligned memory takes the buffered path.
+            let mut v = vec![0xAAu8; len + 1];
+            src.fill(&mut v[1..], off).unwrap();
+            assert!(v[1..] == want[off as usize..off as usize + len], "{off}");
+        }
+        let mut past = vec![0u8; 10];
+        let e = src.fill(&mut past, want.len() as u64 - 5).unwrap_err();
+        assert!(e.contains("ended at byte"), "{e}");
+        std::fs::remove_file(&path).unwrap();
+    }
+}
