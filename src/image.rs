@@ -255,6 +255,26 @@ impl ImageReader {
             .map_err(|e| self.err(idx, e))
     }
 
+    /// Block `idx` for a reader going through the image in order: like
+    /// `block`, and loads the blocks after it ahead.
+    pub fn next_block(&self, idx: usize) -> Result<Option<Block>, ReadError> {
+        let bs = self.manifest.block_size as u64;
+        let offset = idx as u64 * bs;
+        self.read_ahead(offset, offset + self.manifest.block_len(idx) as u64, idx);
+        self.block(idx)
+    }
+
+    /// The error for block `idx` decoding to fewer bytes than the manifest
+    /// needs (an old manifest without total_size, cut short).
+    pub fn short_block(&self, idx: usize, got: usize) -> ReadError {
+        let reason = format!(
+            "block is {got} bytes, the manifest needs {}",
+            self.manifest.block_len(idx)
+        );
+        let digest = self.manifest.blocks[idx];
+        self.err(idx, BlockError::Corrupt { digest, reason })
+    }
+
     /// Schedules the blocks after `idx` when access looks sequential.
     fn read_ahead(&self, offset: u64, end: u64, idx: usize) {
         let Some((p, n)) = &self.prefetch else { return };
@@ -297,15 +317,7 @@ impl ImageReader {
             match self.block(idx)? {
                 // A verified block shorter than the manifest says (an old
                 // manifest without total_size, cut short): fail, never panic.
-                Some(b) if b.len() < within + n => {
-                    let reason = format!(
-                        "block is {} bytes, the manifest needs {}",
-                        b.len(),
-                        self.manifest.block_len(idx)
-                    );
-                    let digest = self.manifest.blocks[idx];
-                    return Err(self.err(idx, BlockError::Corrupt { digest, reason }));
-                }
+                Some(b) if b.len() < within + n => return Err(self.short_block(idx, b.len())),
                 Some(b) => dst.copy_from_slice(&b[within..within + n]),
                 None => dst
                     .chunks_mut(ZEROS.len())

@@ -101,26 +101,23 @@ fn write_image(reader: &ImageReader, sink: &mut Sink) -> Result<()> {
     let m = reader.manifest();
     let bar = progress::bytes_bar(reader.size(), "restore");
     let zeros = vec![0u8; m.block_size];
-    let mut buf = vec![0u8; m.block_size];
     let mut offset = 0u64;
     for idx in 0..m.blocks.len() {
         crate::signals::check()?;
         let len = m.block_len(idx);
-        match sink {
-            Sink::Sparse(f) => {
-                if !reader.is_zero(idx) {
-                    reader.read_at(offset, &mut buf[..len])?;
-                    f.write_all_at(&buf[..len], offset)?;
-                }
+        // Written straight from the cached block: no copy through a buffer.
+        let data = match reader.next_block(idx)? {
+            Some(b) if b.len() < len => {
+                return Err(reader.short_block(idx, b.len()).into());
             }
-            Sink::Stream(w) => {
-                if reader.is_zero(idx) {
-                    w.write_all(&zeros[..len])?;
-                } else {
-                    reader.read_at(offset, &mut buf[..len])?;
-                    w.write_all(&buf[..len])?;
-                }
-            }
+            Some(b) => Some(b),
+            None => None,
+        };
+        match (&mut *sink, &data) {
+            (Sink::Sparse(f), Some(b)) => f.write_all_at(&b[..len], offset)?,
+            (Sink::Sparse(_), None) => {}
+            (Sink::Stream(w), Some(b)) => w.write_all(&b[..len])?,
+            (Sink::Stream(w), None) => w.write_all(&zeros[..len])?,
         }
         offset += len as u64;
         bar.inc(len as u64);
