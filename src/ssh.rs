@@ -43,6 +43,9 @@ const LIBSSH2_ERROR_TIMEOUT: i32 = -9;
 const IO_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A logged-in SSH session to one host.
+/// Exit status of [`Remote::cached_agent_command`] when the agent must be deployed first.
+pub const AGENT_MISSING: i32 = 97;
+
 pub struct Remote {
     sess: Session,
     fd: RawFd,
@@ -173,6 +176,24 @@ impl Remote {
                 )
             }
         }
+    }
+
+    /// A command that runs the agent `ensure_agent` cached, if it is there
+    /// and intact, with `prefix` (e.g. `sudo -n `) and `args`; otherwise it
+    /// exits with [`AGENT_MISSING`] before writing anything. The usual
+    /// dump then costs one remote command instead of two: each starts the
+    /// user's shell, 0.17 s with this machine's root `.bashrc`.
+    pub fn cached_agent_command(agent_hash_hex: &str, prefix: &str, args: &str) -> Result<String> {
+        let hash = agent_hash_hex.to_ascii_lowercase();
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            bail!("agent hash {agent_hash_hex:?} is not a SHA-256 hex digest");
+        }
+        Ok(format!(
+            "p=\"$HOME/.cache/diskdump/agent-{}\"; [ \"$(uname -sm)\" = 'Linux x86_64' ] && \
+             [ \"$(sha256sum < \"$p\" 2>/dev/null)\" = '{hash}  -' ] && exec {prefix}\"$p\" {args}; \
+             exit {AGENT_MISSING}",
+            &hash[..16]
+        ))
     }
 
     /// Makes sure the agent executable is in `~/.cache/diskdump/agent-<hash prefix>` (dir mode

@@ -307,3 +307,43 @@ fn ctrl_c_stops_the_agent_writes_no_manifest_and_the_rerun_resends_nothing() {
     );
     assert_eq!(manifests(&store).len(), 1);
 }
+
+#[test]
+fn agent_is_deployed_once_and_redeployed_when_damaged() {
+    let Some(sshd) = Sshd::require() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let data = images::mixed(BS, 20, 1000, 43);
+    let img = dir.path().join("disk.img");
+    images::write(&img, &data);
+    let store = dir.path().join("store");
+    let target = format!("{}:{}", sshd.host_alias(), img.display());
+    let cache = sshd.remote_home().join(".cache/diskdump");
+    let _ = fs::remove_dir_all(&cache);
+    let agent = || {
+        let files: Vec<PathBuf> = walk(&cache);
+        assert_eq!(files.len(), 1, "{files:?}");
+        files[0].clone()
+    };
+    let o = run(&sshd, &store, &["dump", &target, "--as", "a"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let path = agent();
+    let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
+    let first = ino(&path);
+    // Cached: started in one round trip, not uploaded again.
+    let o = run(&sshd, &store, &["dump", &target, "--as", "a"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(ino(&agent()), first, "the cached agent was uploaded again");
+    // A damaged cached agent is never run: it is replaced, and the dump works.
+    let mut bytes = fs::read(&path).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xFF;
+    fs::write(&path, &bytes).unwrap();
+    let o = run(&sshd, &store, &["dump", &target, "--as", "a"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_ne!(
+        fs::read(agent()).unwrap(),
+        bytes,
+        "the damaged agent stayed"
+    );
+    assert!(restore(&store, "a") == data);
+}

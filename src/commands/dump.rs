@@ -6,11 +6,12 @@ use crate::agent_bin::{agent_hash, AGENT};
 use crate::cli::{DumpArgs, TargetSpec};
 use crate::manifest::{default_name, validate_name};
 use crate::receiver::{receive, InFlight, ReceiveOptions, ReceiveStats};
-use crate::ssh::{sudo_hint, Remote, SshOptions, Target};
+use crate::ssh::{sudo_hint, Remote, SshOptions, Target, AGENT_MISSING};
 use crate::store::{LocalStore, LockKind, Store};
 use crate::{progress, signals};
 use anyhow::{bail, Context, Result};
 use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -118,6 +119,16 @@ fn target_bar(target: &str) -> ProgressBar {
     pb
 }
 
+/// Reads the remote's first byte; 0 if it closed its output at once.
+fn read_first(r: &mut impl io::Read, first: &mut [u8; 1]) -> Result<usize> {
+    loop {
+        match r.read(first) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return Ok(r.context("reading from the agent")?),
+        }
+    }
+}
+
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
@@ -136,23 +147,44 @@ fn dump_one(
         Some(u) => format!("{u}@{}", t.host),
         None => t.host.clone(),
     };
-    let remote = Remote::connect(&dest, ssh)?;
-    bar.set_message("deploying agent");
-    let agent = remote.ensure_agent(AGENT, &agent_hash())?;
-    let cmd = format!(
-        "{}{} --block-size {} --batch-size {} --window {} --compress {} {}",
-        if job.spec.sudo { "sudo -n " } else { "" },
-        shell_quote(&agent),
+    let source = format!("{}:{}", t.host, t.path);
+    let prefix = if job.spec.sudo { "sudo -n " } else { "" };
+    let agent_args = format!(
+        "--block-size {} --batch-size {} --window {} --compress {} {}",
         store.block_size(),
         args.batch_size,
         args.window,
         args.compress,
         shell_quote(&t.path)
     );
+    // Usually the agent is cached on the remote: start it in one round trip.
+    let remote = Remote::connect(&dest, ssh)?;
     let label = remote.label().to_string();
-    let (input, output, handle) = remote.exec_stream(&cmd)?.split();
+    let cmd = Remote::cached_agent_command(&agent_hash(), prefix, &agent_args)?;
+    let (mut input, mut output, mut handle) = remote.exec_stream(&cmd)?.split();
+    let mut first = [0u8; 1];
+    let mut got = read_first(&mut input, &mut first)?;
+    if got == 0 {
+        let exit = handle.wait()?;
+        if exit.status != AGENT_MISSING {
+            if let Some(hint) = sudo_hint(&exit.stderr) {
+                bail!("{source}: {hint}");
+            }
+            bail!(
+                "{source}: the agent exited with status {} before it started: {}",
+                exit.status,
+                exit.stderr.trim()
+            );
+        }
+        bar.set_message("deploying agent");
+        let remote = Remote::connect(&dest, ssh)?;
+        let agent = remote.ensure_agent(AGENT, &agent_hash())?;
+        let cmd = format!("{prefix}{} {agent_args}", shell_quote(&agent));
+        (input, output, handle) = remote.exec_stream(&cmd)?.split();
+        got = read_first(&mut input, &mut first)?;
+    }
+    let input = io::Read::chain(&first[..got], input);
     bar.set_message("");
-    let source = format!("{}:{}", t.host, t.path);
     let update = |st: &ReceiveStats| {
         bar.set_length(st.size);
         bar.set_position(st.bytes_read);
