@@ -124,7 +124,7 @@ fn read_first(r: &mut impl io::Read, first: &mut [u8; 1]) -> Result<usize> {
     loop {
         match r.read(first) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            r => return Ok(r.context("reading from the agent")?),
+            r => return r.context("reading from the agent"),
         }
     }
 }
