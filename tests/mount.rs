@@ -34,6 +34,29 @@ fn cmp(a: &Path, b: &Path) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// The file's bytes through a read-only shared mapping (reads bypass the
+/// page cache where the kernel allows it, and mmap must still work).
+fn mmapped(p: &Path) -> Vec<u8> {
+    use std::os::fd::AsRawFd;
+    let f = File::open(p).unwrap();
+    let len = f.metadata().unwrap().len() as usize;
+    // SAFETY: a fresh read-only mapping of `len` bytes, copied out and unmapped.
+    unsafe {
+        let a = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
+        assert_ne!(a, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
+        let v = std::slice::from_raw_parts(a as *const u8, len).to_vec();
+        libc::munmap(a, len);
+        v
+    }
+}
+
 fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(dir)
         .unwrap()
@@ -83,6 +106,7 @@ fn image_bytes_equal_the_source_and_the_mount_is_read_only() {
     let img = m.mnt.join(&rel);
     assert!(cmp(&src, &img), "image differs from its source");
     assert!(cmp(&src, &m.mnt.join("legacy/web-sda/1.img")));
+    assert!(mmapped(&img) == data, "mmap of the image differs");
     assert_eq!(names(&m.mnt), ["2026", "legacy"]);
     let meta = fs::metadata(&img).unwrap();
     assert_eq!(meta.len(), data.len() as u64);
