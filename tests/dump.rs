@@ -307,3 +307,79 @@ fn ctrl_c_stops_the_agent_writes_no_manifest_and_the_rerun_resends_nothing() {
     );
     assert_eq!(manifests(&store).len(), 1);
 }
+
+#[test]
+fn kill_9_of_the_storage_side_leaves_whole_blocks_and_the_rerun_sends_only_the_rest() {
+    let Some(sshd) = Sshd::require() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("big.img");
+    // 32 MiB of distinct random blocks, then a long sparse tail the agent is
+    // still reading when the kill comes.
+    let data = images::random_bytes(256 * BS, 47);
+    images::write(&img, &data);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(48 << 30)
+        .unwrap();
+    let store = dir.path().join("store");
+    let target = format!("{}:{}", sshd.host_alias(), img.display());
+    let spawn = || {
+        Command::new(common::bin())
+            .args(["--store", store.to_str().unwrap(), "dump", &target])
+            .args(["--as", "big"])
+            .envs(sshd.env())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Kill while blocks arrive, then again after they all did.
+    for min_blocks in [8, 256] {
+        let child = spawn();
+        common::wait_until(60, "blocks arriving", || {
+            common::block_files(&store).len() >= min_blocks
+        });
+        common::signal(&child, libc::SIGKILL);
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&o.status),
+            Some(libc::SIGKILL),
+            "{}",
+            text(&o)
+        );
+        assert!(manifests(&store).is_empty());
+        common::whole_blocks_and_temps(&store, BS);
+        // The agent notices its session is gone and exits.
+        common::wait_until(10, "the agent to exit", || {
+            let ps = Command::new("pgrep")
+                .args(["-f", img.to_str().unwrap()])
+                .output()
+                .unwrap();
+            ps.stdout.is_empty()
+        });
+    }
+    let (present, _) = common::whole_blocks_and_temps(&store, BS);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(data.len() as u64)
+        .unwrap();
+    // Present: the 256 data blocks (some maybe not yet) and perhaps the zero block.
+    let zero_present = common::block_files(&store).iter().any(|p| {
+        p.to_string_lossy()
+            .contains(&common::sha256_hex(&vec![0; BS]))
+    });
+    let data_present = present - usize::from(zero_present);
+    let o = run(&sshd, &store, &["dump", &target, "--as", "big"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let (new, _) = summary(&o, &target);
+    assert_eq!(new as usize, 256 - data_present, "{}", text(&o));
+    let r = common::dd(&store, &["gc"]).ok();
+    assert!(r.stdout.contains("removed 0 unreferenced"), "{}", r.stdout);
+    assert!(common::whole_blocks_and_temps(&store, BS).1.is_empty());
+    common::dd(&store, &["verify"]).ok();
+    assert!(restore(&store, "big") == data);
+}
