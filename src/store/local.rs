@@ -407,8 +407,11 @@ impl Store for LocalStore {
         self.sync()
             .context("cannot sync the store's blocks to disk")?;
         let tmp = self.tmp_name(&dir.join(format!("{name}.manifest")));
-        write_new_durably(&tmp, m.render().as_bytes())
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        if let Err(e) = write_new_durably(&tmp, m.render().as_bytes()) {
+            // A full disk must not leave a partial manifest behind.
+            let _ = fs::remove_file(&tmp);
+            return Err(e).with_context(|| format!("cannot write {}", tmp.display()));
+        }
         let mut seq = 1;
         let result = loop {
             let file = if seq == 1 {
