@@ -265,6 +265,13 @@ impl Store for LocalStore {
                 reason: format!("block file is larger than {limit} bytes"),
             });
         }
+        if buf.is_empty() {
+            // Say so plainly: a crash or a full disk, not a codec problem.
+            return Err(BlockError::Corrupt {
+                digest: *d,
+                reason: "block file is empty (0 bytes)".into(),
+            });
+        }
         Ok(())
     }
 
