@@ -112,3 +112,125 @@ fn verify_names_a_block_stored_under_another_name() {
     );
     assert_eq!(other.len(), 64);
 }
+
+/// Checks a failed run: non-zero, one line, no panic, mentioning `want`.
+fn one_line_error(r: &common::Run, what: &str, want: &str) {
+    assert_ne!(r.code, 0, "{what}: {}", r.stdout);
+    assert_ne!(r.code, 101, "{what} panicked: {}", r.stderr);
+    assert!(!r.stderr.contains("panicked"), "{what}: {}", r.stderr);
+    assert_eq!(r.stderr.trim().lines().count(), 1, "{what}: {}", r.stderr);
+    assert!(r.stderr.contains(want), "{what}: {want:?} in {}", r.stderr);
+}
+
+#[test]
+fn garbage_config_json_is_a_clear_error_from_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, img, _) = setup(dir.path());
+    let cfg = store.join(".blockstore/config.json");
+    let img = img.to_str().unwrap();
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["status"],
+        vec!["info", "d"],
+        vec!["verify"],
+        vec!["verify", "--repair"],
+        vec!["gc"],
+        vec!["restore", "d"],
+        vec!["import", img, "--as", "again"],
+        vec!["dump", "nosuchhost.invalid:/dev/sda"],
+    ];
+    let garbage: [&[u8]; 7] = [
+        b"",
+        b"{",
+        b"[]",
+        b"\xff\xfe\x00garbage",
+        br#"{"version": 1, "block_size": "big"}"#,
+        br#"{"version": 1, "block_size": 1e300}"#,
+        br#"{"version": 1, "block_size": 18446744073709551615}"#,
+    ];
+    for g in garbage {
+        fs::write(&cfg, g).unwrap();
+        for args in &commands {
+            let r = dd(&store, args);
+            one_line_error(
+                &r,
+                &format!("{args:?} with {:?}", String::from_utf8_lossy(g)),
+                "config.json",
+            );
+        }
+        // mount checks the store before it mounts anything.
+        let r = common::dd(
+            &store,
+            &["mount", store.to_str().unwrap(), mnt.to_str().unwrap()],
+        );
+        one_line_error(&r, "mount", "config.json");
+    }
+    assert!(common::all_manifests(&store).len() == 1, "nothing written");
+}
+
+#[test]
+fn absurd_manifest_headers_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _, data) = setup(dir.path());
+    let h = sha256_hex(&data[..BS]);
+    let day = store.join("2026/01/01");
+    fs::create_dir_all(&day).unwrap();
+    let cases = [
+        (
+            "huge-size",
+            format!(
+                "# block_size: {BS}\n# total_blocks: 1\n# total_size: 18446744073709551615\n{h}\n"
+            ),
+            "total_size",
+        ),
+        (
+            "huge-count",
+            format!("# block_size: {BS}\n# total_blocks: 18446744073709551615\n{h}\n"),
+            "total_blocks",
+        ),
+        (
+            "huge-bs",
+            format!("# block_size: 18446744073709551615\n# total_blocks: 1\n{h}\n"),
+            "block_size",
+        ),
+        (
+            "bs-overflow",
+            format!("# block_size: 99999999999999999999999\n{h}\n"),
+            "block_size",
+        ),
+        (
+            "size-no-hashes",
+            "# block_size: 131072\n# total_blocks: 0\n# total_size: 1099511627776\n".to_string(),
+            "total_size",
+        ),
+    ];
+    for (name, body, want) in &cases {
+        let text = format!(
+            "# diskdump manifest v1\n# source: x:/y\n# date: 2026-01-01T00:00:00+00:00\n{body}"
+        );
+        fs::write(day.join(format!("{name}.manifest")), text).unwrap();
+        for cmd in ["info", "restore", "verify"] {
+            let r = dd(&store, &[cmd, name]);
+            let what = format!("{cmd} {name}");
+            if cmd == "verify" {
+                // verify reports it as a problem on stdout and exits 1.
+                assert_eq!(r.code, 1, "{what}: {}{}", r.stdout, r.stderr);
+                assert!(
+                    r.stdout.contains(want) || r.stderr.contains(want),
+                    "{what}: {}{}",
+                    r.stdout,
+                    r.stderr
+                );
+            } else {
+                one_line_error(&r, &what, want);
+            }
+        }
+    }
+    let r = dd(&store, &["gc"]).fails();
+    assert!(
+        r.stderr.contains("gc stopped before deleting anything"),
+        "{}",
+        r.stderr
+    );
+}
