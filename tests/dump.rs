@@ -383,3 +383,52 @@ fn kill_9_of_the_storage_side_leaves_whole_blocks_and_the_rerun_sends_only_the_r
     common::dd(&store, &["verify"]).ok();
     assert!(restore(&store, "big") == data);
 }
+
+/// A sudoers rule for the test user, removed on drop.
+struct SudoersRule(PathBuf);
+
+impl Drop for SudoersRule {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn sudo_that_wants_a_password_is_a_clear_error() {
+    let Some(sshd) = Sshd::require() else { return };
+    if !common::require(common::have("sudo"), "sudo (apt-get install sudo)") {
+        return;
+    }
+    let user = "diskdump-test";
+    sshd.login_as(user);
+    // The user may use sudo, but only with its password (no NOPASSWD).
+    let rule = SudoersRule(PathBuf::from("/etc/sudoers.d/diskdump-test"));
+    fs::write(&rule.0, format!("{user} ALL=(ALL) ALL\n")).unwrap();
+    fs::set_permissions(&rule.0, std::os::unix::fs::PermissionsExt::from_mode(0o440)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("a.img");
+    images::write(&img, &images::mixed(BS, 4, 0, 48));
+    let store = dir.path().join("store");
+    let target = format!("{}:{}", sshd.host_alias(), img.display());
+    let o = run(&sshd, &store, &["dump", &target, "--sudo", "--as", "s"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.contains(&target))
+        .unwrap_or_else(|| panic!("a line for the target: {}", text(&o)));
+    assert!(
+        line.contains("sudo on the remote host wants a password") && line.contains("NOPASSWD"),
+        "{}",
+        text(&o)
+    );
+    assert!(manifests(&store).is_empty());
+    // Without --sudo the same user dumps a file it can read.
+    fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let o = run(&sshd, &store, &["dump", &target, "--as", "s"]);
+    assert!(o.status.success(), "{}", text(&o));
+}
