@@ -119,6 +119,14 @@ pub struct DumpArgs {
     /// Record an unknown host key instead of refusing it (a changed key is always refused)
     #[arg(long)]
     pub accept_new_host_key: bool,
+    /// Fail a target whose agent sends nothing for this long while its data is awaited (0: never)
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 60,
+        env = "DISKDUMP_IDLE_TIMEOUT"
+    )]
+    pub idle_timeout: u64,
 }
 
 /// One target with the per-target options that followed it.

@@ -384,6 +384,52 @@ fn kill_9_of_the_storage_side_leaves_whole_blocks_and_the_rerun_sends_only_the_r
     assert!(restore(&store, "big") == data);
 }
 
+#[test]
+fn a_stalled_agent_fails_its_target_after_the_idle_timeout() {
+    let Some(sshd) = Sshd::require() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // A FIFO nobody writes to: the agent blocks opening it and says nothing.
+    let fifo = dir.path().join("stall.fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let store = dir.path().join("store");
+    let target = format!("{}:{}", sshd.host_alias(), fifo.display());
+    let mut child = Command::new(common::bin())
+        .args(["--store", store.to_str().unwrap(), "dump", &target])
+        .envs(sshd.env())
+        .env("DISKDUMP_IDLE_TIMEOUT", "2")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let mut status = None;
+    common::wait_until(30, "the stalled dump to give up", || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    let o = child.wait_with_output().unwrap();
+    assert!(t0.elapsed().as_secs() >= 2, "{:?}", t0.elapsed());
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("sent nothing for 2 s") && err.contains("no manifest written"),
+        "{}",
+        text(&o)
+    );
+    assert!(manifests(&store).is_empty());
+    // Release the agent (it is still blocked in open) and see it go.
+    drop(fs::OpenOptions::new().write(true).open(&fifo).unwrap());
+    common::wait_until(10, "the agent to exit", || {
+        let ps = Command::new("pgrep")
+            .args(["-f", fifo.to_str().unwrap()])
+            .output()
+            .unwrap();
+        ps.stdout.is_empty()
+    });
+}
+
 /// A sudoers rule for the test user, removed on drop.
 struct SudoersRule(PathBuf);
 
