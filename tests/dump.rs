@@ -478,3 +478,66 @@ fn sudo_that_wants_a_password_is_a_clear_error() {
     let o = run(&sshd, &store, &["dump", &target, "--as", "s"]);
     assert!(o.status.success(), "{}", text(&o));
 }
+
+#[test]
+fn kill_9_of_the_agent_fails_the_dump_clearly_and_the_rerun_sends_only_the_rest() {
+    let Some(sshd) = Sshd::require() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("agent-kill.img");
+    let data = images::random_bytes(256 * BS, 49);
+    images::write(&img, &data);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(48 << 30)
+        .unwrap();
+    let store = dir.path().join("store");
+    let target = format!("{}:{}", sshd.host_alias(), img.display());
+    let child = Command::new(common::bin())
+        .args(["--store", store.to_str().unwrap(), "dump", &target])
+        .args(["--as", "big"])
+        .envs(sshd.env())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::wait_until(60, "blocks arriving", || {
+        common::block_files(&store).len() >= 16
+    });
+    // The agent: the process whose command line ends with this test's image.
+    let ps = Command::new("pgrep")
+        .args(["-f", &format!("agent-.* {}$", img.display())])
+        .output()
+        .unwrap();
+    let pids: Vec<i32> = String::from_utf8_lossy(&ps.stdout)
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 1, "one agent: {pids:?}");
+    // SAFETY: kill(2) of the agent found above.
+    unsafe { libc::kill(pids[0], libc::SIGKILL) };
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("no manifest written") && err.contains("agent"),
+        "{}",
+        text(&o)
+    );
+    assert!(manifests(&store).is_empty());
+    let (present, temps) = common::whole_blocks_and_temps(&store, BS);
+    assert!(temps.is_empty(), "{temps:?}");
+    common::dd(&store, &["verify"]).ok();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(data.len() as u64)
+        .unwrap();
+    let o = run(&sshd, &store, &["dump", &target, "--as", "big"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let (new, _) = summary(&o, &target);
+    assert_eq!(new as usize, 256 - present, "{}", text(&o));
+    assert!(restore(&store, "big") == data);
+}

@@ -191,7 +191,8 @@ fn dump_one(
         Err(e) => {
             handle.kill();
             signals::check()?;
-            let stderr = handle.wait().map(|x| x.stderr).unwrap_or_default();
+            let exit = handle.wait().ok();
+            let stderr = exit.as_ref().map(|x| x.stderr.clone()).unwrap_or_default();
             if let Some(hint) = sudo_hint(&stderr) {
                 bail!("{source}: {hint}");
             }
@@ -210,8 +211,14 @@ fn dump_one(
                 }
                 _ => String::new(),
             };
+            // An agent killed on the remote (OOM killer, an admin) only shows
+            // as a cut stream here: say what happened to it.
+            let killed = match exit.as_ref().and_then(|x| x.signal.as_deref()) {
+                Some(sig) => format!(" (the agent was killed by SIG{sig})"),
+                None => String::new(),
+            };
             return Err(e.context(format!(
-                "dump of {source} via {label} failed; no manifest written{tail}"
+                "dump of {source} via {label} failed; no manifest written{killed}{tail}"
             )));
         }
     };
