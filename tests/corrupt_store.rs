@@ -234,3 +234,42 @@ fn absurd_manifest_headers_are_clear_errors() {
         r.stderr
     );
 }
+
+#[test]
+fn left_over_temp_files_are_reported_by_verify_and_removed_by_gc() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _, data) = setup(dir.path());
+    let hex = sha256_hex(&data[..BS]);
+    // What a writer killed mid-way leaves: a partial block under a temp name,
+    // and a manifest written but never renamed into place.
+    let block_tmp = block_path(&store, &hex).with_extension("lz4.tmp.4242.0");
+    fs::write(&block_tmp, b"partial").unwrap();
+    let m = common::only_manifest(&store);
+    let manifest_tmp = m.with_file_name("d.manifest.tmp.4242.0");
+    fs::write(&manifest_tmp, &fs::read(&m).unwrap()[..100]).unwrap();
+    let r = dd(&store, &["verify"]).fails();
+    for (p, why) in [
+        (&block_tmp, "not a block file"),
+        (&manifest_tmp, "unfinished manifest"),
+    ] {
+        let name = p.file_name().unwrap().to_str().unwrap();
+        assert!(
+            r.stdout
+                .lines()
+                .any(|l| l.contains(name) && l.contains(why)),
+            "{name}: {}",
+            r.stdout
+        );
+    }
+    assert!(r.stdout.contains("2 problems"), "{}", r.stdout);
+    // Neither is a dump: status, restore and gc's marking ignore them.
+    let r = dd(&store, &["status"]).ok();
+    assert!(!r.stdout.contains(".tmp."), "{}", r.stdout);
+    let r = dd(&store, &["gc"]).ok();
+    assert!(r.stdout.contains("and 2 temp files"), "{}", r.stdout);
+    assert!(!block_tmp.exists() && !manifest_tmp.exists());
+    dd(&store, &["verify"]).ok();
+    let (code, bytes, err) = common::dd_bytes(&store, &["restore", "d"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(bytes == data);
+}

@@ -34,6 +34,8 @@ pub fn run(store_dir: &Path, dry_run: bool, wait: bool) -> Result<u8> {
         }
         Ok(())
     })?;
+    // Manifests a killed writer never renamed into place.
+    temps.extend(store.manifest_temps()?);
     let bytes: u64 = garbage.iter().map(|(_, n)| n).sum();
     if !dry_run {
         for (d, _) in &garbage {
