@@ -634,3 +634,43 @@ fn kill_9_during_import_leaves_whole_blocks_and_the_rerun_stores_only_the_rest()
     dd(&store, &["restore", "big", "-o", out.to_str().unwrap()]).ok();
     assert!(fs::read(&out).unwrap() == fs::read(&img).unwrap());
 }
+
+#[test]
+fn hostile_dump_names_are_refused_before_any_work() {
+    let (dir, img) = setup(&[1, 2, 3]);
+    let store = dir.path().join("store");
+    let long = "n".repeat(129);
+    let names = [
+        "",
+        "a\nb",
+        "a\rb",
+        "/etc/passwd",
+        "..",
+        "a/../../b",
+        "a\tb",
+        "é",
+        &long,
+    ];
+    for name in names {
+        let r = dd(&store, &["import", img.to_str().unwrap(), "--as", name]).fails();
+        assert!(
+            r.stderr.contains("invalid dump name"),
+            "{name:?}: {}",
+            r.stderr
+        );
+        assert_eq!(r.stderr.trim().lines().count(), 1, "{name:?}: {}", r.stderr);
+        let r = dd(&store, &["dump", "h:/dev/sda", "--as", name]).fails();
+        assert!(
+            r.stderr.contains("invalid dump name"),
+            "{name:?}: {}",
+            r.stderr
+        );
+    }
+    assert!(!store.exists(), "nothing was created");
+    // The longest valid name works.
+    dd(
+        &store,
+        &["import", img.to_str().unwrap(), "--as", &"n".repeat(128)],
+    )
+    .ok();
+}
