@@ -137,3 +137,35 @@ fn sigint_stops_a_gc_waiting_for_the_lock() {
 fn sigint_stops_an_import_waiting_for_gc() {
     interrupted_while_waiting(&["import", "IMG", "--as", "b"], libc::SIGINT, 130);
 }
+
+#[test]
+fn sigterm_during_import_leaves_no_manifest_and_no_temp_files() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("big.img");
+    // Random blocks, then a long sparse tail with a byte every 4 MiB: busy
+    // for a while, on little disk.
+    images::write(&img, &images::random_bytes(64 * BS, 72));
+    let f = fs::OpenOptions::new().write(true).open(&img).unwrap();
+    f.set_len(32 << 30).unwrap();
+    for off in ((8u64 << 20)..(32 << 30)).step_by(4 << 20) {
+        f.write_all_at(&[1], off).unwrap();
+    }
+    let store = dir.path().join("store");
+    let child = spawn_dd(&store, &["import", img.to_str().unwrap(), "--as", "big"]);
+    wait_until(30, "blocks being stored", || {
+        common::block_files(&store).len() >= 8
+    });
+    signal(&child, libc::SIGTERM);
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(143), "{err}");
+    assert!(
+        err.contains("interrupted") && err.contains("no manifest"),
+        "{err}"
+    );
+    assert!(common::all_manifests(&store).is_empty());
+    let (_, temps) = common::whole_blocks_and_temps(&store, BS);
+    assert!(temps.is_empty(), "{temps:?}");
+    dd(&store, &["verify"]).ok();
+}
