@@ -119,6 +119,14 @@ pub struct DumpArgs {
     /// Record an unknown host key instead of refusing it (a changed key is always refused)
     #[arg(long)]
     pub accept_new_host_key: bool,
+    /// Fail a target whose agent sends nothing for this long while its data is awaited (0: never)
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 60,
+        env = "DISKDUMP_IDLE_TIMEOUT"
+    )]
+    pub idle_timeout: u64,
 }
 
 /// One target with the per-target options that followed it.
@@ -131,8 +139,13 @@ pub struct TargetSpec {
 
 /// Attaches each --sudo / --as to the target before it, by argv position.
 pub fn targets_from(m: &ArgMatches) -> Result<Vec<TargetSpec>> {
-    let positions =
-        |id: &str| -> Vec<usize> { m.indices_of(id).map(|i| i.collect()).unwrap_or_default() };
+    let positions = |id: &str| -> Vec<usize> {
+        // A default (the Count flag's 0) has an index too: only typed flags count.
+        if m.value_source(id) != Some(clap::parser::ValueSource::CommandLine) {
+            return Vec::new();
+        }
+        m.indices_of(id).map(|i| i.collect()).unwrap_or_default()
+    };
     let tpos = positions("targets");
     let targets: Vec<String> = m
         .get_many::<String>("targets")
@@ -276,6 +289,10 @@ mod tests {
             .to_string()
             .contains("must follow"));
         assert!(specs(&["--as", "n", "a:/x"]).is_err());
+        // No --sudo anywhere: no target runs sudo (a Count flag's default has an index).
+        for args in [&["a:/x"][..], &["a:/x", "--as", "n"], &["a:/x", "b:/y"]] {
+            assert!(specs(args).unwrap().iter().all(|s| !s.sudo), "{args:?}");
+        }
         assert!(specs(&["a:/x", "--as", "n", "--as", "m"]).is_err());
     }
 

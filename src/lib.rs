@@ -37,6 +37,7 @@ pub mod cli;
 pub mod commands;
 pub mod digest;
 pub mod fuse;
+pub mod idle;
 pub mod image;
 pub mod manifest;
 pub mod mountfs;

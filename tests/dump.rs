@@ -347,3 +347,237 @@ fn agent_is_deployed_once_and_redeployed_when_damaged() {
     );
     assert!(restore(&store, "a") == data);
 }
+
+#[test]
+fn kill_9_of_the_storage_side_leaves_whole_blocks_and_the_rerun_sends_only_the_rest() {
+    let Some(sshd) = Sshd::require() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("big.img");
+    // 32 MiB of distinct random blocks, then a long sparse tail the agent is
+    // still reading when the kill comes.
+    let data = images::random_bytes(256 * BS, 47);
+    images::write(&img, &data);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(48 << 30)
+        .unwrap();
+    let store = dir.path().join("store");
+    let target = format!("{}:{}", sshd.host_alias(), img.display());
+    let spawn = || {
+        Command::new(common::bin())
+            .args(["--store", store.to_str().unwrap(), "dump", &target])
+            .args(["--as", "big"])
+            .envs(sshd.env())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Kill while blocks arrive, then again after they all did.
+    for min_blocks in [8, 256] {
+        let child = spawn();
+        common::wait_until(60, "blocks arriving", || {
+            common::block_files(&store).len() >= min_blocks
+        });
+        common::signal(&child, libc::SIGKILL);
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&o.status),
+            Some(libc::SIGKILL),
+            "{}",
+            text(&o)
+        );
+        assert!(manifests(&store).is_empty());
+        common::whole_blocks_and_temps(&store, BS);
+        // The agent notices its session is gone and exits.
+        common::wait_until(10, "the agent to exit", || {
+            let ps = Command::new("pgrep")
+                .args(["-f", img.to_str().unwrap()])
+                .output()
+                .unwrap();
+            ps.stdout.is_empty()
+        });
+    }
+    let (present, _) = common::whole_blocks_and_temps(&store, BS);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(data.len() as u64)
+        .unwrap();
+    // Present: the 256 data blocks (some maybe not yet) and perhaps the zero block.
+    let zero_present = common::block_files(&store).iter().any(|p| {
+        p.to_string_lossy()
+            .contains(&common::sha256_hex(&vec![0; BS]))
+    });
+    let data_present = present - usize::from(zero_present);
+    let o = run(&sshd, &store, &["dump", &target, "--as", "big"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let (new, _) = summary(&o, &target);
+    assert_eq!(new as usize, 256 - data_present, "{}", text(&o));
+    let r = common::dd(&store, &["gc"]).ok();
+    assert!(r.stdout.contains("removed 0 unreferenced"), "{}", r.stdout);
+    assert!(common::whole_blocks_and_temps(&store, BS).1.is_empty());
+    common::dd(&store, &["verify"]).ok();
+    assert!(restore(&store, "big") == data);
+}
+
+#[test]
+fn a_stalled_agent_fails_its_target_after_the_idle_timeout() {
+    let Some(sshd) = Sshd::require() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // A FIFO nobody writes to: the agent blocks opening it and says nothing.
+    let fifo = dir.path().join("stall.fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let store = dir.path().join("store");
+    let target = format!("{}:{}", sshd.host_alias(), fifo.display());
+    let mut child = Command::new(common::bin())
+        .args(["--store", store.to_str().unwrap(), "dump", &target])
+        .envs(sshd.env())
+        .env("DISKDUMP_IDLE_TIMEOUT", "2")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let mut status = None;
+    common::wait_until(30, "the stalled dump to give up", || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    let o = child.wait_with_output().unwrap();
+    assert!(t0.elapsed().as_secs() >= 2, "{:?}", t0.elapsed());
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("sent nothing for 2 s") && err.contains("no manifest written"),
+        "{}",
+        text(&o)
+    );
+    assert!(manifests(&store).is_empty());
+    // Release the agent (it is still blocked in open) and see it go.
+    drop(fs::OpenOptions::new().write(true).open(&fifo).unwrap());
+    common::wait_until(10, "the agent to exit", || {
+        let ps = Command::new("pgrep")
+            .args(["-f", fifo.to_str().unwrap()])
+            .output()
+            .unwrap();
+        ps.stdout.is_empty()
+    });
+}
+
+/// A sudoers rule for the test user, removed on drop.
+struct SudoersRule(PathBuf);
+
+impl Drop for SudoersRule {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn sudo_that_wants_a_password_is_a_clear_error() {
+    let Some(sshd) = Sshd::require() else { return };
+    if !common::require(common::have("sudo"), "sudo (apt-get install sudo)") {
+        return;
+    }
+    let user = "diskdump-test";
+    sshd.login_as(user);
+    // The user may use sudo, but only with its password (no NOPASSWD).
+    let rule = SudoersRule(PathBuf::from("/etc/sudoers.d/diskdump-test"));
+    fs::write(&rule.0, format!("{user} ALL=(ALL) ALL\n")).unwrap();
+    fs::set_permissions(&rule.0, std::os::unix::fs::PermissionsExt::from_mode(0o440)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("a.img");
+    images::write(&img, &images::mixed(BS, 4, 0, 48));
+    let store = dir.path().join("store");
+    let target = format!("{}:{}", sshd.host_alias(), img.display());
+    let o = run(&sshd, &store, &["dump", &target, "--sudo", "--as", "s"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.contains(&target))
+        .unwrap_or_else(|| panic!("a line for the target: {}", text(&o)));
+    assert!(
+        line.contains("sudo on the remote host wants a password") && line.contains("NOPASSWD"),
+        "{}",
+        text(&o)
+    );
+    assert!(manifests(&store).is_empty());
+    // Without --sudo the same user dumps a file it can read.
+    fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let o = run(&sshd, &store, &["dump", &target, "--as", "s"]);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+#[test]
+fn kill_9_of_the_agent_fails_the_dump_clearly_and_the_rerun_sends_only_the_rest() {
+    let Some(sshd) = Sshd::require() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("agent-kill.img");
+    let data = images::random_bytes(256 * BS, 49);
+    images::write(&img, &data);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(48 << 30)
+        .unwrap();
+    let store = dir.path().join("store");
+    let target = format!("{}:{}", sshd.host_alias(), img.display());
+    let child = Command::new(common::bin())
+        .args(["--store", store.to_str().unwrap(), "dump", &target])
+        .args(["--as", "big"])
+        .envs(sshd.env())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::wait_until(60, "blocks arriving", || {
+        common::block_files(&store).len() >= 16
+    });
+    // The agent: the process whose command line ends with this test's image.
+    let ps = Command::new("pgrep")
+        .args(["-f", &format!("agent-.* {}$", img.display())])
+        .output()
+        .unwrap();
+    let pids: Vec<i32> = String::from_utf8_lossy(&ps.stdout)
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 1, "one agent: {pids:?}");
+    // SAFETY: kill(2) of the agent found above.
+    unsafe { libc::kill(pids[0], libc::SIGKILL) };
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("no manifest written") && err.contains("agent"),
+        "{}",
+        text(&o)
+    );
+    assert!(manifests(&store).is_empty());
+    let (present, temps) = common::whole_blocks_and_temps(&store, BS);
+    assert!(temps.is_empty(), "{temps:?}");
+    common::dd(&store, &["verify"]).ok();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(data.len() as u64)
+        .unwrap();
+    let o = run(&sshd, &store, &["dump", &target, "--as", "big"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let (new, _) = summary(&o, &target);
+    assert_eq!(new as usize, 256 - present, "{}", text(&o));
+    assert!(restore(&store, "big") == data);
+}

@@ -572,3 +572,105 @@ fn slow_tail(path: &Path, size: u64) {
         f.write_all_at(&[1], off).unwrap();
     }
 }
+
+/// Import count of new blocks from its report: "(N new, ...".
+fn new_count(stdout: &str) -> usize {
+    let (_, rest) = stdout.split_once(" blocks (").expect("import report");
+    rest.split_once(" new").unwrap().0.parse().unwrap()
+}
+
+#[test]
+fn kill_9_during_import_leaves_whole_blocks_and_the_rerun_stores_only_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("big.img");
+    // 24 MiB of random blocks (192 distinct), then a long sparse tail whose
+    // only data is one byte every 4 MiB (one more distinct block); the store
+    // also keeps the all-zero block, which import writes first.
+    images::write(&img, &images::random_bytes(192 * BS, 60));
+    slow_tail(&img, 16 << 30);
+    let unique = 194;
+    let store = dir.path().join("store");
+    // Kill points: at the first block files, mid-way through the random
+    // blocks, and later while the tail is being read.
+    let points: [(usize, u64); 3] = [(2, 0), (48, 0), (2, 400)];
+    for (min_blocks, extra_ms) in points {
+        let child = common::spawn_dd(&store, &["import", img.to_str().unwrap(), "--as", "big"]);
+        common::wait_until(60, "blocks being written", || {
+            block_files(&store).len() >= min_blocks
+        });
+        std::thread::sleep(std::time::Duration::from_millis(extra_ms));
+        common::signal(&child, libc::SIGKILL);
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&out.status),
+            Some(libc::SIGKILL)
+        );
+        assert!(common::all_manifests(&store).is_empty());
+        common::whole_blocks_and_temps(&store, BS);
+    }
+    let (present, _) = common::whole_blocks_and_temps(&store, BS);
+    assert!(present > 0 && present <= unique, "{present}");
+    // The re-run (of a shorter image: the same data, the tail's block, holes).
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    let r = dd(&store, &["import", img.to_str().unwrap(), "--as", "big"]).ok();
+    // Only what had not arrived (the zero block is never counted as new).
+    assert_eq!(new_count(&r.stdout), unique - present, "{}", r.stdout);
+    // Left-over temp files are gc's to remove; then the store verifies.
+    let r = dd(&store, &["gc"]).ok();
+    assert!(
+        r.stdout.contains("removed 0 unreferenced blocks"),
+        "{}",
+        r.stdout
+    );
+    let (blocks, temps) = common::whole_blocks_and_temps(&store, BS);
+    assert_eq!((blocks, temps), (unique, vec![]));
+    dd(&store, &["verify"]).ok();
+    let out = dir.path().join("r.img");
+    dd(&store, &["restore", "big", "-o", out.to_str().unwrap()]).ok();
+    assert!(fs::read(&out).unwrap() == fs::read(&img).unwrap());
+}
+
+#[test]
+fn hostile_dump_names_are_refused_before_any_work() {
+    let (dir, img) = setup(&[1, 2, 3]);
+    let store = dir.path().join("store");
+    let long = "n".repeat(129);
+    let names = [
+        "",
+        "a\nb",
+        "a\rb",
+        "/etc/passwd",
+        "..",
+        "a/../../b",
+        "a\tb",
+        "é",
+        &long,
+    ];
+    for name in names {
+        let r = dd(&store, &["import", img.to_str().unwrap(), "--as", name]).fails();
+        assert!(
+            r.stderr.contains("invalid dump name"),
+            "{name:?}: {}",
+            r.stderr
+        );
+        assert_eq!(r.stderr.trim().lines().count(), 1, "{name:?}: {}", r.stderr);
+        let r = dd(&store, &["dump", "h:/dev/sda", "--as", name]).fails();
+        assert!(
+            r.stderr.contains("invalid dump name"),
+            "{name:?}: {}",
+            r.stderr
+        );
+    }
+    assert!(!store.exists(), "nothing was created");
+    // The longest valid name works.
+    dd(
+        &store,
+        &["import", img.to_str().unwrap(), "--as", &"n".repeat(128)],
+    )
+    .ok();
+}

@@ -4,6 +4,7 @@
 
 use crate::agent_bin::{agent_hash, AGENT};
 use crate::cli::{DumpArgs, TargetSpec};
+use crate::idle::IdleTimeout;
 use crate::manifest::{default_name, validate_name};
 use crate::receiver::{receive, InFlight, ReceiveOptions, ReceiveStats};
 use crate::ssh::{sudo_hint, Remote, SshOptions, Target, AGENT_MISSING};
@@ -201,6 +202,7 @@ fn dump_one(
         progress: &update,
     };
     let finished = AtomicBool::new(false);
+    let mut input = IdleTimeout::new(input, Duration::from_secs(args.idle_timeout));
     let received = std::thread::scope(|s| {
         // Ctrl-C: cut the session, so the agent sees EOF and the receiver stops.
         s.spawn(|| {
@@ -212,7 +214,7 @@ fn dump_one(
                 std::thread::sleep(Duration::from_millis(50));
             }
         });
-        let r = receive(&opts, input, output);
+        let r = receive(&opts, &mut input, output);
         finished.store(true, Ordering::SeqCst);
         r
     });
@@ -221,9 +223,17 @@ fn dump_one(
         Err(e) => {
             handle.kill();
             signals::check()?;
-            let stderr = handle.wait().map(|x| x.stderr).unwrap_or_default();
+            let exit = handle.wait().ok();
+            let stderr = exit.as_ref().map(|x| x.stderr.clone()).unwrap_or_default();
             if let Some(hint) = sudo_hint(&stderr) {
                 bail!("{source}: {hint}");
+            }
+            if input.timed_out() {
+                bail!(
+                    "dump of {source} via {label} failed; no manifest written: the agent sent \
+                     nothing for {} s (stalled?); --idle-timeout or DISKDUMP_IDLE_TIMEOUT sets the limit",
+                    args.idle_timeout
+                );
             }
             // The agent's last words, unless the error already carries them.
             let said = format!("{e:#}");
@@ -233,8 +243,14 @@ fn dump_one(
                 }
                 _ => String::new(),
             };
+            // An agent killed on the remote (OOM killer, an admin) only shows
+            // as a cut stream here: say what happened to it.
+            let killed = match exit.as_ref().and_then(|x| x.signal.as_deref()) {
+                Some(sig) => format!(" (the agent was killed by SIG{sig})"),
+                None => String::new(),
+            };
             return Err(e.context(format!(
-                "dump of {source} via {label} failed; no manifest written{tail}"
+                "dump of {source} via {label} failed; no manifest written{killed}{tail}"
             )));
         }
     };

@@ -34,14 +34,19 @@ pub fn run(store_dir: &Path, dry_run: bool, wait: bool) -> Result<u8> {
         }
         Ok(())
     })?;
+    // Manifests a killed writer never renamed into place.
+    temps.extend(store.manifest_temps()?);
     let bytes: u64 = garbage.iter().map(|(_, n)| n).sum();
     if !dry_run {
         for (d, _) in &garbage {
+            // Stopping between two removals leaves a valid store.
+            crate::signals::check()?;
             store
                 .remove(d)
                 .with_context(|| format!("cannot remove block {d}"))?;
         }
         for p in &temps {
+            crate::signals::check()?;
             fs::remove_file(store.root().join(p)).with_context(|| format!("cannot remove {p}"))?;
         }
         store.tidy()?;

@@ -33,6 +33,11 @@ pub fn run(store_dir: &Path, args: &[String], repair: bool) -> Result<u8> {
             }
             Ok(())
         })?;
+        for p in store.manifest_temps()? {
+            report(format!(
+                "{p}: an unfinished manifest (interrupted write; gc removes it)"
+            ));
+        }
         for e in store.manifests()? {
             match store.read_manifest(&e) {
                 Ok(m) => dumps.push((e.rel, m)),

@@ -265,6 +265,13 @@ impl Store for LocalStore {
                 reason: format!("block file is larger than {limit} bytes"),
             });
         }
+        if buf.is_empty() {
+            // Say so plainly: a crash or a full disk, not a codec problem.
+            return Err(BlockError::Corrupt {
+                digest: *d,
+                reason: "block file is empty (0 bytes)".into(),
+            });
+        }
         Ok(())
     }
 
@@ -407,8 +414,11 @@ impl Store for LocalStore {
         self.sync()
             .context("cannot sync the store's blocks to disk")?;
         let tmp = self.tmp_name(&dir.join(format!("{name}.manifest")));
-        write_new_durably(&tmp, m.render().as_bytes())
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        if let Err(e) = write_new_durably(&tmp, m.render().as_bytes()) {
+            // A full disk must not leave a partial manifest behind.
+            let _ = fs::remove_file(&tmp);
+            return Err(e).with_context(|| format!("cannot write {}", tmp.display()));
+        }
         let mut seq = 1;
         let result = loop {
             let file = if seq == 1 {
@@ -449,6 +459,38 @@ impl Store for LocalStore {
 impl LocalStore {
     /// Dated manifests, sorted; `filter` fixes the leading YYYY, MM, DD.
     fn dated_manifests(&self, filter: &[&str], out: &mut Vec<ManifestEntry>) -> Result<()> {
+        for day in self.day_dirs(filter)? {
+            for (f, fd) in list_dir(&self.root.join(&day))? {
+                if let (false, Some(name)) = (fd, f.strip_suffix(".manifest")) {
+                    out.push(ManifestEntry {
+                        rel: format!("{day}/{f}"),
+                        name: name.to_string(),
+                        day: Some(day.clone()),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Manifest temp files (`<name>.manifest.tmp.<pid>.<n>`) in the dated
+    /// tree, relative to the root: left by a writer killed between writing a
+    /// manifest and renaming it. Only gc (holding the lock exclusively) may
+    /// take them for left-overs.
+    pub fn manifest_temps(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for day in self.day_dirs(&[])? {
+            for (f, fd) in list_dir(&self.root.join(&day))? {
+                if !fd && f.contains(".manifest.tmp.") {
+                    out.push(format!("{day}/{f}"));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The `YYYY/MM/DD` directories, sorted; `filter` fixes the leading parts.
+    fn day_dirs(&self, filter: &[&str]) -> Result<Vec<String>> {
         let mut dirs = vec![String::new()];
         for (level, width) in [4, 2, 2].into_iter().enumerate() {
             let mut next = Vec::new();
@@ -473,18 +515,7 @@ impl LocalStore {
             }
             dirs = next;
         }
-        for day in dirs {
-            for (f, fd) in list_dir(&self.root.join(&day))? {
-                if let (false, Some(name)) = (fd, f.strip_suffix(".manifest")) {
-                    out.push(ManifestEntry {
-                        rel: format!("{day}/{f}"),
-                        name: name.to_string(),
-                        day: Some(day.clone()),
-                    });
-                }
-            }
-        }
-        Ok(())
+        Ok(dirs)
     }
 
     /// Python-era manifests, sorted; all, or those of one dump name.

@@ -68,8 +68,18 @@ impl StoreLock {
             "waiting for {what} to finish (store lock {})",
             path.display()
         );
-        flock(&file, op).with_context(|| format!("cannot lock {}", path.display()))?;
-        Ok(StoreLock { _file: file })
+        // Poll instead of blocking: the signal handlers restart a blocking
+        // flock, so Ctrl-C or SIGTERM would not end the wait.
+        loop {
+            crate::signals::check().with_context(|| format!("stopped waiting for {what}"))?;
+            match flock(&file, op | libc::LOCK_NB) {
+                Ok(()) => return Ok(StoreLock { _file: file }),
+                Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
+                    std::thread::sleep(std::time::Duration::from_millis(50))
+                }
+                Err(e) => return Err(e).with_context(|| format!("cannot lock {}", path.display())),
+            }
+        }
     }
 }
 

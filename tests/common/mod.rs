@@ -158,3 +158,55 @@ pub fn block_files(store: &Path) -> Vec<PathBuf> {
 pub fn sha256_hex(data: &[u8]) -> String {
     diskdump::digest::Digest::of(data).to_hex()
 }
+
+/// Manifests anywhere in a store (dated tree and `.blockstore/manifests`).
+pub fn all_manifests(store: &Path) -> Vec<PathBuf> {
+    walk(store)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "manifest"))
+        .collect()
+}
+
+/// What a store looks like after its writer died: checks that every `.lz4`
+/// file is a whole block (an LZ4 frame decoding, within `bs`, to bytes whose
+/// SHA-256 is its name) and that no other file is there but temp files.
+/// Returns the number of blocks and the temp files.
+pub fn whole_blocks_and_temps(store: &Path, bs: usize) -> (usize, Vec<PathBuf>) {
+    let (mut blocks, mut temps) = (0, Vec::new());
+    let mut raw = Vec::new();
+    for p in walk(&store.join(".blockstore")) {
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if name.contains(".tmp.") {
+            temps.push(p);
+            continue;
+        }
+        let Some(hex) = name.strip_suffix(".lz4") else {
+            assert!(
+                ["config.json", "lock"].contains(&name.as_str()),
+                "unexpected file {p:?}"
+            );
+            continue;
+        };
+        let frame = std::fs::read(&p).unwrap();
+        diskdump_agent::blockfmt::decode(&frame, bs, &mut raw)
+            .unwrap_or_else(|e| panic!("partial or damaged block {p:?}: {e}"));
+        assert_eq!(sha256_hex(&raw), hex, "{p:?} holds other data");
+        blocks += 1;
+    }
+    (blocks, temps)
+}
+
+/// Sends `sig` to a child we started.
+pub fn signal(child: &std::process::Child, sig: i32) {
+    // SAFETY: kill(2) on the pid of our own, not yet reaped, child.
+    unsafe { libc::kill(child.id() as i32, sig) };
+}
+
+/// Polls `cond` every few milliseconds for up to `secs` seconds.
+pub fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let t0 = std::time::Instant::now();
+    while !cond() {
+        assert!(t0.elapsed().as_secs() < secs, "timed out waiting: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}

@@ -154,6 +154,21 @@ impl Sshd {
             .unwrap()
             .to_string()
     }
+    /// Makes `testhost` log in as the non-root `user` (created if missing;
+    /// see [`ensure_user`]): its key is accepted and the remote HOME is its own.
+    pub fn login_as(&self, user: &str) {
+        let (uid, gid) = ensure_user(user);
+        // sshd reads authorized_keys as the user: the temp dir must be traversable.
+        fs::set_permissions(self.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::chown(self.remote_home(), Some(uid), Some(gid)).unwrap();
+        let config = fs::read_to_string(self.ssh_config()).unwrap();
+        fs::write(
+            self.ssh_config(),
+            config.replace("User root\n", &format!("User {user}\n")),
+        )
+        .unwrap();
+    }
+
     /// Environment for a spawned `diskdump`.
     pub fn env(&self) -> Vec<(String, OsString)> {
         vec![("HOME".into(), self.home().into_os_string())]
@@ -253,4 +268,27 @@ fn wait_for_banner(port: u16, child: &mut Child) -> bool {
         std::thread::sleep(Duration::from_millis(10));
     }
     false
+}
+
+/// Creates the local user `name` (no password, login allowed with a key) if
+/// it does not exist; returns its uid and gid. Needs root (CI runs as root).
+pub fn ensure_user(name: &str) -> (u32, u32) {
+    let id = |flag: &str| -> Option<u32> {
+        let o = Command::new("id").args([flag, name]).output().ok()?;
+        String::from_utf8_lossy(&o.stdout).trim().parse().ok()
+    };
+    if id("-u").is_none() {
+        let ok = Command::new("useradd")
+            .args(["--no-create-home", "--shell", "/bin/sh", name])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "useradd {name} failed");
+    }
+    // A locked account ('!') is refused by sshd with UsePAM no; '*' is not.
+    let ok = Command::new("usermod")
+        .args(["-p", "*", name])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "usermod -p '*' {name} failed");
+    (id("-u").unwrap(), id("-g").unwrap())
 }

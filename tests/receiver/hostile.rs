@@ -372,3 +372,56 @@ fn a_valid_but_unusual_lz4_frame_is_stored_in_the_stores_format() {
     assert_eq!(stored, blockfmt::encode(&raw));
     drop(dir);
 }
+
+#[test]
+fn an_agent_that_stalls_is_cut_off_after_the_idle_timeout() {
+    use diskdump::idle::IdleTimeout;
+    use std::time::{Duration, Instant};
+    let (dir, store) = new_store(BS);
+    let inflight = InFlight::new();
+    let [a, _, _] = blocks();
+    // Stalls before its Hello, then after a Hello, then mid-batch.
+    type Script = Box<dyn FnOnce(&mut FakeAgent) + Send>;
+    let cases: Vec<(&str, Script)> = vec![
+        ("before Hello", Box::new(|_: &mut FakeAgent| {})),
+        (
+            "after Hello",
+            Box::new(|f: &mut FakeAgent| f.send(hello(SIZE, Compression::Lz4))),
+        ),
+        (
+            "with blocks owed",
+            Box::new(move |f: &mut FakeAgent| {
+                start(f, Compression::Lz4);
+                f.block(&a);
+            }),
+        ),
+    ];
+    for (case, script) in cases {
+        let (mut fake, from_agent, to_agent) = FakeAgent::new();
+        let t0 = Instant::now();
+        let err = std::thread::scope(|s| {
+            let stalled = s.spawn(move || {
+                script(&mut fake);
+                // Alive but silent, pipes open, for longer than the limit.
+                std::thread::sleep(Duration::from_secs(3));
+                drop(fake);
+            });
+            let opts = ReceiveOptions {
+                store: &store,
+                inflight: &inflight,
+                source: "stall:/dev/stall",
+                progress: &NoProgress,
+            };
+            let input = IdleTimeout::new(from_agent, Duration::from_secs(1));
+            let r = receive(&opts, input, to_agent);
+            let took = t0.elapsed();
+            assert!(took < Duration::from_millis(2500), "{case}: took {took:?}");
+            let _ = stalled.join();
+            format!("{:#}", r.expect_err(case))
+        });
+        assert_mentions(&err, &["no data from the agent for 1 s"]);
+        assert!(inflight.is_empty(), "{case}: claims left behind");
+    }
+    verify_all(&store);
+    drop(dir);
+}
