@@ -43,6 +43,7 @@
 #            extract --sparse; mount -f + dd + fio; check --verify-data; delete day 1 + compact.
 #   restic:  backup; restore; mount + dd + fio; check --read-data; forget day 1 --prune.
 #   limits:  openssl speed -evp sha256 (128 KiB), lz4 -1 and lz4 -d, cat from page cache and from disk,
+#            dd iflag=direct from disk, day 2 written to the stores' disk (cp --sparse + sync),
 #            sha256sum, fio on the local image, ssh throughput over the same loopback sshd.
 # Bytes on the wire: the dumps go to a throwaway sshd on its own 127.0.0.1 port; an nftables table counts
 # the packets to and from that port on the output hook of lo (each loopback packet passes it once), so
@@ -572,6 +573,13 @@ phase_limits() {
     cat "$img" >/dev/null
     measure "cat from page cache (day 1)" cat --cache warm --bytes "$size" -- bash -c 'cat "$1" >/dev/null' _ "$img"
     measure "cat from disk (day 1)" cat --bytes "$size" -- bash -c 'cat "$1" >/dev/null' _ "$img"
+    measure "dd iflag=direct from disk (day 1)" dd --bytes "$size" \
+      -- dd if="$img" of=/dev/null bs=4M iflag=direct status=none
+    # The floor of any restore: day 2's data written to the stores' disk.
+    cat "$IMG/day2.img" >/dev/null
+    measure "write day 2 to disk (cp --sparse, sync)" cp --cache warm --out "$OUT/limit" --sync \
+      --bytes "$(img_size day2)" -- cp --sparse=always "$IMG/day2.img" "$OUT/limit/day2.img"
+    rm -rf "$OUT/limit"
     cat "$img" >/dev/null
     measure "sha256sum, 1 core (day 1)" sha256sum --cache warm --bytes "$size" -- sha256sum "$img"
     measure "fio 4 KiB random reads, local day 2 image" fio --post post_fio -- "${FIO[@]}" --filename="$IMG/day2.img"

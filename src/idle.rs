@@ -32,12 +32,22 @@ impl<R: Read + AsFd> IdleTimeout<R> {
         self.timed_out
     }
 
-    /// Waits until the descriptor is readable (or at EOF/error); false after `limit`.
+    /// Waits until the descriptor is readable (or at EOF/error); false after
+    /// `limit` (never, for zero). Wakes every 100 ms to notice Ctrl-C, which
+    /// fails the read.
     fn wait_readable(&self) -> io::Result<bool> {
-        let deadline = Instant::now() + self.limit;
+        let deadline = (!self.limit.is_zero()).then(|| Instant::now() + self.limit);
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let ms = left.as_millis().min(i32::MAX as u128) as i32;
+            if let Some(sig) = crate::signals::received() {
+                return Err(io::Error::other(format!("interrupted by signal {sig}")));
+            }
+            let left = deadline.map_or(Duration::MAX, |d| {
+                d.saturating_duration_since(Instant::now())
+            });
+            if left.is_zero() {
+                return Ok(false);
+            }
+            let ms = left.min(Duration::from_millis(100)).as_millis().max(1) as i32;
             let mut pfd = libc::pollfd {
                 fd: self.inner.as_fd().as_raw_fd(),
                 events: libc::POLLIN,
@@ -45,8 +55,7 @@ impl<R: Read + AsFd> IdleTimeout<R> {
             };
             // SAFETY: one live, initialized pollfd.
             match unsafe { libc::poll(&mut pfd, 1, ms) } {
-                0 if left.is_zero() => return Ok(false),
-                0 => {} // woke early (rounding): wait out the rest
+                0 => {}
                 n if n > 0 => return Ok(true),
                 _ => {
                     let e = io::Error::last_os_error();
@@ -61,7 +70,7 @@ impl<R: Read + AsFd> IdleTimeout<R> {
 
 impl<R: Read + AsFd> Read for IdleTimeout<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if !self.limit.is_zero() && !buf.is_empty() && !self.wait_readable()? {
+        if !buf.is_empty() && !self.wait_readable()? {
             self.timed_out = true;
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,

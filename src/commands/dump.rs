@@ -162,10 +162,12 @@ fn dump_one(
     let remote = Remote::connect(&dest, ssh)?;
     let label = remote.label().to_string();
     let cmd = Remote::cached_agent_command(&agent_hash(), prefix, &agent_args)?;
-    let (mut input, mut output, mut handle) = remote.exec_stream(&cmd)?.split();
+    let idle = Duration::from_secs(args.idle_timeout);
+    let (pipe, mut output, mut handle) = remote.exec_stream(&cmd)?.split();
+    let mut input = IdleTimeout::new(pipe, idle);
     let mut first = [0u8; 1];
-    let mut got = read_first(&mut input, &mut first)?;
-    if got == 0 {
+    let mut got = read_first(&mut input, &mut first);
+    if matches!(got, Ok(0)) {
         let exit = handle.wait()?;
         if exit.status != AGENT_MISSING {
             if let Some(hint) = sudo_hint(&exit.stderr) {
@@ -181,10 +183,11 @@ fn dump_one(
         let remote = Remote::connect(&dest, ssh)?;
         let agent = remote.ensure_agent(AGENT, &agent_hash())?;
         let cmd = format!("{prefix}{} {agent_args}", shell_quote(&agent));
-        (input, output, handle) = remote.exec_stream(&cmd)?.split();
-        got = read_first(&mut input, &mut first)?;
+        let pipe;
+        (pipe, output, handle) = remote.exec_stream(&cmd)?.split();
+        input = IdleTimeout::new(pipe, idle);
+        got = read_first(&mut input, &mut first);
     }
-    let input = io::Read::chain(&first[..got], input);
     bar.set_message("");
     let update = |st: &ReceiveStats| {
         bar.set_length(st.size);
@@ -202,7 +205,6 @@ fn dump_one(
         progress: &update,
     };
     let finished = AtomicBool::new(false);
-    let mut input = IdleTimeout::new(input, Duration::from_secs(args.idle_timeout));
     let received = std::thread::scope(|s| {
         // Ctrl-C: cut the session, so the agent sees EOF and the receiver stops.
         s.spawn(|| {
@@ -214,7 +216,11 @@ fn dump_one(
                 std::thread::sleep(Duration::from_millis(50));
             }
         });
-        let r = receive(&opts, &mut input, output);
+        // A failed first read fails the dump like a failed receive.
+        let r = got.and_then(|n| {
+            let mut chained = io::Read::chain(&first[..n], &mut input);
+            receive(&opts, &mut chained, output)
+        });
         finished.store(true, Ordering::SeqCst);
         r
     });
