@@ -10,6 +10,9 @@
 #
 # --quick is --size 256M --runs 1 --fio-seconds 3 (a smoke test of the harness, not a measurement).
 # --warm skips dropping the page cache; --bin times a given diskdump binary instead of building this tree.
+# --scale times only ours: per size, import, restore, mount start-up and a cold dd through the mount, and dump
+# over SSH of a sparse image with 25% data (holes between); per manifest count, status, gc --dry-run, verify
+# and mount start-up. It needs about a quarter of the sizes' sum free in the work dir, plus half the largest.
 # Run as root on Debian 12: it installs what is missing (borgbackup restic fio lz4 e2fsprogs openssh-server
 # fuse3 time nftables), the Python diskdump 0.1.5 into a venv under the work dir, and runs
 # `cargo build --release`. Everything else stays in the work dir; rm -rf it to clean up.
@@ -61,7 +64,7 @@ TOOLS=ours,python,borg,restic WORK=/var/tmp/diskdump-bench SCALE=0 FIO_SECS= COL
 SCALE_SIZES=1G,2G,4G,8G SCALE_MANIFESTS=1,10,100 BIN=
 
 abspath() { case $1 in /*) echo "$1" ;; *) echo "$ORIG/$1" ;; esac; }
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while (($#)); do
   case $1 in
     --size) SIZE=$2; shift 2 ;;
@@ -576,8 +579,8 @@ cmd_mount() {   # TOOL STORE MOUNTPOINT; sets MOUNT_FILE, the day-2 image inside
   esac
 }
 
-cmd_dump() {   # TOOL STORE KIND COMPRESS
-  local target="benchhost:$IMG/$3.img"
+cmd_dump() {   # TOOL STORE IMAGE COMPRESS
+  local target="benchhost:$3"
   case $1 in
     ours) CMD=(env HOME="$WORK/ssh/home" "$DD" --store "$2" dump "$target" --as bench --compress "$4") ;;
     python) CMD=(env PATH="$WORK/bin:$PATH" DISKDUMP_BASE="$2" "$PYDD" -m diskdump dump "$target" --as bench) ;;
@@ -679,7 +682,7 @@ phase_dump() {
         for kind in day1 day2 day2-again rand sparse; do
           case $kind in day1|rand|sparse) rm -rf "$store" ;; esac
           PREP_ERR[$tool]=$SSH_ERR
-          cmd_dump "$tool" "$store" "${kind%-again}" "$comp"
+          cmd_dump "$tool" "$store" "$IMG/${kind%-again}.img" "$comp"
           measure "${GROUP_DUMP[$kind]}" "$label" --store "$store" --wire --sync \
             --bytes "$(img_size "${kind%-again}")" -- "${CMD[@]}"
         done
@@ -813,11 +816,38 @@ phase_mount() {
 
 # ------------------------------------------------------------------------------------------ scale
 
+# The work dir must hold the synthetic images still to be made (25% of each size is data, the rest holes)
+# and, on the benchmark's ext4, one size's stores and restore output at a time (about half the size: a store
+# keeps the random half of the data as is and the text half compressed, the restore output is as sparse as
+# the image); the loop file under it is trimmed after each size.
+scale_check_room() {   # RECIPE
+  local s bytes max=0 images=0 need fs_need avail fs_avail
+  for s in ${SCALE_SIZES//,/ }; do
+    bytes=$(numfmt --from=iec "$s")
+    ((bytes > max)) && max=$bytes
+    [[ -f $WORK/scale/synth-$bytes-$1.img ]] || images=$((images + bytes / 4))
+  done
+  [[ -f $WORK/scale/small-$1.img ]] || images=$((images + (128 << 20)))
+  fs_need=$((max / 2 + (256 << 20))) need=$((images + max / 2 + (1 << 30)))
+  avail=$(df -B1 --output=avail "$WORK" | tail -n 1) fs_avail=$(df -B1 --output=avail "$FS" | tail -n 1)
+  if ((avail < need || fs_avail < fs_need)); then
+    echo "bench.sh --scale: not enough disk space for --scale-sizes $SCALE_SIZES:" >&2
+    echo "  $WORK needs $(numfmt --to=iec "$need") free (synthetic images $(numfmt --to=iec "$images")," \
+      "stores and restore output of the largest size $(numfmt --to=iec $((max / 2))), 1 GiB spare)," \
+      "has $(numfmt --to=iec "$avail")" >&2
+    echo "  $FS needs $(numfmt --to=iec "$fs_need"), has $(numfmt --to=iec "$fs_avail")" >&2
+    echo "  free some space, or use --workdir on a larger disk or smaller --scale-sizes" >&2
+    exit 1
+  fi
+}
+
 phase_scale() {
   SECTION=scale
-  local s bytes img dir="$WORK/scale" store="$STORES/scale" out="$OUT/scale" n have k
+  local s bytes img dir="$WORK/scale" store="$STORES/scale" dstore="$STORES/scale-dump" out="$OUT/scale" n have k
   local recipe; recipe=$(helper_image_code | sha256sum | cut -c1-12)
+  scale_check_room "$recipe"
   mkdir -p "$dir"
+  sshd_ready || true
   for s in ${SCALE_SIZES//,/ }; do
     bytes=$(numfmt --from=iec "$s"); img="$dir/synth-$bytes-$recipe.img"
     if [[ ! -f $img ]]; then   # 25% data (random and text in turn), the rest holes
@@ -825,12 +855,28 @@ phase_scale() {
       python3 "$HELPER" synth "$img.tmp" "$bytes" 0.25 3 && mv "$img.tmp" "$img"
     fi
     for RUN in $(seq "$RUNS"); do
-      rm -rf "$store"
+      rm -rf "$store" "$dstore"
       measure "import, $s image (25% data)" ours --store "$store" --bytes "$bytes" --sync \
-        -- "$DD" --store "$store" import "$img" --as scale
+        -- "$DD" --store "$store" import "$img" --as scale --date 2024-01-01T03:00:00Z
       measure "restore, $s image" ours --out "$out" --bytes "$bytes" --sync \
         -- "$DD" --store "$store" restore scale -o "$out/scale.img"
+      # Start-up, then a cold sequential read through the FUSE daemon; its peak RSS is the row's.
+      if mount_timed ours "$store" "mount: start-up, $s image" ours "$MNT/2024/01/01/scale.img"; then
+        measure "mount: dd bs=1M, $s image" ours --bytes "$bytes" --daemon "$MOUNT_PID" \
+          -- dd if="$MOUNT_FILE" of=/dev/null bs=1M
+        mount_stop
+      else
+        record group="mount: dd bs=1M, $s image" tool=ours cache="$(cold_label)" error="$MOUNT_ERR"
+      fi
+      # Over the loopback sshd into an empty store, as the dump phase does (wire bytes, remote CPU and memory).
+      PREP_ERR[ours]=$SSH_ERR
+      cmd_dump ours "$dstore" "$img" lz4
+      measure "dump over SSH, $s image (25% data)" ours --store "$dstore" --wire --sync --bytes "$bytes" \
+        -- "${CMD[@]}"
+      PREP_ERR[ours]=
     done
+    rm -rf "$store" "$dstore"
+    fstrim "$FS" 2>/dev/null || true   # give the freed blocks back to the work dir's disk
   done
   # Many manifests: the same small image imported on different days.
   img="$dir/small-$recipe.img"
@@ -843,11 +889,12 @@ phase_scale() {
     done
     have=$n
     local last; last=$(date -u -d "2020-01-01 + $n days" +%Y/%m/%d)
+    local m="$n manifests"; ((n != 1)) || m="1 manifest"
     for RUN in $(seq "$RUNS"); do
-      measure "status, manifests: $n" ours -- "$DD" --store "$store" status
-      measure "gc --dry-run, manifests: $n" ours -- "$DD" --store "$store" gc --dry-run
-      measure "verify, manifests: $n" ours -- "$DD" --store "$store" verify
-      if mount_timed ours "$store" "mount start-up, manifests: $n" ours "$MNT/$last/many.img"; then mount_stop; fi
+      measure "status, $m (256M image each)" ours -- "$DD" --store "$store" status
+      measure "gc --dry-run, $m" ours -- "$DD" --store "$store" gc --dry-run
+      measure "verify, $m" ours -- "$DD" --store "$store" verify
+      if mount_timed ours "$store" "mount: start-up, $m" ours "$MNT/$last/many.img"; then mount_stop; fi
     done
   done
   rm -rf "$store"
