@@ -11,16 +11,19 @@ Standard library only (python3 >= 3.9). Each subcommand is one step the shell sc
   machine FILE SECTION:KEY=VALUE...   the run's facts (machine, settings, versions, images)
   fio-iops FILE              read IOPS from fio's JSON output
   free-port                  a free TCP port on 127.0.0.1
+  peak-rss ROOT PREFIX OUT   until killed: the largest VmHWM (kB) of ROOT's descendants named PREFIX*, into OUT
   report RUNS MACHINE [--markdown F] [--json F]   the table of medians
 """
 import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
 import sys
+import time
 
 MiB = 1 << 20
 PAGE = 4096
@@ -293,7 +296,52 @@ def cmd_free_port():
     s.close()
 
 
-NUMERIC = ("wall", "user", "sys", "cpu", "sync_s", "remote_cpu", "rss_kb", "store_bytes", "wire_bytes", "wire_up", "wire_down",
+def descendants(root):
+    children = {}
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    ppid = f.read().rsplit(")", 1)[1].split()[1]
+            except (OSError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(pid)
+    out, todo = [], [str(root)]
+    while todo:
+        for c in children.get(todo.pop(), ()):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def cmd_peak_rss(root, prefix, out):
+    """Polls every 50 ms; the remote memory fallback when there is no memory cgroup (VmHWM only grows,
+    so polling misses at most the last 50 ms of a process)."""
+    peak = 0
+
+    def stop(*_):
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    while True:
+        for pid in descendants(root):
+            try:
+                with open(f"/proc/{pid}/comm") as f:
+                    if not f.read().startswith(prefix):
+                        continue
+                with open(f"/proc/{pid}/status") as f:
+                    hwm = next((int(l.split()[1]) for l in f if l.startswith("VmHWM:")), 0)
+            except (OSError, ValueError):
+                continue
+            if hwm > peak:
+                peak = hwm
+                with open(out + ".tmp", "w") as f:
+                    f.write(f"{peak}\n")
+                os.replace(out + ".tmp", out)
+        time.sleep(0.05)
+
+
+NUMERIC = ("wall", "user", "sys", "cpu", "sync_s", "remote_cpu", "rss_kb", "remote_rss_kb", "store_bytes", "wire_bytes", "wire_up", "wire_down",
            "bytes", "iops", "rate", "alloc_bytes")
 
 
@@ -352,6 +400,11 @@ def cells(row):
         cpu = f"{m['cpu']:.2f}"
         if "remote_cpu" in m:
             cpu += f" (+{m['remote_cpu']:.2f} remote)"
+    rss = ""
+    if "rss_kb" in m:
+        rss = f"{m['rss_kb'] / 1024:,.0f}"
+        if "remote_rss_kb" in m:
+            rss += f" (+{m['remote_rss_kb'] / 1024:,.0f} remote)"
     notes = []
     if "rate" in m:
         notes.append(f"{m['rate'] / 1e6:,.0f} MB/s")
@@ -367,7 +420,7 @@ def cells(row):
         row["group"], row["tool"], row["cache"],
         f"{m['wall']:.2f}" if "wall" in m else "",
         cpu,
-        f"{m['rss_kb'] / 1024:,.0f}" if "rss_kb" in m else "",
+        rss,
         human_bytes(m.get("store_bytes")),
         human_bytes(m.get("wire_bytes")),
         "; ".join(notes).replace("|", "/"),
@@ -410,7 +463,8 @@ def cmd_report(runs_path, machine_path, *opts):
             out += [f"**{k}:** " + "; ".join(f"{a}: {b}" if a else str(b) for a, b in items), ""]
     out.append("Medians over the runs. CPU s is user+sys of the command and its children; for dumps "
                "\"+remote\" is the CPU of sshd and the agent on the SSH side; for mounts it includes the FUSE "
-               "daemon. Peak RSS of a mount is the FUSE daemon's. \"vs ours\" is the tool's wall time over "
+               "daemon. Peak RSS of a mount is the FUSE daemon's; for dumps \"+remote\" is the peak memory of sshd and "
+               "the agent (see settings: remote memory). \"vs ours\" is the tool's wall time over "
                "ours in the same operation (for random reads: time per I/O); above 1 means slower than ours.")
     for section in dict.fromkeys(r["section"] for r in rows):
         out += ["", f"## {section}", "", table([r for r in rows if r["section"] == section])]
@@ -428,6 +482,7 @@ def cmd_report(runs_path, machine_path, *opts):
 COMMANDS = {
     "fill": cmd_fill, "day2": cmd_day2, "synth": cmd_synth, "rand": cmd_rand, "zerofrac": cmd_zerofrac,
     "record": cmd_record, "machine": cmd_machine, "fio-iops": cmd_fio_iops, "free-port": cmd_free_port, "report": cmd_report,
+    "peak-rss": cmd_peak_rss,
 }
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@
 #
 # --quick is --size 256M --runs 1 --fio-seconds 3 (a smoke test of the harness, not a measurement).
 # --warm skips dropping the page cache; --bin times a given diskdump binary instead of building this tree.
+# --scale times only ours: per size, import, restore, mount start-up and a cold dd through the mount, and dump
+# over SSH of a sparse image with 25% data (holes between); per manifest count, status, gc --dry-run, verify
+# and mount start-up. It needs about a quarter of the sizes' sum free in the work dir, plus half the largest.
 # Run as root on Debian 12: it installs what is missing (borgbackup restic fio lz4 e2fsprogs openssh-server
 # fuse3 time nftables), the Python diskdump 0.1.5 into a venv under the work dir, and runs
 # `cargo build --release`. Everything else stays in the work dir; rm -rf it to clean up.
@@ -29,8 +32,8 @@
 #
 # What is measured, per tool and operation (medians over --runs runs): wall time, CPU time (user+sys of the
 # command and its children, via /usr/bin/time), peak RSS, store/repository size after (du -sb), and for
-# dumps the bytes on the wire. "cold" rows drop the page cache first (sync; echo 3 > drop_caches), the same for
-# every tool; "warm" rows read from the page cache. Commands that write a store or an output file are timed
+# dumps the bytes on the wire and the remote side's CPU and peak memory. "cold" rows drop the page cache first
+# (sync; echo 3 > drop_caches), the same for every tool; "warm" rows read from the page cache. Commands that write a store or an output file are timed
 # including a final `sync` (its time is added to the wall time, not to the tool's CPU time), so a tool that
 # fsyncs and one that does not are compared on the same terms.
 #   ours:    import day 1 into an empty store, then day 2 into the same store; import of rand and sparse;
@@ -48,7 +51,8 @@
 # Bytes on the wire: the dumps go to a throwaway sshd on its own 127.0.0.1 port; an nftables table counts
 # the packets to and from that port on the output hook of lo (each loopback packet passes it once), so
 # other traffic is not counted; bytes are IP packet lengths (payload + ~52 header bytes per packet).
-# The remote side's CPU (sshd + agent) is the sshd's cgroup CPU usage (cpuacct or cgroup v2 cpu.stat).
+# The remote side's CPU (sshd + agent) is the sshd's cgroup CPU usage (cpuacct or cgroup v2 cpu.stat); its
+# peak memory is that of the sshd's memory cgroup (see remote_mem_start below).
 # shellcheck disable=SC1007,SC2054  # `a= b=` are empty assignments; commas are in option values
 set -euo pipefail
 ORIG=$PWD
@@ -61,7 +65,7 @@ TOOLS=ours,python,borg,restic WORK=/var/tmp/diskdump-bench SCALE=0 FIO_SECS= COL
 SCALE_SIZES=1G,2G,4G,8G SCALE_MANIFESTS=1,10,100 BIN=
 
 abspath() { case $1 in /*) echo "$1" ;; *) echo "$ORIG/$1" ;; esac; }
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while (($#)); do
   case $1 in
     --size) SIZE=$2; shift 2 ;;
@@ -314,12 +318,78 @@ cgroup_setup() {
   elif [[ -f /sys/fs/cgroup/unified/cgroup.controllers ]]; then
     g=/sys/fs/cgroup/unified/diskdump-bench-$$ CG_V=2
   else return 1; fi
-  mkdir -p "$g" && echo "$1" >"$g/cgroup.procs" && CG=$g
+  mkdir -p "$g" || return 1
+  CG=$g
+  # cgroup v2: with the memory controller, the sshd lives in a child of $CG made afresh for each
+  # measurement (a new cgroup's memory.peak starts at zero; $CG's cpu.stat counts its children).
+  if ((CG_V == 2)) && echo +memory >"$g/cgroup.subtree_control" 2>/dev/null; then
+    memcg_fresh "$1" || { CG=; return 1; }
+    if [[ -f $MEMCG/memory.peak ]]; then MEM_MODE=v2; fi   # memory.peak: Linux 5.19
+    return 0
+  fi
+  echo "$1" >"$g/cgroup.procs" || { CG=; return 1; }
+  if ((CG_V == 1)); then   # v1: a memory cgroup under our own (so it stays inside any limit we run under)
+    local own m
+    own=$(awk -F: '$2 ~ /(^|,)memory(,|$)/ {print $3}' /proc/self/cgroup)
+    m=/sys/fs/cgroup/memory${own%/}/diskdump-bench-$$
+    if [[ -n $own && -f /sys/fs/cgroup/memory$own/memory.max_usage_in_bytes ]] && mkdir -p "$m" &&
+      echo "$1" >"$m/cgroup.procs"; then
+      MEMCG=$m MEM_MODE=v1
+    fi
+  fi
+  return 0
 }
 cgroup_cpu() {   # seconds of CPU used by the cgroup so far
   [[ -n $CG ]] || return 0
   if ((CG_V == 1)); then awk '{printf "%.3f", $1/1e9}' "$CG/cpuacct.usage"
   else awk '$1=="usage_usec"{printf "%.3f", $2/1e6}' "$CG/cpu.stat"; fi
+}
+
+# Remote memory: the peak of the memory charged to the sshd's cgroup during a command over its level at
+# the start: the session's sshd and the agent, and any page cache or socket buffers they charge (the agent
+# reads the image with O_DIRECT). v1: memory.max_usage_in_bytes, reset by writing 0; v2: memory.peak of a
+# fresh child cgroup. Without a memory cgroup: the largest VmHWM of the agent processes (agent-*) under the
+# sshd, polled every 50 ms (bench.py peak-rss).
+MEMCG= MEM_MODE= MEM_N=0 MEM_BASE=0 MEM_POLL_PID=
+memcg_fresh() {   # PID: moves it into a new child of $CG (v2) and removes the previous one
+  local old=$MEMCG new
+  MEM_N=$((MEM_N + 1)) new="$CG/m$MEM_N"
+  mkdir "$new" || return 1
+  if ! echo "$1" >"$new/cgroup.procs"; then rmdir "$new"; return 1; fi
+  MEMCG=$new
+  if [[ -n $old ]]; then rmdir "$old" 2>/dev/null || true; fi
+}
+remote_mem_start() {
+  MEM_BASE=
+  [[ -n $SSHD_PID ]] || return 0
+  case $MEM_MODE in
+    v1) if echo 0 >"$MEMCG/memory.max_usage_in_bytes"; then MEM_BASE=$(cat "$MEMCG/memory.usage_in_bytes"); fi ;;
+    v2) if memcg_fresh "$SSHD_PID"; then MEM_BASE=$(cat "$MEMCG/memory.current"); fi ;;
+    *) rm -f "$LOGS/peak-rss"
+       python3 "$HELPER" peak-rss "$SSHD_PID" agent- "$LOGS/peak-rss" &
+       MEM_POLL_PID=$! ;;
+  esac
+}
+remote_mem_peak() {   # sets RMEM: kB, or empty when not measured
+  RMEM=
+  [[ -n $SSHD_PID ]] || return 0
+  local peak
+  case $MEM_MODE in
+    v1) [[ -n $MEM_BASE ]] || return 0; peak=$(cat "$MEMCG/memory.max_usage_in_bytes") ;;
+    v2) [[ -n $MEM_BASE ]] || return 0; peak=$(cat "$MEMCG/memory.peak") ;;
+    *) [[ -n $MEM_POLL_PID ]] || return 0
+       kill "$MEM_POLL_PID" 2>/dev/null || true; wait "$MEM_POLL_PID" 2>/dev/null || true; MEM_POLL_PID=
+       RMEM=$(cat "$LOGS/peak-rss" 2>/dev/null || true); return 0 ;;
+  esac
+  RMEM=$(((peak - MEM_BASE) / 1024))
+}
+remote_mem_info() {
+  case $MEM_MODE in
+    v1) echo "peak of the sshd's memory cgroup (v1 memory.max_usage_in_bytes) over its level at the start" ;;
+    v2) echo "peak of the sshd's memory cgroup (v2 memory.peak, fresh cgroup per command) over its level at the start" ;;
+    *) if [[ -n $SSHD_PID ]]; then echo "no memory cgroup: largest VmHWM of the agent processes, polled every 50 ms"
+       else echo "not measured"; fi ;;
+  esac
 }
 
 NFT_TABLE=diskdump_bench_$$ WIRE=0
@@ -389,8 +459,10 @@ measure() {
   ((wire && WIRE)) && read -r -a w0 < <(wire_bytes)
   ((wire)) && r0=$(cgroup_cpu)
   [[ -n $daemon ]] && d0=$(proc_cpu "$daemon")
+  if ((wire)); then remote_mem_start 2>>"$LOGS/remote-mem.log" || true; fi
   local rc=0
   /usr/bin/time -f '%e %U %S %M' -o "$tf" -- bash -c 'cd "$0" && "$@"' "$cwd" "$@" >"$log" 2>&1 || rc=$?
+  local rmem= RMEM=; if ((wire)); then remote_mem_peak 2>>"$LOGS/remote-mem.log" || true; rmem=$RMEM; fi
   if ((rc)); then
     err="$(last_line "$log") (exit $rc)"
     record "${base[@]}" error="$err"; say "$group / $tool: FAILED: $err"; return 0
@@ -408,6 +480,7 @@ measure() {
     extra+=(wire_up=$((w1[0] - w0[0])) wire_down=$((w1[1] - w0[1])) wire_bytes=$((w1[0] - w0[0] + w1[1] - w0[1])))
   fi
   [[ -z $r0 ]] || extra+=(remote_cpu="$(calc "$(cgroup_cpu) - $r0")")
+  [[ -z $rmem ]] || extra+=(remote_rss_kb="$rmem")
   if [[ -n $daemon ]]; then   # a FUSE daemon's CPU counts with the reader's; its peak RSS is the row's
     cpu=$(calc "$cpu + $(proc_cpu "$daemon") - $d0")
     rss=$(awk '/^VmHWM/{print $2}' "/proc/$daemon/status" 2>/dev/null || echo "$rss")
@@ -423,7 +496,7 @@ measure() {
   if [[ -n $err ]]; then record "${base[@]}" error="$err"; say "$group / $tool: FAILED: $err"; return 0; fi
   record "${base[@]}" wall="$wall" user="$user" sys="$sys" cpu="$cpu" rss_kb="$rss" "${extra[@]}"
   MEASURE_OK=1
-  say "$group / $tool: ${wall}s wall, ${cpu}s CPU, $((rss / 1024)) MiB"
+  say "$group / $tool: ${wall}s wall, ${cpu}s CPU, $((rss / 1024)) MiB${rmem:+ (+$((rmem / 1024)) MiB remote)}"
 }
 
 proc_cpu() {   # seconds of CPU (user+sys) of a live process
@@ -507,8 +580,8 @@ cmd_mount() {   # TOOL STORE MOUNTPOINT; sets MOUNT_FILE, the day-2 image inside
   esac
 }
 
-cmd_dump() {   # TOOL STORE KIND COMPRESS
-  local target="benchhost:$IMG/$3.img"
+cmd_dump() {   # TOOL STORE IMAGE COMPRESS
+  local target="benchhost:$3"
   case $1 in
     ours) CMD=(env HOME="$WORK/ssh/home" "$DD" --store "$2" dump "$target" --as bench --compress "$4") ;;
     python) CMD=(env PATH="$WORK/bin:$PATH" DISKDUMP_BASE="$2" "$PYDD" -m diskdump dump "$target" --as bench) ;;
@@ -617,7 +690,7 @@ phase_dump() {
         for kind in day1 day2 day2-again rand sparse; do
           case $kind in day1|rand|sparse) rm -rf "$store" ;; esac
           PREP_ERR[$tool]=$SSH_ERR
-          cmd_dump "$tool" "$store" "${kind%-again}" "$comp"
+          cmd_dump "$tool" "$store" "$IMG/${kind%-again}.img" "$comp"
           measure "${GROUP_DUMP[$kind]}" "$label" --store "$store" --wire --sync \
             --bytes "$(img_size "${kind%-again}")" -- "${CMD[@]}"
         done
@@ -751,11 +824,38 @@ phase_mount() {
 
 # ------------------------------------------------------------------------------------------ scale
 
+# The work dir must hold the synthetic images still to be made (25% of each size is data, the rest holes)
+# and, on the benchmark's ext4, one size's stores and restore output at a time (about half the size: a store
+# keeps the random half of the data as is and the text half compressed, the restore output is as sparse as
+# the image); the loop file under it is trimmed after each size.
+scale_check_room() {   # RECIPE
+  local s bytes max=0 images=0 need fs_need avail fs_avail
+  for s in ${SCALE_SIZES//,/ }; do
+    bytes=$(numfmt --from=iec "$s")
+    ((bytes > max)) && max=$bytes
+    [[ -f $WORK/scale/synth-$bytes-$1.img ]] || images=$((images + bytes / 4))
+  done
+  [[ -f $WORK/scale/small-$1.img ]] || images=$((images + (128 << 20)))
+  fs_need=$((max / 2 + (256 << 20))) need=$((images + max / 2 + (1 << 30)))
+  avail=$(df -B1 --output=avail "$WORK" | tail -n 1) fs_avail=$(df -B1 --output=avail "$FS" | tail -n 1)
+  if ((avail < need || fs_avail < fs_need)); then
+    echo "bench.sh --scale: not enough disk space for --scale-sizes $SCALE_SIZES:" >&2
+    echo "  $WORK needs $(numfmt --to=iec "$need") free (synthetic images $(numfmt --to=iec "$images")," \
+      "stores and restore output of the largest size $(numfmt --to=iec $((max / 2))), 1 GiB spare)," \
+      "has $(numfmt --to=iec "$avail")" >&2
+    echo "  $FS needs $(numfmt --to=iec "$fs_need"), has $(numfmt --to=iec "$fs_avail")" >&2
+    echo "  free some space, or use --workdir on a larger disk or smaller --scale-sizes" >&2
+    exit 1
+  fi
+}
+
 phase_scale() {
   SECTION=scale
-  local s bytes img dir="$WORK/scale" store="$STORES/scale" out="$OUT/scale" n have k
+  local s bytes img dir="$WORK/scale" store="$STORES/scale" dstore="$STORES/scale-dump" out="$OUT/scale" n have k
   local recipe; recipe=$(helper_image_code | sha256sum | cut -c1-12)
+  scale_check_room "$recipe"
   mkdir -p "$dir"
+  sshd_ready || true
   for s in ${SCALE_SIZES//,/ }; do
     bytes=$(numfmt --from=iec "$s"); img="$dir/synth-$bytes-$recipe.img"
     if [[ ! -f $img ]]; then   # 25% data (random and text in turn), the rest holes
@@ -763,12 +863,28 @@ phase_scale() {
       python3 "$HELPER" synth "$img.tmp" "$bytes" 0.25 3 && mv "$img.tmp" "$img"
     fi
     for RUN in $(seq "$RUNS"); do
-      rm -rf "$store"
+      rm -rf "$store" "$dstore"
       measure "import, $s image (25% data)" ours --store "$store" --bytes "$bytes" --sync \
-        -- "$DD" --store "$store" import "$img" --as scale
+        -- "$DD" --store "$store" import "$img" --as scale --date 2024-01-01T03:00:00Z
       measure "restore, $s image" ours --out "$out" --bytes "$bytes" --sync \
         -- "$DD" --store "$store" restore scale -o "$out/scale.img"
+      # Start-up, then a cold sequential read through the FUSE daemon; its peak RSS is the row's.
+      if mount_timed ours "$store" "mount: start-up, $s image" ours "$MNT/2024/01/01/scale.img"; then
+        measure "mount: dd bs=1M, $s image" ours --bytes "$bytes" --daemon "$MOUNT_PID" \
+          -- dd if="$MOUNT_FILE" of=/dev/null bs=1M
+        mount_stop
+      else
+        record group="mount: dd bs=1M, $s image" tool=ours cache="$(cold_label)" error="$MOUNT_ERR"
+      fi
+      # Over the loopback sshd into an empty store, as the dump phase does (wire bytes, remote CPU and memory).
+      PREP_ERR[ours]=$SSH_ERR
+      cmd_dump ours "$dstore" "$img" lz4
+      measure "dump over SSH, $s image (25% data)" ours --store "$dstore" --wire --sync --bytes "$bytes" \
+        -- "${CMD[@]}"
+      PREP_ERR[ours]=
     done
+    rm -rf "$store" "$dstore"
+    fstrim "$FS" 2>/dev/null || true   # give the freed blocks back to the work dir's disk
   done
   # Many manifests: the same small image imported on different days.
   img="$dir/small-$recipe.img"
@@ -781,11 +897,12 @@ phase_scale() {
     done
     have=$n
     local last; last=$(date -u -d "2020-01-01 + $n days" +%Y/%m/%d)
+    local m="$n manifests"; ((n != 1)) || m="1 manifest"
     for RUN in $(seq "$RUNS"); do
-      measure "status, manifests: $n" ours -- "$DD" --store "$store" status
-      measure "gc --dry-run, manifests: $n" ours -- "$DD" --store "$store" gc --dry-run
-      measure "verify, manifests: $n" ours -- "$DD" --store "$store" verify
-      if mount_timed ours "$store" "mount start-up, manifests: $n" ours "$MNT/$last/many.img"; then mount_stop; fi
+      measure "status, $m (256M image each)" ours -- "$DD" --store "$store" status
+      measure "gc --dry-run, $m" ours -- "$DD" --store "$store" gc --dry-run
+      measure "verify, $m" ours -- "$DD" --store "$store" verify
+      if mount_timed ours "$store" "mount: start-up, $m" ours "$MNT/$last/many.img"; then mount_stop; fi
     done
   done
   rm -rf "$store"
@@ -797,7 +914,12 @@ cleanup() {
   set +e
   mount_stop 2>/dev/null
   stop_sshd
-  [[ -n $CG ]] && { sleep 0.2; rmdir "$CG" 2>/dev/null; }
+  [[ -n $MEM_POLL_PID ]] && kill "$MEM_POLL_PID" 2>/dev/null
+  if [[ -n $CG || -n $MEMCG ]]; then
+    sleep 0.2
+    [[ -n $MEMCG ]] && rmdir "$MEMCG" 2>/dev/null
+    [[ -n $CG ]] && rmdir "$CG" 2>/dev/null
+  fi
   ((WIRE)) && nft delete table inet "$NFT_TABLE" 2>/dev/null
   umount "$FS" 2>/dev/null && rm -f "$WORK/fs.img"
 }
@@ -819,7 +941,8 @@ machine_info() {
     "settings:size=$SIZE" "settings:runs=$RUNS" "settings:fio seconds=$FIO_SECS" "settings:only=$ONLY" \
     "settings:tools=$TOOLS" "settings:caches=$(if ((COLD)); then echo 'cold rows drop the page cache first'; else echo 'all warm (--warm)'; fi)" \
     "settings:bytes on the wire=$(if ((WIRE)); then echo "nftables counters on lo for the sshd's port $SSH_PORT"; else echo 'not measured (no sshd or no nftables)'; fi)" \
-    "settings:remote CPU=$(if [[ -n $CG ]]; then echo "cgroup v$CG_V of the sshd"; else echo 'not measured'; fi)" "${v[@]}"
+    "settings:remote CPU=$(if [[ -n $CG ]]; then echo "cgroup v$CG_V of the sshd"; else echo 'not measured'; fi)" \
+    "settings:remote memory=$(remote_mem_info)" "${v[@]}"
 }
 
 main() {
