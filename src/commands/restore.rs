@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// Blocks decompressed ahead of the writer.
-const READ_AHEAD: usize = 64;
+const READ_AHEAD: usize = 128;
 
 pub fn run(store_dir: &Path, arg: &str, output: Option<&Path>) -> Result<u8> {
     let store = open_store(store_dir)?;

@@ -115,7 +115,7 @@ impl Default for FsOptions {
         FsOptions {
             cache_bytes: 256 << 20,
             prefetch_threads: 2,
-            read_ahead_blocks: 64,
+            read_ahead_blocks: 128,
             manifest_bytes: 128 << 20,
         }
     }
