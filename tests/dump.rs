@@ -581,3 +581,75 @@ fn kill_9_of_the_agent_fails_the_dump_clearly_and_the_rerun_sends_only_the_rest(
     assert_eq!(new as usize, 256 - present, "{}", text(&o));
     assert!(restore(&store, "big") == data);
 }
+
+#[test]
+fn gc_during_a_dump_waits_and_keeps_the_blocks_the_dump_was_told_are_present() {
+    let Some(sshd) = Sshd::require() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let data = images::random_bytes(64 * BS, 51);
+    let first = dir.path().join("first.img");
+    images::write(&first, &data[..32 * BS]);
+    common::dd(
+        &store,
+        &["import", first.to_str().unwrap(), "--as", "first"],
+    )
+    .ok();
+    // Orphan those blocks: the dump is told the store has them.
+    for m in manifests(&store) {
+        fs::remove_file(m).unwrap();
+    }
+    let img = dir.path().join("big.img");
+    images::write(&img, &data);
+    // A long sparse tail keeps the dump running while gc is tried.
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(32 << 30)
+        .unwrap();
+    let target = format!("{}:{}", sshd.host_alias(), img.display());
+    let dump = Command::new(common::bin())
+        .args(["--store", store.to_str().unwrap(), "dump", &target])
+        .args(["--as", "big"])
+        .envs(sshd.env())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // 32 orphaned + the zero block import keeps + 32 new from the dump.
+    common::wait_until(60, "the dump's new blocks", || {
+        common::block_files(&store).len() >= 65
+    });
+    let r = common::dd(&store, &["gc", "--no-wait"]).fails();
+    assert!(
+        r.stderr.contains("busy") && r.stderr.contains("running dumps or imports"),
+        "{}",
+        r.stderr
+    );
+    let gc = common::spawn_dd(&store, &["gc"]);
+    let o = dump.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let gc = gc.wait_with_output().unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&gc.stdout),
+        String::from_utf8_lossy(&gc.stderr),
+    );
+    assert!(gc.status.success(), "{err}");
+    assert!(
+        err.contains("waiting for running dumps or imports"),
+        "{err}"
+    );
+    assert!(out.contains("removed 0 unreferenced blocks"), "{out}");
+    common::dd(&store, &["verify"]).ok();
+    let out = dir.path().join("r.img");
+    common::dd(&store, &["restore", "big", "-o", out.to_str().unwrap()]).ok();
+    let restored = fs::File::open(&out).unwrap();
+    let mut head = vec![0u8; data.len()];
+    std::io::Read::read_exact(&mut &restored, &mut head).unwrap();
+    assert!(
+        head == data,
+        "the blocks the dump was told about are intact"
+    );
+    assert_eq!(restored.metadata().unwrap().len(), 32 << 30);
+}

@@ -83,3 +83,73 @@ fn import_syncs_blocks_then_writes_manifest_then_syncs_its_directory() {
         lines[dir_open]
     );
 }
+
+/// Runs `import` under strace, which kills it (SIGKILL) on the `when`-th
+/// call of `syscall`: a crash at an exact point of the manifest write.
+fn import_killed_at(store: &std::path::Path, img: &std::path::Path, syscall: &str, when: u32) {
+    let st = Command::new("strace")
+        .args(["-f", "-o", "/dev/null", "-e", &format!("trace={syscall}")])
+        .args(["-e", &format!("inject={syscall}:signal=KILL:when={when}")])
+        .arg(common::bin())
+        .args(["--store", store.to_str().unwrap(), "import"])
+        .args([img.to_str().unwrap(), "--as", "crash"])
+        .output()
+        .unwrap();
+    assert!(
+        !st.status.success(),
+        "import was not killed at {syscall}: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+}
+
+#[test]
+fn kill_9_just_before_and_during_the_manifest_write_loses_nothing() {
+    if !common::require(common::have("strace"), "strace (apt-get install strace)") {
+        return;
+    }
+    let bs = 131072;
+    let dir = tempfile::tempdir().unwrap();
+    let data = images::mixed(bs, 40, 777, 32);
+    let img = dir.path().join("d.img");
+    images::write(&img, &data);
+    // The syncfs before the manifest; the fsync of its temp file (blocks are
+    // made durable by syncfs, so the first fsync is the manifest's).
+    for (syscall, when) in [("syncfs", 1), ("fsync", 1)] {
+        let store = dir.path().join(format!("store-{syscall}"));
+        // The store exists first (creating it fsyncs config.json): import the
+        // image's first block, then drop that manifest.
+        let seed = dir.path().join("seed.img");
+        images::write(&seed, &data[..bs]);
+        let r = common::dd(&store, &["import", seed.to_str().unwrap(), "--as", "seed"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        for m in common::all_manifests(&store) {
+            std::fs::remove_file(m).unwrap();
+        }
+        import_killed_at(&store, &img, syscall, when);
+        assert!(
+            common::all_manifests(&store).is_empty(),
+            "killed at {syscall}: a manifest is visible"
+        );
+        let (blocks, _temps) = common::whole_blocks_and_temps(&store, bs);
+        assert!(blocks > 0, "killed at {syscall}: blocks were stored first");
+        // Every block was in place before the kill: the re-run stores none.
+        let r = common::dd(&store, &["import", img.to_str().unwrap(), "--as", "crash"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert!(r.stdout.contains(" (0 new, "), "{syscall}: {}", r.stdout);
+        assert_eq!(common::all_manifests(&store).len(), 1);
+        let (code, bytes, err) = common::dd_bytes(&store, &["restore", "crash"]);
+        assert_eq!(code, 0, "{err}");
+        assert!(bytes == data, "killed at {syscall}: restore differs");
+        // gc sweeps what the crash left (a manifest temp); the store verifies.
+        let r = common::dd(&store, &["gc"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let (after, temps) = common::whole_blocks_and_temps(&store, bs);
+        assert!(temps.is_empty(), "gc left {temps:?}");
+        assert_eq!(after, blocks, "gc kept every referenced block");
+        assert!(common::walk(&store)
+            .iter()
+            .all(|p| !p.to_string_lossy().contains(".tmp.")));
+        let r = common::dd(&store, &["verify"]);
+        assert_eq!(r.code, 0, "killed at {syscall}: {}{}", r.stdout, r.stderr);
+    }
+}

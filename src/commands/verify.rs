@@ -1,7 +1,7 @@
 //! `verify [MANIFEST...]`: decompress and rehash every block (in parallel),
 //! check every manifest parses and has all its blocks; report each problem.
 
-use super::{cores, open_store, resolve};
+use super::{loader_threads, open_store, resolve};
 use crate::digest::Digest;
 use crate::image::load_block;
 use crate::manifest::Manifest;
@@ -120,14 +120,14 @@ fn check_manifest(
     }
 }
 
-/// Loads every block on all cores; returns each bad block with a message.
+/// Loads every block on all cores, with more loads in flight than cores (see `loader_threads`); returns each bad block with a message.
 fn check_blocks(store: &LocalStore, blocks: &[(Digest, u64)]) -> Vec<(Digest, String)> {
     let total: u64 = blocks.iter().map(|(_, n)| n).sum();
     let bar = progress::bytes_bar(total, "verify");
     let next = AtomicUsize::new(0);
     let bad = Mutex::new(Vec::new());
     std::thread::scope(|s| {
-        for _ in 0..cores() {
+        for _ in 0..loader_threads() {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some((d, n)) = blocks.get(i) else { return };
