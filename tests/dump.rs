@@ -653,3 +653,48 @@ fn gc_during_a_dump_waits_and_keeps_the_blocks_the_dump_was_told_are_present() {
     );
     assert_eq!(restored.metadata().unwrap().len(), 32 << 30);
 }
+
+#[test]
+fn sigterm_stops_a_dump_like_ctrl_c() {
+    let Some(sshd) = Sshd::require() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("term.img");
+    images::write(&img, &images::random_bytes(64 * BS, 52));
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(48 << 30)
+        .unwrap();
+    let store = dir.path().join("store");
+    let target = format!("{}:{}", sshd.host_alias(), img.display());
+    let child = Command::new(common::bin())
+        .args(["--store", store.to_str().unwrap(), "dump", &target])
+        .args(["--as", "term"])
+        .envs(sshd.env())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::wait_until(60, "the data blocks", || {
+        common::block_files(&store).len() >= 64
+    });
+    common::signal(&child, libc::SIGTERM);
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(143), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("interrupted"),
+        "{}",
+        text(&o)
+    );
+    assert!(manifests(&store).is_empty());
+    common::whole_blocks_and_temps(&store, BS);
+    common::dd(&store, &["verify"]).ok();
+    common::wait_until(10, "the agent to exit", || {
+        let ps = Command::new("pgrep")
+            .args(["-f", img.to_str().unwrap()])
+            .output()
+            .unwrap();
+        ps.stdout.is_empty()
+    });
+}
