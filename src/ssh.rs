@@ -43,6 +43,15 @@ const LIBSSH2_ERROR_TIMEOUT: i32 = -9;
 const IO_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A logged-in SSH session to one host.
+/// The agent's SHA-256 as lowercase hex, refusing anything else.
+fn agent_hash(hex: &str) -> Result<String> {
+    let hash = hex.to_ascii_lowercase();
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("agent hash {hex:?} is not a SHA-256 hex digest");
+    }
+    Ok(hash)
+}
+
 /// Exit status of [`Remote::cached_agent_command`] when the agent must be deployed first.
 pub const AGENT_MISSING: i32 = 97;
 
@@ -184,10 +193,7 @@ impl Remote {
     /// dump then costs one remote command instead of two: each starts the
     /// user's shell, 0.17 s with this machine's root `.bashrc`.
     pub fn cached_agent_command(agent_hash_hex: &str, prefix: &str, args: &str) -> Result<String> {
-        let hash = agent_hash_hex.to_ascii_lowercase();
-        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-            bail!("agent hash {agent_hash_hex:?} is not a SHA-256 hex digest");
-        }
+        let hash = agent_hash(agent_hash_hex)?;
         Ok(format!(
             "p=\"$HOME/.cache/diskdump/agent-{}\"; [ \"$(uname -sm)\" = 'Linux x86_64' ] && \
              [ \"$(sha256sum < \"$p\" 2>/dev/null)\" = '{hash}  -' ] && exec {prefix}\"$p\" {args}; \
@@ -200,10 +206,7 @@ impl Remote {
     /// 0700) on the remote, uploading it only when no file with that SHA-256 is there. Refuses
     /// anything but Linux x86_64 (the agent is a static x86_64 Linux binary). Returns its path.
     pub fn ensure_agent(&self, agent: &[u8], agent_hash_hex: &str) -> Result<String> {
-        let hash = agent_hash_hex.to_ascii_lowercase();
-        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-            bail!("agent hash {agent_hash_hex:?} is not a SHA-256 hex digest");
-        }
+        let hash = agent_hash(agent_hash_hex)?;
         let name = format!("agent-{}", &hash[..16]);
         // One round trip: platform, cache dir (absolute, for sudo), hash of what is there.
         let script = format!(

@@ -7,7 +7,7 @@ use common::sshd::Sshd;
 use common::{images, walk};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 const BS: usize = 131072;
 
@@ -41,6 +41,30 @@ fn restore(store: &Path, name: &str) -> Vec<u8> {
     let (code, bytes, err) = common::dd_bytes(store, &["restore", name]);
     assert_eq!(code, 0, "{err}");
     bytes
+}
+
+/// Starts `diskdump dump TARGET --as NAME` in the background, output captured.
+fn spawn_dump(sshd: &Sshd, store: &Path, target: &str, name: &str) -> Child {
+    Command::new(common::bin())
+        .args(["--store", store.to_str().unwrap(), "dump", target])
+        .args(["--as", name])
+        .envs(sshd.env())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until no process has `source` on its command line: the agent that
+/// read it has exited.
+fn wait_agent_gone(source: &Path) {
+    common::wait_until(10, "the agent to exit", || {
+        let ps = Command::new("pgrep")
+            .args(["-f", source.to_str().unwrap()])
+            .output()
+            .unwrap();
+        ps.stdout.is_empty()
+    });
 }
 
 /// The summary row of a target: NEW and WIRE columns.
@@ -241,35 +265,14 @@ fn ctrl_c_stops_the_agent_writes_no_manifest_and_the_rerun_resends_nothing() {
     // 16 MiB of data up front, then a long sparse tail the agent is still
     // reading when Ctrl-C arrives.
     images::write(&img, &images::random_bytes(128 * BS, 46));
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&img)
-        .unwrap()
-        .set_len(48 << 30)
-        .unwrap();
+    images::set_len(&img, 48 << 30);
     let store = dir.path().join("store");
     let target = format!("{}:{}", sshd.host_alias(), img.display());
-    let child = Command::new(common::bin())
-        .args([
-            "--store",
-            store.to_str().unwrap(),
-            "dump",
-            &target,
-            "--as",
-            "big",
-        ])
-        .envs(sshd.env())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t0 = std::time::Instant::now();
-    while common::block_files(&store).len() < 128 {
-        assert!(t0.elapsed().as_secs() < 60, "the data blocks never arrived");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let child = spawn_dump(&sshd, &store, &target, "big");
+    common::wait_until(60, "the data blocks", || {
+        common::block_files(&store).len() >= 128
+    });
+    common::signal(&child, libc::SIGINT);
     let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(130), "{}", text(&o));
     assert!(
@@ -280,22 +283,9 @@ fn ctrl_c_stops_the_agent_writes_no_manifest_and_the_rerun_resends_nothing() {
     assert!(manifests(&store).is_empty());
     common::dd(&store, &["verify"]).ok();
     // The agent exits once its session is cut.
-    let gone = (0..100).any(|_| {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        let ps = Command::new("pgrep")
-            .args(["-f", img.to_str().unwrap()])
-            .output()
-            .unwrap();
-        ps.stdout.is_empty()
-    });
-    assert!(gone, "an agent still reads {}", img.display());
+    wait_agent_gone(&img);
     // Shrink the tail so the re-run is quick; the data blocks are all there.
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&img)
-        .unwrap()
-        .set_len(256 * BS as u64)
-        .unwrap();
+    images::set_len(&img, 256 * BS as u64);
     let o = run(&sshd, &store, &["dump", &target, "--as", "big"]);
     assert!(o.status.success(), "{}", text(&o));
     let (new, _) = summary(&o, &target);
@@ -357,27 +347,12 @@ fn kill_9_of_the_storage_side_leaves_whole_blocks_and_the_rerun_sends_only_the_r
     // still reading when the kill comes.
     let data = images::random_bytes(256 * BS, 47);
     images::write(&img, &data);
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&img)
-        .unwrap()
-        .set_len(48 << 30)
-        .unwrap();
+    images::set_len(&img, 48 << 30);
     let store = dir.path().join("store");
     let target = format!("{}:{}", sshd.host_alias(), img.display());
-    let spawn = || {
-        Command::new(common::bin())
-            .args(["--store", store.to_str().unwrap(), "dump", &target])
-            .args(["--as", "big"])
-            .envs(sshd.env())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
     // Kill while blocks arrive, then again after they all did.
     for min_blocks in [8, 256] {
-        let child = spawn();
+        let child = spawn_dump(&sshd, &store, &target, "big");
         common::wait_until(60, "blocks arriving", || {
             common::block_files(&store).len() >= min_blocks
         });
@@ -392,21 +367,10 @@ fn kill_9_of_the_storage_side_leaves_whole_blocks_and_the_rerun_sends_only_the_r
         assert!(manifests(&store).is_empty());
         common::whole_blocks_and_temps(&store, BS);
         // The agent notices its session is gone and exits.
-        common::wait_until(10, "the agent to exit", || {
-            let ps = Command::new("pgrep")
-                .args(["-f", img.to_str().unwrap()])
-                .output()
-                .unwrap();
-            ps.stdout.is_empty()
-        });
+        wait_agent_gone(&img);
     }
     let (present, _) = common::whole_blocks_and_temps(&store, BS);
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&img)
-        .unwrap()
-        .set_len(data.len() as u64)
-        .unwrap();
+    images::set_len(&img, data.len() as u64);
     // Present: the 256 data blocks (some maybe not yet) and perhaps the zero block.
     let zero_present = common::block_files(&store).iter().any(|p| {
         p.to_string_lossy()
@@ -461,13 +425,7 @@ fn a_stalled_agent_fails_its_target_after_the_idle_timeout() {
     assert!(manifests(&store).is_empty());
     // Release the agent (it is still blocked in open) and see it go.
     drop(fs::OpenOptions::new().write(true).open(&fifo).unwrap());
-    common::wait_until(10, "the agent to exit", || {
-        let ps = Command::new("pgrep")
-            .args(["-f", fifo.to_str().unwrap()])
-            .output()
-            .unwrap();
-        ps.stdout.is_empty()
-    });
+    wait_agent_gone(&fifo);
 }
 
 /// A sudoers rule for the test user, removed on drop.
@@ -526,22 +484,10 @@ fn kill_9_of_the_agent_fails_the_dump_clearly_and_the_rerun_sends_only_the_rest(
     let img = dir.path().join("agent-kill.img");
     let data = images::random_bytes(256 * BS, 49);
     images::write(&img, &data);
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&img)
-        .unwrap()
-        .set_len(48 << 30)
-        .unwrap();
+    images::set_len(&img, 48 << 30);
     let store = dir.path().join("store");
     let target = format!("{}:{}", sshd.host_alias(), img.display());
-    let child = Command::new(common::bin())
-        .args(["--store", store.to_str().unwrap(), "dump", &target])
-        .args(["--as", "big"])
-        .envs(sshd.env())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_dump(&sshd, &store, &target, "big");
     common::wait_until(60, "blocks arriving", || {
         common::block_files(&store).len() >= 16
     });
@@ -569,12 +515,7 @@ fn kill_9_of_the_agent_fails_the_dump_clearly_and_the_rerun_sends_only_the_rest(
     let (present, temps) = common::whole_blocks_and_temps(&store, BS);
     assert!(temps.is_empty(), "{temps:?}");
     common::dd(&store, &["verify"]).ok();
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&img)
-        .unwrap()
-        .set_len(data.len() as u64)
-        .unwrap();
+    images::set_len(&img, data.len() as u64);
     let o = run(&sshd, &store, &["dump", &target, "--as", "big"]);
     assert!(o.status.success(), "{}", text(&o));
     let (new, _) = summary(&o, &target);
@@ -602,45 +543,17 @@ fn gc_during_a_dump_waits_and_keeps_the_blocks_the_dump_was_told_are_present() {
     let img = dir.path().join("big.img");
     images::write(&img, &data);
     // A long sparse tail keeps the dump running while gc is tried.
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&img)
-        .unwrap()
-        .set_len(32 << 30)
-        .unwrap();
+    images::set_len(&img, 32 << 30);
     let target = format!("{}:{}", sshd.host_alias(), img.display());
-    let dump = Command::new(common::bin())
-        .args(["--store", store.to_str().unwrap(), "dump", &target])
-        .args(["--as", "big"])
-        .envs(sshd.env())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let dump = spawn_dump(&sshd, &store, &target, "big");
     // 32 orphaned + the zero block import keeps + 32 new from the dump.
     common::wait_until(60, "the dump's new blocks", || {
         common::block_files(&store).len() >= 65
     });
-    let r = common::dd(&store, &["gc", "--no-wait"]).fails();
-    assert!(
-        r.stderr.contains("busy") && r.stderr.contains("running dumps or imports"),
-        "{}",
-        r.stderr
-    );
-    let gc = common::spawn_dd(&store, &["gc"]);
+    let gc = common::gc_refused_then_started(&store);
     let o = dump.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", text(&o));
-    let gc = gc.wait_with_output().unwrap();
-    let (out, err) = (
-        String::from_utf8_lossy(&gc.stdout),
-        String::from_utf8_lossy(&gc.stderr),
-    );
-    assert!(gc.status.success(), "{err}");
-    assert!(
-        err.contains("waiting for running dumps or imports"),
-        "{err}"
-    );
-    assert!(out.contains("removed 0 unreferenced blocks"), "{out}");
+    common::gc_waited_and_removed_nothing(gc);
     common::dd(&store, &["verify"]).ok();
     let out = dir.path().join("r.img");
     common::dd(&store, &["restore", "big", "-o", out.to_str().unwrap()]).ok();
@@ -660,22 +573,10 @@ fn sigterm_stops_a_dump_like_ctrl_c() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("term.img");
     images::write(&img, &images::random_bytes(64 * BS, 52));
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&img)
-        .unwrap()
-        .set_len(48 << 30)
-        .unwrap();
+    images::set_len(&img, 48 << 30);
     let store = dir.path().join("store");
     let target = format!("{}:{}", sshd.host_alias(), img.display());
-    let child = Command::new(common::bin())
-        .args(["--store", store.to_str().unwrap(), "dump", &target])
-        .args(["--as", "term"])
-        .envs(sshd.env())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_dump(&sshd, &store, &target, "term");
     common::wait_until(60, "the data blocks", || {
         common::block_files(&store).len() >= 64
     });
@@ -690,11 +591,5 @@ fn sigterm_stops_a_dump_like_ctrl_c() {
     assert!(manifests(&store).is_empty());
     common::whole_blocks_and_temps(&store, BS);
     common::dd(&store, &["verify"]).ok();
-    common::wait_until(10, "the agent to exit", || {
-        let ps = Command::new("pgrep")
-            .args(["-f", img.to_str().unwrap()])
-            .output()
-            .unwrap();
-        ps.stdout.is_empty()
-    });
+    wait_agent_gone(&img);
 }

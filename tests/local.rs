@@ -445,7 +445,7 @@ fn ctrl_c_during_import_leaves_no_manifest_and_a_valid_store() {
     // Random data up front, then a long sparse tail: the import is still busy
     // when the signal arrives.
     images::write(&img, &images::random_bytes(8 * BS, 5));
-    slow_tail(&img, 64 << 30);
+    images::slow_tail(&img, 64 << 30);
     let store = dir.path().join("store");
     let child = common::spawn_dd(&store, &["import", img.to_str().unwrap(), "--as", "big"]);
     std::thread::sleep(std::time::Duration::from_millis(800));
@@ -487,33 +487,17 @@ fn gc_waits_for_a_running_import_and_never_sweeps_blocks_it_relies_on() {
     fs::remove_file(only_manifest(&store)).unwrap();
     let big = dir.path().join("big.img");
     images::write(&big, &data);
-    slow_tail(&big, 6 << 30);
+    images::slow_tail(&big, 6 << 30);
     let import = common::spawn_dd(&store, &["import", big.to_str().unwrap(), "--as", "big"]);
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let r = dd(&store, &["gc", "--no-wait"]).fails();
-    assert!(
-        r.stderr.contains("busy") && r.stderr.contains("running dumps or imports"),
-        "{}",
-        r.stderr
-    );
-    let gc = common::spawn_dd(&store, &["gc"]);
+    let gc = common::gc_refused_then_started(&store);
     let imported = import.wait_with_output().unwrap();
     assert!(
         imported.status.success(),
         "{}",
         String::from_utf8_lossy(&imported.stderr)
     );
-    let gc = gc.wait_with_output().unwrap();
-    let (out, err) = (
-        String::from_utf8_lossy(&gc.stdout),
-        String::from_utf8_lossy(&gc.stderr),
-    );
-    assert!(gc.status.success(), "{err}");
-    assert!(
-        err.contains("waiting for running dumps or imports"),
-        "gc said it waited: {err}"
-    );
-    assert!(out.contains("removed 0 unreferenced blocks"), "{out}");
+    common::gc_waited_and_removed_nothing(gc);
     let (code, bytes, _) = dd_bytes(
         &store,
         &[
@@ -560,19 +544,6 @@ fn a_second_gc_refuses_or_waits_clearly() {
     holder.wait().unwrap();
 }
 
-/// Grows `path` to `size` with one non-zero byte in every 4 MiB, so the rest
-/// is holes that an import must still read (it skips only all-hole chunks):
-/// an image that takes a while to import but little disk.
-fn slow_tail(path: &Path, size: u64) {
-    use std::os::unix::fs::FileExt;
-    let f = fs::OpenOptions::new().write(true).open(path).unwrap();
-    let start = f.metadata().unwrap().len().next_multiple_of(4 << 20);
-    f.set_len(size).unwrap();
-    for off in (start..size).step_by(4 << 20) {
-        f.write_all_at(&[1], off).unwrap();
-    }
-}
-
 /// Import count of new blocks from its report: "(N new, ...".
 fn new_count(stdout: &str) -> usize {
     let (_, rest) = stdout.split_once(" blocks (").expect("import report");
@@ -587,7 +558,7 @@ fn kill_9_during_import_leaves_whole_blocks_and_the_rerun_stores_only_the_rest()
     // only data is one byte every 4 MiB (one more distinct block); the store
     // also keeps the all-zero block, which import writes first.
     images::write(&img, &images::random_bytes(192 * BS, 60));
-    slow_tail(&img, 16 << 30);
+    images::slow_tail(&img, 16 << 30);
     let unique = 194;
     let store = dir.path().join("store");
     // Kill points: at the first block files, mid-way through the random

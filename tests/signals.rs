@@ -140,17 +140,12 @@ fn sigint_stops_an_import_waiting_for_gc() {
 
 #[test]
 fn sigterm_during_import_leaves_no_manifest_and_no_temp_files() {
-    use std::os::unix::fs::FileExt;
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("big.img");
     // Random blocks, then a long sparse tail with a byte every 4 MiB: busy
     // for a while, on little disk.
     images::write(&img, &images::random_bytes(64 * BS, 72));
-    let f = fs::OpenOptions::new().write(true).open(&img).unwrap();
-    f.set_len(32 << 30).unwrap();
-    for off in ((8u64 << 20)..(32 << 30)).step_by(4 << 20) {
-        f.write_all_at(&[1], off).unwrap();
-    }
+    images::slow_tail(&img, 32 << 30);
     let store = dir.path().join("store");
     let child = spawn_dd(&store, &["import", img.to_str().unwrap(), "--as", "big"]);
     wait_until(30, "blocks being stored", || {

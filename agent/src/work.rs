@@ -238,7 +238,7 @@ impl Reader<'_> {
             };
             let len = (self.size - offset).min(self.batch_bytes) as usize;
             buf.set_len(len);
-            self.fill(&mut buf, offset)?;
+            self.source.fill(&mut buf, offset)?;
             let batch = Arc::new(Batch::new(seq, buf, self.block_size, recycle.clone()));
             let jobs = (0..batch.len()).map(|i| Job::Hash(batch.clone(), i));
             self.queue.push(jobs, false);
@@ -257,16 +257,6 @@ impl Reader<'_> {
             }
         }
         None
-    }
-
-    fn fill(&self, buf: &mut [u8], offset: u64) -> Result<(), String> {
-        self.source.fill(buf, offset).map_err(|e| {
-            if e.contains("ended at byte") {
-                format!("{e} ({} bytes when the dump started)", self.size)
-            } else {
-                e
-            }
-        })
     }
 }
 

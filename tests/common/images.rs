@@ -67,3 +67,26 @@ pub fn mixed(bs: usize, blocks: usize, tail: usize, seed: u64) -> Vec<u8> {
 pub fn write(path: &Path, data: &[u8]) {
     std::fs::write(path, data).expect("write image");
 }
+
+/// Sets the file's length: a long sparse tail keeps a dump busy (the agent
+/// zero-fills holes without reading them), and cutting it makes a re-run quick.
+pub fn set_len(path: &Path, len: u64) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
+}
+
+/// Extends the file to `size` with one byte every 4 MiB: an import must read
+/// and hash all of it (no 4 MiB chunk is a hole), on little disk.
+pub fn slow_tail(path: &Path, size: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    let start = f.metadata().unwrap().len().next_multiple_of(4 << 20);
+    f.set_len(size).unwrap();
+    for off in (start..size).step_by(4 << 20) {
+        f.write_all_at(&[1], off).unwrap();
+    }
+}

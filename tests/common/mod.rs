@@ -210,3 +210,31 @@ pub fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
 }
+
+/// While a dump or import holds the store: `gc --no-wait` refuses at once,
+/// and a plain `gc` is started (it must wait).
+pub fn gc_refused_then_started(store: &Path) -> std::process::Child {
+    let r = dd(store, &["gc", "--no-wait"]).fails();
+    assert!(
+        r.stderr.contains("busy") && r.stderr.contains("running dumps or imports"),
+        "{}",
+        r.stderr
+    );
+    spawn_dd(store, &["gc"])
+}
+
+/// The gc from [`gc_refused_then_started`], once the dump or import is done:
+/// it said it waited, and removed nothing (every block is referenced now).
+pub fn gc_waited_and_removed_nothing(gc: std::process::Child) {
+    let gc = gc.wait_with_output().unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&gc.stdout),
+        String::from_utf8_lossy(&gc.stderr),
+    );
+    assert!(gc.status.success(), "{err}");
+    assert!(
+        err.contains("waiting for running dumps or imports"),
+        "gc said it waited: {err}"
+    );
+    assert!(out.contains("removed 0 unreferenced blocks"), "{out}");
+}
