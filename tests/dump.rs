@@ -79,8 +79,9 @@ fn summary(o: &Output, target: &str) -> (u64, String) {
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn dump_restores_byte_identical_and_a_redump_moves_almost_nothing() {
-    let Some(sshd) = Sshd::require() else { return };
+    let sshd = Sshd::start();
     let dir = tempfile::tempdir().unwrap();
     let data = images::mixed(BS, 300, 4321, 41); // ~37.5 MiB
     let img = dir.path().join("disk.img");
@@ -113,8 +114,9 @@ fn dump_restores_byte_identical_and_a_redump_moves_almost_nothing() {
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn two_targets_in_parallel_each_with_its_own_flags() {
-    let Some(sshd) = Sshd::require() else { return };
+    let sshd = Sshd::start();
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (images::mixed(BS, 40, 0, 42), images::mixed(BS, 50, 99, 43));
     let (ia, ib) = (dir.path().join("a.img"), dir.path().join("b.img"));
@@ -149,8 +151,9 @@ fn two_targets_in_parallel_each_with_its_own_flags() {
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn one_failing_target_does_not_stop_the_others() {
-    let Some(sshd) = Sshd::require() else { return };
+    let sshd = Sshd::start();
     let dir = tempfile::tempdir().unwrap();
     let a = images::mixed(BS, 20, 5, 44);
     let ia = dir.path().join("a.img");
@@ -185,8 +188,9 @@ fn one_failing_target_does_not_stop_the_others() {
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn unknown_and_changed_host_keys_are_refused() {
-    let Some(sshd) = Sshd::require() else { return };
+    let sshd = Sshd::start();
     let dir = tempfile::tempdir().unwrap();
     let ia = dir.path().join("a.img");
     images::write(&ia, &images::mixed(BS, 4, 0, 45));
@@ -258,8 +262,9 @@ fn bad_targets_and_flags_are_refused_before_connecting() {
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn ctrl_c_stops_the_agent_writes_no_manifest_and_the_rerun_resends_nothing() {
-    let Some(sshd) = Sshd::require() else { return };
+    let sshd = Sshd::start();
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("big.img");
     // 16 MiB of data up front, then a long sparse tail the agent is still
@@ -299,8 +304,9 @@ fn ctrl_c_stops_the_agent_writes_no_manifest_and_the_rerun_resends_nothing() {
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn agent_is_deployed_once_and_redeployed_when_damaged() {
-    let Some(sshd) = Sshd::require() else { return };
+    let sshd = Sshd::start();
     let dir = tempfile::tempdir().unwrap();
     let data = images::mixed(BS, 20, 1000, 43);
     let img = dir.path().join("disk.img");
@@ -339,8 +345,9 @@ fn agent_is_deployed_once_and_redeployed_when_damaged() {
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn kill_9_of_the_storage_side_leaves_whole_blocks_and_the_rerun_sends_only_the_rest() {
-    let Some(sshd) = Sshd::require() else { return };
+    let sshd = Sshd::start();
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("big.img");
     // 32 MiB of distinct random blocks, then a long sparse tail the agent is
@@ -389,8 +396,9 @@ fn kill_9_of_the_storage_side_leaves_whole_blocks_and_the_rerun_sends_only_the_r
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn a_stalled_agent_fails_its_target_after_the_idle_timeout() {
-    let Some(sshd) = Sshd::require() else { return };
+    let sshd = Sshd::start();
     let dir = tempfile::tempdir().unwrap();
     // A FIFO nobody writes to: the agent blocks opening it and says nothing.
     let fifo = dir.path().join("stall.fifo");
@@ -438,11 +446,13 @@ impl Drop for SudoersRule {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(have_sshd, have_sudo)),
+    ignore = "needs root and sshd; root, sudo and useradd"
+)]
 fn sudo_that_wants_a_password_is_a_clear_error() {
-    let Some(sshd) = Sshd::require() else { return };
-    if !common::require(common::have("sudo"), "sudo (apt-get install sudo)") {
-        return;
-    }
+    let sshd = Sshd::start();
+    common::need(common::have("sudo"), "sudo (apt-get install sudo)");
     let user = "diskdump-test";
     sshd.login_as(user);
     // The user may use sudo, but only with its password (no NOPASSWD).
@@ -478,8 +488,9 @@ fn sudo_that_wants_a_password_is_a_clear_error() {
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn kill_9_of_the_agent_fails_the_dump_clearly_and_the_rerun_sends_only_the_rest() {
-    let Some(sshd) = Sshd::require() else { return };
+    let sshd = Sshd::start();
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("agent-kill.img");
     let data = images::random_bytes(256 * BS, 49);
@@ -524,8 +535,9 @@ fn kill_9_of_the_agent_fails_the_dump_clearly_and_the_rerun_sends_only_the_rest(
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn gc_during_a_dump_waits_and_keeps_the_blocks_the_dump_was_told_are_present() {
-    let Some(sshd) = Sshd::require() else { return };
+    let sshd = Sshd::start();
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let data = images::random_bytes(64 * BS, 51);
@@ -568,8 +580,9 @@ fn gc_during_a_dump_waits_and_keeps_the_blocks_the_dump_was_told_are_present() {
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn sigterm_stops_a_dump_like_ctrl_c() {
-    let Some(sshd) = Sshd::require() else { return };
+    let sshd = Sshd::start();
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("term.img");
     images::write(&img, &images::random_bytes(64 * BS, 52));
