@@ -1,5 +1,5 @@
 //! The remote agent, built static by `build.rs` and embedded here, so `dump`
-//! can upload it to any x86_64 Linux host (docs/DESIGN.md, "Agent deployment").
+//! can upload it to any x86_64 Linux host (docs/DESIGN.md §3.1).
 
 use crate::digest::Digest;
 use std::sync::OnceLock;

@@ -1,4 +1,4 @@
-//! The one read path (DESIGN §3): `ImageReader::read_at` maps offsets to
+//! The one read path (docs/DESIGN.md §4): `ImageReader::read_at` maps offsets to
 //! blocks, serves zero blocks from memory, and fetches the rest through a
 //! shared, byte-bounded LRU of decompressed, verified blocks. Concurrent misses
 //! on one block load it once; sequential access decompresses ahead on a pool

@@ -1,4 +1,4 @@
-//! The manifest (DESIGN §1, text v1): one dump's header and block list, its
+//! The manifest (docs/DESIGN.md §1.3, text v1): one dump's header and block list, its
 //! file name, and the offset arithmetic every reader uses.
 
 use crate::digest::Digest;

@@ -1,4 +1,4 @@
-//! The storage side of one dump (DESIGN §2), over any `Read` + `Write` pair
+//! The storage side of one dump (docs/DESIGN.md §3), over any `Read` + `Write` pair
 //! (an SSH channel, or pipes to a local agent in tests).
 //!
 //! It trusts nothing the agent says: the Hello must match the store, batches

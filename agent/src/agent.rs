@@ -1,4 +1,4 @@
-//! The agent loop (DESIGN §2): read the source once, hash every block on all
+//! The agent loop (docs/DESIGN.md §3): read the source once, hash every block on all
 //! cores, announce batches, and send the blocks the storage side asks for.
 //!
 //! Threads: one reader (large sequential reads into at most `window` batch

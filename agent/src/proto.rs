@@ -1,4 +1,4 @@
-//! The wire protocol between the agent and the receiver (DESIGN §2). Pure:
+//! The wire protocol between the agent and the receiver (docs/DESIGN.md §3.2). Pure:
 //! messages to bytes and back; I/O is the caller's, except `read_frame`, a
 //! blocking convenience over any `Read`.
 //!
