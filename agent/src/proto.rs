@@ -25,7 +25,7 @@ use std::io;
 use std::str::FromStr;
 
 mod codec;
-pub use codec::{block_header, read_frame, Decoder, HEADER_LEN};
+pub use codec::{block_header, read_frame, HEADER_LEN};
 
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Blocks larger than this are refused by both ends (the store's maximum too).
