@@ -35,6 +35,7 @@
 pub mod agent_bin;
 pub mod cli;
 pub mod commands;
+pub mod deploy;
 pub mod digest;
 pub mod fuse;
 pub mod idle;
@@ -46,5 +47,8 @@ pub mod receiver;
 pub mod signals;
 pub mod ssh;
 pub mod store;
+pub mod target;
+pub mod transport;
+pub mod untrusted;
 #[cfg(test)]
 mod testutil;

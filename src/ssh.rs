@@ -1,33 +1,31 @@
-//! The SSH side of `dump`, and the only file that uses `ssh2` (libssh2); its submodules are
-//! the pure parts (`config`: ssh_config, known_hosts lines, keys) and the stream pump
+//! The libssh2 transport (the only file that uses `ssh2`), for hosts without an OpenSSH
+//! client. Its submodules are the pure parts (`config`: ssh_config, known_hosts lines, keys,
+//! and the keywords refused because libssh2 cannot do them as OpenSSH does) and the stream pump
 //! (`pump`, behind a small channel trait this file implements).
 //!
-//! [`Remote::connect`] resolves the host through ssh_config (`config`), connects with a
+//! [`Libssh2::connect`] resolves the host through ssh_config (`config`), connects with a
 //! timeout, verifies the host key against known_hosts and logs in (ssh-agent, then identity
-//! files). A [`Remote`] runs small commands ([`Remote::run`]), uploads files atomically over
-//! SCP, deploys the agent once per content hash ([`Remote::ensure_agent`]), and starts the
-//! long-running agent as a duplex byte stream ([`Remote::exec_stream`]).
+//! files). Each command runs on a channel as a duplex byte stream ([`Remote::exec_stream`]).
 //!
 //! libssh2 holds one session lock through each call, so reading and writing one channel from
 //! two threads deadlocks; streams are driven by one thread in non-blocking mode (see `pump`).
 //!
 //! Throughput: libssh2 does all crypto of a session on the pump thread, in its own portable
 //! chacha20-poly1305 (its default and here the cheapest: its AES-GCM calls OpenSSL once per
-//! 16-byte block). Over loopback that is ~5 s of CPU per 512 MiB each way at once, on par with
-//! OpenSSH's `ssh` measured in the same run; parallel targets use a session each.
+//! 16-byte block): ~200 MB/s one way over loopback, a third of OpenSSH's `ssh`.
 
 mod config;
 mod pump;
 
-pub use config::{sudo_hint, SshOptions, Target};
-pub use pump::{ExitInfo, Handle, RemoteProcess};
+pub use config::SshOptions;
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use ssh2::{
@@ -35,39 +33,59 @@ use ssh2::{
     Session,
 };
 
+use crate::transport::{RemoteProcess, Transport};
 use config::{KnownLine, Resolved};
 use pump::PumpIo;
 
 const LIBSSH2_ERROR_TIMEOUT: i32 = -9;
-/// Blocking calls after login (opening channels, SCP) give up after this long without progress.
+/// Blocking calls after login (opening channels) give up after this long without progress.
 const IO_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// A logged-in SSH session to one host.
-/// The agent's SHA-256 as lowercase hex, refusing anything else.
-fn agent_hash(hex: &str) -> Result<String> {
-    let hash = hex.to_ascii_lowercase();
-    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-        bail!("agent hash {hex:?} is not a SHA-256 hex digest");
-    }
-    Ok(hash)
+/// The libssh2 transport to one host: one session per command (the first one is opened by
+/// [`Libssh2::connect`], so that connection errors come first).
+pub struct Libssh2 {
+    resolved: Resolved,
+    label: String,
+    ready: Mutex<Option<Remote>>,
 }
 
-/// Exit status of [`Remote::cached_agent_command`] when the agent must be deployed first.
-pub const AGENT_MISSING: i32 = 97;
+impl Libssh2 {
+    /// Connects to `[user@]host`, where `host` may be an ssh_config alias. ssh_config
+    /// keywords libssh2 cannot honour as OpenSSH does are refused first (see `config`).
+    pub fn connect(dest: &str, opts: &SshOptions) -> Result<Libssh2> {
+        let r = config::resolve(dest, opts).with_context(|| format!("ssh {dest}"))?;
+        let remote = Remote::open(&r).with_context(|| format!("ssh {}", r.label()))?;
+        Ok(Libssh2 {
+            label: r.label(),
+            resolved: r,
+            ready: Mutex::new(Some(remote)),
+        })
+    }
+}
 
-pub struct Remote {
+impl Transport for Libssh2 {
+    fn label(&self) -> &str {
+        &self.label
+    }
+
+    fn exec(&self, cmd: &str) -> Result<RemoteProcess> {
+        let ready = self.ready.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let remote = match ready {
+            Some(r) => r,
+            None => Remote::open(&self.resolved).with_context(|| format!("ssh {}", self.label))?,
+        };
+        remote.exec_stream(cmd)
+    }
+}
+
+/// A logged-in SSH session to one host.
+struct Remote {
     sess: Session,
     fd: RawFd,
     label: String,
 }
 
 impl Remote {
-    /// Connects to `[user@]host`, where `host` may be an ssh_config alias.
-    pub fn connect(dest: &str, opts: &SshOptions) -> Result<Remote> {
-        let r = config::resolve(dest, opts).with_context(|| format!("ssh {dest}"))?;
-        Self::open(&r).with_context(|| format!("ssh {}", r.label()))
-    }
-
     fn open(r: &Resolved) -> Result<Remote> {
         let tcp = tcp_connect(r)?;
         let fd = tcp.as_raw_fd();
@@ -106,139 +124,9 @@ impl Remote {
         })
     }
 
-    /// `user@host:port`, the name every error uses.
-    pub fn label(&self) -> &str {
-        &self.label
-    }
-
-    /// Runs a small command; returns its exit status (-1 if killed by a signal), stdout and the
-    /// last 64 KiB of stderr.
-    pub fn run(&self, cmd: &str) -> Result<(i32, Vec<u8>, Vec<u8>)> {
-        let mut ch = self.exec(cmd)?;
-        let mut io = PumpIo::memory();
-        let done = self.drive(&mut ch, &mut io);
-        let done = done.with_context(|| format!("ssh {}: running {cmd:?}", self.label))?;
-        let out = io.into_output();
-        Ok((done.status, out, done.stderr))
-    }
-
-    /// Like [`Remote::run`], but a non-zero exit is an error carrying the remote stderr.
-    pub fn run_ok(&self, cmd: &str) -> Result<Vec<u8>> {
-        let (status, out, err) = self.run(cmd)?;
-        if status != 0 {
-            let err = String::from_utf8_lossy(&err);
-            bail!(
-                "ssh {}: {cmd:?} exited with status {status}: {}",
-                self.label,
-                err.trim_end()
-            );
-        }
-        Ok(out)
-    }
-
-    /// Uploads `data` over SCP to `remote_path.tmp.<unique>`, then renames it into place, so
-    /// nobody ever sees a partial file.
-    pub fn upload(&self, remote_path: &str, data: &[u8], mode: i32) -> Result<()> {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let tmp = format!("{remote_path}.tmp.{:x}{nanos:x}", std::process::id());
-        let res = self.scp_send(&tmp, data, mode).and_then(|()| {
-            self.run_ok(&format!(
-                "mv -f -- {} {}",
-                sh_quote(&tmp),
-                sh_quote(remote_path)
-            ))
-            .map(drop)
-        });
-        if res.is_err() {
-            let _ = self.run(&format!("rm -f -- {}", sh_quote(&tmp)));
-        }
-        res.with_context(|| format!("ssh {}: uploading {remote_path}", self.label))
-    }
-
-    fn scp_send(&self, path: &str, data: &[u8], mode: i32) -> Result<()> {
-        let mut ch = self
-            .sess
-            .scp_send(Path::new(path), mode, data.len() as u64, None)?;
-        ch.write_all(data)?;
-        // The SCP protocol ends a file with a NUL status byte; libssh2 leaves it to us, and
-        // OpenSSH's `scp -t` exits 1 ("lost connection") without it.
-        ch.write_all(&[0])?;
-        ch.send_eof()?;
-        ch.wait_eof()?;
-        // scp reports errors in-band on stdout (\x01 or \x02, a message), some on stderr.
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        let _ = ch.read_to_end(&mut out);
-        let _ = ch.stderr().read_to_end(&mut err);
-        ch.close()?;
-        ch.wait_close()?;
-        match ch.exit_status()? {
-            0 => Ok(()),
-            status => {
-                out.retain(|&b| b > 2);
-                out.extend_from_slice(&err);
-                bail!(
-                    "remote scp exited with status {status}: {}",
-                    String::from_utf8_lossy(&out).trim_end()
-                )
-            }
-        }
-    }
-
-    /// A command that runs the agent `ensure_agent` cached, if it is there
-    /// and intact, with `prefix` (e.g. `sudo -n `) and `args`; otherwise it
-    /// exits with [`AGENT_MISSING`] before writing anything. The usual
-    /// dump then costs one remote command instead of two: each starts the
-    /// user's shell, 0.17 s with this machine's root `.bashrc`.
-    pub fn cached_agent_command(agent_hash_hex: &str, prefix: &str, args: &str) -> Result<String> {
-        let hash = agent_hash(agent_hash_hex)?;
-        Ok(format!(
-            "p=\"$HOME/.cache/diskdump/agent-{}\"; [ \"$(uname -sm)\" = 'Linux x86_64' ] && \
-             [ \"$(sha256sum < \"$p\" 2>/dev/null)\" = '{hash}  -' ] && exec {prefix}\"$p\" {args}; \
-             exit {AGENT_MISSING}",
-            &hash[..16]
-        ))
-    }
-
-    /// Makes sure the agent executable is in `~/.cache/diskdump/agent-<hash prefix>` (dir mode
-    /// 0700) on the remote, uploading it only when no file with that SHA-256 is there. Refuses
-    /// anything but Linux x86_64 (the agent is a static x86_64 Linux binary). Returns its path.
-    pub fn ensure_agent(&self, agent: &[u8], agent_hash_hex: &str) -> Result<String> {
-        let hash = agent_hash(agent_hash_hex)?;
-        let name = format!("agent-{}", &hash[..16]);
-        // One round trip: platform, cache dir (absolute, for sudo), hash of what is there.
-        let script = format!(
-            "uname -sm; [ \"$(uname -sm)\" = 'Linux x86_64' ] || exit 0; d=\"$HOME/.cache/diskdump\"; \
-             mkdir -p \"$d\" && chmod 700 \"$d\" && echo \"$d\" && {{ sha256sum \"$d/{name}\" 2>/dev/null || echo none; }}"
-        );
-        let out = String::from_utf8_lossy(&self.run_ok(&script)?).into_owned();
-        let mut lines = out.lines();
-        let platform = lines.next().unwrap_or("").trim();
-        if platform != "Linux x86_64" {
-            bail!(
-                "ssh {}: the remote is {platform:?}; the diskdump agent runs only on Linux x86_64",
-                self.label
-            );
-        }
-        let (dir, present) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
-        if !dir.starts_with('/') {
-            bail!(
-                "ssh {}: could not set up the agent cache dir (got {dir:?})",
-                self.label
-            );
-        }
-        let path = format!("{dir}/{name}");
-        if present.split_whitespace().next() != Some(hash.as_str()) {
-            self.upload(&path, agent, 0o700)?;
-        }
-        Ok(path)
-    }
-
     /// Starts `cmd`; its stdin and stdout become pipes the caller reads and writes from any
     /// threads, while a thread of ours drives the channel (see `pump`).
-    pub fn exec_stream(self, cmd: &str) -> Result<RemoteProcess> {
+    fn exec_stream(self, cmd: &str) -> Result<RemoteProcess> {
         let mut ch = self.exec(cmd)?;
         pump::spawn(self.label.clone(), move |io| {
             let res = self.drive(&mut ch, io);
@@ -591,20 +479,4 @@ impl pump::Duplex for Libssh2Channel<'_> {
 
 fn millis(d: Duration) -> u32 {
     d.as_millis().min(u32::MAX as u128) as u32
-}
-
-/// Quotes one word for the remote POSIX shell.
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quoting() {
-        assert_eq!(sh_quote("/a b/c"), "'/a b/c'");
-        assert_eq!(sh_quote("it's"), r"'it'\''s'");
-    }
 }

@@ -1,5 +1,6 @@
 //! One file per command; each takes plain options and prints its own report.
 
+pub mod deploy;
 pub mod dump;
 pub mod gc;
 pub mod import;

@@ -20,64 +20,6 @@ use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use ssh2_config::{ParseRule, SshConfig};
 
-/// `[user@]host:/path` as written on the command line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    pub user: Option<String>,
-    pub host: String,
-    pub path: String,
-}
-
-impl Target {
-    /// Parses `[user@]host:/path`; a bare device name (`host:sda`) means `/dev/sda`.
-    /// An IPv6 address goes in brackets: `[::1]:/dev/sda`.
-    pub fn parse(s: &str) -> Result<Target> {
-        let bad = |why: &str| {
-            anyhow::anyhow!(
-                "invalid target {s:?}: {why} (expected [user@]host:/path or host:device)"
-            )
-        };
-        // The separator is the first ':' outside brackets, so IPv6 addresses stay whole.
-        let mut depth = 0i32;
-        let colon = s.char_indices().find_map(|(i, c)| {
-            match c {
-                '[' => depth += 1,
-                ']' => depth -= 1,
-                ':' if depth == 0 => return Some(i),
-                _ => {}
-            }
-            None
-        });
-        let colon = colon.ok_or_else(|| bad("no ':' between host and path"))?;
-        let (left, path) = (&s[..colon], &s[colon + 1..]);
-        let (user, host) = match left.rsplit_once('@') {
-            Some(("", h)) => return Err(bad(&format!("empty user before '@{h}'"))),
-            Some((u, h)) => (Some(u.to_string()), h),
-            None => (None, left),
-        };
-        let host = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
-        if host.is_empty() || host.contains(char::is_whitespace) {
-            return Err(bad("empty or malformed host"));
-        }
-        if path.is_empty() {
-            return Err(bad("empty path"));
-        }
-        let path = if path.starts_with('/') {
-            path.to_string()
-        } else {
-            format!("/dev/{path}")
-        };
-        Ok(Target {
-            user,
-            host: host.to_string(),
-            path,
-        })
-    }
-}
-
 /// How to reach hosts: what `dump` gets from its flags.
 #[derive(Debug, Clone)]
 pub struct SshOptions {
@@ -380,32 +322,6 @@ pub(crate) fn key_file_encrypted(content: &[u8]) -> Option<bool> {
     None
 }
 
-/// Explains sudo's refusals (we always run `sudo -n`, which never prompts).
-pub fn sudo_hint(stderr: &str) -> Option<String> {
-    let s = stderr.to_ascii_lowercase();
-    if s.contains("a password is required")
-        || s.contains("no tty present")
-        || s.contains("a terminal is required")
-    {
-        return Some(
-            "sudo on the remote host wants a password, but diskdump runs it non-interactively (sudo -n): \
-             allow the agent without a password (a NOPASSWD sudoers rule for ~/.cache/diskdump/agent-*, \
-             written as an absolute path) or connect as root"
-                .into(),
-        );
-    }
-    if s.contains("not in the sudoers file") || s.contains("is not allowed to execute") {
-        return Some("the remote user may not use sudo to run the agent: add a sudoers rule or connect as root".into());
-    }
-    if s.contains("sudo: not found") || s.contains("sudo: command not found") {
-        return Some(
-            "sudo is not installed on the remote host: connect as root instead of using --sudo"
-                .into(),
-        );
-    }
-    None
-}
-
 /// Reads one SSH wire string (`u32` big-endian length, bytes).
 fn read_string(b: &[u8]) -> Option<(&[u8], &[u8])> {
     let len = u32::from_be_bytes(b.get(..4)?.try_into().ok()?) as usize;
@@ -455,57 +371,6 @@ pub(crate) fn base64_decode(s: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn t(user: Option<&str>, host: &str, path: &str) -> Target {
-        Target {
-            user: user.map(Into::into),
-            host: host.into(),
-            path: path.into(),
-        }
-    }
-
-    #[test]
-    fn target_forms() {
-        assert_eq!(
-            Target::parse("server01:/dev/sda").unwrap(),
-            t(None, "server01", "/dev/sda")
-        );
-        assert_eq!(
-            Target::parse("server01:sda").unwrap(),
-            t(None, "server01", "/dev/sda")
-        );
-        assert_eq!(
-            Target::parse("bob@h:nvme0n1").unwrap(),
-            t(Some("bob"), "h", "/dev/nvme0n1")
-        );
-        assert_eq!(
-            Target::parse("a@b@h:/x").unwrap(),
-            t(Some("a@b"), "h", "/x")
-        );
-        assert_eq!(
-            Target::parse("[::1]:/dev/vda").unwrap(),
-            t(None, "::1", "/dev/vda")
-        );
-        assert_eq!(
-            Target::parse("u@[fe80::1]:vdb").unwrap(),
-            t(Some("u"), "fe80::1", "/dev/vdb")
-        );
-        assert_eq!(
-            Target::parse("h:/dev/disk/by-id/a:b").unwrap(),
-            t(None, "h", "/dev/disk/by-id/a:b")
-        );
-        for bad in [
-            "server01",
-            "server01:",
-            ":/dev/sda",
-            "@h:/x",
-            "[]:/x",
-            "a b:/x",
-        ] {
-            let e = Target::parse(bad).unwrap_err().to_string();
-            assert!(e.contains("invalid target"), "{bad}: {e}");
-        }
-    }
 
     #[test]
     fn tokens() {
@@ -698,19 +563,5 @@ mod tests {
             Some(true)
         );
         assert_eq!(key_file_encrypted(b"garbage"), None);
-    }
-
-    #[test]
-    fn sudo_hints() {
-        assert!(sudo_hint("sudo: a password is required\n")
-            .unwrap()
-            .contains("sudo -n"));
-        assert!(
-            sudo_hint("bob is not in the sudoers file.  This incident will be reported.").is_some()
-        );
-        assert!(sudo_hint("sh: 1: sudo: not found")
-            .unwrap()
-            .contains("not installed"));
-        assert!(sudo_hint("agent: cannot open /dev/sda: Permission denied").is_none());
     }
 }
