@@ -187,7 +187,18 @@ pub fn exit_reason(exit: &ExitInfo, what: &str) -> String {
     }
     let status = match &exit.signal {
         Some(sig) => format!("was killed by SIG{sig}"),
-        None if exit.status == 255 => "failed (ssh exit status 255)".into(),
+        // OpenSSH's own failures (connection, host key, login): its last lines say why.
+        None if exit.status == 255 => {
+            let said = untrusted::last_lines(&exit.stderr, 3);
+            // In batch mode OpenSSH says only this about a host key it does not know.
+            let hint = if said == "Host key verification failed." {
+                " (the host key is unknown to known_hosts, or changed: see `ssh HOST`; \
+                 --accept-new-host-key records an unknown key)"
+            } else {
+                ""
+            };
+            return format!("ssh failed: {said}{hint}");
+        }
         None => format!("exited with status {}", exit.status),
     };
     match exit.last_line() {

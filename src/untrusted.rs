@@ -51,6 +51,17 @@ pub fn last_line(stderr: &str) -> String {
     escape(stderr.trim().lines().last().unwrap_or("").trim())
 }
 
+/// The last `n` meaningful lines of remote stderr (not empty, not a banner of `@`), joined
+/// with ` | `, escaped and capped.
+pub fn last_lines(stderr: &str, n: usize) -> String {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('@'))
+        .collect();
+    escape_capped(&lines[lines.len().saturating_sub(n)..].join(" | "), 2 * MAX_SHOWN)
+}
+
 /// One line of our own report that may contain remote text somewhere in an error chain: the
 /// same escaping, with a larger cap for our own words around it.
 pub fn line(s: &str) -> String {
@@ -82,5 +93,6 @@ mod tests {
         assert_eq!(line(&long).len(), 4 * MAX_SHOWN + 3);
         assert_eq!(last_line("first\nlast one\n\n"), "last one");
         assert_eq!(last_line(""), "");
+        assert_eq!(last_lines("@@@\nWARNING\n@@@\na\n\nb\n", 2), "a | b");
     }
 }

@@ -169,9 +169,13 @@ impl Sshd {
         .unwrap();
     }
 
-    /// Environment for a spawned `diskdump`.
+    /// Environment for a spawned `diskdump`: the temp HOME, and its ssh config passed
+    /// explicitly (OpenSSH's `ssh` reads `~/.ssh/config` from the passwd home, not `$HOME`).
     pub fn env(&self) -> Vec<(String, OsString)> {
-        vec![("HOME".into(), self.home().into_os_string())]
+        vec![
+            ("HOME".into(), self.home().into_os_string()),
+            ("DISKDUMP_SSH_CONFIG".into(), self.ssh_config().into_os_string()),
+        ]
     }
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
