@@ -42,7 +42,12 @@ pub enum Command {
         #[command(flatten)]
         ssh: SshArgs,
         /// Give up after this long without an answer (0: never)
-        #[arg(long, value_name = "SECS", default_value_t = 60, env = "DISKDUMP_IDLE_TIMEOUT")]
+        #[arg(
+            long,
+            value_name = "SECS",
+            default_value_t = 60,
+            env = "DISKDUMP_IDLE_TIMEOUT"
+        )]
         idle_timeout: u64,
     },
     /// Write a dump's image to a file (holes for zero blocks) or to stdout

@@ -152,7 +152,10 @@ fn check_reply(label: &str, out: &transport::Output, done_word: &str) -> Result<
         );
     }
     if !out.exit.success() || lines.last().map(String::as_str) != Some(done_word) {
-        bail!("ssh {label}: {}", exit_reason(&out.exit, "the agent upload"));
+        bail!(
+            "ssh {label}: {}",
+            exit_reason(&out.exit, "the agent upload")
+        );
     }
     Ok(lines)
 }

@@ -48,7 +48,7 @@ pub mod signals;
 pub mod ssh;
 pub mod store;
 pub mod target;
-pub mod transport;
-pub mod untrusted;
 #[cfg(test)]
 mod testutil;
+pub mod transport;
+pub mod untrusted;

@@ -92,8 +92,8 @@ impl Remote {
         let mut sess = Session::new().context("cannot create an SSH session")?;
         sess.set_tcp_stream(tcp);
         sess.set_timeout(millis(r.connect_timeout));
-        let known = KnownDb::load(&sess, &r.known_hosts)?;
         let name = r.known_host_name();
+        let known = KnownDb::load(&sess, &r.known_hosts, &name)?;
         let types = known.types_for(&name);
         let steered = steer_host_key(&sess, &types)?;
         // Ciphers: libssh2's default order (chacha20-poly1305 first) is the fastest here. Its
@@ -192,16 +192,27 @@ fn tcp_connect(r: &Resolved) -> Result<TcpStream> {
     }
 }
 
-/// known_hosts lines, each in its own libssh2 collection: asking one line "does it name this
-/// host?" is how hashed names are matched (libssh2 has the HMAC), and one line per collection
-/// keeps that linear in the file size.
+/// An ed25519 public key that names nothing: what libssh2 is asked about (see `KnownDb::load`).
+const PROBE_KEY: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIAS3eA1gw0tYn56O3XiQxrCzZCI6FbXy5hrFdun5v+Yq";
+
+fn probe_blob() -> Vec<u8> {
+    config::base64_decode(PROBE_KEY).expect("valid base64")
+}
+
+/// known_hosts lines. A plain or hashed line goes into its own libssh2 collection: asking one
+/// line "does it name this host?" is how hashed names are matched (libssh2 has the HMAC), and
+/// one line per collection keeps that linear in the file size. Lines with wildcard or negated
+/// patterns, which libssh2 compares literally, are matched here as OpenSSH matches them.
 struct KnownDb {
-    entries: Vec<(KnownLine, KnownHosts)>,
+    /// Each line, with the libssh2 collection that matches its (plain or hashed) names.
+    entries: Vec<(KnownLine, Option<KnownHosts>)>,
     revoked: Vec<Vec<u8>>,
 }
 
 impl KnownDb {
-    fn load(sess: &Session, files: &[std::path::PathBuf]) -> Result<KnownDb> {
+    /// Reads `files` and the system file; an `@cert-authority` line for `name` is refused
+    /// (libssh2 cannot verify host certificates).
+    fn load(sess: &Session, files: &[std::path::PathBuf], name: &str) -> Result<KnownDb> {
         let mut db = KnownDb {
             entries: Vec::new(),
             revoked: Vec::new(),
@@ -216,16 +227,29 @@ impl KnownDb {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e).with_context(|| format!("cannot read {}", file.display())),
             };
-            for line in text.lines().filter_map(config::parse_known_line) {
+            for (n, raw) in text.lines().enumerate() {
+                let Some(line) = config::parse_known_line(raw) else {
+                    continue;
+                };
+                let patterns = line.names.contains(['*', '?', '!']) && !line.names.starts_with('|');
                 match line.marker.as_deref() {
                     Some("revoked") => db.revoked.push(line.blob),
-                    Some(_) => {} // @cert-authority: host certificates are not supported
+                    Some(_) if patterns && !config::host_patterns_match(&line.names, name) => {}
+                    Some(m) => bail!(
+                        "{}:{}: the libssh2 transport cannot verify host certificates (`@{m}`); \
+                         use --transport openssh (the system's ssh client) for this host",
+                        file.display(),
+                        n + 1
+                    ),
+                    None if patterns => db.entries.push((line, None)),
                     None => {
+                        // libssh2 only answers whether the line names the host, asked with a
+                        // placeholder key: a line whose key type libssh2 does not know still
+                        // counts as a key on record (accept-new must not add another).
                         let mut kh = sess.known_hosts()?;
-                        // Lines libssh2 cannot parse (unknown key types...) are skipped, as
-                        // OpenSSH skips lines it cannot use.
-                        if kh.read_str(&line.text, KnownHostFileKind::OpenSSH).is_ok() {
-                            db.entries.push((line, kh));
+                        let probe = format!("{} ssh-ed25519 {PROBE_KEY}", line.names);
+                        if kh.read_str(&probe, KnownHostFileKind::OpenSSH).is_ok() {
+                            db.entries.push((line, Some(kh)));
                         }
                     }
                 }
@@ -234,15 +258,18 @@ impl KnownDb {
         Ok(db)
     }
 
-    fn names(kh: &KnownHosts, line: &KnownLine, name: &str) -> bool {
-        matches!(kh.check(name, &line.blob), CheckResult::Match)
+    fn names(line: &KnownLine, kh: &Option<KnownHosts>, name: &str) -> bool {
+        match kh {
+            Some(kh) => matches!(kh.check(name, &probe_blob()), CheckResult::Match),
+            None => config::host_patterns_match(&line.names, name),
+        }
     }
 
     /// Key types recorded for `name` (`host` or `[host]:port`), without duplicates.
     fn types_for(&self, name: &str) -> Vec<String> {
         let mut types: Vec<String> = Vec::new();
         for (line, kh) in &self.entries {
-            if Self::names(kh, line, name) && !types.contains(&line.key_type) {
+            if Self::names(line, kh, name) && !types.contains(&line.key_type) {
                 types.push(line.key_type.clone());
             }
         }
@@ -252,20 +279,17 @@ impl KnownDb {
     /// `Match` if a line for `name` has this key, `Mismatch` if lines for `name` exist but
     /// none has it, `NotFound` otherwise.
     fn check(&self, name: &str, key: &[u8]) -> CheckResult {
-        if self
+        let mut named = self
             .entries
             .iter()
-            .any(|(_, kh)| matches!(kh.check(name, key), CheckResult::Match))
-        {
-            CheckResult::Match
-        } else if self
-            .entries
-            .iter()
-            .any(|(line, kh)| Self::names(kh, line, name))
-        {
-            CheckResult::Mismatch
-        } else {
+            .filter(|(line, kh)| Self::names(line, kh, name))
+            .peekable();
+        if named.peek().is_none() {
             CheckResult::NotFound
+        } else if named.any(|(line, _)| line.blob == key) {
+            CheckResult::Match
+        } else {
+            CheckResult::Mismatch
         }
     }
 }

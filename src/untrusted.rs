@@ -59,7 +59,10 @@ pub fn last_lines(stderr: &str, n: usize) -> String {
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('@'))
         .collect();
-    escape_capped(&lines[lines.len().saturating_sub(n)..].join(" | "), 2 * MAX_SHOWN)
+    escape_capped(
+        &lines[lines.len().saturating_sub(n)..].join(" | "),
+        2 * MAX_SHOWN,
+    )
 }
 
 /// One line of our own report that may contain remote text somewhere in an error chain: the

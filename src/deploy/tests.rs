@@ -47,7 +47,10 @@ impl Transport for LocalSh {
     fn exec(&self, cmd: &str) -> Result<RemoteProcess> {
         self.commands.lock().unwrap().push(cmd.to_string());
         let mut c = Command::new("sh");
-        c.arg("-c").arg(cmd).env("HOME", &self.home).env("PATH", &self.path);
+        c.arg("-c")
+            .arg(cmd)
+            .env("HOME", &self.home)
+            .env("PATH", &self.path);
         openssh::spawn(c, "local".into())
     }
 }
@@ -116,9 +119,13 @@ fn deploys_once_then_starts_the_cached_agent_in_one_command() {
 #[test]
 fn other_platforms_are_refused_before_any_upload() {
     let dir = tempfile::tempdir().unwrap();
-    let t = LocalSh::new(&dir.path().join("home")).with_uname(&dir.path().join("bin"), "Linux aarch64");
+    let t =
+        LocalSh::new(&dir.path().join("home")).with_uname(&dir.path().join("bin"), "Linux aarch64");
     let e = format!("{:#}", start_agent(&t, AGENT).unwrap_err());
-    assert!(e.contains("\"Linux aarch64\"") && e.contains("only on Linux x86_64"), "{e}");
+    assert!(
+        e.contains("\"Linux aarch64\"") && e.contains("only on Linux x86_64"),
+        "{e}"
+    );
     assert!(!cache(&dir.path().join("home"), AGENT).exists());
 }
 
@@ -181,7 +188,10 @@ fn the_file_checked_is_the_file_executed() {
     let open = cmd.find("exec 3<").unwrap();
     let check = cmd.find("sha256sum <&3").unwrap();
     assert!(open < check && cmd.contains("exec /proc/self/fd/3 x"));
-    assert!(!cmd[check..].contains("\"$p\""), "nothing uses the path after the check");
+    assert!(
+        !cmd[check..].contains("\"$p\""),
+        "nothing uses the path after the check"
+    );
 }
 
 #[test]
@@ -202,20 +212,38 @@ fn failures_are_one_escaped_line() {
         },
         "x",
     );
-    assert!(reason.contains("NOPASSWD: /usr/local/lib/diskdump/diskdump-agent"), "{reason}");
+    assert!(
+        reason.contains("NOPASSWD: /usr/local/lib/diskdump/diskdump-agent"),
+        "{reason}"
+    );
     assert!(reason.contains("diskdump deploy HOST --sudo"), "{reason}");
-    assert!(!reason.contains(".cache"), "never a user-writable path in sudoers: {reason}");
+    assert!(
+        !reason.contains(".cache"),
+        "never a user-writable path in sudoers: {reason}"
+    );
 }
 
 #[test]
 fn replies_and_stderr_are_capped() {
     let dir = tempfile::tempdir().unwrap();
     let t = LocalSh::new(dir.path());
-    let e = transport::run(&t, "head -c 50000000 /dev/zero", b"", MAX_REPLY, Duration::ZERO)
-        .unwrap_err();
+    let e = transport::run(
+        &t,
+        "head -c 50000000 /dev/zero",
+        b"",
+        MAX_REPLY,
+        Duration::ZERO,
+    )
+    .unwrap_err();
     assert!(format!("{e:#}").contains("exceeded 65536 bytes"), "{e:#}");
-    let out = transport::run(&t, "head -c 5000000 /dev/zero >&2; echo hi", b"", MAX_REPLY, Duration::ZERO)
-        .unwrap();
+    let out = transport::run(
+        &t,
+        "head -c 5000000 /dev/zero >&2; echo hi",
+        b"",
+        MAX_REPLY,
+        Duration::ZERO,
+    )
+    .unwrap();
     assert_eq!(out.stdout, b"hi\n");
     assert_eq!(out.exit.stderr.len(), transport::STDERR_TAIL);
 }

@@ -7,11 +7,11 @@
 //! one is where `accept-new` records keys), `StrictHostKeyChecking` (`yes`/`ask` refuse unknown
 //! keys, `accept-new`/`no`/`off` record them; a changed key is refused whatever it says),
 //! `ConnectTimeout`. Tokens `%h %d %u %r %p %n %%` and a leading `~` are expanded in
-//! `IdentityFile` and `UserKnownHostsFile`. Not supported: `/etc/ssh/ssh_config`, `Match`,
-//! `ProxyJump`/`ProxyCommand`, `HostKeyAlias`, `CertificateFile`, `%l %L %i %C %k` tokens,
-//! and `~user/` paths.
+//! `IdentityFile` and `UserKnownHostsFile`. Keywords that would change where or how OpenSSH
+//! connects or verifies (`Match`, `Include`, `ProxyJump`, `ProxyCommand`, `HostKeyAlias`,
+//! `CertificateFile`, ...) are refused with file and line ([`refuse_unsupported`]). Only the
+//! user's file (or `--ssh-config`) is read, not `/etc/ssh/ssh_config`.
 
-use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -133,7 +133,7 @@ pub(crate) fn resolve(dest: &str, opts: &SshOptions) -> Result<Resolved> {
         Some(h) => h.clone(),
         None => PathBuf::from(std::env::var_os("HOME").context("$HOME is not set")?),
     };
-    let config = load_config(opts.ssh_config.as_deref(), &home)?;
+    let config = load_config(opts.ssh_config.as_deref(), &home, alias)?;
     let p = config.query(alias);
     let local_user = local_user();
     let host_name = p.host_name.clone().unwrap_or_else(|| alias.to_string());
@@ -188,26 +188,159 @@ pub(crate) fn resolve(dest: &str, opts: &SshOptions) -> Result<Resolved> {
     })
 }
 
-fn load_config(explicit: Option<&Path>, home: &Path) -> Result<SshConfig> {
+fn load_config(explicit: Option<&Path>, home: &Path, alias: &str) -> Result<SshConfig> {
     let path = explicit
         .map(Path::to_path_buf)
         .unwrap_or_else(|| home.join(".ssh/config"));
-    let file = match File::open(&path) {
-        Ok(f) => f,
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => {
             return Ok(SshConfig::default())
         }
         Err(e) => {
-            return Err(e).with_context(|| format!("cannot open ssh config {}", path.display()))
+            return Err(e).with_context(|| format!("cannot read ssh config {}", path.display()))
         }
     };
+    refuse_unsupported(&text, &path, alias)?;
     // Unknown and unsupported keywords are kept, not fatal: we read two of the "unsupported"
     // ones (UserKnownHostsFile, StrictHostKeyChecking) ourselves.
     let rules = ParseRule::ALLOW_UNKNOWN_FIELDS | ParseRule::ALLOW_UNSUPPORTED_FIELDS;
     SshConfig::default()
         .home_dir(home)
-        .parse(&mut BufReader::new(file), rules)
+        .parse(&mut BufReader::new(text.as_bytes()), rules)
         .with_context(|| format!("cannot parse ssh config {}", path.display()))
+}
+
+/// ssh_config keywords the libssh2 transport honours as OpenSSH does, or that cannot change
+/// where it connects, how it verifies the host or what it runs (forwarding, keep-alives,
+/// logging, multiplexing: OpenSSH-only comforts). Everything else, in a block that applies to
+/// the host, is refused: libssh2 must never silently differ from `ssh HOST`.
+const HONOURED: &[&str] = &[
+    "host",
+    "hostname",
+    "port",
+    "user",
+    "identityfile",
+    "userknownhostsfile",
+    "stricthostkeychecking",
+    "connecttimeout",
+    "addkeystoagent",
+    "batchmode",
+    "challengeresponseauthentication",
+    "checkhostip",
+    "clearallforwardings",
+    "compression",
+    "connectionattempts",
+    "controlmaster",
+    "controlpath",
+    "controlpersist",
+    "dynamicforward",
+    "escapechar",
+    "exitonforwardfailure",
+    "forwardagent",
+    "forwardx11",
+    "forwardx11timeout",
+    "forwardx11trusted",
+    "gssapiauthentication",
+    "gssapidelegatecredentials",
+    "hashknownhosts",
+    "kbdinteractiveauthentication",
+    "localforward",
+    "loglevel",
+    "numberofpasswordprompts",
+    "passwordauthentication",
+    "preferredauthentications",
+    "pubkeyauthentication",
+    "remoteforward",
+    "requesttty",
+    "sendenv",
+    "serveralivecountmax",
+    "serveraliveinterval",
+    "setenv",
+    "tcpkeepalive",
+    "updatehostkeys",
+    "usekeychain",
+    "visualhostkey",
+];
+
+/// Refuses, before connecting, an ssh_config that uses for `alias` a keyword libssh2 does not
+/// honour exactly (`Match` and `Include` anywhere: they cannot be evaluated here).
+pub(crate) fn refuse_unsupported(text: &str, file: &Path, alias: &str) -> Result<()> {
+    let mut applies = true; // lines before the first Host apply to every host
+    for (n, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (key, value) = match line.split_once(|c: char| c.is_whitespace() || c == '=') {
+            Some((k, v)) => (
+                k,
+                v.trim_start_matches(|c: char| c.is_whitespace() || c == '='),
+            ),
+            None => (line, ""),
+        };
+        let key = key.to_ascii_lowercase();
+        if key == "host" {
+            applies = host_patterns_match(value, alias);
+            continue;
+        }
+        if key == "match" || key == "include" || (applies && !HONOURED.contains(&key.as_str())) {
+            let word = line.split_whitespace().next().unwrap_or(line);
+            bail!(
+                "{}:{}: the libssh2 transport does not support `{word}`; use --transport openssh \
+                 (the system's ssh client) for this host",
+                file.display(),
+                n + 1
+            );
+        }
+    }
+    Ok(())
+}
+
+/// OpenSSH's pattern lists (`Host` lines, known_hosts names): comma- or space-separated
+/// patterns with `*` and `?`, `!` negating; a negated match excludes the name whatever else
+/// matches. Host names compare without case.
+pub(crate) fn host_patterns_match(list: &str, name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    let mut matched = false;
+    for pat in list
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|p| !p.is_empty())
+    {
+        let (neg, pat) = match pat.strip_prefix('!') {
+            Some(p) => (true, p),
+            None => (false, pat),
+        };
+        if wildcard(pat.to_ascii_lowercase().as_bytes(), name.as_bytes()) {
+            if neg {
+                return false;
+            }
+            matched = true;
+        }
+    }
+    matched
+}
+
+/// `*` (any run) and `?` (any one byte) glob match.
+pub(crate) fn wildcard(pat: &[u8], s: &[u8]) -> bool {
+    let (mut p, mut i, mut star, mut mark) = (0, 0, None, 0);
+    while i < s.len() {
+        if p < pat.len() && (pat[p] == b'?' || pat[p] == s[i]) {
+            p += 1;
+            i += 1;
+        } else if p < pat.len() && pat[p] == b'*' {
+            star = Some(p);
+            mark = i;
+            p += 1;
+        } else if let Some(sp) = star {
+            p = sp + 1;
+            mark += 1;
+            i = mark;
+        } else {
+            return false;
+        }
+    }
+    pat[p..].iter().all(|&c| c == b'*')
 }
 
 /// The login name of this process: `$USER`, else the passwd entry of the real uid.
@@ -235,6 +368,8 @@ fn local_user() -> String {
 pub(crate) struct KnownLine {
     /// `revoked` or `cert-authority` for `@revoked` / `@cert-authority` lines.
     pub marker: Option<String>,
+    /// The host names or patterns (`|1|...` when hashed).
+    pub names: String,
     pub key_type: String,
     pub blob: Vec<u8>,
     /// The line without the marker, as libssh2 reads it.
@@ -254,10 +389,11 @@ pub(crate) fn parse_known_line(line: &str) -> Option<KnownLine> {
         None => (None, line),
     };
     let mut fields = rest.split_whitespace();
-    let (_names, key_type, key) = (fields.next()?, fields.next()?, fields.next()?);
+    let (names, key_type, key) = (fields.next()?, fields.next()?, fields.next()?);
     let blob = base64_decode(key)?;
     Some(KnownLine {
         marker,
+        names: names.to_string(),
         key_type: key_type.to_string(),
         blob,
         text: rest.to_string(),
@@ -563,5 +699,61 @@ mod tests {
             Some(true)
         );
         assert_eq!(key_file_encrypted(b"garbage"), None);
+    }
+}
+
+#[cfg(test)]
+mod refusal_tests {
+    use super::*;
+
+    #[test]
+    fn patterns() {
+        assert!(host_patterns_match("lab-* db", "lab-1"));
+        assert!(host_patterns_match("lab-*,db", "DB"));
+        assert!(!host_patterns_match("lab-*", "web"));
+        assert!(!host_patterns_match("* !web", "web"));
+        assert!(host_patterns_match("* !web", "db"));
+        assert!(host_patterns_match("10.0.0.?", "10.0.0.7"));
+        assert!(!host_patterns_match("10.0.0.?", "10.0.0.17"));
+        assert!(wildcard(b"*a*b", b"xxaxxb") && !wildcard(b"*a*b", b"xxaxx"));
+        assert!(!host_patterns_match("", "x"));
+    }
+
+    #[test]
+    fn keywords_libssh2_cannot_honour_are_refused_with_file_and_line() {
+        let f = Path::new("/cfg");
+        let ok = "Host web\n  HostName w\n  Port 22\n  ServerAliveInterval 5\nHost lab-*\n  ProxyJump bastion\n";
+        refuse_unsupported(ok, f, "web").unwrap();
+        let e = refuse_unsupported(ok, f, "lab-3").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "/cfg:6: the libssh2 transport does not support `ProxyJump`; use --transport openssh \
+             (the system's ssh client) for this host"
+        );
+        // Match and Include cannot be evaluated: refused wherever they are.
+        let e = refuse_unsupported(
+            "Host a\n  User x\nMatch host lab-*\n  StrictHostKeyChecking no\n",
+            f,
+            "web",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("/cfg:3:") && e.contains("`Match`"), "{e}");
+        let e = refuse_unsupported("Include ~/.ssh/conf.d/*\n", f, "web")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("/cfg:1:") && e.contains("`Include`"), "{e}");
+        for kw in [
+            "ProxyCommand nc %h %p",
+            "HostKeyAlias x",
+            "CertificateFile ~/.ssh/c",
+            "Ciphers=aes128-ctr",
+        ] {
+            let text = format!("Host *\n  {kw}\n");
+            let e = refuse_unsupported(&text, f, "web").unwrap_err().to_string();
+            assert!(e.starts_with("/cfg:2:"), "{kw}: {e}");
+        }
+        // Before any Host line, everything applies.
+        assert!(refuse_unsupported("ProxyJump b\nHost x\n", f, "web").is_err());
     }
 }

@@ -208,7 +208,7 @@ pub(super) fn drive(ch: &mut impl Duplex, io: &mut PumpIo) -> Result<Finished> {
         if output.is_empty() && ch.eof() {
             let Sink::Pipe(w) = &mut io.stdout;
             *w = None; // the caller's reader sees EOF now
-            // The remote may still read input after closing its stdout: end on its close.
+                       // The remote may still read input after closing its stdout: end on its close.
             match nb(ch.wait_close()) {
                 Ok(Some(())) => break,
                 Ok(None) => {}

@@ -112,7 +112,12 @@ impl OpenSsh {
                 .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
                 .map(str::to_string)
         };
-        Some(format!("{}@{}:{}", get("user")?, get("hostname")?, get("port")?))
+        Some(format!(
+            "{}@{}:{}",
+            get("user")?,
+            get("hostname")?,
+            get("port")?
+        ))
     }
 
     fn command(&self, cmd: &str) -> Command {
