@@ -110,7 +110,7 @@ fn deploys_once_then_starts_the_cached_agent_in_one_command() {
     assert_eq!(t.count(), 4, "one command when cached");
     // A damaged copy is replaced; no upload leftovers stay.
     fs::write(&f, b"#!/bin/sh\necho evil\n").unwrap();
-    assert_eq!(start_agent(&t, AGENT).unwrap().1, true);
+    assert!(start_agent(&t, AGENT).unwrap().1);
     assert_eq!(fs::read(&f).unwrap(), AGENT);
     let names: Vec<_> = fs::read_dir(f.parent().unwrap()).unwrap().collect();
     assert_eq!(names.len(), 1);
