@@ -367,7 +367,7 @@ mod tests {
             block_size: 4096,
             total_size: 4096 * 2 + 100,
             blocks: vec![d(1), d(2), d(3)],
-            new_blocks: Some(2),
+            new_blocks: None,
         }
     }
 
@@ -375,6 +375,13 @@ mod tests {
     fn render_parse_round_trip() {
         let m = sample();
         assert_eq!(Manifest::parse(&m.render(), "x").unwrap(), m);
+        let counted = Manifest {
+            new_blocks: Some(2),
+            ..sample()
+        };
+        assert_eq!(Manifest::parse(&counted.render(), "x").unwrap(), counted);
+        let h = ManifestHeader::parse(&counted.render(), "x").unwrap();
+        assert_eq!(h.new_blocks, Some(2));
         let empty = Manifest {
             total_size: 0,
             blocks: vec![],
