@@ -540,7 +540,7 @@ mod tests {
         std::fs::write(
             &cfg,
             "Host web\n  HostName %h.example.org\n  Port 2200\n  User cfguser\n  IdentityFile ~/.ssh/web_%r\n  \
-             UserKnownHostsFile %d/kh1 ~/kh2\n  StrictHostKeyChecking accept-new\n  ConnectTimeout 3\n  Frobnicate yes\n",
+             UserKnownHostsFile %d/kh1 ~/kh2\n  StrictHostKeyChecking accept-new\n  ConnectTimeout 3\n",
         )
         .unwrap();
         let opts = SshOptions {
