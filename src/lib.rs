@@ -35,16 +35,22 @@
 pub mod agent_bin;
 pub mod cli;
 pub mod commands;
+pub mod deploy;
 pub mod digest;
 pub mod fuse;
 pub mod idle;
 pub mod image;
 pub mod manifest;
 pub mod mountfs;
+pub mod output;
 pub mod progress;
 pub mod receiver;
+pub mod retention;
 pub mod signals;
 pub mod ssh;
 pub mod store;
+pub mod target;
 #[cfg(test)]
 mod testutil;
+pub mod transport;
+pub mod untrusted;

@@ -1,6 +1,6 @@
 //! `diskdump mount` through the kernel: the real binary, real FUSE mounts,
 //! loop devices on top. See tests/common/mount.rs for the helpers and for
-//! how missing root or /dev/fuse is handled (SKIP, or a failure with CI=true).
+//! how a missing or closed /dev/fuse is reported.
 
 mod common;
 

@@ -99,6 +99,7 @@ pub fn run(
         block_size: bs,
         total_size: size,
         blocks,
+        new_blocks: Some(stats.new),
     };
     let entry = store.write_manifest(&name, &m)?;
     let took = started.elapsed();
