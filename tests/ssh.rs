@@ -728,7 +728,11 @@ fn aes_gcm_first_only_when_nobody_chose_the_ciphers() {
         options: vec!["Ciphers=aes128-ctr".into()],
         ..o.clone()
     };
-    assert_eq!(ciphers("other", &with_o), ["Ciphers=aes128-ctr"], "-o stands");
+    assert_eq!(
+        ciphers("other", &with_o),
+        ["Ciphers=aes128-ctr"],
+        "-o stands"
+    );
     let aes = fs::read_to_string("/proc/cpuinfo")
         .unwrap()
         .contains(" aes ");
