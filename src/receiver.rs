@@ -20,6 +20,7 @@ pub use inflight::InFlight;
 
 use crate::manifest::{now_string, Manifest};
 use crate::store::Store;
+use crate::untrusted;
 use anyhow::{bail, Context, Result};
 use check::{Checker, Counters, FirstError};
 use diskdump_agent::proto::{self, check_params, Hello, Message, ProtocolError};
@@ -82,7 +83,14 @@ pub struct ReceiveOptions<'a> {
     /// `host:path`, recorded as the manifest's source.
     pub source: &'a str,
     pub progress: &'a dyn Progress,
+    /// Largest source size accepted from the agent's Hello: the storage side keeps 32 bytes
+    /// per block of the image while it runs, so this bounds its memory, not the remote's claim.
+    pub max_size: u64,
 }
+
+/// Default of [`ReceiveOptions::max_size`] (`dump --max-size`): 16 TiB, about 4 GiB of
+/// block hashes on the storage side.
+pub const DEFAULT_MAX_SIZE: u64 = 16 << 40;
 
 /// A successful dump: the manifest to write (the caller writes it, with
 /// `Store::write_manifest`), its statistics, and the agent's Hello.
@@ -106,6 +114,14 @@ pub fn receive(
     let max_frame = proto::max_frame_len(store.block_size());
     let mut input = BufReader::with_capacity(256 << 10, Wire::new(input));
     let hello = read_hello(&mut input, max_frame, store)?;
+    if hello.size > opts.max_size {
+        bail!(
+            "the agent announces a source of {} bytes, more than --max-size ({} bytes); \
+             raise --max-size for a disk that large (the storage side keeps 32 bytes per block)",
+            hello.size,
+            opts.max_size
+        );
+    }
     let claims = Claims::new(opts.inflight);
     let counters = Counters::default();
     let failure = FirstError::default();
@@ -144,13 +160,13 @@ fn read_hello<R: Read>(
 ) -> Result<Hello> {
     let hello = match proto::read_frame(input, max) {
         Ok(Some(Message::Hello(h))) => h,
-        Ok(Some(Message::Error(m))) => bail!("the agent failed: {m}"),
+        Ok(Some(Message::Error(m))) => bail!("the agent failed: {}", untrusted::escape(&m)),
         Ok(Some(other)) => bail!("the agent's first frame is not a Hello: {other:?}"),
         Ok(None) => bail!("the agent closed its output without a word (did it start?)"),
         Err(e @ ProtocolError::Version(_)) => bail!("the agent's Hello: {e}"),
         Err(e) => bail!(
-            "the agent's output does not start with a diskdump Hello ({e}); it begins with {:?}",
-            String::from_utf8_lossy(&input.get_ref().head)
+            "the agent's output does not start with a diskdump Hello ({e}); it begins with \"{}\"",
+            untrusted::escape_bytes(&input.get_ref().head)
         ),
     };
     let bs = store.block_size();

@@ -636,3 +636,170 @@ fn sigterm_stops_a_dump_like_ctrl_c() {
     common::dd(&store, &["verify"]).ok();
     wait_agent_gone(&img);
 }
+
+/// Removes the system agent `deploy --sudo` installs (tests that install it run as root).
+struct SystemAgent;
+
+impl Drop for SystemAgent {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all("/usr/local/lib/diskdump");
+    }
+}
+
+#[test]
+fn deploy_sudo_installs_a_root_owned_agent_that_a_sudoers_rule_for_that_file_runs() {
+    let Some(sshd) = Sshd::require() else { return };
+    if !common::require(common::have("sudo"), "sudo (apt-get install sudo)") {
+        return;
+    }
+    let _cleanup = SystemAgent;
+    let user = "diskdump-test-d"; // its own user: sudoers rules of parallel tests differ
+    sshd.login_as(user);
+    // The exact line deploy prints, for exactly that file; nothing else is allowed.
+    let o = run(
+        &sshd,
+        Path::new("/nonexistent"),
+        &["deploy", &format!("root@{}", sshd.host_alias()), "--sudo"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let agent = Path::new("/usr/local/lib/diskdump/diskdump-agent");
+    let rule_line = "root ALL=(root) NOPASSWD: /usr/local/lib/diskdump/diskdump-agent";
+    assert!(out.contains(rule_line), "{out}");
+    let meta = fs::metadata(agent).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, 0o755));
+    assert_eq!(fs::read(agent).unwrap(), diskdump::agent_bin::AGENT);
+    let rule = SudoersRule(PathBuf::from("/etc/sudoers.d/diskdump-test-d"));
+    fs::write(
+        &rule.0,
+        format!("{user} ALL=(root) NOPASSWD: {}\n", agent.display()),
+    )
+    .unwrap();
+    fs::set_permissions(&rule.0, std::os::unix::fs::PermissionsExt::from_mode(0o440)).unwrap();
+    // An image only root may read.
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let img = dir.path().join("root-only.img");
+    let data = images::mixed(BS, 12, 0, 61);
+    images::write(&img, &data);
+    fs::set_permissions(&img, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let store = dir.path().join("store");
+    let target = format!("{}:{}", sshd.host_alias(), img.display());
+    let o = run(
+        &sshd,
+        &store,
+        &["dump", &target, "--sudo", "--as", "rootonly"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(restore(&store, "rootonly") == data);
+    // The user's own cache was never needed.
+    assert!(!sshd.remote_home().join(".cache/diskdump").exists());
+    // Another version of the system agent: the rule does not allow `sh`: a clear error.
+    fs::write(agent, b"#!/bin/sh\nexit 0\n").unwrap();
+    let o = run(
+        &sshd,
+        &store,
+        &["dump", &target, "--sudo", "--as", "rootonly"],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("diskdump deploy HOST --sudo") && err.contains("NOPASSWD"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn with_sudo_a_swapped_agent_file_never_runs_as_root() {
+    let Some(sshd) = Sshd::require() else { return };
+    if !common::require(common::have("sudo"), "sudo (apt-get install sudo)") {
+        return;
+    }
+    let user = "diskdump-test-s";
+    sshd.login_as(user);
+    let rule = SudoersRule(PathBuf::from("/etc/sudoers.d/diskdump-test-s"));
+    fs::write(&rule.0, format!("{user} ALL=(ALL) NOPASSWD: ALL\n")).unwrap();
+    fs::set_permissions(&rule.0, std::os::unix::fs::PermissionsExt::from_mode(0o440)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let img = dir.path().join("swap.img");
+    let data = images::mixed(BS, 8, 0, 62);
+    images::write(&img, &data);
+    let store = dir.path().join("store");
+    let target = format!("{}:{}", sshd.host_alias(), img.display());
+    // Deploy the agent into the user's cache first.
+    let o = run(&sshd, &store, &["dump", &target, "--as", "swap"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let hash = diskdump::agent_bin::agent_hash();
+    let cached = sshd
+        .remote_home()
+        .join(format!(".cache/diskdump/agent-{}", &hash[..16]));
+    // The user (here: a loop as that user) swaps the file for one that leaves a mark if it
+    // ever runs as root, and back, as fast as it can.
+    let pwned = dir.path().join("pwned");
+    let evil = sshd.remote_home().join("evil");
+    fs::write(
+        &evil,
+        format!(
+            "#!/bin/sh\n[ \"$(id -u)\" = 0 ] && touch {}\nexit 0\n",
+            pwned.display()
+        ),
+    )
+    .unwrap();
+    let good = sshd.remote_home().join("good");
+    fs::copy(&cached, &good).unwrap();
+    for f in [&evil, &good] {
+        fs::set_permissions(f, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    }
+    Command::new("chown")
+        .args(["-R", user])
+        .arg(sshd.remote_home())
+        .status()
+        .unwrap();
+    let swap = format!(
+        "while :; do cp -f {e} {c}.x && mv -f {c}.x {c}; cp -f {g} {c}.y && mv -f {c}.y {c}; done",
+        e = evil.display(),
+        g = good.display(),
+        c = cached.display()
+    );
+    let mut swapper = Command::new("su")
+        .args(["-s", "/bin/sh", "-c", &swap, user])
+        .spawn()
+        .unwrap();
+    let mut outcomes = Vec::new();
+    for i in 0..6 {
+        let o = run(
+            &sshd,
+            &store,
+            &["dump", &target, "--sudo", "--as", &format!("swap{i}")],
+        );
+        outcomes.push(o.status.success());
+        if !o.status.success() {
+            // A failure must be clear: one line per target naming it.
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(err.lines().any(|l| l.starts_with(&target)), "{}", text(&o));
+        }
+    }
+    let _ = swapper.kill();
+    let _ = swapper.wait();
+    let _ = Command::new("pkill")
+        .args(["-u", user, "-f", "while :; do cp"])
+        .status();
+    assert!(!pwned.exists(), "the swapped file ran as root");
+    assert!(
+        outcomes.iter().any(|&ok| ok),
+        "some dumps get through: {outcomes:?}"
+    );
+    common::dd(&store, &["verify"]).ok();
+    drop(rule);
+}

@@ -706,3 +706,54 @@ fn closed_port_gives_a_clear_error() {
         assert!(e.contains("refused"), "{via:?}: {e}");
     }
 }
+
+#[test]
+fn aes_gcm_first_only_when_nobody_chose_the_ciphers() {
+    let Some(ssh) = find_ssh() else {
+        panic!("no ssh client on PATH");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config");
+    fs::write(&cfg, "Host chosen\n  Ciphers aes256-ctr\n").unwrap();
+    let o = OpenSshOptions {
+        config: Some(cfg),
+        ..Default::default()
+    };
+    let ciphers = |dest: &str, o: &OpenSshOptions| {
+        OpenSsh::new(ssh.clone(), dest, o)
+            .options()
+            .into_iter()
+            .filter(|a| a.starts_with("Ciphers="))
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        ciphers("chosen", &o).is_empty(),
+        "the config's choice stands"
+    );
+    let with_o = OpenSshOptions {
+        options: vec!["Ciphers=aes128-ctr".into()],
+        ..o.clone()
+    };
+    assert_eq!(
+        ciphers("other", &with_o),
+        ["Ciphers=aes128-ctr"],
+        "-o stands"
+    );
+    let aes = fs::read_to_string("/proc/cpuinfo")
+        .unwrap()
+        .contains(" aes ");
+    let other = ciphers("other", &o);
+    if aes {
+        assert_eq!(other.len(), 1, "{other:?}");
+        assert!(
+            other[0].starts_with("Ciphers=aes128-gcm@openssh.com,"),
+            "{other:?}"
+        );
+        assert!(
+            other[0].contains("chacha20-poly1305@openssh.com"),
+            "the same set: {other:?}"
+        );
+    } else {
+        assert!(other.is_empty());
+    }
+}

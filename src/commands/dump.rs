@@ -171,6 +171,7 @@ fn dump_one(
         inflight,
         source: &source,
         progress: &update,
+        max_size: args.max_size,
     };
     let finished = AtomicBool::new(false);
     let kill = handle.killer();

@@ -129,7 +129,7 @@ impl<'a> Exchange<'a> {
                 Message::Block(b) => self.block(b, &arrivals)?,
                 Message::Done(_) if self.send_error.is_some() => return self.send_failed(),
                 Message::Done(d) => return self.done(d),
-                Message::Error(m) => bail!("the agent failed: {m}"),
+                Message::Error(m) => bail!("the agent failed: {}", crate::untrusted::escape(&m)),
                 Message::Hello(_) => bail!("protocol violation: the agent sent a second Hello"),
                 Message::Need(_) => bail!("protocol violation: the agent sent a Need"),
             }

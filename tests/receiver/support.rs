@@ -105,6 +105,7 @@ pub fn dump_command(
         inflight,
         source: "testhost:/dev/test",
         progress,
+        max_size: diskdump::receiver::DEFAULT_MAX_SIZE,
     };
     let result = receive(&opts, stdout, stdin);
     let status = child.wait().unwrap();
