@@ -69,6 +69,7 @@ fn probe_test_requirements() {
         "have_strace",
         "have_lz4",
         "have_sudo",
+        "have_time",
         "have_network",
     ];
     println!("cargo:rerun-if-env-changed=CI");
@@ -107,6 +108,7 @@ fn probe_test_requirements() {
         ("have_strace", tool("strace")),
         ("have_lz4", tool("lz4")),
         ("have_sudo", root && tool("sudo") && tool("useradd")),
+        ("have_time", Path::new("/usr/bin/time").exists()),
         // Tests that fetch from a package registry (pip, debootstrap).
         (
             "have_network",

@@ -647,11 +647,13 @@ impl Drop for SystemAgent {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(have_sshd, have_sudo)),
+    ignore = "needs root and sshd; root, sudo and useradd"
+)]
 fn deploy_sudo_installs_a_root_owned_agent_that_a_sudoers_rule_for_that_file_runs() {
-    let Some(sshd) = Sshd::require() else { return };
-    if !common::require(common::have("sudo"), "sudo (apt-get install sudo)") {
-        return;
-    }
+    let sshd = Sshd::start();
+    common::need(common::have("sudo"), "sudo (apt-get install sudo)");
     let _cleanup = SystemAgent;
     let user = "diskdump-test-d"; // its own user: sudoers rules of parallel tests differ
     sshd.login_as(user);
@@ -716,11 +718,13 @@ fn deploy_sudo_installs_a_root_owned_agent_that_a_sudoers_rule_for_that_file_run
 }
 
 #[test]
+#[cfg_attr(
+    not(all(have_sshd, have_sudo)),
+    ignore = "needs root and sshd; root, sudo and useradd"
+)]
 fn with_sudo_a_swapped_agent_file_never_runs_as_root() {
-    let Some(sshd) = Sshd::require() else { return };
-    if !common::require(common::have("sudo"), "sudo (apt-get install sudo)") {
-        return;
-    }
+    let sshd = Sshd::start();
+    common::need(common::have("sudo"), "sudo (apt-get install sudo)");
     let user = "diskdump-test-s";
     sshd.login_as(user);
     let rule = SudoersRule(PathBuf::from("/etc/sudoers.d/diskdump-test-s"));
