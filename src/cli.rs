@@ -143,6 +143,10 @@ pub enum Command {
         /// FUSE worker threads
         #[arg(long, default_value_t = 8)]
         threads: usize,
+        /// Bypass the kernel's page cache: faster single cold passes, much
+        /// slower small reads
+        #[arg(long)]
+        direct_io: bool,
     },
 }
 
@@ -444,12 +448,14 @@ pub fn run() -> Result<u8> {
             cache_size,
             allow_other,
             threads,
+            direct_io,
         } => commands::mount::run(&commands::mount::MountOptions {
             store: store_dir,
             mountpoint,
             cache_size,
             allow_other,
             threads,
+            direct_io,
         }),
     }
 }

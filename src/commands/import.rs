@@ -84,7 +84,8 @@ pub fn run(
     let bs = store.block_size();
     let started = Instant::now();
     let bar = progress::bytes_bar(size, "import");
-    let file = Source::new(file, image);
+    // A local image: what the page cache holds is read from memory.
+    let file = Source::new(file, image).cached_first();
     let (blocks, stats) =
         import_blocks(&store, &file, size, &|n| bar.inc(n)).with_context(|| {
             format!(

@@ -16,6 +16,7 @@ pub struct MountOptions {
     pub cache_size: usize,
     pub allow_other: bool,
     pub threads: usize,
+    pub direct_io: bool,
 }
 
 /// FUSE starts a mount at 128 KiB of read-ahead; 1 MiB requests measured
@@ -44,6 +45,7 @@ pub fn run(opts: &MountOptions) -> Result<u8> {
     let cfg = MountConfig {
         allow_other: opts.allow_other,
         threads: opts.threads,
+        direct_io: opts.direct_io,
     };
     let mnt = opts.mountpoint.display();
     let mut mounted = fuse::mount(fs, &opts.mountpoint, &cfg).map_err(|e| {

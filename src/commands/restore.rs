@@ -4,6 +4,7 @@
 //! or stdout they are written.
 
 use super::{loader_threads, open_store, resolve};
+use crate::digest::is_zero;
 use crate::image::{BlockCache, ImageReader, Prefetcher};
 use crate::progress;
 use crate::store::Store;
@@ -57,6 +58,27 @@ pub fn run(store_dir: &Path, arg: &str, output: Option<&Path>) -> Result<u8> {
         }
     }
     Ok(0)
+}
+
+/// Granularity of holes in a restored file: a filesystem page, so zero
+/// pages inside non-zero blocks stay unallocated as they were in the source.
+const PAGE: usize = 4096;
+
+/// The runs `(from, to)` of `buf` holding non-zero `page`-sized pieces (the
+/// last one may be shorter); all-zero pieces between them are left out.
+fn data_runs(buf: &[u8], page: usize) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for (i, piece) in buf.chunks(page).enumerate() {
+        if is_zero(piece) {
+            continue;
+        }
+        let (from, to) = (i * page, i * page + piece.len());
+        match runs.last_mut() {
+            Some(last) if last.1 == from => last.1 = to,
+            _ => runs.push((from, to)),
+        }
+    }
+    runs
 }
 
 /// Where the bytes go: a file we may leave holes in, or anything else.
@@ -114,7 +136,11 @@ fn write_image(reader: &ImageReader, sink: &mut Sink) -> Result<()> {
             None => None,
         };
         match (&mut *sink, &data) {
-            (Sink::Sparse(f), Some(b)) => f.write_all_at(&b[..len], offset)?,
+            (Sink::Sparse(f), Some(b)) => {
+                for (from, to) in data_runs(&b[..len], PAGE) {
+                    f.write_all_at(&b[from..to], offset + from as u64)?;
+                }
+            }
             (Sink::Sparse(_), None) => {}
             (Sink::Stream(w), Some(b)) => w.write_all(&b[..len])?,
             (Sink::Stream(w), None) => w.write_all(&zeros[..len])?,
@@ -124,4 +150,21 @@ fn write_image(reader: &ImageReader, sink: &mut Sink) -> Result<()> {
     }
     bar.finish_and_clear();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::data_runs;
+
+    #[test]
+    fn data_runs_skip_zero_pages_and_merge_neighbours() {
+        let mut b = vec![0u8; 10 * 8 + 3];
+        assert!(data_runs(&b, 8).is_empty());
+        b[0] = 1; // page 0
+        b[17] = 1; // page 2
+        b[31] = 1; // page 3, merged with 2
+        b[80] = 1; // the short last piece
+        assert_eq!(data_runs(&b, 8), vec![(0, 8), (16, 32), (80, 83)]);
+        assert_eq!(data_runs(&[5u8; 20], 8), vec![(0, 20)]);
+    }
 }
