@@ -5,10 +5,11 @@
 use crate::agent_bin::{agent_hash, AGENT};
 use crate::cli::{DumpArgs, TargetSpec};
 use crate::idle::IdleTimeout;
-use crate::manifest::{default_name, validate_name};
+use super::{as_usage, usage};
+use crate::manifest::{default_name, validate_name, validate_source};
 use crate::receiver::{receive, InFlight, ReceiveOptions, ReceiveStats};
 use crate::ssh::{sudo_hint, Remote, SshOptions, Target, AGENT_MISSING};
-use crate::store::{LocalStore, LockKind, Store};
+use crate::store::{resolve_group, LocalStore, LockKind, Store};
 use crate::{progress, signals};
 use anyhow::{bail, Context, Result};
 use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -32,18 +33,24 @@ struct Done {
 }
 
 pub fn run(store_dir: &Path, specs: Vec<TargetSpec>, args: DumpArgs) -> Result<u8> {
+    // Every argument is checked before any work: a usage error (exit 2).
     let mut jobs = Vec::new();
     for spec in specs {
-        let target = Target::parse(&spec.target)?;
-        let name = match &spec.name {
-            Some(n) => {
-                validate_name(n)?;
-                n.clone()
-            }
-            None => default_name(&target.host, &target.path)
-                .with_context(|| format!("target {}", spec.target))?,
-        };
-        jobs.push(Job { spec, target, name });
+        let checked = (|| -> Result<Job> {
+            // The source is recorded in the manifest: no control characters.
+            validate_source(&spec.target)?;
+            let target = Target::parse(&spec.target)?;
+            let name = match &spec.name {
+                Some(n) => {
+                    validate_name(n)?;
+                    n.clone()
+                }
+                None => default_name(&target.host, &target.path)
+                    .with_context(|| format!("target {}", spec.target))?,
+            };
+            Ok(Job { spec, target, name })
+        })();
+        jobs.push(checked.map_err(as_usage)?);
     }
     diskdump_agent::proto::check_params(
         args.block_size
@@ -51,8 +58,14 @@ pub fn run(store_dir: &Path, specs: Vec<TargetSpec>, args: DumpArgs) -> Result<u
         args.batch_size,
         args.window,
     )
-    .map_err(anyhow::Error::msg)?;
-    let store = LocalStore::open_or_create(store_dir, args.block_size)?;
+    .map_err(|e| usage(e.to_string()))?;
+    let group = args
+        .group
+        .as_deref()
+        .map(resolve_group)
+        .transpose()
+        .map_err(as_usage)?;
+    let store = LocalStore::open_or_create_in_group(store_dir, args.block_size, group)?;
     let _lock = store.lock(LockKind::Shared, true)?;
     let ssh = SshOptions {
         user: args.user.clone(),
@@ -96,12 +109,14 @@ pub fn run(store_dir: &Path, specs: Vec<TargetSpec>, args: DumpArgs) -> Result<u
                 .expect("every job ran")
         })
         .collect();
-    print_summary(&jobs, &results);
+    // A closed stdout must not hide a failed target's exit code.
+    let printed = print_summary(&jobs, &results);
     let failed = results.iter().filter(|r| r.is_err()).count();
     if failed > 0 {
         signals::check()?;
         bail!("{failed} of {} targets failed", jobs.len());
     }
+    printed?;
     Ok(0)
 }
 
@@ -277,14 +292,14 @@ fn dump_one(
     })
 }
 
-fn print_summary(jobs: &[Job], results: &[Result<Done>]) {
-    println!(
+fn print_summary(jobs: &[Job], results: &[Result<Done>]) -> io::Result<()> {
+    crate::outln!(
         "{:<28} {:<40} {:>7} {:>8} {:>7} {:>10} {:>8} {:>10}",
         "TARGET", "MANIFEST", "NEW", "PRESENT", "ZERO", "WIRE", "TIME", "RATE"
-    );
+    )?;
     for (job, r) in jobs.iter().zip(results) {
         match r {
-            Ok(d) => println!(
+            Ok(d) => crate::outln!(
                 "{:<28} {:<40} {:>7} {:>8} {:>7} {:>10} {:>8} {:>10}",
                 job.spec.target,
                 d.manifest,
@@ -294,8 +309,9 @@ fn print_summary(jobs: &[Job], results: &[Result<Done>]) {
                 HumanBytes(d.stats.wire_bytes).to_string().replace(' ', ""),
                 progress::secs(d.took),
                 progress::rate(d.stats.size, d.took)
-            ),
-            Err(e) => println!("{:<28} FAILED: {e:#}", job.spec.target),
+            )?,
+            Err(e) => crate::outln!("{:<28} FAILED: {e:#}", job.spec.target)?,
         }
     }
+    Ok(())
 }

@@ -52,12 +52,12 @@ pub fn run(store_dir: &Path, dry_run: bool, wait: bool) -> Result<u8> {
         store.tidy()?;
     }
     let verb = if dry_run { "would remove" } else { "removed" };
-    println!(
+    crate::outln!(
         "gc: {} manifests, {kept} live blocks; {verb} {} unreferenced blocks ({}) and {} temp files",
         entries.len(),
         garbage.len(),
         HumanBytes(bytes),
         temps.len()
-    );
+    )?;
     Ok(0)
 }

@@ -93,7 +93,7 @@ fn tree_mirrors_dated_and_python_era_manifests() {
     assert_eq!(list(&fs, "2026"), [".", "..", "04", "05"]);
     assert_eq!(
         list(&fs, "2026/04/24"),
-        [".", "..", "web-sda.2.img", "web-sda.img"]
+        [".", "..", "web-sda+2.img", "web-sda.img"]
     );
     assert_eq!(list(&fs, "legacy"), [".", "..", "oldbox"]);
     assert_eq!(list(&fs, "legacy/oldbox"), [".", "..", "1.img"]);
@@ -129,7 +129,7 @@ fn attributes_come_from_the_header_and_dates() {
     let a = resolve(&fs, "2026/04/24/web-sda.img").unwrap();
     assert_eq!(
         (a.kind, a.size, a.perm, a.nlink),
-        (FileKind::Image, data.len() as u64, 0o444, 1)
+        (FileKind::Image, data.len() as u64, 0o400, 1)
     );
     assert_eq!(a.blksize as usize, BS);
     let date = chrono::DateTime::parse_from_rfc3339("2026-04-24T03:00:12Z").unwrap();
@@ -143,7 +143,7 @@ fn attributes_come_from_the_header_and_dates() {
     );
     fs.release(fh);
     let d = resolve(&fs, "2026/04/24").unwrap();
-    assert_eq!((d.kind, d.perm, d.nlink), (FileKind::Dir, 0o555, 2));
+    assert_eq!((d.kind, d.perm, d.nlink), (FileKind::Dir, 0o500, 2));
     let day = chrono::DateTime::parse_from_rfc3339("2026-04-24T00:00:00Z").unwrap();
     assert_eq!(d.time, SystemTime::from(day));
     assert_eq!(resolve(&fs, "2026").unwrap().nlink, 4); // two month dirs

@@ -3,7 +3,8 @@
 //! `.blockstore/manifests/`.
 
 use super::{
-    BlockError, LockKind, ManifestEntry, ManifestInfo, Store, StoreConfig, StoreLock, WalkItem,
+    modes, BlockError, FileId, LockKind, ManifestEntry, ManifestInfo, ManifestReplaced, Store,
+    StoreConfig, StoreLock, WalkItem,
 };
 use crate::digest::Digest;
 use crate::manifest::{parse_date, Manifest, ManifestHeader};
@@ -28,6 +29,7 @@ const CONFIG: &str = "config.json";
 
 impl LocalStore {
     /// Opens an existing store; a directory without one is a clear error.
+    /// Sets the process umask for the store's modes (see `modes`).
     pub fn open(root: &Path) -> Result<LocalStore> {
         let blocks = root.join(".blockstore");
         let cfg_path = blocks.join(CONFIG);
@@ -46,6 +48,7 @@ impl LocalStore {
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", cfg_path.display())),
         };
         let config = StoreConfig::parse(&text, &cfg_path)?;
+        modes::apply_umask(config.group);
         Ok(LocalStore {
             root: root.to_path_buf(),
             blocks,
@@ -54,27 +57,61 @@ impl LocalStore {
         })
     }
 
+    /// Creates a store: private (0700/0600), or shared read-only with
+    /// `group` (0750/0640, set-group-ID directories), recorded in
+    /// config.json. Fails if there is one already.
+    pub fn create(root: &Path, block_size: usize, group: Option<u32>) -> Result<LocalStore> {
+        super::check_block_size(block_size)?;
+        let cfg_path = root.join(".blockstore").join(CONFIG);
+        modes::apply_umask(group);
+        let ctx = || format!("cannot create store {}", root.display());
+        if !root.exists() {
+            fs::create_dir_all(root).with_context(ctx)?;
+            modes::own_dir(root, group).with_context(ctx)?;
+        }
+        let blocks = root.join(".blockstore");
+        match fs::create_dir(&blocks) {
+            Ok(()) => modes::own_dir(&blocks, group).with_context(ctx)?,
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(ctx),
+        }
+        let text = StoreConfig { block_size, group }.render();
+        write_new_durably(&cfg_path, text.as_bytes())
+            .map_err(|e| {
+                let exists = e.kind() == ErrorKind::AlreadyExists;
+                anyhow::Error::new(e).context(if exists {
+                    format!("store {} already exists", root.display())
+                } else {
+                    format!("cannot create {}", cfg_path.display())
+                })
+            })?;
+        fsync_dir(&blocks).with_context(ctx)?;
+        LocalStore::open(root)
+    }
+
     /// Opens the store, creating it with `block_size` (default 128 KiB) if
     /// absent. An explicit size that differs from the store's is an error,
     /// never a silent mix of block sizes.
     pub fn open_or_create(root: &Path, block_size: Option<usize>) -> Result<LocalStore> {
+        LocalStore::open_or_create_in_group(root, block_size, None)
+    }
+
+    /// `open_or_create`, where a new store is shared with `group`; an
+    /// existing store must already have made that choice.
+    pub fn open_or_create_in_group(
+        root: &Path,
+        block_size: Option<usize>,
+        group: Option<u32>,
+    ) -> Result<LocalStore> {
         let cfg_path = root.join(".blockstore").join(CONFIG);
         if !cfg_path.exists() {
             let bs = block_size.unwrap_or(diskdump_agent::DEFAULT_BLOCK_SIZE);
-            super::check_block_size(bs)?;
-            fs::create_dir_all(cfg_path.parent().expect("has parent"))
-                .with_context(|| format!("cannot create store {}", root.display()))?;
-            let text = StoreConfig { block_size: bs }.render();
-            write_new_durably(&cfg_path, text.as_bytes())
-                .or_else(|e| {
-                    // Another process created it first: theirs stands.
-                    if e.kind() == ErrorKind::AlreadyExists {
-                        Ok(())
-                    } else {
-                        Err(e)
-                    }
-                })
-                .with_context(|| format!("cannot create {}", cfg_path.display()))?;
+            match LocalStore::create(root, bs, group) {
+                Ok(s) => return Ok(s),
+                // Another process created it first: theirs stands.
+                Err(_) if cfg_path.exists() => {}
+                Err(e) => return Err(e),
+            }
         }
         let store = LocalStore::open(root)?;
         if let Some(bs) = block_size {
@@ -86,7 +123,44 @@ impl LocalStore {
                 );
             }
         }
+        if group.is_some() && group != store.config.group {
+            bail!(
+                "store {} exists and is {}; --group applies only when a store is created",
+                root.display(),
+                match store.config.group {
+                    None => "private".to_string(),
+                    Some(g) => format!("shared with group {g}"),
+                }
+            );
+        }
         Ok(store)
+    }
+
+    /// The group the store is shared with (None: private).
+    pub fn group(&self) -> Option<u32> {
+        self.config.group
+    }
+
+    /// A one-line warning if the store's modes let more users in than its
+    /// choice (a store made by diskdump 0.2 or Python 0.1.5 under umask 022).
+    pub fn mode_warning(&self) -> Option<String> {
+        modes::warning(&self.root, self.config.group)
+    }
+
+    /// Creates `dir` (below the root) and its missing parents with the
+    /// store's modes and group.
+    fn make_dirs(&self, dir: &Path) -> io::Result<()> {
+        if dir.is_dir() {
+            return Ok(());
+        }
+        if let Some(parent) = dir.parent().filter(|p| p.starts_with(&self.root)) {
+            self.make_dirs(parent)?;
+        }
+        match fs::create_dir(dir) {
+            Ok(()) => modes::own_dir(dir, self.config.group),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -121,7 +195,7 @@ fn write_new_durably(path: &Path, data: &[u8]) -> io::Result<()> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o644)
+        .mode(0o640) // less by the store's umask (modes.rs)
         .open(path)?;
     f.write_all(data)?;
     f.sync_all()
@@ -129,7 +203,7 @@ fn write_new_durably(path: &Path, data: &[u8]) -> io::Result<()> {
 
 /// rename(2) that never replaces an existing file; falls back to link+unlink on
 /// filesystems without RENAME_NOREPLACE.
-fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     let a = CString::new(from.as_os_str().as_bytes())?;
     let b = CString::new(to.as_os_str().as_bytes())?;
     // SAFETY: valid NUL-terminated paths; AT_FDCWD resolves them as given.
@@ -213,7 +287,7 @@ impl Store for LocalStore {
         let mut f = match OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o644)
+            .mode(0o640)
             .open(&tmp)
         {
             Ok(f) => f,
@@ -222,7 +296,7 @@ impl Store for LocalStore {
                 OpenOptions::new()
                     .write(true)
                     .create_new(true)
-                    .mode(0o644)
+                    .mode(0o640)
                     .open(&tmp)?
             }
             Err(e) => return Err(e),
@@ -382,13 +456,17 @@ impl Store for LocalStore {
     }
 
     fn read_manifest(&self, entry: &ManifestEntry) -> Result<Manifest> {
-        read_manifest_file(&self.root.join(&entry.rel), &entry.rel)
+        let mut bytes = Vec::new();
+        self.open_entry(entry)?
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("cannot read manifest {}", entry.rel))?;
+        parse_manifest_bytes(bytes, &entry.rel)
     }
 
     fn manifest_info(&self, entry: &ManifestEntry) -> Result<ManifestInfo> {
         let path = self.root.join(&entry.rel);
         let ctx = || format!("cannot read manifest {}", path.display());
-        let file = File::open(&path).with_context(ctx)?;
+        let file = self.open_entry(entry)?;
         let modified = file.metadata().and_then(|m| m.modified()).ok();
         let head = read_header(file).with_context(ctx)?;
         let h = ManifestHeader::parse(&String::from_utf8_lossy(&head), &entry.rel)?;
@@ -408,8 +486,10 @@ impl Store for LocalStore {
         crate::manifest::validate_name(name)?;
         let date = parse_date(&m.date)?;
         let day = date.format("%Y/%m/%d").to_string();
+        crate::manifest::validate_source(&m.source)?;
         let dir = self.root.join(&day);
-        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        self.make_dirs(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
         // Every block the manifest names must be durable before it is visible.
         self.sync()
             .context("cannot sync the store's blocks to disk")?;
@@ -421,17 +501,14 @@ impl Store for LocalStore {
         }
         let mut seq = 1;
         let result = loop {
-            let file = if seq == 1 {
-                format!("{name}.manifest")
-            } else {
-                format!("{name}.{seq}.manifest")
-            };
+            let file = format!("{}.manifest", crate::manifest::seq_file_name(name, seq));
             match rename_noreplace(&tmp, &dir.join(&file)) {
                 Ok(()) => {
                     break Ok(ManifestEntry {
                         rel: format!("{day}/{file}"),
                         name: file.trim_end_matches(".manifest").to_string(),
                         day: Some(day.clone()),
+                        id: None,
                     })
                 }
                 Err(e) if e.kind() == ErrorKind::AlreadyExists && seq < 10_000 => seq += 1,
@@ -457,15 +534,45 @@ impl Store for LocalStore {
 }
 
 impl LocalStore {
+    /// The identity of a file below the root; None if it is gone.
+    fn file_id(&self, rel: &str) -> Result<Option<FileId>> {
+        match fs::symlink_metadata(self.root.join(rel)) {
+            Ok(m) => Ok(Some(FileId::of(&m))),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot stat {rel}")),
+        }
+    }
+
+    /// Opens a listed manifest, refusing a file that replaced it since.
+    fn open_entry(&self, entry: &ManifestEntry) -> Result<File> {
+        let path = self.root.join(&entry.rel);
+        let file =
+            File::open(&path).with_context(|| format!("cannot read manifest {}", path.display()))?;
+        if let Some(id) = entry.id {
+            let now = file
+                .metadata()
+                .with_context(|| format!("cannot stat {}", path.display()))?;
+            if FileId::of(&now) != id {
+                return Err(ManifestReplaced(entry.rel.clone()).into());
+            }
+        }
+        Ok(file)
+    }
+
     /// Dated manifests, sorted; `filter` fixes the leading YYYY, MM, DD.
     fn dated_manifests(&self, filter: &[&str], out: &mut Vec<ManifestEntry>) -> Result<()> {
         for day in self.day_dirs(filter)? {
             for (f, fd) in list_dir(&self.root.join(&day))? {
                 if let (false, Some(name)) = (fd, f.strip_suffix(".manifest")) {
+                    let rel = format!("{day}/{f}");
+                    let Some(id) = self.file_id(&rel)? else {
+                        continue; // removed since listed
+                    };
                     out.push(ManifestEntry {
-                        rel: format!("{day}/{f}"),
+                        rel,
                         name: name.to_string(),
                         day: Some(day.clone()),
+                        id: Some(id),
                     });
                 }
             }
@@ -533,10 +640,15 @@ impl LocalStore {
         for name in names {
             for (f, fd) in list_dir(&legacy.join(&name))? {
                 if let (false, Some(n)) = (fd, f.strip_suffix(".manifest")) {
+                    let rel = format!(".blockstore/manifests/{name}/{f}");
+                    let Some(id) = self.file_id(&rel)? else {
+                        continue;
+                    };
                     out.push(ManifestEntry {
-                        rel: format!(".blockstore/manifests/{name}/{f}"),
+                        rel,
                         name: format!("{name}/{n}"),
                         day: None,
+                        id: Some(id),
                     });
                 }
             }
@@ -567,6 +679,10 @@ fn read_header(file: File) -> io::Result<Vec<u8>> {
 pub fn read_manifest_file(path: &Path, origin: &str) -> Result<Manifest> {
     let bytes =
         fs::read(path).with_context(|| format!("cannot read manifest {}", path.display()))?;
+    parse_manifest_bytes(bytes, origin)
+}
+
+fn parse_manifest_bytes(bytes: Vec<u8>, origin: &str) -> Result<Manifest> {
     let text = String::from_utf8(bytes).map_err(|e| {
         anyhow::anyhow!(
             "{origin}: not a text manifest (invalid UTF-8 at byte {})",
