@@ -546,7 +546,12 @@ mod tests {
             .to_rfc3339()
             .starts_with("2026-04-24T03"));
         assert!(parse_date("yesterday").is_err());
-        for far in ["+12026-01-01", "12026-01-01", "0999-12-31", "+12026-01-01T00:00:00Z"] {
+        for far in [
+            "+12026-01-01",
+            "12026-01-01",
+            "0999-12-31",
+            "+12026-01-01T00:00:00Z",
+        ] {
             assert!(parse_date(far).is_err(), "{far}");
         }
     }
@@ -563,7 +568,14 @@ mod tests {
         for ok in ["localhost:/tmp/a b.img", "h:/dev/sda", "é:ü"] {
             validate_source(ok).unwrap();
         }
-        for bad in ["h:/a\nb", "h:/a\rb", "h:/a\tb", "h:\u{7f}", "h:\u{85}x", "a\0"] {
+        for bad in [
+            "h:/a\nb",
+            "h:/a\rb",
+            "h:/a\tb",
+            "h:\u{7f}",
+            "h:\u{85}x",
+            "a\0",
+        ] {
             let e = validate_source(bad).unwrap_err().to_string();
             assert!(e.contains("control character"), "{e}");
             assert!(!e.contains('\n'), "one line: {e}");

@@ -2,10 +2,10 @@
 //! embedded agent, into one store. One target failing does not stop the
 //! others; Ctrl-C stops every agent and writes no manifest.
 
+use super::{as_usage, usage};
 use crate::agent_bin::{agent_hash, AGENT};
 use crate::cli::{DumpArgs, TargetSpec};
 use crate::idle::IdleTimeout;
-use super::{as_usage, usage};
 use crate::manifest::{default_name, validate_name, validate_source};
 use crate::receiver::{receive, InFlight, ReceiveOptions, ReceiveStats};
 use crate::ssh::{sudo_hint, Remote, SshOptions, Target, AGENT_MISSING};
@@ -67,6 +67,7 @@ pub fn run(store_dir: &Path, specs: Vec<TargetSpec>, args: DumpArgs) -> Result<u
         .map_err(as_usage)?;
     let store = LocalStore::open_or_create_in_group(store_dir, args.block_size, group)?;
     let _lock = store.lock(LockKind::Shared, true)?;
+    let marker = store.begin_writes()?;
     let ssh = SshOptions {
         user: args.user.clone(),
         accept_new_host_key: args.accept_new_host_key,
@@ -109,6 +110,7 @@ pub fn run(store_dir: &Path, specs: Vec<TargetSpec>, args: DumpArgs) -> Result<u
                 .expect("every job ran")
         })
         .collect();
+    store.end_writes(marker)?;
     // A closed stdout must not hide a failed target's exit code.
     let printed = print_summary(&jobs, &results);
     let failed = results.iter().filter(|r| r.is_err()).count();
@@ -295,7 +297,14 @@ fn dump_one(
 fn print_summary(jobs: &[Job], results: &[Result<Done>]) -> io::Result<()> {
     crate::outln!(
         "{:<28} {:<40} {:>7} {:>8} {:>7} {:>10} {:>8} {:>10}",
-        "TARGET", "MANIFEST", "NEW", "PRESENT", "ZERO", "WIRE", "TIME", "RATE"
+        "TARGET",
+        "MANIFEST",
+        "NEW",
+        "PRESENT",
+        "ZERO",
+        "WIRE",
+        "TIME",
+        "RATE"
     )?;
     for (job, r) in jobs.iter().zip(results) {
         match r {

@@ -73,7 +73,10 @@ pub fn run(store_dir: &Path, o: &ImportOptions) -> Result<u8> {
         .metadata()
         .with_context(|| format!("cannot stat {}", image.display()))?;
     if meta.is_dir() {
-        return Err(usage(format!("{} is a directory, not an image", image.display())));
+        return Err(usage(format!(
+            "{} is a directory, not an image",
+            image.display()
+        )));
     }
     // Block devices report size 0 in metadata; seeking to the end works for both.
     let size = file
@@ -94,26 +97,33 @@ pub fn run(store_dir: &Path, o: &ImportOptions) -> Result<u8> {
     manifest::validate_source(&source).map_err(as_usage)?;
     let store = LocalStore::open_or_create_in_group(store_dir, o.block_size, group)?;
     let _lock = store.lock(LockKind::Shared, true)?;
+    let marker = store.begin_writes()?;
     let bs = store.block_size();
     let started = Instant::now();
     let bar = progress::bytes_bar(size, "import");
     let file = Source::new(file, image);
-    let (blocks, stats) =
-        import_blocks(&store, &file, size, &|n| bar.inc(n)).with_context(|| {
+    let written = import_blocks(&store, &file, size, &|n| bar.inc(n))
+        .with_context(|| {
             format!(
                 "import of {} failed; no manifest was written",
                 image.display()
             )
-        })?;
-    bar.finish_and_clear();
-    let m = Manifest {
-        source,
-        date,
-        block_size: bs,
-        total_size: size,
-        blocks,
-    };
-    let entry = store.write_manifest(&name, &m)?;
+        })
+        .and_then(|(blocks, stats)| {
+            bar.finish_and_clear();
+            let m = Manifest {
+                source,
+                date,
+                block_size: bs,
+                total_size: size,
+                blocks,
+            };
+            Ok((store.write_manifest(&name, &m)?, m, stats))
+        });
+    // Synced and unmarked on failure too: what was stored is good.
+    let ended = store.end_writes(marker);
+    let (entry, m, stats) = written?;
+    ended?;
     let took = started.elapsed();
     crate::outln!(
         "imported {} as {}: {} blocks ({} new, {} already present, {} zero), read {} in {} ({}), wrote {}",

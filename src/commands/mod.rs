@@ -46,7 +46,10 @@ pub fn resolve(store: &LocalStore, arg: &str) -> Result<Resolved> {
     }
     let p = Path::new(arg);
     // Relative to the store, if it stays inside it.
-    if !p.is_absolute() && p.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir)) {
+    if !p.is_absolute()
+        && p.components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+    {
         let rel = p
             .components()
             .filter(|c| matches!(c, Component::Normal(_)))
@@ -65,7 +68,9 @@ pub fn resolve(store: &LocalStore, arg: &str) -> Result<Resolved> {
     // shadow a dump name.
     let path_like = p.is_absolute() || arg.contains('/') || arg.ends_with(".manifest");
     if path_like && p.is_file() {
-        let real = p.canonicalize().with_context(|| format!("cannot resolve {arg}"))?;
+        let real = p
+            .canonicalize()
+            .with_context(|| format!("cannot resolve {arg}"))?;
         let root = store
             .root()
             .canonicalize()

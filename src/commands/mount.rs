@@ -2,10 +2,10 @@
 //! the foreground until Ctrl-C, SIGTERM or SIGHUP, which unmount cleanly.
 
 use super::{as_usage, loader_threads, open_store};
-use crate::store::resolve_group;
 use crate::fuse::{self, MountConfig, Unmounted};
 use crate::mountfs::{FsOptions, MountFs};
 use crate::signals::Waiter;
+use crate::store::resolve_group;
 use anyhow::{bail, Context, Result};
 use std::io::{self, ErrorKind, Write};
 use std::path::{Path, PathBuf};
@@ -25,7 +25,11 @@ pub struct MountOptions {
 
 /// The images' group and mode: what was asked, else the store's choice. A
 /// private store's images are its owner's only, even with `--allow-other`.
-pub fn access(store_group: Option<u32>, group: Option<u32>, mode: Option<u16>) -> (Option<u32>, u16) {
+pub fn access(
+    store_group: Option<u32>,
+    group: Option<u32>,
+    mode: Option<u16>,
+) -> (Option<u32>, u16) {
     let gid = group.or(store_group);
     let mode = mode.unwrap_or(if gid.is_some() { 0o440 } else { 0o400 });
     (gid, mode)

@@ -92,9 +92,7 @@ fn choose_target(output: Option<&Path>, force: bool) -> Result<Target> {
         return Err(usage(format!("{d} is a directory; give a file name")));
     }
     if !force {
-        return Err(usage(format!(
-            "{d} exists; pass --force to replace it"
-        )));
+        return Err(usage(format!("{d} exists; pass --force to replace it")));
     }
     Ok(Target::File {
         path: path.to_path_buf(),
@@ -195,9 +193,10 @@ fn restore_to_file(reader: &ImageReader, path: &Path, replace: bool) -> Result<(
         } else {
             // Created by someone else meanwhile: still not ours to replace.
             rename_noreplace(&tmp, path).map_err(|e| match e.kind() {
-                ErrorKind::AlreadyExists => {
-                    usage(format!("{} exists; pass --force to replace it", path.display()))
-                }
+                ErrorKind::AlreadyExists => usage(format!(
+                    "{} exists; pass --force to replace it",
+                    path.display()
+                )),
                 _ => e.into(),
             })?;
         }

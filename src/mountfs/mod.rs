@@ -231,8 +231,8 @@ impl MountFs {
                 // differs): the old image keeps its inode for open handles,
                 // the path gets a new one, so no cached page is reused.
                 if matches!(kind, Kind::Image(_)) && new.children.get(name) != Some(kind) {
+                    // Its attributes stay (a few bytes): open handles still stat it.
                     if let Some(ino) = t.inodes.retire(&tree::join(dir, name)) {
-                        t.infos.remove(&ino);
                         self.files.forget_reader(ino);
                     }
                 }

@@ -91,7 +91,10 @@ mod tests {
         .unwrap();
         assert_eq!((c.block_size, c.group), (131072, None));
         assert_eq!(StoreConfig::parse(&c.render(), p).unwrap(), c);
-        assert!(!c.render().contains("group"), "private stores look as before");
+        assert!(
+            !c.render().contains("group"),
+            "private stores look as before"
+        );
         let shared = StoreConfig {
             group: Some(1234),
             ..c

@@ -2,6 +2,7 @@
 //! dated manifests under the root, Python-era manifests under
 //! `.blockstore/manifests/`.
 
+use super::dirty::{self, DirtyMarker};
 use super::{
     modes, BlockError, FileId, LockKind, ManifestEntry, ManifestInfo, ManifestReplaced, Store,
     StoreConfig, StoreLock, WalkItem,
@@ -9,14 +10,16 @@ use super::{
 use crate::digest::Digest;
 use crate::manifest::{parse_date, Manifest, ManifestHeader};
 use anyhow::{bail, Context, Result};
+use diskdump_agent::blockfmt;
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 pub struct LocalStore {
     root: PathBuf,
@@ -76,15 +79,14 @@ impl LocalStore {
             Err(e) => return Err(e).with_context(ctx),
         }
         let text = StoreConfig { block_size, group }.render();
-        write_new_durably(&cfg_path, text.as_bytes())
-            .map_err(|e| {
-                let exists = e.kind() == ErrorKind::AlreadyExists;
-                anyhow::Error::new(e).context(if exists {
-                    format!("store {} already exists", root.display())
-                } else {
-                    format!("cannot create {}", cfg_path.display())
-                })
-            })?;
+        write_new_durably(&cfg_path, text.as_bytes()).map_err(|e| {
+            let exists = e.kind() == ErrorKind::AlreadyExists;
+            anyhow::Error::new(e).context(if exists {
+                format!("store {} already exists", root.display())
+            } else {
+                format!("cannot create {}", cfg_path.display())
+            })
+        })?;
         fsync_dir(&blocks).with_context(ctx)?;
         LocalStore::open(root)
     }
@@ -190,6 +192,24 @@ impl LocalStore {
     }
 }
 
+/// `pread` until `buf` is full or the file ends; returns the bytes read.
+fn read_full_at(f: &File, mut off: u64, buf: &mut [u8]) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read_at(&mut buf[n..], off) {
+            Ok(0) => break,
+            Ok(k) => {
+                n += k;
+                off += k as u64;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
 /// Creates `path` with `data`, fsynced, failing if it exists.
 fn write_new_durably(path: &Path, data: &[u8]) -> io::Result<()> {
     let mut f = OpenOptions::new()
@@ -269,8 +289,24 @@ impl Store for LocalStore {
         self.root.display().to_string()
     }
 
+    /// Present only if the file is a whole frame (see `blockfmt::check_shape`):
+    /// a damaged one is moved aside and reported absent, so the caller
+    /// stores the block again.
     fn contains(&self, d: &Digest) -> io::Result<bool> {
-        Ok(self.stored_size(d)?.is_some())
+        let f = match File::open(self.block_path(d)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let limit = self.config.block_size;
+        let shape = blockfmt::check_shape(limit, &mut |off, buf| read_full_at(&f, off, buf));
+        match shape {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                self.move_damaged(d, &f, &e.to_string())?;
+                Ok(false)
+            }
+        }
     }
 
     fn stored_size(&self, d: &Digest) -> io::Result<Option<u64>> {
@@ -534,6 +570,121 @@ impl Store for LocalStore {
 }
 
 impl LocalStore {
+    /// Starts a run that writes blocks (import, dump): first checks what
+    /// interrupted runs left (see `dirty`), then marks this one. End it with
+    /// `end_writes`, on failure too.
+    pub fn begin_writes(&self) -> Result<DirtyMarker> {
+        let (marker, rec) = dirty::begin(&self.blocks, &mut |since| self.check_since(since))?;
+        if rec.markers > 0 {
+            eprintln!(
+                "diskdump: {} earlier run(s) stopped before syncing their blocks (a crash or kill -9): \
+                 checked the {} blocks written since, {} damaged (moved aside; stored again when needed)",
+                rec.markers,
+                rec.checked,
+                rec.damaged.len()
+            );
+        }
+        Ok(marker)
+    }
+
+    /// Ends a writing run: every block it wrote is synced, then its marker goes.
+    pub fn end_writes(&self, marker: DirtyMarker) -> Result<()> {
+        self.sync()
+            .context("cannot sync the store's blocks to disk")?;
+        fs::remove_file(marker.path())
+            .with_context(|| format!("cannot remove {}", marker.path().display()))
+    }
+
+    /// Decodes and hashes every block modified at or after `since` (found
+    /// through the block directories' times), moving damaged ones aside.
+    fn check_since(&self, since: SystemTime) -> Result<(usize, Vec<String>)> {
+        let recent = |p: &Path| {
+            fs::symlink_metadata(p)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t >= since)
+        };
+        let mut todo = Vec::new();
+        for (l1, d1) in list_dir(&self.blocks)? {
+            if !d1 || !is_hex(&l1, 2) {
+                continue;
+            }
+            for (l2, d2) in list_dir(&self.blocks.join(&l1))? {
+                let dir = self.blocks.join(&l1).join(&l2);
+                if !d2 || !recent(&dir) {
+                    continue;
+                }
+                for (name, _) in list_dir(&dir)? {
+                    let Some(d) = name.strip_suffix(".lz4").and_then(Digest::from_hex) else {
+                        continue;
+                    };
+                    if recent(&dir.join(&name)) {
+                        todo.push(d);
+                    }
+                }
+            }
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let damaged = std::sync::Mutex::new(Vec::new());
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        std::thread::scope(|s| -> Result<()> {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| -> Result<()> {
+                        let (mut frame, mut raw) = (Vec::new(), Vec::new());
+                        loop {
+                            let Some(d) = todo.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                                return Ok(());
+                            };
+                            let Ok(f) = File::open(self.block_path(d)) else {
+                                continue; // gone meanwhile
+                            };
+                            if let Err(e) = super::get_block(self, d, &mut frame, &mut raw) {
+                                if !matches!(e, BlockError::Missing(_)) {
+                                    self.move_damaged(d, &f, &e.to_string())?;
+                                    damaged
+                                        .lock()
+                                        .unwrap_or_else(|p| p.into_inner())
+                                        .push(d.to_hex());
+                                }
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for w in workers {
+                w.join().expect("block checkers do not panic")?;
+            }
+            Ok(())
+        })?;
+        let damaged = damaged.into_inner().unwrap_or_else(|p| p.into_inner());
+        Ok((todo.len(), damaged))
+    }
+
+    /// Moves the damaged block file `f` (opened from the block's path) aside
+    /// as `<hash>.lz4.bad`. If another run replaced it with a good copy
+    /// meanwhile, that copy is put back.
+    fn move_damaged(&self, d: &Digest, f: &File, reason: &str) -> io::Result<()> {
+        let path = self.block_path(d);
+        let mut bad = path.as_os_str().to_owned();
+        bad.push(".bad");
+        let bad = PathBuf::from(bad);
+        match fs::rename(&path, &bad) {
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()), // someone else did
+            r => r?,
+        }
+        if fs::symlink_metadata(&bad)?.ino() != f.metadata()?.ino() {
+            return match rename_noreplace(&bad, &path) {
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => fs::remove_file(&bad),
+                r => r,
+            };
+        }
+        eprintln!(
+            "diskdump: block {d} is damaged ({reason}): moved aside to {}; it is stored again when needed",
+            self.rel(&bad)
+        );
+        Ok(())
+    }
+
     /// The identity of a file below the root; None if it is gone.
     fn file_id(&self, rel: &str) -> Result<Option<FileId>> {
         match fs::symlink_metadata(self.root.join(rel)) {
@@ -546,8 +697,8 @@ impl LocalStore {
     /// Opens a listed manifest, refusing a file that replaced it since.
     fn open_entry(&self, entry: &ManifestEntry) -> Result<File> {
         let path = self.root.join(&entry.rel);
-        let file =
-            File::open(&path).with_context(|| format!("cannot read manifest {}", path.display()))?;
+        let file = File::open(&path)
+            .with_context(|| format!("cannot read manifest {}", path.display()))?;
         if let Some(id) = entry.id {
             let now = file
                 .metadata()

@@ -2,11 +2,13 @@
 //! receiver and `ImageReader` use, and the local-directory backend.
 
 mod config;
+mod dirty;
 mod local;
 mod lock;
 mod modes;
 
 pub use config::{check_block_size, StoreConfig, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
+pub use dirty::DirtyMarker;
 pub use local::{read_manifest_file, rename_noreplace, LocalStore};
 pub use lock::{LockKind, StoreBusy, StoreLock};
 pub use modes::resolve_group;

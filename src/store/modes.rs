@@ -98,7 +98,10 @@ pub fn first_too_wide(root: &Path, group: Option<u32>) -> Option<(String, u32)> 
         paths.extend(years);
     }
     paths.into_iter().find_map(|rel| {
-        let mode = fs::symlink_metadata(root.join(&rel)).ok()?.permissions().mode();
+        let mode = fs::symlink_metadata(root.join(&rel))
+            .ok()?
+            .permissions()
+            .mode();
         too_wide(mode, group).then_some((rel, mode & 0o7777))
     })
 }
@@ -153,7 +156,10 @@ mod tests {
         set("2026", 0o755);
         assert_eq!(first_too_wide(root, None), Some(("2026".into(), 0o755)));
         let w = warning(root, None).unwrap();
-        assert!(w.contains("2026 is 0755") && w.contains("chmod -R go-rwx"), "{w}");
+        assert!(
+            w.contains("2026 is 0755") && w.contains("chmod -R go-rwx"),
+            "{w}"
+        );
         set("2026", 0o750);
         assert_eq!(first_too_wide(root, Some(1)), None);
         assert!(resolve_group("0").unwrap() == 0 && resolve_group("root").unwrap() == 0);
