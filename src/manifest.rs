@@ -342,9 +342,11 @@ pub fn default_name(host: &str, path: &str) -> Result<String> {
 
 /// The name part of `--as`: `HOST:DEVICE` becomes `HOST-<device basename>`.
 pub fn name_from_as(value: &str) -> Result<String> {
-    validate_source(value)?;
     match value.split_once(':') {
-        Some((host, dev)) => default_name(host, dev),
+        Some((host, dev)) => {
+            validate_source(value)?;
+            default_name(host, dev)
+        }
         None => {
             validate_name(value)?;
             Ok(value.to_string())
