@@ -156,7 +156,11 @@ fn bad_input_is_refused_before_any_work() {
     assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
     dd(&store, &["import", img.to_str().unwrap(), "--as", "x"]).ok();
     let r = dd(&store, &["restore", "../x.manifest"]).fails();
-    assert!(r.stderr.contains("no manifest ../x.manifest"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("no manifest ../x.manifest"),
+        "{}",
+        r.stderr
+    );
     let r = dd(&store, &["restore", "nosuch"]).fails();
     assert!(r.stderr.contains("no dump named"), "{}", r.stderr);
 }
@@ -434,7 +438,8 @@ fn verify_repair_quarantines_and_the_next_import_heals() {
     // The .bad file is a note, not damage: the store verifies.
     let r = dd(&store, &["verify"]).ok();
     assert!(
-        r.stdout.contains(".lz4.bad: a damaged block moved aside") && r.stdout.contains("no problems"),
+        r.stdout.contains(".lz4.bad: a damaged block moved aside")
+            && r.stdout.contains("no problems"),
         "{}",
         r.stdout
     );

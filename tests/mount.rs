@@ -416,7 +416,10 @@ fn bad_arguments_give_clear_one_line_errors() {
     assert!(err.contains("is not empty"), "{err}");
     let err = fails_with(&mut mount_cmd(&env.store, &env.path("h.img")), 2);
     assert!(err.contains("is not a directory"), "{err}");
-    let err = fails_with(mount_cmd(&env.store, &env.mnt).args(["--group", "no-such-group-x"]), 2);
+    let err = fails_with(
+        mount_cmd(&env.store, &env.mnt).args(["--group", "no-such-group-x"]),
+        2,
+    );
     assert!(err.contains("no such group"), "{err}");
     let out = mount_cmd(&env.store, &env.mnt)
         .args(["--mode", "0644"])
