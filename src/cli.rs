@@ -30,6 +30,9 @@ pub struct Cli {
     /// Store directory [default: $DISKDUMP_STORE, else $DISKDUMP_BASE, else the current directory]
     #[arg(long, global = true, value_name = "DIR")]
     pub store: Option<PathBuf>,
+    /// Print the report as one JSON document on stdout (messages go to stderr)
+    #[arg(long, global = true)]
+    pub json: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -91,6 +94,38 @@ pub enum Command {
         /// Fail at once if dumps are running instead of waiting for them
         #[arg(long)]
         no_wait: bool,
+    },
+    /// List dumps by date: date, name, source, size, new blocks, manifest
+    List(ListArgs),
+    /// Remove dumps by a retention policy, per dump name (restic's rules)
+    #[command(
+        after_help = "Each rule keeps the newest dump of each of its N most recent periods \
+        (hours, days, ISO weeks, months, years, in local time) that have one; \
+        a dump is kept if any rule keeps it. Protected dumps are always kept.\n\
+        Example: diskdump forget --keep-daily 7 --keep-weekly 4 --keep-monthly 12 --prune"
+    )]
+    Forget(ForgetArgs),
+    /// Remove the given dumps (manifest paths); their blocks go at the next gc
+    Delete {
+        #[arg(required = true, value_name = "MANIFEST")]
+        manifests: Vec<String>,
+    },
+    /// Mark dumps so that forget and delete never remove them
+    Protect {
+        #[arg(required = true, value_name = "MANIFEST")]
+        manifests: Vec<String>,
+    },
+    /// Clear the protection of dumps
+    Unprotect {
+        #[arg(required = true, value_name = "MANIFEST")]
+        manifests: Vec<String>,
+    },
+    /// Show which blocks and byte ranges differ between two dumps
+    Diff {
+        /// The older dump (manifest path or dump name)
+        a: String,
+        /// The newer dump
+        b: String,
     },
     /// Mount every dump as a read-only raw image file (FUSE; foreground)
     Mount {
@@ -164,6 +199,68 @@ pub struct DumpArgs {
         env = "DISKDUMP_IDLE_TIMEOUT"
     )]
     pub idle_timeout: u64,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ListArgs {
+    /// Only dumps of these names
+    pub names: Vec<String>,
+    /// Only dumps from this date on (ISO 8601: 2026-04-24 or 2026-04-24T03:00:00Z)
+    #[arg(long, value_name = "DATE")]
+    pub since: Option<String>,
+    /// Only dumps up to this date (a plain date includes that whole day)
+    #[arg(long, value_name = "DATE")]
+    pub until: Option<String>,
+    /// Only dumps read from this host
+    #[arg(long)]
+    pub host: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ForgetArgs {
+    /// Only dumps of these names [default: every name]
+    pub names: Vec<String>,
+    /// Keep the N newest dumps (-1: all)
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub keep_last: Option<crate::retention::Count>,
+    /// Keep the newest dump of each of the N most recent hours that have one
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub keep_hourly: Option<crate::retention::Count>,
+    /// ... days
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub keep_daily: Option<crate::retention::Count>,
+    /// ... ISO weeks
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub keep_weekly: Option<crate::retention::Count>,
+    /// ... months
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub keep_monthly: Option<crate::retention::Count>,
+    /// ... years
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub keep_yearly: Option<crate::retention::Count>,
+    /// Keep every dump within this duration of the name's newest dump (1y2m3d4h)
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within: Option<crate::retention::Within>,
+    /// Show what would be kept and removed, remove nothing
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// Run gc afterwards, freeing the removed dumps' blocks
+    #[arg(long)]
+    pub prune: bool,
+}
+
+impl ForgetArgs {
+    pub fn policy(&self) -> crate::retention::Policy {
+        crate::retention::Policy {
+            keep_last: self.keep_last,
+            keep_hourly: self.keep_hourly,
+            keep_daily: self.keep_daily,
+            keep_weekly: self.keep_weekly,
+            keep_monthly: self.keep_monthly,
+            keep_yearly: self.keep_yearly,
+            keep_within: self.keep_within,
+        }
+    }
 }
 
 /// One target with the per-target options that followed it.
@@ -268,6 +365,7 @@ pub fn run() -> Result<u8> {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let store = store_dir(cli.store);
+    crate::output::set_json(cli.json);
     crate::signals::install();
     match cli.command {
         Command::Dump(a) => {
@@ -300,6 +398,28 @@ pub fn run() -> Result<u8> {
         Command::Status => commands::status::run(&store),
         Command::Verify { manifests, repair } => commands::verify::run(&store, &manifests, repair),
         Command::Gc { dry_run, no_wait } => commands::gc::run(&store, dry_run, !no_wait),
+        Command::List(a) => commands::list::run(
+            &store,
+            &commands::list::ListOptions {
+                names: a.names,
+                since: a.since,
+                until: a.until,
+                host: a.host,
+            },
+        ),
+        Command::Forget(a) => commands::forget::run(
+            &store,
+            &commands::forget::ForgetOptions {
+                policy: a.policy(),
+                names: a.names,
+                dry_run: a.dry_run,
+                prune: a.prune,
+            },
+        ),
+        Command::Delete { manifests } => commands::forget::delete(&store, &manifests),
+        Command::Protect { manifests } => commands::forget::protect(&store, &manifests, true),
+        Command::Unprotect { manifests } => commands::forget::protect(&store, &manifests, false),
+        Command::Diff { a, b } => commands::diff::run(&store, &a, &b),
         Command::Mount {
             store_dir,
             mountpoint,

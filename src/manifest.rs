@@ -17,6 +17,9 @@ pub struct Manifest {
     pub block_size: usize,
     pub total_size: u64,
     pub blocks: Vec<Digest>,
+    /// Blocks new to the store when this dump was written (`# new_blocks:`;
+    /// an optional comment, absent from older manifests).
+    pub new_blocks: Option<u64>,
 }
 
 /// A manifest that does not parse: names the file and line.
@@ -65,6 +68,7 @@ impl Manifest {
         }
         let (mut source, mut date) = (String::new(), String::new());
         let (mut block_size, mut total_blocks, mut total_size) = (None, None, None);
+        let mut new_blocks = None;
         let mut blocks = Vec::new();
         for (i, raw) in lines {
             let n = i + 1;
@@ -84,6 +88,7 @@ impl Manifest {
                     "block_size" => block_size = Some(num(value)?),
                     "total_blocks" => total_blocks = Some(num(value)?),
                     "total_size" => total_size = Some(num(value)?),
+                    "new_blocks" => new_blocks = value.parse().ok(),
                     _ => {} // unknown comments are allowed (forward compatibility)
                 }
             } else if line.trim().is_empty() {
@@ -129,6 +134,7 @@ impl Manifest {
             block_size: block_size as usize,
             total_size,
             blocks,
+            new_blocks,
         })
     }
 
@@ -140,6 +146,9 @@ impl Manifest {
         let _ = writeln!(s, "# block_size: {}", self.block_size);
         let _ = writeln!(s, "# total_blocks: {}", self.blocks.len());
         let _ = writeln!(s, "# total_size: {}", self.total_size);
+        if let Some(n) = self.new_blocks {
+            let _ = writeln!(s, "# new_blocks: {n}");
+        }
         for b in &self.blocks {
             let _ = writeln!(s, "{b}");
         }
@@ -177,6 +186,7 @@ pub struct ManifestHeader {
     pub block_size: usize,
     pub total_blocks: Option<u64>,
     pub total_size: Option<u64>,
+    pub new_blocks: Option<u64>,
 }
 
 impl ManifestHeader {
@@ -204,6 +214,7 @@ impl ManifestHeader {
             block_size: 131072, // Python 0.1.5's default, as in Manifest::parse
             total_blocks: None,
             total_size: None,
+            new_blocks: None,
         };
         for (i, raw) in lines {
             let Some(line) = raw.strip_suffix('\n') else {
@@ -231,6 +242,7 @@ impl ManifestHeader {
                 "block_size" => h.block_size = num()? as usize,
                 "total_blocks" => h.total_blocks = Some(num()?),
                 "total_size" => h.total_size = Some(num()?),
+                "new_blocks" => h.new_blocks = value.parse().ok(),
                 _ => {}
             }
         }
@@ -405,6 +417,7 @@ mod tests {
             block_size: 4096,
             total_size: 4096 * 2 + 100,
             blocks: vec![d(1), d(2), d(3)],
+            new_blocks: None,
         }
     }
 
@@ -412,6 +425,13 @@ mod tests {
     fn render_parse_round_trip() {
         let m = sample();
         assert_eq!(Manifest::parse(&m.render(), "x").unwrap(), m);
+        let counted = Manifest {
+            new_blocks: Some(2),
+            ..sample()
+        };
+        assert_eq!(Manifest::parse(&counted.render(), "x").unwrap(), counted);
+        let h = ManifestHeader::parse(&counted.render(), "x").unwrap();
+        assert_eq!(h.new_blocks, Some(2));
         let empty = Manifest {
             total_size: 0,
             blocks: vec![],

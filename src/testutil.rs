@@ -43,5 +43,6 @@ pub fn manifest(store: &LocalStore, date: &str, data: &[u8]) -> Manifest {
         block_size: BS,
         total_size: data.len() as u64,
         blocks: put_blocks(store, data),
+        new_blocks: None,
     }
 }

@@ -605,10 +605,7 @@ fn a_broken_block_is_stored_again_by_the_next_dump() {
     let target = format!("{}:{}", sshd.host_alias(), img.display());
     let o = run(&sshd, &store, &["dump", &target, "--as", "b"]);
     assert!(o.status.success(), "{}", text(&o));
-    let block = data
-        .chunks(BS)
-        .find(|b| b.iter().any(|&x| x != 0))
-        .unwrap();
+    let block = data.chunks(BS).find(|b| b.iter().any(|&x| x != 0)).unwrap();
     let hex = common::sha256_hex(block);
     for cut in [0usize, 100] {
         // Emptied (a crash before the data reached the disk) or truncated.

@@ -25,6 +25,7 @@ fn manifest() -> impl Strategy<Value = Manifest> {
                 block_size,
                 total_size,
                 blocks: hashes.into_iter().map(Digest).collect(),
+                new_blocks: None,
             }
         })
 }

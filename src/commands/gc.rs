@@ -5,15 +5,57 @@
 
 use super::open_store;
 use crate::digest::Digest;
-use crate::store::{LockKind, Store, WalkItem};
+use crate::output;
+use crate::store::{LocalStore, LockKind, Store, WalkItem};
 use anyhow::{Context, Result};
 use indicatif::HumanBytes;
+use serde::Serialize;
 use std::collections::HashSet;
 use std::fs;
 use std::path::Path;
 
+/// What a gc found and did (`--json` prints it as is).
+#[derive(Debug, Clone, Serialize)]
+pub struct GcReport {
+    pub dry_run: bool,
+    pub manifests: usize,
+    pub live_blocks: u64,
+    /// Unreferenced blocks removed (or, with --dry-run, that would be).
+    pub removed_blocks: u64,
+    pub removed_bytes: u64,
+    pub removed_temp_files: u64,
+}
+
+impl GcReport {
+    pub fn print(&self) -> std::io::Result<()> {
+        let verb = if self.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        };
+        crate::outln!(
+            "gc: {} manifests, {} live blocks; {verb} {} unreferenced blocks ({}) and {} temp files",
+            self.manifests,
+            self.live_blocks,
+            self.removed_blocks,
+            HumanBytes(self.removed_bytes),
+            self.removed_temp_files
+        )
+    }
+}
+
 pub fn run(store_dir: &Path, dry_run: bool, wait: bool) -> Result<u8> {
     let store = open_store(store_dir)?;
+    let report = collect(&store, dry_run, wait)?;
+    if output::json() {
+        output::emit(&report)?;
+    } else {
+        report.print()?;
+    }
+    Ok(0)
+}
+
+pub fn collect(store: &LocalStore, dry_run: bool, wait: bool) -> Result<GcReport> {
     let _lock = store.lock(LockKind::Exclusive, wait)?;
     let mut live: HashSet<Digest> = HashSet::new();
     let entries = store.manifests()?;
@@ -51,13 +93,12 @@ pub fn run(store_dir: &Path, dry_run: bool, wait: bool) -> Result<u8> {
         }
         store.tidy()?;
     }
-    let verb = if dry_run { "would remove" } else { "removed" };
-    crate::outln!(
-        "gc: {} manifests, {kept} live blocks; {verb} {} unreferenced blocks ({}) and {} temp files",
-        entries.len(),
-        garbage.len(),
-        HumanBytes(bytes),
-        temps.len()
-    )?;
-    Ok(0)
+    Ok(GcReport {
+        dry_run,
+        manifests: entries.len(),
+        live_blocks: kept,
+        removed_blocks: garbage.len() as u64,
+        removed_bytes: bytes,
+        removed_temp_files: temps.len() as u64,
+    })
 }

@@ -117,6 +117,7 @@ pub fn run(store_dir: &Path, o: &ImportOptions) -> Result<u8> {
                 block_size: bs,
                 total_size: size,
                 blocks,
+                new_blocks: Some(stats.new),
             };
             Ok((store.write_manifest(&name, &m)?, m, stats))
         });

@@ -1,9 +1,13 @@
 //! One file per command; each takes plain options and prints its own report.
 
+pub mod catalog;
+pub mod diff;
 pub mod dump;
+pub mod forget;
 pub mod gc;
 pub mod import;
 pub mod info;
+pub mod list;
 pub mod mount;
 pub mod restore;
 pub mod status;

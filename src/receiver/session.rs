@@ -375,6 +375,7 @@ impl<'a> Session<'a> {
             block_size: bs,
             total_size: self.hello.size,
             blocks: std::mem::take(&mut self.blocks),
+            new_blocks: Some(stats.blocks_new),
         };
         Ok(Received {
             manifest,

@@ -567,6 +567,47 @@ impl Store for LocalStore {
         fsync_dir(&self.root).with_context(|| format!("cannot sync {}", self.root.display()))?;
         Ok(entry)
     }
+
+    fn remove_manifest(&self, entry: &ManifestEntry) -> Result<()> {
+        if self.is_protected(entry)? {
+            bail!(
+                "{} is protected; `diskdump unprotect {}` first",
+                entry.rel,
+                entry.rel
+            );
+        }
+        let path = self.root.join(&entry.rel);
+        fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+        let dir = path.parent().expect("manifests live in a directory");
+        fsync_dir(dir).with_context(|| format!("cannot sync {}", dir.display()))
+    }
+
+    fn is_protected(&self, entry: &ManifestEntry) -> Result<bool> {
+        let p = self.protect_marker(entry);
+        match fs::symlink_metadata(&p) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("cannot check {}", p.display())),
+        }
+    }
+
+    fn set_protected(&self, entry: &ManifestEntry, on: bool) -> Result<()> {
+        let p = self.protect_marker(entry);
+        let r = if on {
+            match write_new_durably(&p, b"") {
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+                r => r,
+            }
+        } else {
+            match fs::remove_file(&p) {
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+                r => r,
+            }
+        };
+        r.with_context(|| format!("cannot change {}", p.display()))?;
+        let dir = p.parent().expect("markers live beside manifests");
+        fsync_dir(dir).with_context(|| format!("cannot sync {}", dir.display()))
+    }
 }
 
 impl LocalStore {
@@ -708,6 +749,23 @@ impl LocalStore {
             }
         }
         Ok(file)
+    }
+
+    /// A dump's header comments only (source, date, sizes), without its hashes.
+    pub fn manifest_header(&self, entry: &ManifestEntry) -> Result<ManifestHeader> {
+        let path = self.root.join(&entry.rel);
+        let file = File::open(&path)
+            .with_context(|| format!("cannot read manifest {}", path.display()))?;
+        let head = read_header(file)
+            .with_context(|| format!("cannot read manifest {}", path.display()))?;
+        Ok(ManifestHeader::parse(
+            &String::from_utf8_lossy(&head),
+            &entry.rel,
+        )?)
+    }
+
+    fn protect_marker(&self, entry: &ManifestEntry) -> PathBuf {
+        self.root.join(format!("{}.protected", entry.rel))
     }
 
     /// Dated manifests, sorted; `filter` fixes the leading YYYY, MM, DD.
@@ -857,6 +915,7 @@ mod tests {
             block_size: 4096,
             total_size: 0,
             blocks: vec![],
+            new_blocks: None,
         };
         for (name, date) in [
             ("a", "2026-04-24"),

@@ -192,6 +192,13 @@ pub trait Store: Send + Sync {
     /// Makes `m` visible as `<day>/<name>.manifest` after syncing its blocks;
     /// never overwrites (a same-day repeat becomes `<name>+2.manifest`).
     fn write_manifest(&self, name: &str, m: &Manifest) -> Result<ManifestEntry>;
+    /// Removes a dump: one atomic unlink, made durable. Readers that already
+    /// read the manifest (an open image in `mount`) keep their block list;
+    /// its blocks stay until a gc. A protected dump is refused.
+    fn remove_manifest(&self, entry: &ManifestEntry) -> Result<()>;
+    fn is_protected(&self, entry: &ManifestEntry) -> Result<bool>;
+    /// Marks a dump as one `forget` and `delete` never remove (or clears it).
+    fn set_protected(&self, entry: &ManifestEntry, on: bool) -> Result<()>;
 }
 
 /// The largest block file a store accepts for `block_size`: a frame can
