@@ -49,7 +49,7 @@ pub fn run(store_dir: &Path) -> Result<u8> {
     }
     crate::outln!("Blocks:        {blocks} ({} stored)", HumanBytes(stored))?;
     if stray > 0 {
-        crate::outln!("Stray files:   {stray} (interrupted writes; `diskdump gc` removes them)")?;
+        crate::outln!("Stray files:   {stray} (temp files of interrupted writes, which `diskdump gc` removes, or damaged blocks moved aside)")?;
     }
     crate::outln!(
         "Dumps:         {} ({} logical)",

@@ -140,15 +140,16 @@ pub fn begin(
         .create_new(true)
         .open(&path)
         .with_context(|| format!("cannot create {}", path.display()))?;
-    flock(&file, libc::LOCK_EX)?;
     // The marker must be on disk before any block this run writes.
-    writeln!(
-        file,
-        "a diskdump run writing blocks (pid {})",
-        std::process::id()
-    )?;
-    file.sync_all()?;
-    dir_file.sync_all()?;
+    let pid = std::process::id();
+    let made = flock(&file, libc::LOCK_EX)
+        .and_then(|_| writeln!(file, "a diskdump run writing blocks (pid {pid})"))
+        .and_then(|_| file.sync_all())
+        .and_then(|_| dir_file.sync_all());
+    if let Err(e) = made {
+        let _ = fs::remove_file(&path); // a full disk must not leave it behind
+        return Err(e).with_context(|| format!("cannot write {}", path.display()));
+    }
     Ok((DirtyMarker { path, _file: file }, rec))
 }
 
