@@ -43,6 +43,7 @@
 pub mod agent_bin;
 pub mod cli;
 pub mod commands;
+pub mod deploy;
 pub mod digest;
 pub mod fuse;
 pub mod idle;
@@ -56,5 +57,8 @@ pub mod retention;
 pub mod signals;
 pub mod ssh;
 pub mod store;
+pub mod target;
 #[cfg(test)]
 mod testutil;
+pub mod transport;
+pub mod untrusted;

@@ -5,15 +5,14 @@
 use super::{as_usage, usage};
 use crate::agent_bin::{agent_hash, AGENT};
 use crate::cli::{DumpArgs, TargetSpec};
-use crate::idle::IdleTimeout;
+use crate::deploy::{self, sh_quote, Agent, Launch};
 use crate::manifest::{default_name, validate_name, validate_source};
 use crate::receiver::{receive, InFlight, ReceiveOptions, ReceiveStats};
-use crate::ssh::{sudo_hint, Remote, SshOptions, Target, AGENT_MISSING};
 use crate::store::{resolve_group, LocalStore, LockKind, Store};
-use crate::{progress, signals};
+use crate::target::Target;
+use crate::{progress, signals, transport, untrusted};
 use anyhow::{bail, Context, Result};
 use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -65,14 +64,10 @@ pub fn run(store_dir: &Path, specs: Vec<TargetSpec>, args: DumpArgs) -> Result<u
         .map(resolve_group)
         .transpose()
         .map_err(as_usage)?;
+    let how = args.ssh.options()?;
     let store = LocalStore::open_or_create_in_group(store_dir, args.block_size, group)?;
     let _lock = store.lock(LockKind::Shared, true)?;
     let marker = store.begin_writes()?;
-    let ssh = SshOptions {
-        user: args.user.clone(),
-        accept_new_host_key: args.accept_new_host_key,
-        ..SshOptions::default()
-    };
     let inflight = InFlight::new();
     let bars = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
     let results: Vec<Mutex<Option<Result<Done>>>> = jobs.iter().map(|_| Mutex::new(None)).collect();
@@ -87,11 +82,11 @@ pub fn run(store_dir: &Path, specs: Vec<TargetSpec>, args: DumpArgs) -> Result<u
                 let r = if signals::received().is_some() {
                     Err(anyhow::anyhow!("not started: interrupted"))
                 } else {
-                    dump_one(&store, &inflight, &ssh, &args, job, &bar)
+                    dump_one(&store, &inflight, &how, &args, job, &bar)
                 };
                 bar.finish_and_clear();
                 if let Err(e) = &r {
-                    let line = format!("{}: FAILED: {e:#}", job.spec.target);
+                    let line = untrusted::line(&format!("{}: FAILED: {e:#}", job.spec.target));
                     if bars.is_hidden() {
                         eprintln!("{line}");
                     } else {
@@ -137,74 +132,41 @@ fn target_bar(target: &str) -> ProgressBar {
     pb
 }
 
-/// Reads the remote's first byte; 0 if it closed its output at once.
-fn read_first(r: &mut impl io::Read, first: &mut [u8; 1]) -> Result<usize> {
-    loop {
-        match r.read(first) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            r => return r.context("reading from the agent"),
-        }
-    }
-}
-
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
 fn dump_one(
     store: &LocalStore,
     inflight: &InFlight,
-    ssh: &SshOptions,
+    how: &transport::Options,
     args: &DumpArgs,
     job: &Job,
     bar: &ProgressBar,
 ) -> Result<Done> {
     let started = Instant::now();
     let t = &job.target;
-    let dest = match &t.user {
-        Some(u) => format!("{u}@{}", t.host),
-        None => t.host.clone(),
-    };
     let source = format!("{}:{}", t.host, t.path);
-    let prefix = if job.spec.sudo { "sudo -n " } else { "" };
     let agent_args = format!(
         "--block-size {} --batch-size {} --window {} --compress {} {}",
         store.block_size(),
         args.batch_size,
         args.window,
         args.compress,
-        shell_quote(&t.path)
+        sh_quote(&t.path)
     );
-    // Usually the agent is cached on the remote: start it in one round trip.
-    let remote = Remote::connect(&dest, ssh)?;
+    let remote = transport::connect(&t.dest(), how)?;
     let label = remote.label().to_string();
-    let cmd = Remote::cached_agent_command(&agent_hash(), prefix, &agent_args)?;
     let idle = Duration::from_secs(args.idle_timeout);
-    let (pipe, mut output, mut handle) = remote.exec_stream(&cmd)?.split();
-    let mut input = IdleTimeout::new(pipe, idle);
-    let mut first = [0u8; 1];
-    let mut got = read_first(&mut input, &mut first);
-    if matches!(got, Ok(0)) {
-        let exit = handle.wait()?;
-        if exit.status != AGENT_MISSING {
-            if let Some(hint) = sudo_hint(&exit.stderr) {
-                bail!("{source}: {hint}");
-            }
-            bail!(
-                "{source}: the agent exited with status {} before it started: {}",
-                exit.status,
-                exit.stderr.trim()
-            );
-        }
-        bar.set_message("deploying agent");
-        let remote = Remote::connect(&dest, ssh)?;
-        let agent = remote.ensure_agent(AGENT, &agent_hash())?;
-        let cmd = format!("{prefix}{} {agent_args}", shell_quote(&agent));
-        let pipe;
-        (pipe, output, handle) = remote.exec_stream(&cmd)?.split();
-        input = IdleTimeout::new(pipe, idle);
-        got = read_first(&mut input, &mut first);
-    }
+    let hash = agent_hash();
+    let launch = Launch {
+        agent: AGENT,
+        agent_hash: &hash,
+        sudo: job.spec.sudo,
+        args: &agent_args,
+        idle,
+    };
+    let Agent {
+        mut input,
+        output,
+        handle,
+    } = deploy::start(&*remote, &launch, &|| bar.set_message("deploying agent"))?;
     bar.set_message("");
     let update = |st: &ReceiveStats| {
         bar.set_length(st.size);
@@ -222,22 +184,19 @@ fn dump_one(
         progress: &update,
     };
     let finished = AtomicBool::new(false);
+    let kill = handle.killer();
     let received = std::thread::scope(|s| {
         // Ctrl-C: cut the session, so the agent sees EOF and the receiver stops.
         s.spawn(|| {
             while !finished.load(Ordering::SeqCst) {
                 if signals::received().is_some() {
-                    handle.kill();
+                    kill();
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
         });
-        // A failed first read fails the dump like a failed receive.
-        let r = got.and_then(|n| {
-            let mut chained = io::Read::chain(&first[..n], &mut input);
-            receive(&opts, &mut chained, output)
-        });
+        let r = receive(&opts, &mut input, output);
         finished.store(true, Ordering::SeqCst);
         r
     });
@@ -247,8 +206,7 @@ fn dump_one(
             handle.kill();
             signals::check()?;
             let exit = handle.wait().ok();
-            let stderr = exit.as_ref().map(|x| x.stderr.clone()).unwrap_or_default();
-            if let Some(hint) = sudo_hint(&stderr) {
+            if let Some(hint) = exit.as_ref().and_then(|x| deploy::sudo_hint(&x.stderr)) {
                 bail!("{source}: {hint}");
             }
             if input.timed_out() {
@@ -260,11 +218,11 @@ fn dump_one(
             }
             // The agent's last words, unless the error already carries them.
             let said = format!("{e:#}");
-            let tail = match stderr.trim().lines().last() {
-                Some(l) if !said.contains(l.trim_start_matches("diskdump-agent: ")) => {
-                    format!(" (remote stderr: {l})")
-                }
-                _ => String::new(),
+            let last = exit.as_ref().map(|x| x.last_line()).unwrap_or_default();
+            let tail = match last.trim_start_matches("diskdump-agent: ") {
+                "" => String::new(),
+                l if said.contains(l) => String::new(),
+                _ => format!(" (remote stderr: {last})"),
             };
             // An agent killed on the remote (OOM killer, an admin) only shows
             // as a cut stream here: say what happened to it.
@@ -277,13 +235,19 @@ fn dump_one(
             )));
         }
     };
-    let exit = handle.wait()?;
-    if !exit.success() {
-        bail!(
-            "{source}: the agent exited with status {} after finishing: {}",
-            exit.status,
-            exit.stderr.trim()
-        );
+    // The agent said Done and every block is stored: it exits when its input closes. One that
+    // does not is cut off after the idle timeout, so it cannot hold the store lock.
+    match handle.wait_for(idle)? {
+        Some(exit) if exit.success() => {}
+        Some(exit) => bail!(
+            "{source}: {}; no manifest written",
+            deploy::exit_reason(&exit, "the agent, after finishing,")
+        ),
+        None => bail!(
+            "{source}: the agent did not exit within {} s after finishing; its session was closed; \
+             no manifest written",
+            args.idle_timeout
+        ),
     }
     signals::check()?;
     let entry = store.write_manifest(&job.name, &received.manifest)?;
@@ -294,7 +258,7 @@ fn dump_one(
     })
 }
 
-fn print_summary(jobs: &[Job], results: &[Result<Done>]) -> io::Result<()> {
+fn print_summary(jobs: &[Job], results: &[Result<Done>]) -> std::io::Result<()> {
     crate::outln!(
         "{:<28} {:<40} {:>7} {:>8} {:>7} {:>10} {:>8} {:>10}",
         "TARGET",
@@ -319,7 +283,11 @@ fn print_summary(jobs: &[Job], results: &[Result<Done>]) -> io::Result<()> {
                 progress::secs(d.took),
                 progress::rate(d.stats.size, d.took)
             )?,
-            Err(e) => crate::outln!("{:<28} FAILED: {e:#}", job.spec.target)?,
+            Err(e) => crate::outln!(
+                "{:<28} FAILED: {}",
+                job.spec.target,
+                untrusted::line(&format!("{e:#}"))
+            )?,
         }
     }
     Ok(())

@@ -20,6 +20,11 @@ pub struct SshdOptions {
     pub rsa_host_key: bool,
     /// More `NAME=value` for remote sessions, besides HOME (e.g. a PATH with fake tools).
     pub set_env: Vec<String>,
+    /// More sshd_config lines (e.g. `LogLevel DEBUG1`, `HostCertificate ...`).
+    pub extra_config: Vec<String>,
+    /// Sign the ed25519 host key with this CA private key (principal `127.0.0.1`) and serve
+    /// the certificate.
+    pub host_ca: Option<PathBuf>,
 }
 
 pub struct Sshd {
@@ -59,6 +64,16 @@ impl Sshd {
             keygen(&d.join("host_rsa"), "rsa", "");
         }
         keygen(&d.join("client_ed25519"), "ed25519", "");
+        if let Some(ca) = &opts.host_ca {
+            let ok = Command::new("ssh-keygen")
+                .args(["-q", "-s"])
+                .arg(ca)
+                .args(["-I", "diskdump-test-host", "-h", "-n", "127.0.0.1"])
+                .arg(d.join("host_ed25519.pub"))
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "ssh-keygen -s (host certificate) failed");
+        }
         fs::copy(d.join("client_ed25519.pub"), d.join("authorized_keys")).unwrap();
         fs::set_permissions(d.join("authorized_keys"), fs::Permissions::from_mode(0o644)).unwrap();
         fs::create_dir_all(d.join("remote-home")).unwrap();
@@ -169,9 +184,16 @@ impl Sshd {
         .unwrap();
     }
 
-    /// Environment for a spawned `diskdump`.
+    /// Environment for a spawned `diskdump`: the temp HOME, and its ssh config passed
+    /// explicitly (OpenSSH's `ssh` reads `~/.ssh/config` from the passwd home, not `$HOME`).
     pub fn env(&self) -> Vec<(String, OsString)> {
-        vec![("HOME".into(), self.home().into_os_string())]
+        vec![
+            ("HOME".into(), self.home().into_os_string()),
+            (
+                "DISKDUMP_SSH_CONFIG".into(),
+                self.ssh_config().into_os_string(),
+            ),
+        ]
     }
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
@@ -235,11 +257,17 @@ fn sshd_config(d: &Path, port: u16, opts: &SshdOptions) -> String {
         .iter()
         .map(|e| format!(" {e}"))
         .collect::<String>();
+    let cert = if opts.host_ca.is_some() {
+        format!("HostCertificate {d}/host_ed25519-cert.pub\n")
+    } else {
+        String::new()
+    };
     format!(
-        "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\n{rsa}\
+        "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\n{rsa}{cert}\
          AuthorizedKeysFile {d}/authorized_keys\nPidFile {d}/sshd.pid\nStrictModes no\nUsePAM no\n\
          PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n\
-         MaxStartups 100\nMaxSessions 100\nSetEnv HOME={d}/remote-home{env}\n"
+         MaxStartups 100\nMaxSessions 100\nSetEnv HOME={d}/remote-home{env}\n{}",
+        opts.extra_config.iter().map(|l| format!("{l}\n")).collect::<String>()
     )
 }
 
