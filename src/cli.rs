@@ -211,6 +211,10 @@ pub struct DumpArgs {
     /// Targets dumped at once [default: all]
     #[arg(short, long)]
     pub jobs: Option<usize>,
+    /// Refuse a source larger than this (suffixes K, M, G, T): the storage side holds 32
+    /// bytes per block while dumping, so this bounds its memory [default: 16T]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size_u64, default_value = "16T")]
+    pub max_size: u64,
     /// Fail a target whose agent sends nothing for this long while its data is awaited (0: never)
     #[arg(
         long,
@@ -372,6 +376,18 @@ pub fn targets_from(m: &ArgMatches) -> Result<Vec<TargetSpec>> {
         }
     }
     Ok(specs)
+}
+
+/// Like [`parse_size`], with `T` too, as a u64.
+pub fn parse_size_u64(s: &str) -> Result<u64, String> {
+    match s.trim().strip_suffix(['T', 't']) {
+        Some(n) => n
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(1 << 40))
+            .ok_or_else(|| format!("invalid size {s:?}")),
+        None => parse_size(s).map(|n| n as u64),
+    }
 }
 
 /// `256M`, `1G`, `131072`, `128K` → bytes.

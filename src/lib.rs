@@ -1,4 +1,4 @@
-//! diskdump: deduplicated disk-image backup. See DESIGN.md for the contract;
+//! diskdump: deduplicated disk-image backup. See docs/DESIGN.md for the formats and architecture;
 //! in short:
 //!
 //! - **Store** (`store`): every unique block once, `.blockstore/ab/cd/<sha256>.lz4`

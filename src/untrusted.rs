@@ -14,6 +14,12 @@ pub fn escape(s: &str) -> String {
 }
 
 pub fn escape_capped(s: &str, max: usize) -> String {
+    escape_with(s, max, true)
+}
+
+/// `backslash`: escape `\` too (remote text); our own lines that may contain already escaped
+/// remote text leave it, so it is not escaped twice.
+fn escape_with(s: &str, max: usize, backslash: bool) -> String {
     let mut out = String::with_capacity(s.len().min(max + 16));
     for (shown, c) in s.chars().enumerate() {
         if shown >= max {
@@ -24,7 +30,7 @@ pub fn escape_capped(s: &str, max: usize) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            '\\' => out.push_str("\\\\"),
+            '\\' if backslash => out.push_str("\\\\"),
             c if (c as u32) < 0x20 || (0x7f..0xa0).contains(&(c as u32)) => {
                 out.push_str(&format!("\\x{:02x}", c as u32))
             }
@@ -68,7 +74,7 @@ pub fn last_lines(stderr: &str, n: usize) -> String {
 /// One line of our own report that may contain remote text somewhere in an error chain: the
 /// same escaping, with a larger cap for our own words around it.
 pub fn line(s: &str) -> String {
-    escape_capped(s, 4 * MAX_SHOWN)
+    escape_with(s, 4 * MAX_SHOWN, false)
 }
 
 #[cfg(test)]
@@ -94,6 +100,8 @@ mod tests {
         assert_eq!(e.len(), MAX_SHOWN + 3);
         assert!(e.ends_with("..."));
         assert_eq!(line(&long).len(), 4 * MAX_SHOWN + 3);
+        assert_eq!(line(&escape("a\x1bb")), "a\\x1bb", "not escaped twice");
+        assert_eq!(line("a\x1bb\nc"), "a\\x1bb\\nc");
         assert_eq!(last_line("first\nlast one\n\n"), "last one");
         assert_eq!(last_line(""), "");
         assert_eq!(last_lines("@@@\nWARNING\n@@@\na\n\nb\n", 2), "a | b");

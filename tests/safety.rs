@@ -83,18 +83,17 @@ fn every_path(store: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn needs_root_and_setpriv(what: &str) -> bool {
-    common::require(
+fn need_setpriv_and_flock() {
+    common::need(
         common::is_root() && common::have("setpriv") && common::have("flock"),
-        &format!("{what}: root, setpriv and flock"),
-    )
+        "root, setpriv and flock (util-linux)",
+    );
 }
 
 #[test]
+#[cfg_attr(not(have_root), ignore = "needs root")]
 fn the_store_is_private_whatever_the_umask_and_nobody_can_read_or_lock_it() {
-    if !needs_root_and_setpriv("private store") {
-        return;
-    }
+    need_setpriv_and_flock();
     let data = images::mixed(BS, 12, 7, 2);
     let (dir, img, store) = setup(&data);
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
@@ -141,10 +140,9 @@ fn the_store_is_private_whatever_the_umask_and_nobody_can_read_or_lock_it() {
 }
 
 #[test]
+#[cfg_attr(not(have_root), ignore = "needs root")]
 fn a_group_store_is_shared_read_only_and_every_later_write_keeps_it() {
-    if !needs_root_and_setpriv("group store") {
-        return;
-    }
+    need_setpriv_and_flock();
     let data = images::mixed(BS, 12, 8, 2);
     let (dir, img, store) = setup(&data);
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
@@ -604,11 +602,12 @@ fn manifest_paths_are_accepted_as_users_type_them() {
 
 /// A loop device over a small ext4 image, mounted; restore must not touch it.
 #[test]
+#[cfg_attr(not(have_loop), ignore = "needs root and loop devices")]
 fn restore_refuses_a_mounted_block_device_and_needs_force_for_any() {
-    let ok = common::is_root() && common::have("losetup") && common::have("mkfs.ext4");
-    if !common::require(ok, "root, losetup and mkfs.ext4") {
-        return;
-    }
+    common::need(
+        common::is_root() && common::have("losetup") && common::have("mkfs.ext4"),
+        "root, losetup and mkfs.ext4",
+    );
     let data = images::mixed(BS, 64, 21, 4); // 8 MiB
     let (dir, img, store) = setup(&data);
     import(&store, &img, "dev");

@@ -19,13 +19,13 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// One target, checked before any work starts.
-struct Job {
+struct PlannedTarget {
     spec: TargetSpec,
     target: Target,
     name: String,
 }
 
-struct Done {
+struct TargetDumped {
     manifest: String,
     stats: ReceiveStats,
     took: Duration,
@@ -33,9 +33,9 @@ struct Done {
 
 pub fn run(store_dir: &Path, specs: Vec<TargetSpec>, args: DumpArgs) -> Result<u8> {
     // Every argument is checked before any work: a usage error (exit 2).
-    let mut jobs = Vec::new();
+    let mut targets = Vec::new();
     for spec in specs {
-        let checked = (|| -> Result<Job> {
+        let checked = (|| -> Result<PlannedTarget> {
             // The source is recorded in the manifest: no control characters.
             validate_source(&spec.target)?;
             let target = Target::parse(&spec.target)?;
@@ -47,9 +47,9 @@ pub fn run(store_dir: &Path, specs: Vec<TargetSpec>, args: DumpArgs) -> Result<u
                 None => default_name(&target.host, &target.path)
                     .with_context(|| format!("target {}", spec.target))?,
             };
-            Ok(Job { spec, target, name })
+            Ok(PlannedTarget { spec, target, name })
         })();
-        jobs.push(checked.map_err(as_usage)?);
+        targets.push(checked.map_err(as_usage)?);
     }
     diskdump_agent::proto::check_params(
         args.block_size
@@ -70,23 +70,29 @@ pub fn run(store_dir: &Path, specs: Vec<TargetSpec>, args: DumpArgs) -> Result<u
     let marker = store.begin_writes()?;
     let inflight = InFlight::new();
     let bars = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-    let results: Vec<Mutex<Option<Result<Done>>>> = jobs.iter().map(|_| Mutex::new(None)).collect();
+    let results: Vec<Mutex<Option<Result<TargetDumped>>>> =
+        targets.iter().map(|_| Mutex::new(None)).collect();
     let next = AtomicUsize::new(0);
-    let workers = args.jobs.unwrap_or(jobs.len()).clamp(1, jobs.len().max(1));
+    let workers = args
+        .jobs
+        .unwrap_or(targets.len())
+        .clamp(1, targets.len().max(1));
     std::thread::scope(|s| {
         for _ in 0..workers {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some(job) = jobs.get(i) else { return };
-                let bar = bars.add(target_bar(&job.spec.target));
+                let Some(planned) = targets.get(i) else {
+                    return;
+                };
+                let bar = bars.add(target_bar(&planned.spec.target));
                 let r = if signals::received().is_some() {
                     Err(anyhow::anyhow!("not started: interrupted"))
                 } else {
-                    dump_one(&store, &inflight, &how, &args, job, &bar)
+                    dump_one(&store, &inflight, &how, &args, planned, &bar)
                 };
                 bar.finish_and_clear();
                 if let Err(e) = &r {
-                    let line = untrusted::line(&format!("{}: FAILED: {e:#}", job.spec.target));
+                    let line = untrusted::line(&format!("{}: FAILED: {e:#}", planned.spec.target));
                     if bars.is_hidden() {
                         eprintln!("{line}");
                     } else {
@@ -97,21 +103,21 @@ pub fn run(store_dir: &Path, specs: Vec<TargetSpec>, args: DumpArgs) -> Result<u
             });
         }
     });
-    let results: Vec<Result<Done>> = results
+    let results: Vec<Result<TargetDumped>> = results
         .into_iter()
         .map(|m| {
             m.into_inner()
                 .unwrap_or_else(|p| p.into_inner())
-                .expect("every job ran")
+                .expect("every planned ran")
         })
         .collect();
     store.end_writes(marker)?;
     // A closed stdout must not hide a failed target's exit code.
-    let printed = print_summary(&jobs, &results);
+    let printed = print_summary(&targets, &results);
     let failed = results.iter().filter(|r| r.is_err()).count();
     if failed > 0 {
         signals::check()?;
-        bail!("{failed} of {} targets failed", jobs.len());
+        bail!("{failed} of {} targets failed", targets.len());
     }
     printed?;
     Ok(0)
@@ -137,11 +143,11 @@ fn dump_one(
     inflight: &InFlight,
     how: &transport::Options,
     args: &DumpArgs,
-    job: &Job,
+    planned: &PlannedTarget,
     bar: &ProgressBar,
-) -> Result<Done> {
+) -> Result<TargetDumped> {
     let started = Instant::now();
-    let t = &job.target;
+    let t = &planned.target;
     let source = format!("{}:{}", t.host, t.path);
     let agent_args = format!(
         "--block-size {} --batch-size {} --window {} --compress {} {}",
@@ -158,7 +164,7 @@ fn dump_one(
     let launch = Launch {
         agent: AGENT,
         agent_hash: &hash,
-        sudo: job.spec.sudo,
+        sudo: planned.spec.sudo,
         args: &agent_args,
         idle,
     };
@@ -182,6 +188,7 @@ fn dump_one(
         inflight,
         source: &source,
         progress: &update,
+        max_size: args.max_size,
     };
     let finished = AtomicBool::new(false);
     let kill = handle.killer();
@@ -250,15 +257,18 @@ fn dump_one(
         ),
     }
     signals::check()?;
-    let entry = store.write_manifest(&job.name, &received.manifest)?;
-    Ok(Done {
+    let entry = store.write_manifest(&planned.name, &received.manifest)?;
+    Ok(TargetDumped {
         manifest: entry.rel,
         stats: received.stats,
         took: started.elapsed(),
     })
 }
 
-fn print_summary(jobs: &[Job], results: &[Result<Done>]) -> std::io::Result<()> {
+fn print_summary(
+    targets: &[PlannedTarget],
+    results: &[Result<TargetDumped>],
+) -> std::io::Result<()> {
     crate::outln!(
         "{:<28} {:<40} {:>7} {:>8} {:>7} {:>10} {:>8} {:>10}",
         "TARGET",
@@ -270,11 +280,11 @@ fn print_summary(jobs: &[Job], results: &[Result<Done>]) -> std::io::Result<()> 
         "TIME",
         "RATE"
     )?;
-    for (job, r) in jobs.iter().zip(results) {
+    for (planned, r) in targets.iter().zip(results) {
         match r {
             Ok(d) => crate::outln!(
                 "{:<28} {:<40} {:>7} {:>8} {:>7} {:>10} {:>8} {:>10}",
-                job.spec.target,
+                planned.spec.target,
                 d.manifest,
                 d.stats.blocks_new,
                 d.stats.blocks_present + d.stats.blocks_deduped,
@@ -285,7 +295,7 @@ fn print_summary(jobs: &[Job], results: &[Result<Done>]) -> std::io::Result<()> 
             )?,
             Err(e) => crate::outln!(
                 "{:<28} FAILED: {}",
-                job.spec.target,
+                planned.spec.target,
                 untrusted::line(&format!("{e:#}"))
             )?,
         }

@@ -46,6 +46,32 @@ pub struct OpenSshOptions {
     pub accept_new_host_key: bool,
 }
 
+/// A value of `ssh -G` output.
+fn config_value(text: &str, key: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
+        .map(str::to_string)
+}
+
+/// `user@hostname:port` from `ssh -G` output.
+fn label_from(text: &str) -> Option<String> {
+    let get = |k| config_value(text, k);
+    Some(format!(
+        "{}@{}:{}",
+        get("user")?,
+        get("hostname")?,
+        get("port")?
+    ))
+}
+
+fn cpu_has_aes() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| {
+        c.lines()
+            .find(|l| l.starts_with("flags"))
+            .is_some_and(|l| l.split_whitespace().any(|f| f == "aes"))
+    })
+}
+
 /// The `ssh` client on `$PATH`, if any.
 pub fn find_ssh() -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -88,14 +114,24 @@ impl OpenSsh {
             dest: dest.to_string(),
             label: dest.to_string(),
         };
-        t.label = t.resolved_label().unwrap_or_else(|| dest.to_string());
+        let resolved = t.show_config(&t.args);
+        if let Some(text) = &resolved {
+            t.label = label_from(text).unwrap_or(t.label);
+        }
+        if let Some(order) = resolved
+            .as_deref()
+            .and_then(|text| t.faster_cipher_order(text))
+        {
+            t.args
+                .extend(["-o".into(), format!("Ciphers={order}").into()]);
+        }
         t
     }
 
-    /// `user@hostname:port` from `ssh -G` (config evaluation only, no connection).
-    fn resolved_label(&self) -> Option<String> {
+    /// `ssh -G`: the configuration ssh would use for the destination (no connection).
+    fn show_config(&self, args: &[OsString]) -> Option<String> {
         let out = Command::new(&self.program)
-            .args(&self.args)
+            .args(args)
             .arg("-G")
             .arg("--")
             .arg(&self.dest)
@@ -103,21 +139,36 @@ impl OpenSsh {
             .stderr(Stdio::null())
             .output()
             .ok()?;
-        if !out.status.success() {
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// When nobody chose the ciphers (the list is OpenSSH's built-in default, as with
+    /// `-F /dev/null`) and the CPU has AES instructions: the same ciphers with AES-GCM first.
+    /// AES-NI makes it ~1.5x faster than chacha20-poly1305 here; the set offered is unchanged.
+    fn faster_cipher_order(&self, resolved: &str) -> Option<String> {
+        let ciphers = config_value(resolved, "ciphers")?;
+        let plain: Vec<OsString> = ["-F", "/dev/null"].iter().map(OsString::from).collect();
+        let default = config_value(&self.show_config(&plain)?, "ciphers")?;
+        if ciphers != default || !cpu_has_aes() {
             return None;
         }
-        let text = String::from_utf8_lossy(&out.stdout);
-        let get = |key: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
-                .map(str::to_string)
-        };
-        Some(format!(
-            "{}@{}:{}",
-            get("user")?,
-            get("hostname")?,
-            get("port")?
-        ))
+        let (mut gcm, rest): (Vec<&str>, Vec<&str>) =
+            ciphers.split(',').partition(|c| c.contains("-gcm@"));
+        if gcm.is_empty() || ciphers.starts_with("aes") {
+            return None;
+        }
+        gcm.extend(rest);
+        Some(gcm.join(","))
+    }
+
+    /// The options given to ssh before the destination.
+    pub fn options(&self) -> Vec<String> {
+        self.args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
     }
 
     fn command(&self, cmd: &str) -> Command {
