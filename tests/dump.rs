@@ -811,7 +811,8 @@ fn without_an_ssh_client_on_path_libssh2_is_used_with_one_notice() {
     assert!(o.status.success(), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(
-        err.matches("no `ssh` client on PATH: using the built-in libssh2").count(),
+        err.matches("no `ssh` client on PATH: using the built-in libssh2")
+            .count(),
         1,
         "{}",
         text(&o)
@@ -826,9 +827,22 @@ fn without_an_ssh_client_on_path_libssh2_is_used_with_one_notice() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("no `ssh` client on PATH"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no `ssh` client on PATH"),
+        "{}",
+        text(&o)
+    );
     // -o is for OpenSSH only.
-    let o = run_via(&sshd, &store, "libssh2", &["dump", &ta, "-o", "Ciphers=aes128-ctr"]);
+    let o = run_via(
+        &sshd,
+        &store,
+        "libssh2",
+        &["dump", &ta, "-o", "Ciphers=aes128-ctr"],
+    );
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("use --transport openssh"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("use --transport openssh"),
+        "{}",
+        text(&o)
+    );
 }

@@ -572,7 +572,11 @@ mod tests {
             r.identity_files[0],
             (PathBuf::from(format!("{home}/.ssh/web_cfguser")), true)
         );
-        assert_eq!(r.identity_files.len(), 1, "no defaults when the config names one");
+        assert_eq!(
+            r.identity_files.len(),
+            1,
+            "no defaults when the config names one"
+        );
         assert!(!r.identities_only);
         assert_eq!(
             r.known_hosts,
