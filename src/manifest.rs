@@ -1,9 +1,9 @@
-//! The manifest (DESIGN §1, text v1): one dump's header and block list, its
+//! The manifest (docs/DESIGN.md §1.3, text v1): one dump's header and block list, its
 //! file name, and the offset arithmetic every reader uses.
 
 use crate::digest::Digest;
 use anyhow::{bail, Result};
-use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, SecondsFormat, Utc};
 use std::fmt;
 use std::fmt::Write as _;
 
@@ -50,64 +50,31 @@ impl Manifest {
             line,
             msg,
         };
-        let mut lines = text.lines().enumerate();
-        match lines.next() {
-            Some((_, l)) if l.trim_end() == MAGIC => {}
-            _ => {
-                return Err(err(
-                    1,
-                    format!("not a diskdump manifest (expected {MAGIC:?})"),
-                ))
-            }
-        }
-        if !text.is_empty() && !text.ends_with('\n') {
+        let header = ManifestHeader::parse(text, origin)?;
+        if !text.ends_with('\n') {
             return Err(err(
                 text.lines().count(),
                 "truncated: no final newline".into(),
             ));
         }
-        let (mut source, mut date) = (String::new(), String::new());
-        let (mut block_size, mut total_blocks, mut total_size) = (None, None, None);
-        let mut new_blocks = None;
+        // The hash list: comment lines among hashes are allowed (and ignored:
+        // the header's fields come from the header alone).
         let mut blocks = Vec::new();
-        for (i, raw) in lines {
-            let n = i + 1;
+        for (i, raw) in text.lines().enumerate().skip(1) {
             let line = raw.trim_end_matches('\r');
-            if let Some(c) = line.strip_prefix('#') {
-                let Some((key, value)) = c.trim_start().split_once(':') else {
-                    continue;
-                };
-                let value = value.trim();
-                let num = |v: &str| {
-                    v.parse::<u64>()
-                        .map_err(|_| err(n, format!("{key}: {v:?} is not a number")))
-                };
-                match key {
-                    "source" => source = value.to_string(),
-                    "date" => date = value.to_string(),
-                    "block_size" => block_size = Some(num(value)?),
-                    "total_blocks" => total_blocks = Some(num(value)?),
-                    "total_size" => total_size = Some(num(value)?),
-                    "new_blocks" => new_blocks = value.parse().ok(),
-                    _ => {} // unknown comments are allowed (forward compatibility)
-                }
-            } else if line.trim().is_empty() {
+            if line.starts_with('#') || line.trim().is_empty() {
                 continue;
-            } else {
-                let d = Digest::from_hex(line).ok_or_else(|| {
-                    err(
-                        n,
-                        format!("{:?} is not a SHA-256 hash (64 hex digits)", trunc(line)),
-                    )
-                })?;
-                blocks.push(d);
             }
+            let d = Digest::from_hex(line).ok_or_else(|| {
+                err(
+                    i + 1,
+                    format!("{:?} is not a SHA-256 hash (64 hex digits)", trunc(line)),
+                )
+            })?;
+            blocks.push(d);
         }
-        // Python diskdump 0.1.5 defaults these when absent; so do we.
-        let block_size = block_size.unwrap_or(131072);
-        if block_size == 0 || block_size > crate::store::MAX_BLOCK_SIZE as u64 {
-            return Err(err(0, format!("block_size {block_size} is out of range")));
-        }
+        let block_size = header.block_size as u64;
+        let total_blocks = header.total_blocks;
         let count = blocks.len() as u64;
         if let Some(tb) = total_blocks {
             if tb != count {
@@ -118,7 +85,7 @@ impl Manifest {
             }
         }
         let max = count * block_size;
-        let total_size = total_size.unwrap_or(max);
+        let total_size = header.total_size.unwrap_or(max);
         let min = count.saturating_sub(1) * block_size + u64::from(count > 0);
         if total_size > max || total_size < min {
             return Err(err(
@@ -129,12 +96,12 @@ impl Manifest {
             ));
         }
         Ok(Manifest {
-            source,
-            date,
-            block_size: block_size as usize,
+            source: header.source,
+            date: header.date,
+            block_size: header.block_size,
             total_size,
             blocks,
-            new_blocks,
+            new_blocks: header.new_blocks,
         })
     }
 
@@ -178,7 +145,8 @@ impl Manifest {
 
 /// The comment lines before the hash list: enough for a dump's size and date
 /// without reading (or holding) its hashes, which is what `mount` needs to
-/// stat many dumps cheaply. `Manifest::parse` stays the full validator.
+/// stat many dumps cheaply. The one header parser: `Manifest::parse` uses it,
+/// then validates the hash list against it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManifestHeader {
     pub source: String,
@@ -302,6 +270,44 @@ pub fn validate_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Separates a dump name from its same-day sequence number in a manifest's
+/// file name (`web+2.manifest`): names cannot contain it, so no name can
+/// produce another name's second dump.
+pub const SEQ_SEP: char = '+';
+
+/// The file name (without `.manifest`) of the `seq`-th dump of `name` on one day.
+pub fn seq_file_name(name: &str, seq: u32) -> String {
+    if seq <= 1 {
+        name.to_string()
+    } else {
+        format!("{name}{SEQ_SEP}{seq}")
+    }
+}
+
+/// Splits `web+2` into (`web`, 2); a plain name is its day's first dump.
+pub fn split_seq(file_name: &str) -> (&str, u32) {
+    match file_name.rsplit_once(SEQ_SEP) {
+        Some((base, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+            (base, n.parse().unwrap_or(u32::MAX))
+        }
+        _ => (file_name, 1),
+    }
+}
+
+/// A manifest's `# source:` (a target path, `HOST:PATH`, an image path): any
+/// text a header line can carry, so no control character (a newline would
+/// end the line and leave a manifest that does not parse).
+pub fn validate_source(source: &str) -> Result<()> {
+    if let Some(c) = source.chars().find(|c| c.is_control()) {
+        bail!(
+            "refusing {:?}: it contains the control character {:?}, which a manifest cannot record",
+            trunc(source),
+            c
+        );
+    }
+    Ok(())
+}
+
 /// `server01` + `/dev/sda` → `server01-sda`; checked like any name.
 pub fn default_name(host: &str, path: &str) -> Result<String> {
     let base = path
@@ -317,7 +323,10 @@ pub fn default_name(host: &str, path: &str) -> Result<String> {
 /// The name part of `--as`: `HOST:DEVICE` becomes `HOST-<device basename>`.
 pub fn name_from_as(value: &str) -> Result<String> {
     match value.split_once(':') {
-        Some((host, dev)) => default_name(host, dev),
+        Some((host, dev)) => {
+            validate_source(value)?;
+            default_name(host, dev)
+        }
         None => {
             validate_name(value)?;
             Ok(value.to_string())
@@ -335,8 +344,17 @@ pub fn format_date(d: DateTime<Utc>) -> String {
 }
 
 /// Accepts RFC 3339 (`2026-04-24T03:00:12.345678+00:00`), a naive date-time
-/// (taken as UTC), or a plain date.
+/// (taken as UTC), or a plain date, in the years 1000-9999 (a dump is filed
+/// under a four-digit `YYYY/`).
 pub fn parse_date(s: &str) -> Result<DateTime<Utc>> {
+    let d = parse_any_date(s)?;
+    if !(1000..=9999).contains(&d.year()) {
+        bail!("invalid date {s:?}: the year must have four digits (1000-9999)");
+    }
+    Ok(d)
+}
+
+fn parse_any_date(s: &str) -> Result<DateTime<Utc>> {
     let s = s.trim();
     if let Ok(d) = DateTime::parse_from_rfc3339(s) {
         return Ok(d.with_timezone(&Utc));
@@ -518,5 +536,40 @@ mod tests {
             .to_rfc3339()
             .starts_with("2026-04-24T03"));
         assert!(parse_date("yesterday").is_err());
+        for far in [
+            "+12026-01-01",
+            "12026-01-01",
+            "0999-12-31",
+            "+12026-01-01T00:00:00Z",
+        ] {
+            assert!(parse_date(far).is_err(), "{far}");
+        }
+    }
+
+    #[test]
+    fn same_day_names_cannot_collide_with_names() {
+        assert_eq!(seq_file_name("web", 1), "web");
+        assert_eq!(seq_file_name("web", 2), "web+2");
+        assert_eq!(split_seq("web+2"), ("web", 2));
+        assert_eq!(split_seq("web.2"), ("web.2", 1));
+        assert_eq!(split_seq("web+"), ("web+", 1));
+        // No valid name is another name's same-day file name.
+        assert!(validate_name(&seq_file_name("web", 2)).is_err());
+        for ok in ["localhost:/tmp/a b.img", "h:/dev/sda", "é:ü"] {
+            validate_source(ok).unwrap();
+        }
+        for bad in [
+            "h:/a\nb",
+            "h:/a\rb",
+            "h:/a\tb",
+            "h:\u{7f}",
+            "h:\u{85}x",
+            "a\0",
+        ] {
+            let e = validate_source(bad).unwrap_err().to_string();
+            assert!(e.contains("control character"), "{e}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+        assert!(name_from_as("web:/dev/sd\na").is_err());
     }
 }

@@ -1,4 +1,4 @@
-//! The storage side of one dump (DESIGN §2), over any `Read` + `Write` pair
+//! The storage side of one dump (docs/DESIGN.md §3), over any `Read` + `Write` pair
 //! (an SSH channel, or pipes to a local agent in tests).
 //!
 //! It trusts nothing the agent says: the Hello must match the store, batches
@@ -12,9 +12,9 @@
 //! already fetching it). Per new block: one decompress, one SHA-256, one
 //! write; with `lz4` on the wire, the received frame is what is written.
 
+mod check;
+mod exchange;
 mod inflight;
-mod session;
-mod verify;
 
 pub use inflight::InFlight;
 
@@ -22,14 +22,14 @@ use crate::manifest::{now_string, Manifest};
 use crate::store::Store;
 use crate::untrusted;
 use anyhow::{bail, Context, Result};
+use check::{Checker, Counters, FirstError};
 use diskdump_agent::proto::{self, check_params, Hello, Message, ProtocolError};
+use exchange::Exchange;
 use inflight::Claims;
-use session::Session;
 use std::io::{BufReader, Read, Write};
 use std::sync::mpsc::sync_channel;
 use std::sync::Mutex;
 use std::thread;
-use verify::{Counters, FirstError, Verifier};
 
 /// Counts of one dump, reported while it runs and at the end.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -125,7 +125,7 @@ pub fn receive(
     let claims = Claims::new(opts.inflight);
     let counters = Counters::default();
     let failure = FirstError::default();
-    let verifier = Verifier {
+    let checker = Checker {
         store,
         inflight: opts.inflight,
         owner: claims.owner,
@@ -133,15 +133,15 @@ pub fn receive(
         counters: &counters,
         failure: &failure,
     };
-    let mut session = Session::new(opts, &hello, claims.owner, &counters, &failure);
+    let mut exchange = Exchange::new(opts, &hello, claims.owner, &counters, &failure);
     let workers = thread::available_parallelism().map_or(2, |n| n.get().min(8));
-    let (jobs_tx, jobs_rx) = sync_channel(workers * 2);
-    let jobs_rx = Mutex::new(jobs_rx);
+    let (arrivals_tx, arrivals_rx) = sync_channel(workers * 2);
+    let arrivals_rx = Mutex::new(arrivals_rx);
     let received = thread::scope(|s| {
         for _ in 0..workers {
-            s.spawn(|| verifier.run(&jobs_rx));
+            s.spawn(|| checker.run(&arrivals_rx));
         }
-        session.run(&mut input, &mut output, max_frame, jobs_tx)
+        exchange.run(&mut input, &mut output, max_frame, arrivals_tx)
     });
     // A worker's error is the root cause of whatever the reading loop saw
     // afterwards (often just the agent being cut off).
@@ -150,7 +150,7 @@ pub fn receive(
     }
     received?;
     drop(output); // the agent may exit now
-    session.finish(date, input.get_ref().count)
+    exchange.finish(date, input.get_ref().count)
 }
 
 fn read_hello<R: Read>(

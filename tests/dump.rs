@@ -85,17 +85,19 @@ fn summary(o: &Output, target: &str) -> (u64, String) {
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn dump_restores_byte_identical_and_a_redump_moves_almost_nothing() {
     dump_and_redump("openssh");
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn dump_and_redump_over_libssh2() {
     dump_and_redump("libssh2");
 }
 
 fn dump_and_redump(transport: &str) {
-    let Some(sshd) = Sshd::require() else { return };
+    let sshd = Sshd::start();
     let run = |sshd: &Sshd, store: &Path, args: &[&str]| run_via(sshd, store, transport, args);
     let dir = tempfile::tempdir().unwrap();
     let data = images::mixed(BS, 300, 4321, 41); // ~37.5 MiB
@@ -129,8 +131,9 @@ fn dump_and_redump(transport: &str) {
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn two_targets_in_parallel_each_with_its_own_flags() {
-    let Some(sshd) = Sshd::require() else { return };
+    let sshd = Sshd::start();
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (images::mixed(BS, 40, 0, 42), images::mixed(BS, 50, 99, 43));
     let (ia, ib) = (dir.path().join("a.img"), dir.path().join("b.img"));
@@ -165,8 +168,9 @@ fn two_targets_in_parallel_each_with_its_own_flags() {
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn one_failing_target_does_not_stop_the_others() {
-    let Some(sshd) = Sshd::require() else { return };
+    let sshd = Sshd::start();
     let dir = tempfile::tempdir().unwrap();
     let a = images::mixed(BS, 20, 5, 44);
     let ia = dir.path().join("a.img");
@@ -201,17 +205,19 @@ fn one_failing_target_does_not_stop_the_others() {
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn unknown_and_changed_host_keys_are_refused() {
     host_keys_refused("openssh");
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn unknown_and_changed_host_keys_are_refused_over_libssh2() {
     host_keys_refused("libssh2");
 }
 
 fn host_keys_refused(transport: &str) {
-    let Some(sshd) = Sshd::require() else { return };
+    let sshd = Sshd::start();
     let run = |sshd: &Sshd, store: &Path, args: &[&str]| run_via(sshd, store, transport, args);
     let dir = tempfile::tempdir().unwrap();
     let ia = dir.path().join("a.img");
@@ -286,8 +292,9 @@ fn bad_targets_and_flags_are_refused_before_connecting() {
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn ctrl_c_stops_the_agent_writes_no_manifest_and_the_rerun_resends_nothing() {
-    let Some(sshd) = Sshd::require() else { return };
+    let sshd = Sshd::start();
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("big.img");
     // 16 MiB of data up front, then a long sparse tail the agent is still
@@ -327,8 +334,9 @@ fn ctrl_c_stops_the_agent_writes_no_manifest_and_the_rerun_resends_nothing() {
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn agent_is_deployed_once_and_redeployed_when_damaged() {
-    let Some(sshd) = Sshd::require() else { return };
+    let sshd = Sshd::start();
     let dir = tempfile::tempdir().unwrap();
     let data = images::mixed(BS, 20, 1000, 43);
     let img = dir.path().join("disk.img");
@@ -367,8 +375,9 @@ fn agent_is_deployed_once_and_redeployed_when_damaged() {
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn kill_9_of_the_storage_side_leaves_whole_blocks_and_the_rerun_sends_only_the_rest() {
-    let Some(sshd) = Sshd::require() else { return };
+    let sshd = Sshd::start();
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("big.img");
     // 32 MiB of distinct random blocks, then a long sparse tail the agent is
@@ -417,8 +426,9 @@ fn kill_9_of_the_storage_side_leaves_whole_blocks_and_the_rerun_sends_only_the_r
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn a_stalled_agent_fails_its_target_after_the_idle_timeout() {
-    let Some(sshd) = Sshd::require() else { return };
+    let sshd = Sshd::start();
     let dir = tempfile::tempdir().unwrap();
     // A FIFO nobody writes to: the agent blocks opening it and says nothing.
     let fifo = dir.path().join("stall.fifo");
@@ -466,11 +476,13 @@ impl Drop for SudoersRule {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(have_sshd, have_sudo)),
+    ignore = "needs root and sshd; root, sudo and useradd"
+)]
 fn sudo_that_wants_a_password_is_a_clear_error() {
-    let Some(sshd) = Sshd::require() else { return };
-    if !common::require(common::have("sudo"), "sudo (apt-get install sudo)") {
-        return;
-    }
+    let sshd = Sshd::start();
+    common::need(common::have("sudo"), "sudo (apt-get install sudo)");
     let user = "diskdump-test";
     sshd.login_as(user);
     // The user may use sudo, but only with its password (no NOPASSWD).
@@ -506,8 +518,9 @@ fn sudo_that_wants_a_password_is_a_clear_error() {
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn kill_9_of_the_agent_fails_the_dump_clearly_and_the_rerun_sends_only_the_rest() {
-    let Some(sshd) = Sshd::require() else { return };
+    let sshd = Sshd::start();
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("agent-kill.img");
     let data = images::random_bytes(256 * BS, 49);
@@ -552,8 +565,9 @@ fn kill_9_of_the_agent_fails_the_dump_clearly_and_the_rerun_sends_only_the_rest(
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn gc_during_a_dump_waits_and_keeps_the_blocks_the_dump_was_told_are_present() {
-    let Some(sshd) = Sshd::require() else { return };
+    let sshd = Sshd::start();
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let data = images::random_bytes(64 * BS, 51);
@@ -596,8 +610,9 @@ fn gc_during_a_dump_waits_and_keeps_the_blocks_the_dump_was_told_are_present() {
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn sigterm_stops_a_dump_like_ctrl_c() {
-    let Some(sshd) = Sshd::require() else { return };
+    let sshd = Sshd::start();
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("term.img");
     images::write(&img, &images::random_bytes(64 * BS, 52));
@@ -622,6 +637,37 @@ fn sigterm_stops_a_dump_like_ctrl_c() {
     wait_agent_gone(&img);
 }
 
+#[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
+fn a_broken_block_is_stored_again_by_the_next_dump() {
+    let sshd = Sshd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = images::mixed(BS, 24, 4242, 4);
+    let img = dir.path().join("disk.img");
+    images::write(&img, &data);
+    let store = dir.path().join("store");
+    let target = format!("{}:{}", sshd.host_alias(), img.display());
+    let o = run(&sshd, &store, &["dump", &target, "--as", "b"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let block = data.chunks(BS).find(|b| b.iter().any(|&x| x != 0)).unwrap();
+    let hex = common::sha256_hex(block);
+    for cut in [0usize, 100] {
+        // Emptied (a crash before the data reached the disk) or truncated.
+        let victim = common::block_files(&store)
+            .into_iter()
+            .find(|p| p.to_string_lossy().contains(&hex))
+            .unwrap();
+        let bytes = fs::read(&victim).unwrap();
+        fs::write(&victim, &bytes[..cut]).unwrap();
+        let o = run(&sshd, &store, &["dump", &target, "--as", "b"]);
+        assert!(o.status.success(), "{}", text(&o));
+        let (new, _) = summary(&o, &target);
+        assert_eq!(new, 1, "cut to {cut}: {}", text(&o));
+        assert!(restore(&store, "b") == data, "cut to {cut}");
+        common::dd(&store, &["verify"]).ok();
+    }
+}
+
 /// Removes the system agent `deploy --sudo` installs (tests that install it run as root).
 struct SystemAgent;
 
@@ -632,11 +678,13 @@ impl Drop for SystemAgent {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(have_sshd, have_sudo)),
+    ignore = "needs root and sshd; root, sudo and useradd"
+)]
 fn deploy_sudo_installs_a_root_owned_agent_that_a_sudoers_rule_for_that_file_runs() {
-    let Some(sshd) = Sshd::require() else { return };
-    if !common::require(common::have("sudo"), "sudo (apt-get install sudo)") {
-        return;
-    }
+    let sshd = Sshd::start();
+    common::need(common::have("sudo"), "sudo (apt-get install sudo)");
     let _cleanup = SystemAgent;
     let user = "diskdump-test-d"; // its own user: sudoers rules of parallel tests differ
     sshd.login_as(user);
@@ -701,11 +749,13 @@ fn deploy_sudo_installs_a_root_owned_agent_that_a_sudoers_rule_for_that_file_run
 }
 
 #[test]
+#[cfg_attr(
+    not(all(have_sshd, have_sudo)),
+    ignore = "needs root and sshd; root, sudo and useradd"
+)]
 fn with_sudo_a_swapped_agent_file_never_runs_as_root() {
-    let Some(sshd) = Sshd::require() else { return };
-    if !common::require(common::have("sudo"), "sudo (apt-get install sudo)") {
-        return;
-    }
+    let sshd = Sshd::start();
+    common::need(common::have("sudo"), "sudo (apt-get install sudo)");
     let user = "diskdump-test-s";
     sshd.login_as(user);
     let rule = SudoersRule(PathBuf::from("/etc/sudoers.d/diskdump-test-s"));

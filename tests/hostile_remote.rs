@@ -14,7 +14,7 @@ use std::process::{Command, Output};
 use std::time::Instant;
 
 /// An sshd that runs `script` instead of every command (the command is `$SSH_ORIGINAL_COMMAND`).
-fn sshd_with(dir: &Path, script: &str) -> Option<Sshd> {
+fn sshd_with(dir: &Path, script: &str) -> Sshd {
     let path = dir.join("force.sh");
     fs::write(
         &path,
@@ -22,7 +22,7 @@ fn sshd_with(dir: &Path, script: &str) -> Option<Sshd> {
     )
     .unwrap();
     fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
-    Sshd::require_with(SshdOptions {
+    Sshd::start_with(SshdOptions {
         extra_config: vec![format!("ForceCommand {}", path.display())],
         ..Default::default()
     })
@@ -79,11 +79,11 @@ fn frames(msgs: &[Message]) -> Vec<u8> {
     out
 }
 
-fn require_time() -> bool {
-    common::require(
+fn require_time() {
+    common::need(
         Path::new("/usr/bin/time").exists(),
         "/usr/bin/time (apt-get install time)",
-    )
+    );
 }
 
 /// No raw control characters reach the terminal, and the report has one row per target.
@@ -107,10 +107,12 @@ fn assert_contained(o: &Output, target: &str) {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(have_time, have_sshd)),
+    ignore = "needs /usr/bin/time; root and sshd"
+)]
 fn escape_sequences_and_forged_rows_are_escaped() {
-    if !require_time() {
-        return;
-    }
+    require_time();
     let dir = tempfile::tempdir().unwrap();
     let evil =
         "agent broke \x1b[2J\x1b]0;pwned\x07\nOK  2026/01/01/fake.manifest 0 0 0 0B 0.1s\r\u{202e}";
@@ -123,9 +125,7 @@ fn escape_sequences_and_forged_rows_are_escaped() {
         "printf 'stderr \\033[31mred\\033[0m\\nOK forged\\n' >&2\ncat {}\nexit 1\n",
         dir.path().join("frames").display()
     );
-    let Some(sshd) = sshd_with(dir.path(), &script) else {
-        return;
-    };
+    let sshd = sshd_with(dir.path(), &script);
     let store = dir.path().join("store");
     let target = format!("{}:/dev/evil", sshd.host_alias());
     let (o, _) = dump(&sshd, &store, &target, &[]);
@@ -157,10 +157,12 @@ fn escape_sequences_and_forged_rows_are_escaped() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(have_time, have_sshd)),
+    ignore = "needs /usr/bin/time; root and sshd"
+)]
 fn a_huge_image_claim_is_refused_by_configuration() {
-    if !require_time() {
-        return;
-    }
+    require_time();
     let dir = tempfile::tempdir().unwrap();
     // 655 GB announced, then zero-block batches as fast as the pipe takes them.
     let mut stream = frames(&[hello(655_000_000_000)]);
@@ -178,9 +180,7 @@ fn a_huge_image_claim_is_refused_by_configuration() {
         "cat {}\nexec sleep 30\n",
         dir.path().join("frames").display()
     );
-    let Some(sshd) = sshd_with(dir.path(), &script) else {
-        return;
-    };
+    let sshd = sshd_with(dir.path(), &script);
     let store = dir.path().join("store");
     let target = format!("{}:/dev/evil", sshd.host_alias());
     let t0 = Instant::now();
@@ -206,19 +206,19 @@ fn a_huge_image_claim_is_refused_by_configuration() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(have_time, have_sshd)),
+    ignore = "needs /usr/bin/time; root and sshd"
+)]
 fn floods_on_stderr_and_in_deploy_replies_are_capped() {
-    if !require_time() {
-        return;
-    }
+    require_time();
     let dir = tempfile::tempdir().unwrap();
     // The start command floods stderr with 300 MB of one line; the deploy script's reply
     // is 600 MB. Both must stay out of the storage side's memory.
     let script = "case \"$C\" in\n  *--compress*) [ -e \"$HOME/flooded\" ] && exit 97; touch \"$HOME/flooded\"; \
                   head -c 300000000 /dev/zero | tr '\\0' x >&2; exit 1 ;;\n  \
                   *) head -c 600000000 /dev/zero ;;\nesac\n";
-    let Some(sshd) = sshd_with(dir.path(), script) else {
-        return;
-    };
+    let sshd = sshd_with(dir.path(), script);
     let store = dir.path().join("store");
     let target = format!("{}:/dev/evil", sshd.host_alias());
     let (o, kib) = dump(&sshd, &store, &target, &[]);
@@ -242,14 +242,13 @@ fn floods_on_stderr_and_in_deploy_replies_are_capped() {
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn a_remote_that_never_exits_after_done_is_cut_off_and_releases_the_store() {
     let dir = tempfile::tempdir().unwrap();
     // The real agent, then a process that keeps the session open.
     let script = "case \"$C\" in\n  *--compress*) sh -c \"$C\"; rc=$?; [ $rc = 0 ] || exit $rc; exec sleep 300 ;;\n  \
                   *) exec sh -c \"$C\" ;;\nesac\n";
-    let Some(sshd) = sshd_with(dir.path(), script) else {
-        return;
-    };
+    let sshd = sshd_with(dir.path(), script);
     let img = dir.path().join("disk.img");
     common::images::write(&img, &common::images::mixed(131072, 16, 0, 71));
     let store = dir.path().join("store");

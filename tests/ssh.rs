@@ -106,8 +106,9 @@ fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'st
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn runs_commands_and_reports_status() {
-    let Some(s) = Sshd::require() else { return };
+    let s = Sshd::start();
     for via in BOTH {
         let t = open(via, &s);
         assert_eq!(t.label(), format!("root@127.0.0.1:{}", s.port()), "{via:?}");
@@ -199,16 +200,18 @@ fn echo_through_cat(t: &dyn Transport, size: usize) {
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn streams_64_mib_both_ways() {
-    let Some(s) = Sshd::require() else { return };
+    let s = Sshd::start();
     for via in BOTH {
         echo_through_cat(&*open(via, &s), 64 << 20);
     }
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn exit_status_stderr_and_kill() {
-    let Some(s) = Sshd::require() else { return };
+    let s = Sshd::start();
     for via in BOTH {
         let t = open(via, &s);
         let (mut out, inp, handle) = t.exec("echo out; echo err >&2; exit 5").unwrap().split();
@@ -251,8 +254,9 @@ fn exit_status_stderr_and_kill() {
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn unknown_host_key_is_refused_and_accept_new_records_it() {
-    let Some(s) = Sshd::require() else { return };
+    let s = Sshd::start();
     for via in BOTH {
         fs::write(s.known_hosts(), "").unwrap();
         let e = try_true(via, s.host_alias(), &s.ssh_config(), &s.home(), false).unwrap_err();
@@ -283,8 +287,9 @@ fn unknown_host_key_is_refused_and_accept_new_records_it() {
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn changed_host_key_is_refused_even_with_accept_new() {
-    let Some(s) = Sshd::require() else { return };
+    let s = Sshd::start();
     let other = s.dir().join("other_ed25519");
     keygen(&other, "ed25519", "");
     let public = fs::read_to_string(other.with_extension("pub")).unwrap();
@@ -309,13 +314,12 @@ fn changed_host_key_is_refused_even_with_accept_new() {
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn known_rsa_key_is_used_when_server_also_has_ed25519() {
-    let Some(s) = Sshd::require_with(SshdOptions {
+    let s = Sshd::start_with(SshdOptions {
         rsa_host_key: true,
         ..Default::default()
-    }) else {
-        return;
-    };
+    });
     for via in BOTH {
         fs::write(s.known_hosts(), s.known_hosts_line("rsa")).unwrap();
         try_true(via, s.host_alias(), &s.ssh_config(), &s.home(), false).unwrap();
@@ -348,8 +352,9 @@ fn known_rsa_key_is_used_when_server_also_has_ed25519() {
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn wildcard_known_hosts_lines() {
-    let Some(s) = Sshd::require() else { return };
+    let s = Sshd::start();
     let key = s.known_hosts_line("ed25519");
     let key = key.split_whitespace().skip(1).collect::<Vec<_>>().join(" ");
     let other = s.dir().join("other_ed25519");
@@ -406,8 +411,9 @@ fn wrong_key_line(s: &Sshd, host_field: &str) -> String {
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn a_match_block_for_other_hosts_does_not_apply() {
-    let Some(s) = Sshd::require() else { return };
+    let s = Sshd::start();
     // The host's key has changed; a Match block for *other* hosts turns checking off.
     fs::write(
         s.known_hosts(),
@@ -470,8 +476,9 @@ fn cfg_line(file: &Path, keyword: &str) -> usize {
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn an_included_file_applies() {
-    let Some(s) = Sshd::require() else { return };
+    let s = Sshd::start();
     let included = s.home().join(".ssh/testhost.conf");
     fs::rename(s.ssh_config(), &included).unwrap();
     fs::write(s.ssh_config(), format!("Include {}\n", included.display())).unwrap();
@@ -492,10 +499,9 @@ fn an_included_file_applies() {
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn proxyjump_goes_through_the_jump_host() {
-    let Some(target) = Sshd::require() else {
-        return;
-    };
+    let target = Sshd::start();
     let jump = Sshd::start_with(SshdOptions {
         extra_config: vec!["LogLevel DEBUG1".into()],
         ..Default::default()
@@ -545,16 +551,15 @@ fn proxyjump_goes_through_the_jump_host() {
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn host_certificate_with_cert_authority() {
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("host_ca");
     keygen(&ca, "ed25519", "");
-    let Some(s) = Sshd::require_with(SshdOptions {
+    let s = Sshd::start_with(SshdOptions {
         host_ca: Some(ca.clone()),
         ..Default::default()
-    }) else {
-        return;
-    };
+    });
     // known_hosts trusts only the CA, not the host key itself.
     let ca_pub = fs::read_to_string(ca.with_extension("pub")).unwrap();
     let ca_key = ca_pub
@@ -604,8 +609,9 @@ fn host_certificate_with_cert_authority() {
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn passphrase_protected_key_gives_a_clear_error() {
-    let Some(s) = Sshd::require() else { return };
+    let s = Sshd::start();
     let key = s.dir().join("locked_ed25519");
     keygen(&key, "ed25519", "secret passphrase");
     let cfg = fs::read_to_string(s.ssh_config()).unwrap();

@@ -2,12 +2,13 @@
 //! embedded agent, into one store. One target failing does not stop the
 //! others; Ctrl-C stops every agent and writes no manifest.
 
+use super::{as_usage, usage};
 use crate::agent_bin::{agent_hash, AGENT};
 use crate::cli::{DumpArgs, TargetSpec};
 use crate::deploy::{self, sh_quote, Agent, Launch};
-use crate::manifest::{default_name, validate_name};
+use crate::manifest::{default_name, validate_name, validate_source};
 use crate::receiver::{receive, InFlight, ReceiveOptions, ReceiveStats};
-use crate::store::{LocalStore, LockKind, Store};
+use crate::store::{resolve_group, LocalStore, LockKind, Store};
 use crate::target::Target;
 use crate::{progress, signals, transport, untrusted};
 use anyhow::{bail, Context, Result};
@@ -18,31 +19,37 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// One target, checked before any work starts.
-struct Job {
+struct PlannedTarget {
     spec: TargetSpec,
     target: Target,
     name: String,
 }
 
-struct Done {
+struct TargetDumped {
     manifest: String,
     stats: ReceiveStats,
     took: Duration,
 }
 
 pub fn run(store_dir: &Path, specs: Vec<TargetSpec>, args: DumpArgs) -> Result<u8> {
-    let mut jobs = Vec::new();
+    // Every argument is checked before any work: a usage error (exit 2).
+    let mut targets = Vec::new();
     for spec in specs {
-        let target = Target::parse(&spec.target)?;
-        let name = match &spec.name {
-            Some(n) => {
-                validate_name(n)?;
-                n.clone()
-            }
-            None => default_name(&target.host, &target.path)
-                .with_context(|| format!("target {}", spec.target))?,
-        };
-        jobs.push(Job { spec, target, name });
+        let checked = (|| -> Result<PlannedTarget> {
+            // The source is recorded in the manifest: no control characters.
+            validate_source(&spec.target)?;
+            let target = Target::parse(&spec.target)?;
+            let name = match &spec.name {
+                Some(n) => {
+                    validate_name(n)?;
+                    n.clone()
+                }
+                None => default_name(&target.host, &target.path)
+                    .with_context(|| format!("target {}", spec.target))?,
+            };
+            Ok(PlannedTarget { spec, target, name })
+        })();
+        targets.push(checked.map_err(as_usage)?);
     }
     diskdump_agent::proto::check_params(
         args.block_size
@@ -50,29 +57,42 @@ pub fn run(store_dir: &Path, specs: Vec<TargetSpec>, args: DumpArgs) -> Result<u
         args.batch_size,
         args.window,
     )
-    .map_err(anyhow::Error::msg)?;
-    let store = LocalStore::open_or_create(store_dir, args.block_size)?;
-    let _lock = store.lock(LockKind::Shared, true)?;
+    .map_err(|e| usage(e.to_string()))?;
+    let group = args
+        .group
+        .as_deref()
+        .map(resolve_group)
+        .transpose()
+        .map_err(as_usage)?;
     let how = args.ssh.options()?;
+    let store = LocalStore::open_or_create_in_group(store_dir, args.block_size, group)?;
+    let _lock = store.lock(LockKind::Shared, true)?;
+    let marker = store.begin_writes()?;
     let inflight = InFlight::new();
     let bars = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-    let results: Vec<Mutex<Option<Result<Done>>>> = jobs.iter().map(|_| Mutex::new(None)).collect();
+    let results: Vec<Mutex<Option<Result<TargetDumped>>>> =
+        targets.iter().map(|_| Mutex::new(None)).collect();
     let next = AtomicUsize::new(0);
-    let workers = args.jobs.unwrap_or(jobs.len()).clamp(1, jobs.len().max(1));
+    let workers = args
+        .jobs
+        .unwrap_or(targets.len())
+        .clamp(1, targets.len().max(1));
     std::thread::scope(|s| {
         for _ in 0..workers {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some(job) = jobs.get(i) else { return };
-                let bar = bars.add(target_bar(&job.spec.target));
+                let Some(planned) = targets.get(i) else {
+                    return;
+                };
+                let bar = bars.add(target_bar(&planned.spec.target));
                 let r = if signals::received().is_some() {
                     Err(anyhow::anyhow!("not started: interrupted"))
                 } else {
-                    dump_one(&store, &inflight, &how, &args, job, &bar)
+                    dump_one(&store, &inflight, &how, &args, planned, &bar)
                 };
                 bar.finish_and_clear();
                 if let Err(e) = &r {
-                    let line = untrusted::line(&format!("{}: FAILED: {e:#}", job.spec.target));
+                    let line = untrusted::line(&format!("{}: FAILED: {e:#}", planned.spec.target));
                     if bars.is_hidden() {
                         eprintln!("{line}");
                     } else {
@@ -83,20 +103,23 @@ pub fn run(store_dir: &Path, specs: Vec<TargetSpec>, args: DumpArgs) -> Result<u
             });
         }
     });
-    let results: Vec<Result<Done>> = results
+    let results: Vec<Result<TargetDumped>> = results
         .into_iter()
         .map(|m| {
             m.into_inner()
                 .unwrap_or_else(|p| p.into_inner())
-                .expect("every job ran")
+                .expect("every planned ran")
         })
         .collect();
-    print_summary(&jobs, &results);
+    store.end_writes(marker)?;
+    // A closed stdout must not hide a failed target's exit code.
+    let printed = print_summary(&targets, &results);
     let failed = results.iter().filter(|r| r.is_err()).count();
     if failed > 0 {
         signals::check()?;
-        bail!("{failed} of {} targets failed", jobs.len());
+        bail!("{failed} of {} targets failed", targets.len());
     }
+    printed?;
     Ok(0)
 }
 
@@ -120,11 +143,11 @@ fn dump_one(
     inflight: &InFlight,
     how: &transport::Options,
     args: &DumpArgs,
-    job: &Job,
+    planned: &PlannedTarget,
     bar: &ProgressBar,
-) -> Result<Done> {
+) -> Result<TargetDumped> {
     let started = Instant::now();
-    let t = &job.target;
+    let t = &planned.target;
     let source = format!("{}:{}", t.host, t.path);
     let agent_args = format!(
         "--block-size {} --batch-size {} --window {} --compress {} {}",
@@ -141,7 +164,7 @@ fn dump_one(
     let launch = Launch {
         agent: AGENT,
         agent_hash: &hash,
-        sudo: job.spec.sudo,
+        sudo: planned.spec.sudo,
         args: &agent_args,
         idle,
     };
@@ -234,24 +257,34 @@ fn dump_one(
         ),
     }
     signals::check()?;
-    let entry = store.write_manifest(&job.name, &received.manifest)?;
-    Ok(Done {
+    let entry = store.write_manifest(&planned.name, &received.manifest)?;
+    Ok(TargetDumped {
         manifest: entry.rel,
         stats: received.stats,
         took: started.elapsed(),
     })
 }
 
-fn print_summary(jobs: &[Job], results: &[Result<Done>]) {
-    println!(
+fn print_summary(
+    targets: &[PlannedTarget],
+    results: &[Result<TargetDumped>],
+) -> std::io::Result<()> {
+    crate::outln!(
         "{:<28} {:<40} {:>7} {:>8} {:>7} {:>10} {:>8} {:>10}",
-        "TARGET", "MANIFEST", "NEW", "PRESENT", "ZERO", "WIRE", "TIME", "RATE"
-    );
-    for (job, r) in jobs.iter().zip(results) {
+        "TARGET",
+        "MANIFEST",
+        "NEW",
+        "PRESENT",
+        "ZERO",
+        "WIRE",
+        "TIME",
+        "RATE"
+    )?;
+    for (planned, r) in targets.iter().zip(results) {
         match r {
-            Ok(d) => println!(
+            Ok(d) => crate::outln!(
                 "{:<28} {:<40} {:>7} {:>8} {:>7} {:>10} {:>8} {:>10}",
-                job.spec.target,
+                planned.spec.target,
                 d.manifest,
                 d.stats.blocks_new,
                 d.stats.blocks_present + d.stats.blocks_deduped,
@@ -259,12 +292,13 @@ fn print_summary(jobs: &[Job], results: &[Result<Done>]) {
                 HumanBytes(d.stats.wire_bytes).to_string().replace(' ', ""),
                 progress::secs(d.took),
                 progress::rate(d.stats.size, d.took)
-            ),
-            Err(e) => println!(
+            )?,
+            Err(e) => crate::outln!(
                 "{:<28} FAILED: {}",
-                job.spec.target,
+                planned.spec.target,
                 untrusted::line(&format!("{e:#}"))
-            ),
+            )?,
         }
     }
+    Ok(())
 }

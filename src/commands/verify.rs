@@ -15,10 +15,16 @@ use std::sync::Mutex;
 
 pub fn run(store_dir: &Path, args: &[String], repair: bool) -> Result<u8> {
     let store = open_store(store_dir)?;
+    if let Some(w) = store.mode_warning() {
+        eprintln!("diskdump: {w}");
+    }
+    // Left-overs of an interrupted run are not damage: notes, not problems.
+    let mut notes = Vec::new();
     let mut problems = 0usize;
     let mut report = |msg: String| {
         problems += 1;
-        println!("PROBLEM: {msg}");
+        // A closed stdout fails the summary line below.
+        let _ = crate::outln!("PROBLEM: {msg}");
     };
     // (label, manifest) of every dump to check the block list of.
     let mut dumps: Vec<(String, Manifest)> = Vec::new();
@@ -27,15 +33,19 @@ pub fn run(store_dir: &Path, args: &[String], repair: bool) -> Result<u8> {
         store.walk(&mut |item| {
             match item {
                 WalkItem::Block(d, n) => blocks.push((d, n)),
-                WalkItem::Stray(p) => report(format!(
-                    "{p}: not a block file (stray or interrupted write; gc removes temp files)"
+                WalkItem::Stray(p) if p.contains(".tmp.") => notes.push(format!(
+                    "{p}: temp file of an interrupted write (gc removes it)"
                 )),
+                WalkItem::Stray(p) if p.ends_with(".lz4.bad") => notes.push(format!(
+                    "{p}: a damaged block moved aside (kept for inspection; delete it when done)"
+                )),
+                WalkItem::Stray(p) => report(format!("{p}: not a block file")),
             }
             Ok(())
         })?;
         for p in store.manifest_temps()? {
-            report(format!(
-                "{p}: an unfinished manifest (interrupted write; gc removes it)"
+            notes.push(format!(
+                "{p}: unfinished manifest of an interrupted write (gc removes it)"
             ));
         }
         for e in store.manifests()? {
@@ -71,16 +81,19 @@ pub fn run(store_dir: &Path, args: &[String], repair: bool) -> Result<u8> {
         report(msg.clone());
         if repair {
             match store.quarantine(d) {
-                Ok(p) => println!(
+                Ok(p) => crate::outln!(
                     "  moved aside to {p}; the next dump or import of this data stores it again"
                 ),
-                Err(e) => println!("  cannot move it aside: {e}"),
-            }
+                Err(e) => crate::outln!("  cannot move it aside: {e}"),
+            }?
         }
     }
     crate::signals::check()?;
+    for n in &notes {
+        crate::outln!("note: {n}")?;
+    }
     let bytes: u64 = blocks.iter().map(|(_, n)| n).sum();
-    println!(
+    crate::outln!(
         "verified {} blocks ({} stored) and {} manifests: {}",
         blocks.len(),
         indicatif::HumanBytes(bytes),
@@ -90,7 +103,7 @@ pub fn run(store_dir: &Path, args: &[String], repair: bool) -> Result<u8> {
         } else {
             format!("{problems} problems")
         }
-    );
+    )?;
     Ok(u8::from(problems > 0))
 }
 

@@ -432,9 +432,7 @@ mod tests {
     }
 
     fn noise(len: usize) -> Vec<u8> {
-        (0..len as u64)
-            .map(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8)
-            .collect()
+        diskdump_agent::testdata::noise(len, 1)
     }
 
     #[test]

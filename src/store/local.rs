@@ -1,21 +1,25 @@
-//! The store as a directory tree (DESIGN §1): `.blockstore/ab/cd/<hash>.lz4`,
+//! The store as a directory tree (docs/DESIGN.md §1): `.blockstore/ab/cd/<hash>.lz4`,
 //! dated manifests under the root, Python-era manifests under
 //! `.blockstore/manifests/`.
 
+use super::dirty::{self, DirtyMarker};
 use super::{
-    BlockError, LockKind, ManifestEntry, ManifestInfo, Store, StoreConfig, StoreLock, WalkItem,
+    modes, BlockError, FileId, LockKind, ManifestEntry, ManifestInfo, ManifestReplaced, Store,
+    StoreConfig, StoreLock, WalkItem,
 };
 use crate::digest::Digest;
 use crate::manifest::{parse_date, Manifest, ManifestHeader};
 use anyhow::{bail, Context, Result};
+use diskdump_agent::blockfmt;
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 pub struct LocalStore {
     root: PathBuf,
@@ -28,6 +32,7 @@ const CONFIG: &str = "config.json";
 
 impl LocalStore {
     /// Opens an existing store; a directory without one is a clear error.
+    /// Sets the process umask for the store's modes (see `modes`).
     pub fn open(root: &Path) -> Result<LocalStore> {
         let blocks = root.join(".blockstore");
         let cfg_path = blocks.join(CONFIG);
@@ -46,6 +51,7 @@ impl LocalStore {
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", cfg_path.display())),
         };
         let config = StoreConfig::parse(&text, &cfg_path)?;
+        modes::apply_umask(config.group);
         Ok(LocalStore {
             root: root.to_path_buf(),
             blocks,
@@ -54,27 +60,60 @@ impl LocalStore {
         })
     }
 
+    /// Creates a store: private (0700/0600), or shared read-only with
+    /// `group` (0750/0640, set-group-ID directories), recorded in
+    /// config.json. Fails if there is one already.
+    pub fn create(root: &Path, block_size: usize, group: Option<u32>) -> Result<LocalStore> {
+        super::check_block_size(block_size)?;
+        let cfg_path = root.join(".blockstore").join(CONFIG);
+        modes::apply_umask(group);
+        let ctx = || format!("cannot create store {}", root.display());
+        if !root.exists() {
+            fs::create_dir_all(root).with_context(ctx)?;
+            modes::own_dir(root, group).with_context(ctx)?;
+        }
+        let blocks = root.join(".blockstore");
+        match fs::create_dir(&blocks) {
+            Ok(()) => modes::own_dir(&blocks, group).with_context(ctx)?,
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(ctx),
+        }
+        let text = StoreConfig { block_size, group }.render();
+        write_new_durably(&cfg_path, text.as_bytes()).map_err(|e| {
+            let exists = e.kind() == ErrorKind::AlreadyExists;
+            anyhow::Error::new(e).context(if exists {
+                format!("store {} already exists", root.display())
+            } else {
+                format!("cannot create {}", cfg_path.display())
+            })
+        })?;
+        fsync_dir(&blocks).with_context(ctx)?;
+        LocalStore::open(root)
+    }
+
     /// Opens the store, creating it with `block_size` (default 128 KiB) if
     /// absent. An explicit size that differs from the store's is an error,
     /// never a silent mix of block sizes.
     pub fn open_or_create(root: &Path, block_size: Option<usize>) -> Result<LocalStore> {
+        LocalStore::open_or_create_in_group(root, block_size, None)
+    }
+
+    /// `open_or_create`, where a new store is shared with `group`; an
+    /// existing store must already have made that choice.
+    pub fn open_or_create_in_group(
+        root: &Path,
+        block_size: Option<usize>,
+        group: Option<u32>,
+    ) -> Result<LocalStore> {
         let cfg_path = root.join(".blockstore").join(CONFIG);
         if !cfg_path.exists() {
             let bs = block_size.unwrap_or(diskdump_agent::DEFAULT_BLOCK_SIZE);
-            super::check_block_size(bs)?;
-            fs::create_dir_all(cfg_path.parent().expect("has parent"))
-                .with_context(|| format!("cannot create store {}", root.display()))?;
-            let text = StoreConfig { block_size: bs }.render();
-            write_new_durably(&cfg_path, text.as_bytes())
-                .or_else(|e| {
-                    // Another process created it first: theirs stands.
-                    if e.kind() == ErrorKind::AlreadyExists {
-                        Ok(())
-                    } else {
-                        Err(e)
-                    }
-                })
-                .with_context(|| format!("cannot create {}", cfg_path.display()))?;
+            match LocalStore::create(root, bs, group) {
+                Ok(s) => return Ok(s),
+                // Another process created it first: theirs stands.
+                Err(_) if cfg_path.exists() => {}
+                Err(e) => return Err(e),
+            }
         }
         let store = LocalStore::open(root)?;
         if let Some(bs) = block_size {
@@ -86,7 +125,44 @@ impl LocalStore {
                 );
             }
         }
+        if group.is_some() && group != store.config.group {
+            bail!(
+                "store {} exists and is {}; --group applies only when a store is created",
+                root.display(),
+                match store.config.group {
+                    None => "private".to_string(),
+                    Some(g) => format!("shared with group {g}"),
+                }
+            );
+        }
         Ok(store)
+    }
+
+    /// The group the store is shared with (None: private).
+    pub fn group(&self) -> Option<u32> {
+        self.config.group
+    }
+
+    /// A one-line warning if the store's modes let more users in than its
+    /// choice (a store made by diskdump 0.2 or Python 0.1.5 under umask 022).
+    pub fn mode_warning(&self) -> Option<String> {
+        modes::warning(&self.root, self.config.group)
+    }
+
+    /// Creates `dir` (below the root) and its missing parents with the
+    /// store's modes and group.
+    fn make_dirs(&self, dir: &Path) -> io::Result<()> {
+        if dir.is_dir() {
+            return Ok(());
+        }
+        if let Some(parent) = dir.parent().filter(|p| p.starts_with(&self.root)) {
+            self.make_dirs(parent)?;
+        }
+        match fs::create_dir(dir) {
+            Ok(()) => modes::own_dir(dir, self.config.group),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -116,12 +192,30 @@ impl LocalStore {
     }
 }
 
+/// `pread` until `buf` is full or the file ends; returns the bytes read.
+fn read_full_at(f: &File, mut off: u64, buf: &mut [u8]) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read_at(&mut buf[n..], off) {
+            Ok(0) => break,
+            Ok(k) => {
+                n += k;
+                off += k as u64;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
 /// Creates `path` with `data`, fsynced, failing if it exists.
 fn write_new_durably(path: &Path, data: &[u8]) -> io::Result<()> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o644)
+        .mode(0o640) // less by the store's umask (modes.rs)
         .open(path)?;
     f.write_all(data)?;
     f.sync_all()
@@ -129,7 +223,7 @@ fn write_new_durably(path: &Path, data: &[u8]) -> io::Result<()> {
 
 /// rename(2) that never replaces an existing file; falls back to link+unlink on
 /// filesystems without RENAME_NOREPLACE.
-fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     let a = CString::new(from.as_os_str().as_bytes())?;
     let b = CString::new(to.as_os_str().as_bytes())?;
     // SAFETY: valid NUL-terminated paths; AT_FDCWD resolves them as given.
@@ -195,8 +289,24 @@ impl Store for LocalStore {
         self.root.display().to_string()
     }
 
+    /// Present only if the file is a whole frame (see `blockfmt::check_shape`):
+    /// a damaged one is moved aside and reported absent, so the caller
+    /// stores the block again.
     fn contains(&self, d: &Digest) -> io::Result<bool> {
-        Ok(self.stored_size(d)?.is_some())
+        let f = match File::open(self.block_path(d)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let limit = self.config.block_size;
+        let shape = blockfmt::check_shape(limit, &mut |off, buf| read_full_at(&f, off, buf));
+        match shape {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                self.move_damaged(d, &f, &e.to_string())?;
+                Ok(false)
+            }
+        }
     }
 
     fn stored_size(&self, d: &Digest) -> io::Result<Option<u64>> {
@@ -213,7 +323,7 @@ impl Store for LocalStore {
         let mut f = match OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o644)
+            .mode(0o640)
             .open(&tmp)
         {
             Ok(f) => f,
@@ -222,7 +332,7 @@ impl Store for LocalStore {
                 OpenOptions::new()
                     .write(true)
                     .create_new(true)
-                    .mode(0o644)
+                    .mode(0o640)
                     .open(&tmp)?
             }
             Err(e) => return Err(e),
@@ -382,13 +492,17 @@ impl Store for LocalStore {
     }
 
     fn read_manifest(&self, entry: &ManifestEntry) -> Result<Manifest> {
-        read_manifest_file(&self.root.join(&entry.rel), &entry.rel)
+        let mut bytes = Vec::new();
+        self.open_entry(entry)?
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("cannot read manifest {}", entry.rel))?;
+        parse_manifest_bytes(bytes, &entry.rel)
     }
 
     fn manifest_info(&self, entry: &ManifestEntry) -> Result<ManifestInfo> {
         let path = self.root.join(&entry.rel);
         let ctx = || format!("cannot read manifest {}", path.display());
-        let file = File::open(&path).with_context(ctx)?;
+        let file = self.open_entry(entry)?;
         let modified = file.metadata().and_then(|m| m.modified()).ok();
         let head = read_header(file).with_context(ctx)?;
         let h = ManifestHeader::parse(&String::from_utf8_lossy(&head), &entry.rel)?;
@@ -408,8 +522,10 @@ impl Store for LocalStore {
         crate::manifest::validate_name(name)?;
         let date = parse_date(&m.date)?;
         let day = date.format("%Y/%m/%d").to_string();
+        crate::manifest::validate_source(&m.source)?;
         let dir = self.root.join(&day);
-        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        self.make_dirs(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
         // Every block the manifest names must be durable before it is visible.
         self.sync()
             .context("cannot sync the store's blocks to disk")?;
@@ -421,17 +537,14 @@ impl Store for LocalStore {
         }
         let mut seq = 1;
         let result = loop {
-            let file = if seq == 1 {
-                format!("{name}.manifest")
-            } else {
-                format!("{name}.{seq}.manifest")
-            };
+            let file = format!("{}.manifest", crate::manifest::seq_file_name(name, seq));
             match rename_noreplace(&tmp, &dir.join(&file)) {
                 Ok(()) => {
                     break Ok(ManifestEntry {
                         rel: format!("{day}/{file}"),
                         name: file.trim_end_matches(".manifest").to_string(),
                         day: Some(day.clone()),
+                        id: None,
                     })
                 }
                 Err(e) if e.kind() == ErrorKind::AlreadyExists && seq < 10_000 => seq += 1,
@@ -498,6 +611,146 @@ impl Store for LocalStore {
 }
 
 impl LocalStore {
+    /// Starts a run that writes blocks (import, dump): first checks what
+    /// interrupted runs left (see `dirty`), then marks this one. End it with
+    /// `end_writes`, on failure too.
+    pub fn begin_writes(&self) -> Result<DirtyMarker> {
+        let (marker, rec) = dirty::begin(&self.blocks, &mut |since| self.check_since(since))?;
+        if rec.markers > 0 {
+            eprintln!(
+                "diskdump: {} earlier run(s) stopped before syncing their blocks (a crash or kill -9): \
+                 checked the {} blocks written since, {} damaged (moved aside; stored again when needed)",
+                rec.markers,
+                rec.checked,
+                rec.damaged.len()
+            );
+        }
+        Ok(marker)
+    }
+
+    /// Ends a writing run: every block it wrote is synced, then its marker goes.
+    pub fn end_writes(&self, marker: DirtyMarker) -> Result<()> {
+        self.sync()
+            .context("cannot sync the store's blocks to disk")?;
+        fs::remove_file(marker.path())
+            .with_context(|| format!("cannot remove {}", marker.path().display()))
+    }
+
+    /// Decodes and hashes every block modified at or after `since` (found
+    /// through the block directories' times), moving damaged ones aside.
+    fn check_since(&self, since: SystemTime) -> Result<(usize, Vec<String>)> {
+        let recent = |p: &Path| {
+            fs::symlink_metadata(p)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t >= since)
+        };
+        let mut todo = Vec::new();
+        for (l1, d1) in list_dir(&self.blocks)? {
+            if !d1 || !is_hex(&l1, 2) {
+                continue;
+            }
+            for (l2, d2) in list_dir(&self.blocks.join(&l1))? {
+                let dir = self.blocks.join(&l1).join(&l2);
+                if !d2 || !recent(&dir) {
+                    continue;
+                }
+                for (name, _) in list_dir(&dir)? {
+                    let Some(d) = name.strip_suffix(".lz4").and_then(Digest::from_hex) else {
+                        continue;
+                    };
+                    if recent(&dir.join(&name)) {
+                        todo.push(d);
+                    }
+                }
+            }
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let damaged = std::sync::Mutex::new(Vec::new());
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        std::thread::scope(|s| -> Result<()> {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| -> Result<()> {
+                        let (mut frame, mut raw) = (Vec::new(), Vec::new());
+                        loop {
+                            let Some(d) = todo.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                                return Ok(());
+                            };
+                            let Ok(f) = File::open(self.block_path(d)) else {
+                                continue; // gone meanwhile
+                            };
+                            if let Err(e) = super::get_block(self, d, &mut frame, &mut raw) {
+                                if !matches!(e, BlockError::Missing(_)) {
+                                    self.move_damaged(d, &f, &e.to_string())?;
+                                    damaged
+                                        .lock()
+                                        .unwrap_or_else(|p| p.into_inner())
+                                        .push(d.to_hex());
+                                }
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for w in workers {
+                w.join().expect("block checkers do not panic")?;
+            }
+            Ok(())
+        })?;
+        let damaged = damaged.into_inner().unwrap_or_else(|p| p.into_inner());
+        Ok((todo.len(), damaged))
+    }
+
+    /// Moves the damaged block file `f` (opened from the block's path) aside
+    /// as `<hash>.lz4.bad`. If another run replaced it with a good copy
+    /// meanwhile, that copy is put back.
+    fn move_damaged(&self, d: &Digest, f: &File, reason: &str) -> io::Result<()> {
+        let path = self.block_path(d);
+        let mut bad = path.as_os_str().to_owned();
+        bad.push(".bad");
+        let bad = PathBuf::from(bad);
+        match fs::rename(&path, &bad) {
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()), // someone else did
+            r => r?,
+        }
+        if fs::symlink_metadata(&bad)?.ino() != f.metadata()?.ino() {
+            return match rename_noreplace(&bad, &path) {
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => fs::remove_file(&bad),
+                r => r,
+            };
+        }
+        eprintln!(
+            "diskdump: block {d} is damaged ({reason}): moved aside to {}; it is stored again when needed",
+            self.rel(&bad)
+        );
+        Ok(())
+    }
+
+    /// The identity of a file below the root; None if it is gone.
+    fn file_id(&self, rel: &str) -> Result<Option<FileId>> {
+        match fs::symlink_metadata(self.root.join(rel)) {
+            Ok(m) => Ok(Some(FileId::of(&m))),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot stat {rel}")),
+        }
+    }
+
+    /// Opens a listed manifest, refusing a file that replaced it since.
+    fn open_entry(&self, entry: &ManifestEntry) -> Result<File> {
+        let path = self.root.join(&entry.rel);
+        let file = File::open(&path)
+            .with_context(|| format!("cannot read manifest {}", path.display()))?;
+        if let Some(id) = entry.id {
+            let now = file
+                .metadata()
+                .with_context(|| format!("cannot stat {}", path.display()))?;
+            if FileId::of(&now) != id {
+                return Err(ManifestReplaced(entry.rel.clone()).into());
+            }
+        }
+        Ok(file)
+    }
+
     /// A dump's header comments only (source, date, sizes), without its hashes.
     pub fn manifest_header(&self, entry: &ManifestEntry) -> Result<ManifestHeader> {
         let path = self.root.join(&entry.rel);
@@ -520,10 +773,15 @@ impl LocalStore {
         for day in self.day_dirs(filter)? {
             for (f, fd) in list_dir(&self.root.join(&day))? {
                 if let (false, Some(name)) = (fd, f.strip_suffix(".manifest")) {
+                    let rel = format!("{day}/{f}");
+                    let Some(id) = self.file_id(&rel)? else {
+                        continue; // removed since listed
+                    };
                     out.push(ManifestEntry {
-                        rel: format!("{day}/{f}"),
+                        rel,
                         name: name.to_string(),
                         day: Some(day.clone()),
+                        id: Some(id),
                     });
                 }
             }
@@ -591,10 +849,15 @@ impl LocalStore {
         for name in names {
             for (f, fd) in list_dir(&legacy.join(&name))? {
                 if let (false, Some(n)) = (fd, f.strip_suffix(".manifest")) {
+                    let rel = format!(".blockstore/manifests/{name}/{f}");
+                    let Some(id) = self.file_id(&rel)? else {
+                        continue;
+                    };
                     out.push(ManifestEntry {
-                        rel: format!(".blockstore/manifests/{name}/{f}"),
+                        rel,
                         name: format!("{name}/{n}"),
                         day: None,
+                        id: Some(id),
                     });
                 }
             }
@@ -625,6 +888,10 @@ fn read_header(file: File) -> io::Result<Vec<u8>> {
 pub fn read_manifest_file(path: &Path, origin: &str) -> Result<Manifest> {
     let bytes =
         fs::read(path).with_context(|| format!("cannot read manifest {}", path.display()))?;
+    parse_manifest_bytes(bytes, origin)
+}
+
+fn parse_manifest_bytes(bytes: Vec<u8>, origin: &str) -> Result<Manifest> {
     let text = String::from_utf8(bytes).map_err(|e| {
         anyhow::anyhow!(
             "{origin}: not a text manifest (invalid UTF-8 at byte {})",

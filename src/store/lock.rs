@@ -2,10 +2,23 @@
 //! shared for their whole run, so gc (exclusive) can never sweep a block a
 //! running dump was told the store already has.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+
+/// The lock is held and the caller would not wait (exit code 3).
+#[derive(Debug)]
+pub struct StoreBusy(pub String);
+
+impl std::fmt::Display for StoreBusy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StoreBusy {}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LockKind {
@@ -41,6 +54,9 @@ impl StoreLock {
             .truncate(false)
             .read(true)
             .write(true)
+            // Never readable by others, even in a group-shared store: anyone
+            // who can open it can flock it and stall every writer.
+            .mode(0o600)
             .open(path)
             .with_context(|| format!("cannot open the store lock {}", path.display()))?;
         let op = match kind {
@@ -59,10 +75,11 @@ impl StoreLock {
             LockKind::Exclusive => "running dumps or imports",
         };
         if !wait {
-            bail!(
+            return Err(StoreBusy(format!(
                 "the store is busy: {what} hold its lock ({})",
                 path.display()
-            );
+            ))
+            .into());
         }
         eprintln!(
             "waiting for {what} to finish (store lock {})",

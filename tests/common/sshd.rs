@@ -1,6 +1,6 @@
 //! A throwaway sshd on 127.0.0.1 with generated keys, and a temp HOME whose `.ssh/config`
 //! reaches it as `testhost`. Needs root (sshd re-execs and switches users) and
-//! `/usr/sbin/sshd`; use [`Sshd::require`] so that tests skip elsewhere (and fail under CI).
+//! `/usr/sbin/sshd`; gate tests with `#[cfg_attr(not(have_sshd), ignore = ...)]` (build.rs).
 #![allow(dead_code)] // each test binary uses a different part of this helper
 
 use std::ffi::OsString;
@@ -34,28 +34,16 @@ pub struct Sshd {
 }
 
 impl Sshd {
-    /// Starts an sshd, or returns `None` after printing a SKIP line when this machine cannot
-    /// run one (not root, no sshd). Under `CI=true` that is a failure instead.
-    pub fn require() -> Option<Sshd> {
-        Self::require_with(SshdOptions::default())
-    }
-
-    pub fn require_with(opts: SshdOptions) -> Option<Sshd> {
-        if let Err(why) = prerequisites() {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("cannot run the sshd tests: {why}");
-            }
-            eprintln!("SKIP: {why}");
-            return None;
-        }
-        Some(Self::start_with(opts))
-    }
-
+    /// Starts an sshd; fails the test if this machine cannot run one (such
+    /// tests carry `#[cfg_attr(not(have_sshd), ignore = ...)]`).
     pub fn start() -> Sshd {
         Self::start_with(SshdOptions::default())
     }
 
     pub fn start_with(opts: SshdOptions) -> Sshd {
+        if let Err(why) = prerequisites() {
+            super::need(false, &why);
+        }
         let dir = tempfile::tempdir().expect("temp dir");
         let d = dir.path();
         fs::create_dir_all("/run/sshd").expect("mkdir /run/sshd"); // sshd's privilege separation dir
