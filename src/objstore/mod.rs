@@ -5,6 +5,7 @@
 
 mod location;
 mod memory;
+pub mod pack;
 mod s3;
 
 pub use location::S3Location;
