@@ -6,6 +6,7 @@
 mod location;
 mod memory;
 pub mod pack;
+pub mod packed;
 mod s3;
 
 pub use location::S3Location;
