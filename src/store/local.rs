@@ -16,15 +16,21 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::SystemTime;
 
 pub struct LocalStore {
     root: PathBuf,
     blocks: PathBuf,
     config: StoreConfig,
     tmp_seq: AtomicU64,
+    /// Set once this process registered as a writer: blocks it finds present
+    /// get an mtime at least this, so a gc keeps them (see `store::gc`).
+    writer_since: Mutex<Option<SystemTime>>,
 }
 
 const CONFIG: &str = "config.json";
+pub(super) const WRITERS: &str = "writers";
 
 impl LocalStore {
     /// Opens an existing store; a directory without one is a clear error.
@@ -51,6 +57,7 @@ impl LocalStore {
             blocks,
             config,
             tmp_seq: AtomicU64::new(0),
+            writer_since: Mutex::new(None),
         })
     }
 
@@ -93,6 +100,61 @@ impl LocalStore {
         &self.root
     }
 
+    /// `.blockstore`, where blocks, the lock and the writers' registrations live.
+    pub fn blocks_dir(&self) -> &Path {
+        &self.blocks
+    }
+
+    /// Where a block goes while a gc decides its fate (`store::gc`).
+    pub(super) fn doomed_path(&self, d: &Digest) -> PathBuf {
+        let mut p = self.block_path(d).into_os_string();
+        p.push(".gc");
+        PathBuf::from(p)
+    }
+
+    /// Whether a block exists, as a writer must ask it: a block older than
+    /// this writer's registration gets its mtime refreshed first, and only
+    /// a successful refresh counts as present (a gc may be taking it).
+    fn present_for_writer(&self, path: &Path, since: SystemTime) -> io::Result<bool> {
+        let m = match fs::symlink_metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        if m.modified()? >= since {
+            return Ok(true);
+        }
+        let c = CString::new(path.as_os_str().as_bytes())?;
+        let times = [
+            libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_OMIT,
+            },
+            libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_NOW,
+            },
+        ];
+        // SAFETY: a valid NUL-terminated path and a two-element times array.
+        let rc = unsafe {
+            libc::utimensat(
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                times.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() == ErrorKind::NotFound {
+            Ok(false)
+        } else {
+            Err(e)
+        }
+    }
+
     pub fn block_path(&self, d: &Digest) -> PathBuf {
         let hex = d.to_hex();
         self.blocks
@@ -129,7 +191,7 @@ fn write_new_durably(path: &Path, data: &[u8]) -> io::Result<()> {
 
 /// rename(2) that never replaces an existing file; falls back to link+unlink on
 /// filesystems without RENAME_NOREPLACE.
-fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+pub(super) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     let a = CString::new(from.as_os_str().as_bytes())?;
     let b = CString::new(to.as_os_str().as_bytes())?;
     // SAFETY: valid NUL-terminated paths; AT_FDCWD resolves them as given.
@@ -196,7 +258,11 @@ impl Store for LocalStore {
     }
 
     fn contains(&self, d: &Digest) -> io::Result<bool> {
-        Ok(self.stored_size(d)?.is_some())
+        let since = *self.writer_since.lock().unwrap_or_else(|p| p.into_inner());
+        match since {
+            Some(t) => self.present_for_writer(&self.block_path(d), t),
+            None => Ok(self.stored_size(d)?.is_some()),
+        }
     }
 
     fn stored_size(&self, d: &Digest) -> io::Result<Option<u64>> {
@@ -210,22 +276,24 @@ impl Store for LocalStore {
     fn put_frame(&self, d: &Digest, frame: &[u8]) -> io::Result<bool> {
         let path = self.block_path(d);
         let tmp = self.tmp_name(&path);
-        let mut f = match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&tmp)
-        {
-            Ok(f) => f,
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                fs::create_dir_all(path.parent().expect("block paths have a parent"))?;
-                OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o644)
-                    .open(&tmp)?
+        let open = || {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .open(&tmp)
+        };
+        let mut tries = 0;
+        let mut f = loop {
+            match open() {
+                // A gc's tidy may remove an empty directory between our
+                // mkdir and our create: make it again.
+                Err(e) if e.kind() == ErrorKind::NotFound && tries < 5 => {
+                    tries += 1;
+                    fs::create_dir_all(path.parent().expect("block paths have a parent"))?;
+                }
+                r => break r?,
             }
-            Err(e) => return Err(e),
         };
         let written = f.write_all(frame).and_then(|_| {
             drop(f);
@@ -235,10 +303,15 @@ impl Store for LocalStore {
             Ok(()) => Ok(true),
             Err(e) => {
                 let _ = fs::remove_file(&tmp);
-                if e.kind() == ErrorKind::AlreadyExists {
+                if e.kind() != ErrorKind::AlreadyExists {
+                    return Err(e);
+                }
+                // Someone stored it first: present, unless a gc is taking
+                // that copy away right now; then ours goes in after all.
+                if self.contains(d)? {
                     Ok(false)
                 } else {
-                    Err(e)
+                    self.put_frame(d, frame)
                 }
             }
         }
@@ -255,7 +328,13 @@ impl Store for LocalStore {
                 }
             }
         };
-        let f = File::open(self.block_path(d)).map_err(io_err)?;
+        let f = match File::open(self.block_path(d)) {
+            // A gc may be deciding about it (or was killed doing so): still readable.
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                File::open(self.doomed_path(d)).map_err(|_| io_err(e))?
+            }
+            r => r.map_err(io_err)?,
+        };
         let limit = super::max_stored_frame(self.config.block_size) as u64;
         buf.clear();
         f.take(limit + 1).read_to_end(buf).map_err(io_err)?;
@@ -351,7 +430,15 @@ impl Store for LocalStore {
     }
 
     fn lock(&self, kind: LockKind, wait: bool) -> Result<StoreLock> {
-        StoreLock::acquire(&self.blocks.join("lock"), kind, wait)
+        match kind {
+            LockKind::Exclusive => StoreLock::acquire(&self.blocks.join("lock"), wait),
+            LockKind::Shared => {
+                let (lock, since) = StoreLock::register_writer(&self.blocks.join(WRITERS))?;
+                let mut s = self.writer_since.lock().unwrap_or_else(|p| p.into_inner());
+                *s = Some(s.map_or(since, |t| t.min(since)));
+                Ok(lock)
+            }
+        }
     }
 
     fn manifests(&self) -> Result<Vec<ManifestEntry>> {

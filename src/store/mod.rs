@@ -2,12 +2,16 @@
 //! receiver and `ImageReader` use, and the local-directory backend.
 
 mod config;
+mod gc;
 mod local;
 mod lock;
 
 pub use config::{check_block_size, StoreConfig, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
+pub use gc::{GcStart, SweepStats, GRACE};
 pub use local::{read_manifest_file, LocalStore};
 pub use lock::{LockKind, StoreLock};
+
+use local::rename_noreplace as local_rename_noreplace;
 
 use crate::digest::Digest;
 use crate::manifest::Manifest;
