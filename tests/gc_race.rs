@@ -87,7 +87,7 @@ fn imports_and_gc_race_and_nothing_is_lost() {
                 // Start at varying points of the imports' runs.
                 std::thread::sleep(Duration::from_millis((i * 211) % 700));
                 let _q = quiet.lock().unwrap();
-                if i % 4 == 0 {
+                if i.is_multiple_of(4) {
                     // Killed half-way: while it sets blocks aside or settles.
                     let mut c = common::spawn_dd(&store, &["gc"]);
                     std::thread::sleep(Duration::from_millis(100 + (i * 137) % 900));
