@@ -51,6 +51,75 @@ fn main() {
     let built = build_agent(&root, &out_dir.join("agent-target"));
     check_static(&built);
     copy_if_changed(&built, &out_dir.join("diskdump-agent"));
+    probe_test_requirements();
+}
+
+/// What this machine offers the tests that need more than a temp dir, as
+/// cfgs: such a test carries `#[cfg_attr(not(have_X), ignore = "...")]`, so
+/// where X is missing cargo reports it as ignored rather than passed. Under
+/// `CI` every cfg is set: a missing requirement then fails the test loudly
+/// (tests/common/mod.rs `need`). One rule, docs/DESIGN.md "Tests".
+fn probe_test_requirements() {
+    const ALL: &[&str] = &[
+        "have_root",
+        "have_fuse",
+        "have_loop",
+        "have_sshd",
+        "have_namespaces",
+        "have_strace",
+        "have_lz4",
+        "have_sudo",
+        "have_time",
+        "have_network",
+    ];
+    println!("cargo:rerun-if-env-changed=CI");
+    println!("cargo:rerun-if-env-changed=DISKDUMP_TEST_NETWORK");
+    // Installing a package changes these directories' contents.
+    println!("cargo:rerun-if-changed=/usr/sbin");
+    println!("cargo:rerun-if-changed=/usr/bin");
+    let names = ALL.join(", ");
+    println!("cargo::rustc-check-cfg=cfg({names})");
+    let ci = env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+    let root = fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+    });
+    let tool = |t: &str| {
+        ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+            .iter()
+            .any(|d| Path::new(d).join(t).exists())
+    };
+    let fuse = root && Path::new("/dev/fuse").exists();
+    let have = [
+        ("have_root", root),
+        ("have_fuse", fuse),
+        (
+            "have_loop",
+            fuse && Path::new("/dev/loop-control").exists()
+                && ["losetup", "mkfs.ext4", "mount", "umount"]
+                    .iter()
+                    .all(|t| tool(t)),
+        ),
+        ("have_sshd", root && tool("sshd") && tool("ssh-keygen")),
+        (
+            "have_namespaces",
+            fuse && tool("unshare") && tool("setpriv") && tool("fusermount3"),
+        ),
+        ("have_strace", tool("strace")),
+        ("have_lz4", tool("lz4")),
+        ("have_sudo", root && tool("sudo") && tool("useradd")),
+        ("have_time", Path::new("/usr/bin/time").exists()),
+        // Tests that fetch from a package registry (pip, debootstrap).
+        (
+            "have_network",
+            root && env::var_os("DISKDUMP_TEST_NETWORK").is_some_and(|v| v == "1"),
+        ),
+    ];
+    for (name, ok) in have {
+        if ci || ok {
+            println!("cargo:rustc-cfg={name}");
+        }
+    }
 }
 
 fn build_agent(root: &Path, target_dir: &Path) -> PathBuf {

@@ -52,6 +52,7 @@ fn main() -> Result<()> {
         inflight: &InFlight::new(),
         source: &format!("localhost:{image}"),
         progress: &NoProgress,
+        max_size: diskdump::receiver::DEFAULT_MAX_SIZE,
     };
     let received = receive(&opts, stdout.expect("piped"), stdin.expect("piped"));
     let status = child.wait()?;

@@ -1,5 +1,5 @@
 //! The remote agent, built static by `build.rs` and embedded here, so `dump`
-//! can upload it to any x86_64 Linux host (DESIGN §2, agent deployment).
+//! can upload it to any x86_64 Linux host (docs/DESIGN.md §3.1).
 
 use crate::digest::Digest;
 use std::sync::OnceLock;
@@ -34,9 +34,16 @@ mod tests {
     }
 
     #[test]
-    fn hash_is_hex_and_stable() {
-        let h = agent_hash();
-        assert!(Digest::from_hex(&h).is_some(), "{h}");
-        assert_eq!(agent_hash(), h);
+    fn hash_is_the_sha256_of_the_built_agent_file() {
+        // Checked against coreutils' sha256sum of the file build.rs left,
+        // so a hash of anything but exactly the embedded bytes fails.
+        let path = concat!(env!("OUT_DIR"), "/diskdump-agent");
+        assert_eq!(std::fs::read(path).unwrap(), AGENT, "embedded = built");
+        let out = std::process::Command::new("sha256sum")
+            .arg(path)
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(agent_hash(), text.split_whitespace().next().unwrap());
     }
 }

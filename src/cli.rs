@@ -29,6 +29,30 @@ pub enum Command {
         diskdump dump server01:/dev/sda --sudo --as server01-sda server02:sda"
     )]
     Dump(DumpArgs),
+    /// Put the agent on a host ahead of time; with --sudo, install it root-owned for sudo
+    #[command(
+        after_help = "Without --sudo the agent goes into the login user's ~/.cache/diskdump (dump does this by itself).\n\
+        With --sudo it is installed as /usr/local/lib/diskdump/diskdump-agent, owned by root (needs root@HOST or\n\
+        a sudo that allows `sh` without a password, once), and the sudoers line that lets the login user run\n\
+        exactly that file is printed."
+    )]
+    Deploy {
+        /// [user@]host
+        host: String,
+        /// Install root-owned under /usr/local/lib/diskdump for `dump --sudo`
+        #[arg(long)]
+        sudo: bool,
+        #[command(flatten)]
+        ssh: SshArgs,
+        /// Give up after this long without an answer (0: never)
+        #[arg(
+            long,
+            value_name = "SECS",
+            default_value_t = 60,
+            env = "DISKDUMP_IDLE_TIMEOUT"
+        )]
+        idle_timeout: u64,
+    },
     /// Write a dump's image to a file (holes for zero blocks) or to stdout
     Restore {
         /// Manifest path (relative to the store or absolute), or a dump name for its newest dump
@@ -133,9 +157,8 @@ pub struct DumpArgs {
     /// Name the preceding target's dump (default <host>-<device basename>)
     #[arg(long = "as", value_name = "NAME")]
     pub names: Vec<String>,
-    /// SSH user for targets without user@ [default: from ~/.ssh/config, else $USER]
-    #[arg(short, long)]
-    pub user: Option<String>,
+    #[command(flatten)]
+    pub ssh: SshArgs,
     /// Block size for a new store (must match an existing one)
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub block_size: Option<usize>,
@@ -154,9 +177,10 @@ pub struct DumpArgs {
     /// Targets dumped at once [default: all]
     #[arg(short, long)]
     pub jobs: Option<usize>,
-    /// Record an unknown host key instead of refusing it (a changed key is always refused)
-    #[arg(long)]
-    pub accept_new_host_key: bool,
+    /// Refuse a source larger than this (suffixes K, M, G, T): the storage side holds 32
+    /// bytes per block while dumping, so this bounds its memory [default: 16T]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size_u64, default_value = "16T")]
+    pub max_size: u64,
     /// Fail a target whose agent sends nothing for this long while its data is awaited (0: never)
     #[arg(
         long,
@@ -165,6 +189,40 @@ pub struct DumpArgs {
         env = "DISKDUMP_IDLE_TIMEOUT"
     )]
     pub idle_timeout: u64,
+}
+
+/// How to reach remote hosts (`dump`, `deploy`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct SshArgs {
+    /// SSH user for targets without user@ [default: from ssh_config, else the local user]
+    #[arg(short, long)]
+    pub user: Option<String>,
+    /// SSH client: the system's OpenSSH `ssh` (default when on PATH) or the built-in libssh2
+    #[arg(long, env = "DISKDUMP_TRANSPORT", value_parser = ["openssh", "libssh2"])]
+    pub transport: Option<String>,
+    /// ssh_config file instead of ~/.ssh/config (like ssh -F), for both transports
+    #[arg(long, value_name = "FILE", env = "DISKDUMP_SSH_CONFIG")]
+    pub ssh_config: Option<PathBuf>,
+    /// An option for OpenSSH's ssh, as with ssh -o (repeatable)
+    #[arg(short = 'o', long = "ssh-option", value_name = "KEY=VALUE")]
+    pub ssh_options: Vec<String>,
+    /// Record an unknown host key instead of refusing it (a changed key is always refused)
+    #[arg(long)]
+    pub accept_new_host_key: bool,
+}
+
+impl SshArgs {
+    pub fn options(&self) -> Result<crate::transport::Options> {
+        let o = crate::transport::Options {
+            kind: crate::transport::Options::choose(self.transport.as_deref())?,
+            config: self.ssh_config.clone(),
+            ssh_options: self.ssh_options.clone(),
+            user: self.user.clone(),
+            accept_new_host_key: self.accept_new_host_key,
+        };
+        o.check()?;
+        Ok(o)
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -286,6 +344,18 @@ pub fn targets_from(m: &ArgMatches) -> Result<Vec<TargetSpec>> {
     Ok(specs)
 }
 
+/// Like [`parse_size`], with `T` too, as a u64.
+pub fn parse_size_u64(s: &str) -> Result<u64, String> {
+    match s.trim().strip_suffix(['T', 't']) {
+        Some(n) => n
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(1 << 40))
+            .ok_or_else(|| format!("invalid size {s:?}")),
+        None => parse_size(s).map(|n| n as u64),
+    }
+}
+
 /// `256M`, `1G`, `131072`, `128K` → bytes.
 pub fn parse_size(s: &str) -> Result<usize, String> {
     let s = s.trim();
@@ -327,6 +397,12 @@ pub fn run() -> Result<u8> {
             let targets = targets_from(sub)?;
             commands::dump::run(&store, targets, a)
         }
+        Command::Deploy {
+            host,
+            sudo,
+            ssh,
+            idle_timeout,
+        } => commands::deploy::run(&host, sudo, &ssh.options()?, idle_timeout),
         Command::Restore { manifest, output } => {
             commands::restore::run(&store, &manifest, output.as_deref())
         }

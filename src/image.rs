@@ -1,4 +1,4 @@
-//! The one read path (DESIGN §3): `ImageReader::read_at` maps offsets to
+//! The one read path (docs/DESIGN.md §4): `ImageReader::read_at` maps offsets to
 //! blocks, serves zero blocks from memory, and fetches the rest through a
 //! shared, byte-bounded LRU of decompressed, verified blocks. Concurrent misses
 //! on one block load it once; sequential access decompresses ahead on a pool
@@ -16,9 +16,9 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex};
 
 /// A decompressed, verified block.
-pub type Block = Arc<Vec<u8>>;
+pub type BlockBytes = Arc<Vec<u8>>;
 
-type LoadResult = Result<Block, BlockError>;
+type LoadResult = Result<BlockBytes, BlockError>;
 
 struct Loading {
     result: Mutex<Option<LoadResult>>,
@@ -26,7 +26,7 @@ struct Loading {
 }
 
 struct CacheState {
-    lru: LruCache<Digest, Block>,
+    lru: LruCache<Digest, BlockBytes>,
     bytes: usize,
     loading: HashMap<Digest, Arc<Loading>>,
 }
@@ -125,16 +125,16 @@ pub fn load_block(store: &dyn Store, d: &Digest) -> LoadResult {
     })
 }
 
-type Job = (Arc<dyn Store>, Arc<BlockCache>, Digest);
+type LoadRequest = (Arc<dyn Store>, Arc<BlockCache>, Digest);
 
 /// Worker threads that load blocks into a cache ahead of the reader.
 pub struct Prefetcher {
-    tx: SyncSender<Job>,
+    tx: SyncSender<LoadRequest>,
 }
 
 impl Prefetcher {
     pub fn new(threads: usize) -> Arc<Prefetcher> {
-        let (tx, rx) = sync_channel::<Job>(threads * 64);
+        let (tx, rx) = sync_channel::<LoadRequest>(threads * 64);
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..threads.max(1) {
             let rx = rx.clone();
@@ -147,14 +147,14 @@ impl Prefetcher {
     }
 
     /// Queues a load unless the queue is full (prefetching is only a hint).
-    fn hint(&self, job: Job) {
+    fn hint(&self, job: LoadRequest) {
         if let Err(TrySendError::Disconnected(_)) = self.tx.try_send(job) {
             unreachable!("prefetch workers live as long as the sender");
         }
     }
 }
 
-fn prefetch_worker(rx: &Mutex<Receiver<Job>>) {
+fn prefetch_worker(rx: &Mutex<Receiver<LoadRequest>>) {
     loop {
         let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
         let Ok((store, cache, d)) = job else { return };
@@ -243,7 +243,7 @@ impl ImageReader {
     }
 
     /// Block `idx`'s bytes; None for a zero block.
-    pub fn block(&self, idx: usize) -> Result<Option<Block>, ReadError> {
+    pub fn block(&self, idx: usize) -> Result<Option<BlockBytes>, ReadError> {
         if self.is_zero(idx) {
             return Ok(None);
         }
@@ -257,7 +257,7 @@ impl ImageReader {
 
     /// Block `idx` for a reader going through the image in order: like
     /// `block`, and loads the blocks after it ahead.
-    pub fn next_block(&self, idx: usize) -> Result<Option<Block>, ReadError> {
+    pub fn next_block(&self, idx: usize) -> Result<Option<BlockBytes>, ReadError> {
         let bs = self.manifest.block_size as u64;
         let offset = idx as u64 * bs;
         self.read_ahead(offset, offset + self.manifest.block_len(idx) as u64, idx);

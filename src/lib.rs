@@ -1,4 +1,4 @@
-//! diskdump: deduplicated disk-image backup. See DESIGN.md for the contract;
+//! diskdump: deduplicated disk-image backup. See docs/DESIGN.md for the formats and architecture;
 //! in short:
 //!
 //! - **Store** (`store`): every unique block once, `.blockstore/ab/cd/<sha256>.lz4`
@@ -39,6 +39,7 @@
 pub mod agent_bin;
 pub mod cli;
 pub mod commands;
+pub mod deploy;
 pub mod digest;
 pub mod fuse;
 pub mod idle;
@@ -52,5 +53,8 @@ pub mod retention;
 pub mod signals;
 pub mod ssh;
 pub mod store;
+pub mod target;
 #[cfg(test)]
 mod testutil;
+pub mod transport;
+pub mod untrusted;

@@ -1,4 +1,4 @@
-//! The manifest (DESIGN §1, text v1): one dump's header and block list, its
+//! The manifest (docs/DESIGN.md §1.3, text v1): one dump's header and block list, its
 //! file name, and the offset arithmetic every reader uses.
 
 use crate::digest::Digest;
@@ -50,64 +50,31 @@ impl Manifest {
             line,
             msg,
         };
-        let mut lines = text.lines().enumerate();
-        match lines.next() {
-            Some((_, l)) if l.trim_end() == MAGIC => {}
-            _ => {
-                return Err(err(
-                    1,
-                    format!("not a diskdump manifest (expected {MAGIC:?})"),
-                ))
-            }
-        }
-        if !text.is_empty() && !text.ends_with('\n') {
+        let header = ManifestHeader::parse(text, origin)?;
+        if !text.ends_with('\n') {
             return Err(err(
                 text.lines().count(),
                 "truncated: no final newline".into(),
             ));
         }
-        let (mut source, mut date) = (String::new(), String::new());
-        let (mut block_size, mut total_blocks, mut total_size) = (None, None, None);
-        let mut new_blocks = None;
+        // The hash list: comment lines among hashes are allowed (and ignored:
+        // the header's fields come from the header alone).
         let mut blocks = Vec::new();
-        for (i, raw) in lines {
-            let n = i + 1;
+        for (i, raw) in text.lines().enumerate().skip(1) {
             let line = raw.trim_end_matches('\r');
-            if let Some(c) = line.strip_prefix('#') {
-                let Some((key, value)) = c.trim_start().split_once(':') else {
-                    continue;
-                };
-                let value = value.trim();
-                let num = |v: &str| {
-                    v.parse::<u64>()
-                        .map_err(|_| err(n, format!("{key}: {v:?} is not a number")))
-                };
-                match key {
-                    "source" => source = value.to_string(),
-                    "date" => date = value.to_string(),
-                    "block_size" => block_size = Some(num(value)?),
-                    "total_blocks" => total_blocks = Some(num(value)?),
-                    "total_size" => total_size = Some(num(value)?),
-                    "new_blocks" => new_blocks = value.parse().ok(),
-                    _ => {} // unknown comments are allowed (forward compatibility)
-                }
-            } else if line.trim().is_empty() {
+            if line.starts_with('#') || line.trim().is_empty() {
                 continue;
-            } else {
-                let d = Digest::from_hex(line).ok_or_else(|| {
-                    err(
-                        n,
-                        format!("{:?} is not a SHA-256 hash (64 hex digits)", trunc(line)),
-                    )
-                })?;
-                blocks.push(d);
             }
+            let d = Digest::from_hex(line).ok_or_else(|| {
+                err(
+                    i + 1,
+                    format!("{:?} is not a SHA-256 hash (64 hex digits)", trunc(line)),
+                )
+            })?;
+            blocks.push(d);
         }
-        // Python diskdump 0.1.5 defaults these when absent; so do we.
-        let block_size = block_size.unwrap_or(131072);
-        if block_size == 0 || block_size > crate::store::MAX_BLOCK_SIZE as u64 {
-            return Err(err(0, format!("block_size {block_size} is out of range")));
-        }
+        let block_size = header.block_size as u64;
+        let total_blocks = header.total_blocks;
         let count = blocks.len() as u64;
         if let Some(tb) = total_blocks {
             if tb != count {
@@ -118,7 +85,7 @@ impl Manifest {
             }
         }
         let max = count * block_size;
-        let total_size = total_size.unwrap_or(max);
+        let total_size = header.total_size.unwrap_or(max);
         let min = count.saturating_sub(1) * block_size + u64::from(count > 0);
         if total_size > max || total_size < min {
             return Err(err(
@@ -129,12 +96,12 @@ impl Manifest {
             ));
         }
         Ok(Manifest {
-            source,
-            date,
-            block_size: block_size as usize,
+            source: header.source,
+            date: header.date,
+            block_size: header.block_size,
             total_size,
             blocks,
-            new_blocks,
+            new_blocks: header.new_blocks,
         })
     }
 
@@ -178,7 +145,8 @@ impl Manifest {
 
 /// The comment lines before the hash list: enough for a dump's size and date
 /// without reading (or holding) its hashes, which is what `mount` needs to
-/// stat many dumps cheaply. `Manifest::parse` stays the full validator.
+/// stat many dumps cheaply. The one header parser: `Manifest::parse` uses it,
+/// then validates the hash list against it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManifestHeader {
     pub source: String,

@@ -1,4 +1,4 @@
-//! The storage side of one dump (DESIGN §2), over any `Read` + `Write` pair
+//! The storage side of one dump (docs/DESIGN.md §3), over any `Read` + `Write` pair
 //! (an SSH channel, or pipes to a local agent in tests).
 //!
 //! It trusts nothing the agent says: the Hello must match the store, batches
@@ -12,23 +12,24 @@
 //! already fetching it). Per new block: one decompress, one SHA-256, one
 //! write; with `lz4` on the wire, the received frame is what is written.
 
+mod check;
+mod exchange;
 mod inflight;
-mod session;
-mod verify;
 
 pub use inflight::InFlight;
 
 use crate::manifest::{now_string, Manifest};
 use crate::store::Store;
+use crate::untrusted;
 use anyhow::{bail, Context, Result};
+use check::{Checker, Counters, FirstError};
 use diskdump_agent::proto::{self, check_params, Hello, Message, ProtocolError};
+use exchange::Exchange;
 use inflight::Claims;
-use session::Session;
 use std::io::{BufReader, Read, Write};
 use std::sync::mpsc::sync_channel;
 use std::sync::Mutex;
 use std::thread;
-use verify::{Counters, FirstError, Verifier};
 
 /// Counts of one dump, reported while it runs and at the end.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -82,7 +83,14 @@ pub struct ReceiveOptions<'a> {
     /// `host:path`, recorded as the manifest's source.
     pub source: &'a str,
     pub progress: &'a dyn Progress,
+    /// Largest source size accepted from the agent's Hello: the storage side keeps 32 bytes
+    /// per block of the image while it runs, so this bounds its memory, not the remote's claim.
+    pub max_size: u64,
 }
+
+/// Default of [`ReceiveOptions::max_size`] (`dump --max-size`): 16 TiB, about 4 GiB of
+/// block hashes on the storage side.
+pub const DEFAULT_MAX_SIZE: u64 = 16 << 40;
 
 /// A successful dump: the manifest to write (the caller writes it, with
 /// `Store::write_manifest`), its statistics, and the agent's Hello.
@@ -106,10 +114,18 @@ pub fn receive(
     let max_frame = proto::max_frame_len(store.block_size());
     let mut input = BufReader::with_capacity(256 << 10, Wire::new(input));
     let hello = read_hello(&mut input, max_frame, store)?;
+    if hello.size > opts.max_size {
+        bail!(
+            "the agent announces a source of {} bytes, more than --max-size ({} bytes); \
+             raise --max-size for a disk that large (the storage side keeps 32 bytes per block)",
+            hello.size,
+            opts.max_size
+        );
+    }
     let claims = Claims::new(opts.inflight);
     let counters = Counters::default();
     let failure = FirstError::default();
-    let verifier = Verifier {
+    let checker = Checker {
         store,
         inflight: opts.inflight,
         owner: claims.owner,
@@ -117,15 +133,15 @@ pub fn receive(
         counters: &counters,
         failure: &failure,
     };
-    let mut session = Session::new(opts, &hello, claims.owner, &counters, &failure);
+    let mut exchange = Exchange::new(opts, &hello, claims.owner, &counters, &failure);
     let workers = thread::available_parallelism().map_or(2, |n| n.get().min(8));
-    let (jobs_tx, jobs_rx) = sync_channel(workers * 2);
-    let jobs_rx = Mutex::new(jobs_rx);
+    let (arrivals_tx, arrivals_rx) = sync_channel(workers * 2);
+    let arrivals_rx = Mutex::new(arrivals_rx);
     let received = thread::scope(|s| {
         for _ in 0..workers {
-            s.spawn(|| verifier.run(&jobs_rx));
+            s.spawn(|| checker.run(&arrivals_rx));
         }
-        session.run(&mut input, &mut output, max_frame, jobs_tx)
+        exchange.run(&mut input, &mut output, max_frame, arrivals_tx)
     });
     // A worker's error is the root cause of whatever the reading loop saw
     // afterwards (often just the agent being cut off).
@@ -134,7 +150,7 @@ pub fn receive(
     }
     received?;
     drop(output); // the agent may exit now
-    session.finish(date, input.get_ref().count)
+    exchange.finish(date, input.get_ref().count)
 }
 
 fn read_hello<R: Read>(
@@ -144,13 +160,13 @@ fn read_hello<R: Read>(
 ) -> Result<Hello> {
     let hello = match proto::read_frame(input, max) {
         Ok(Some(Message::Hello(h))) => h,
-        Ok(Some(Message::Error(m))) => bail!("the agent failed: {m}"),
+        Ok(Some(Message::Error(m))) => bail!("the agent failed: {}", untrusted::escape(&m)),
         Ok(Some(other)) => bail!("the agent's first frame is not a Hello: {other:?}"),
         Ok(None) => bail!("the agent closed its output without a word (did it start?)"),
         Err(e @ ProtocolError::Version(_)) => bail!("the agent's Hello: {e}"),
         Err(e) => bail!(
-            "the agent's output does not start with a diskdump Hello ({e}); it begins with {:?}",
-            String::from_utf8_lossy(&input.get_ref().head)
+            "the agent's output does not start with a diskdump Hello ({e}); it begins with \"{}\"",
+            untrusted::escape_bytes(&input.get_ref().head)
         ),
     };
     let bs = store.block_size();

@@ -1,33 +1,31 @@
-//! The SSH side of `dump`, and the only file that uses `ssh2` (libssh2); its submodules are
-//! the pure parts (`config`: ssh_config, known_hosts lines, keys) and the stream pump
+//! The libssh2 transport (the only file that uses `ssh2`), for hosts without an OpenSSH
+//! client. Its submodules are the pure parts (`config`: ssh_config, known_hosts lines, keys,
+//! and the keywords refused because libssh2 cannot do them as OpenSSH does) and the stream pump
 //! (`pump`, behind a small channel trait this file implements).
 //!
-//! [`Remote::connect`] resolves the host through ssh_config (`config`), connects with a
+//! [`Libssh2::connect`] resolves the host through ssh_config (`config`), connects with a
 //! timeout, verifies the host key against known_hosts and logs in (ssh-agent, then identity
-//! files). A [`Remote`] runs small commands ([`Remote::run`]), uploads files atomically over
-//! SCP, deploys the agent once per content hash ([`Remote::ensure_agent`]), and starts the
-//! long-running agent as a duplex byte stream ([`Remote::exec_stream`]).
+//! files). Each command runs on a channel as a duplex byte stream ([`Remote::exec_stream`]).
 //!
 //! libssh2 holds one session lock through each call, so reading and writing one channel from
 //! two threads deadlocks; streams are driven by one thread in non-blocking mode (see `pump`).
 //!
 //! Throughput: libssh2 does all crypto of a session on the pump thread, in its own portable
 //! chacha20-poly1305 (its default and here the cheapest: its AES-GCM calls OpenSSL once per
-//! 16-byte block). Over loopback that is ~5 s of CPU per 512 MiB each way at once, on par with
-//! OpenSSH's `ssh` measured in the same run; parallel targets use a session each.
+//! 16-byte block): ~200 MB/s one way over loopback, a third of OpenSSH's `ssh`.
 
 mod config;
 mod pump;
 
-pub use config::{sudo_hint, SshOptions, Target};
-pub use pump::{ExitInfo, Handle, RemoteProcess};
+pub use config::SshOptions;
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use ssh2::{
@@ -35,47 +33,67 @@ use ssh2::{
     Session,
 };
 
+use crate::transport::{RemoteProcess, Transport};
 use config::{KnownLine, Resolved};
 use pump::PumpIo;
 
 const LIBSSH2_ERROR_TIMEOUT: i32 = -9;
-/// Blocking calls after login (opening channels, SCP) give up after this long without progress.
+/// Blocking calls after login (opening channels) give up after this long without progress.
 const IO_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// A logged-in SSH session to one host.
-/// The agent's SHA-256 as lowercase hex, refusing anything else.
-fn agent_hash(hex: &str) -> Result<String> {
-    let hash = hex.to_ascii_lowercase();
-    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-        bail!("agent hash {hex:?} is not a SHA-256 hex digest");
-    }
-    Ok(hash)
+/// The libssh2 transport to one host: one session per command (the first one is opened by
+/// [`Libssh2::connect`], so that connection errors come first).
+pub struct Libssh2 {
+    resolved: Resolved,
+    label: String,
+    ready: Mutex<Option<Remote>>,
 }
 
-/// Exit status of [`Remote::cached_agent_command`] when the agent must be deployed first.
-pub const AGENT_MISSING: i32 = 97;
+impl Libssh2 {
+    /// Connects to `[user@]host`, where `host` may be an ssh_config alias. ssh_config
+    /// keywords libssh2 cannot honour as OpenSSH does are refused first (see `config`).
+    pub fn connect(dest: &str, opts: &SshOptions) -> Result<Libssh2> {
+        let r = config::resolve(dest, opts).with_context(|| format!("ssh {dest}"))?;
+        let remote = Remote::open(&r).with_context(|| format!("ssh {}", r.label()))?;
+        Ok(Libssh2 {
+            label: r.label(),
+            resolved: r,
+            ready: Mutex::new(Some(remote)),
+        })
+    }
+}
 
-pub struct Remote {
+impl Transport for Libssh2 {
+    fn label(&self) -> &str {
+        &self.label
+    }
+
+    fn exec(&self, cmd: &str) -> Result<RemoteProcess> {
+        let ready = self.ready.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let remote = match ready {
+            Some(r) => r,
+            None => Remote::open(&self.resolved).with_context(|| format!("ssh {}", self.label))?,
+        };
+        remote.exec_stream(cmd)
+    }
+}
+
+/// A logged-in SSH session to one host.
+struct Remote {
     sess: Session,
     fd: RawFd,
     label: String,
 }
 
 impl Remote {
-    /// Connects to `[user@]host`, where `host` may be an ssh_config alias.
-    pub fn connect(dest: &str, opts: &SshOptions) -> Result<Remote> {
-        let r = config::resolve(dest, opts).with_context(|| format!("ssh {dest}"))?;
-        Self::open(&r).with_context(|| format!("ssh {}", r.label()))
-    }
-
     fn open(r: &Resolved) -> Result<Remote> {
         let tcp = tcp_connect(r)?;
         let fd = tcp.as_raw_fd();
         let mut sess = Session::new().context("cannot create an SSH session")?;
         sess.set_tcp_stream(tcp);
         sess.set_timeout(millis(r.connect_timeout));
-        let known = KnownDb::load(&sess, &r.known_hosts)?;
         let name = r.known_host_name();
+        let known = KnownDb::load(&sess, &r.known_hosts, &name)?;
         let types = known.types_for(&name);
         let steered = steer_host_key(&sess, &types)?;
         // Ciphers: libssh2's default order (chacha20-poly1305 first) is the fastest here. Its
@@ -106,139 +124,9 @@ impl Remote {
         })
     }
 
-    /// `user@host:port`, the name every error uses.
-    pub fn label(&self) -> &str {
-        &self.label
-    }
-
-    /// Runs a small command; returns its exit status (-1 if killed by a signal), stdout and the
-    /// last 64 KiB of stderr.
-    pub fn run(&self, cmd: &str) -> Result<(i32, Vec<u8>, Vec<u8>)> {
-        let mut ch = self.exec(cmd)?;
-        let mut io = PumpIo::memory();
-        let done = self.drive(&mut ch, &mut io);
-        let done = done.with_context(|| format!("ssh {}: running {cmd:?}", self.label))?;
-        let out = io.into_output();
-        Ok((done.status, out, done.stderr))
-    }
-
-    /// Like [`Remote::run`], but a non-zero exit is an error carrying the remote stderr.
-    pub fn run_ok(&self, cmd: &str) -> Result<Vec<u8>> {
-        let (status, out, err) = self.run(cmd)?;
-        if status != 0 {
-            let err = String::from_utf8_lossy(&err);
-            bail!(
-                "ssh {}: {cmd:?} exited with status {status}: {}",
-                self.label,
-                err.trim_end()
-            );
-        }
-        Ok(out)
-    }
-
-    /// Uploads `data` over SCP to `remote_path.tmp.<unique>`, then renames it into place, so
-    /// nobody ever sees a partial file.
-    pub fn upload(&self, remote_path: &str, data: &[u8], mode: i32) -> Result<()> {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let tmp = format!("{remote_path}.tmp.{:x}{nanos:x}", std::process::id());
-        let res = self.scp_send(&tmp, data, mode).and_then(|()| {
-            self.run_ok(&format!(
-                "mv -f -- {} {}",
-                sh_quote(&tmp),
-                sh_quote(remote_path)
-            ))
-            .map(drop)
-        });
-        if res.is_err() {
-            let _ = self.run(&format!("rm -f -- {}", sh_quote(&tmp)));
-        }
-        res.with_context(|| format!("ssh {}: uploading {remote_path}", self.label))
-    }
-
-    fn scp_send(&self, path: &str, data: &[u8], mode: i32) -> Result<()> {
-        let mut ch = self
-            .sess
-            .scp_send(Path::new(path), mode, data.len() as u64, None)?;
-        ch.write_all(data)?;
-        // The SCP protocol ends a file with a NUL status byte; libssh2 leaves it to us, and
-        // OpenSSH's `scp -t` exits 1 ("lost connection") without it.
-        ch.write_all(&[0])?;
-        ch.send_eof()?;
-        ch.wait_eof()?;
-        // scp reports errors in-band on stdout (\x01 or \x02, a message), some on stderr.
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        let _ = ch.read_to_end(&mut out);
-        let _ = ch.stderr().read_to_end(&mut err);
-        ch.close()?;
-        ch.wait_close()?;
-        match ch.exit_status()? {
-            0 => Ok(()),
-            status => {
-                out.retain(|&b| b > 2);
-                out.extend_from_slice(&err);
-                bail!(
-                    "remote scp exited with status {status}: {}",
-                    String::from_utf8_lossy(&out).trim_end()
-                )
-            }
-        }
-    }
-
-    /// A command that runs the agent `ensure_agent` cached, if it is there
-    /// and intact, with `prefix` (e.g. `sudo -n `) and `args`; otherwise it
-    /// exits with [`AGENT_MISSING`] before writing anything. The usual
-    /// dump then costs one remote command instead of two: each starts the
-    /// user's shell, 0.17 s with this machine's root `.bashrc`.
-    pub fn cached_agent_command(agent_hash_hex: &str, prefix: &str, args: &str) -> Result<String> {
-        let hash = agent_hash(agent_hash_hex)?;
-        Ok(format!(
-            "p=\"$HOME/.cache/diskdump/agent-{}\"; [ \"$(uname -sm)\" = 'Linux x86_64' ] && \
-             [ \"$(sha256sum < \"$p\" 2>/dev/null)\" = '{hash}  -' ] && exec {prefix}\"$p\" {args}; \
-             exit {AGENT_MISSING}",
-            &hash[..16]
-        ))
-    }
-
-    /// Makes sure the agent executable is in `~/.cache/diskdump/agent-<hash prefix>` (dir mode
-    /// 0700) on the remote, uploading it only when no file with that SHA-256 is there. Refuses
-    /// anything but Linux x86_64 (the agent is a static x86_64 Linux binary). Returns its path.
-    pub fn ensure_agent(&self, agent: &[u8], agent_hash_hex: &str) -> Result<String> {
-        let hash = agent_hash(agent_hash_hex)?;
-        let name = format!("agent-{}", &hash[..16]);
-        // One round trip: platform, cache dir (absolute, for sudo), hash of what is there.
-        let script = format!(
-            "uname -sm; [ \"$(uname -sm)\" = 'Linux x86_64' ] || exit 0; d=\"$HOME/.cache/diskdump\"; \
-             mkdir -p \"$d\" && chmod 700 \"$d\" && echo \"$d\" && {{ sha256sum \"$d/{name}\" 2>/dev/null || echo none; }}"
-        );
-        let out = String::from_utf8_lossy(&self.run_ok(&script)?).into_owned();
-        let mut lines = out.lines();
-        let platform = lines.next().unwrap_or("").trim();
-        if platform != "Linux x86_64" {
-            bail!(
-                "ssh {}: the remote is {platform:?}; the diskdump agent runs only on Linux x86_64",
-                self.label
-            );
-        }
-        let (dir, present) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
-        if !dir.starts_with('/') {
-            bail!(
-                "ssh {}: could not set up the agent cache dir (got {dir:?})",
-                self.label
-            );
-        }
-        let path = format!("{dir}/{name}");
-        if present.split_whitespace().next() != Some(hash.as_str()) {
-            self.upload(&path, agent, 0o700)?;
-        }
-        Ok(path)
-    }
-
     /// Starts `cmd`; its stdin and stdout become pipes the caller reads and writes from any
     /// threads, while a thread of ours drives the channel (see `pump`).
-    pub fn exec_stream(self, cmd: &str) -> Result<RemoteProcess> {
+    fn exec_stream(self, cmd: &str) -> Result<RemoteProcess> {
         let mut ch = self.exec(cmd)?;
         pump::spawn(self.label.clone(), move |io| {
             let res = self.drive(&mut ch, io);
@@ -304,16 +192,27 @@ fn tcp_connect(r: &Resolved) -> Result<TcpStream> {
     }
 }
 
-/// known_hosts lines, each in its own libssh2 collection: asking one line "does it name this
-/// host?" is how hashed names are matched (libssh2 has the HMAC), and one line per collection
-/// keeps that linear in the file size.
+/// An ed25519 public key that names nothing: what libssh2 is asked about (see `KnownDb::load`).
+const PROBE_KEY: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIAS3eA1gw0tYn56O3XiQxrCzZCI6FbXy5hrFdun5v+Yq";
+
+fn probe_blob() -> Vec<u8> {
+    config::base64_decode(PROBE_KEY).expect("valid base64")
+}
+
+/// known_hosts lines. A plain or hashed line goes into its own libssh2 collection: asking one
+/// line "does it name this host?" is how hashed names are matched (libssh2 has the HMAC), and
+/// one line per collection keeps that linear in the file size. Lines with wildcard or negated
+/// patterns, which libssh2 compares literally, are matched here as OpenSSH matches them.
 struct KnownDb {
-    entries: Vec<(KnownLine, KnownHosts)>,
+    /// Each line, with the libssh2 collection that matches its (plain or hashed) names.
+    entries: Vec<(KnownLine, Option<KnownHosts>)>,
     revoked: Vec<Vec<u8>>,
 }
 
 impl KnownDb {
-    fn load(sess: &Session, files: &[std::path::PathBuf]) -> Result<KnownDb> {
+    /// Reads `files` and the system file; an `@cert-authority` line for `name` is refused
+    /// (libssh2 cannot verify host certificates).
+    fn load(sess: &Session, files: &[std::path::PathBuf], name: &str) -> Result<KnownDb> {
         let mut db = KnownDb {
             entries: Vec::new(),
             revoked: Vec::new(),
@@ -328,16 +227,29 @@ impl KnownDb {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e).with_context(|| format!("cannot read {}", file.display())),
             };
-            for line in text.lines().filter_map(config::parse_known_line) {
+            for (n, raw) in text.lines().enumerate() {
+                let Some(line) = config::parse_known_line(raw) else {
+                    continue;
+                };
+                let patterns = line.names.contains(['*', '?', '!']) && !line.names.starts_with('|');
                 match line.marker.as_deref() {
                     Some("revoked") => db.revoked.push(line.blob),
-                    Some(_) => {} // @cert-authority: host certificates are not supported
+                    Some(_) if patterns && !config::host_patterns_match(&line.names, name) => {}
+                    Some(m) => bail!(
+                        "{}:{}: the libssh2 transport cannot verify host certificates (`@{m}`); \
+                         use --transport openssh (the system's ssh client) for this host",
+                        file.display(),
+                        n + 1
+                    ),
+                    None if patterns => db.entries.push((line, None)),
                     None => {
+                        // libssh2 only answers whether the line names the host, asked with a
+                        // placeholder key: a line whose key type libssh2 does not know still
+                        // counts as a key on record (accept-new must not add another).
                         let mut kh = sess.known_hosts()?;
-                        // Lines libssh2 cannot parse (unknown key types...) are skipped, as
-                        // OpenSSH skips lines it cannot use.
-                        if kh.read_str(&line.text, KnownHostFileKind::OpenSSH).is_ok() {
-                            db.entries.push((line, kh));
+                        let probe = format!("{} ssh-ed25519 {PROBE_KEY}", line.names);
+                        if kh.read_str(&probe, KnownHostFileKind::OpenSSH).is_ok() {
+                            db.entries.push((line, Some(kh)));
                         }
                     }
                 }
@@ -346,15 +258,18 @@ impl KnownDb {
         Ok(db)
     }
 
-    fn names(kh: &KnownHosts, line: &KnownLine, name: &str) -> bool {
-        matches!(kh.check(name, &line.blob), CheckResult::Match)
+    fn names(line: &KnownLine, kh: &Option<KnownHosts>, name: &str) -> bool {
+        match kh {
+            Some(kh) => matches!(kh.check(name, &probe_blob()), CheckResult::Match),
+            None => config::host_patterns_match(&line.names, name),
+        }
     }
 
     /// Key types recorded for `name` (`host` or `[host]:port`), without duplicates.
     fn types_for(&self, name: &str) -> Vec<String> {
         let mut types: Vec<String> = Vec::new();
         for (line, kh) in &self.entries {
-            if Self::names(kh, line, name) && !types.contains(&line.key_type) {
+            if Self::names(line, kh, name) && !types.contains(&line.key_type) {
                 types.push(line.key_type.clone());
             }
         }
@@ -364,20 +279,17 @@ impl KnownDb {
     /// `Match` if a line for `name` has this key, `Mismatch` if lines for `name` exist but
     /// none has it, `NotFound` otherwise.
     fn check(&self, name: &str, key: &[u8]) -> CheckResult {
-        if self
+        let mut named = self
             .entries
             .iter()
-            .any(|(_, kh)| matches!(kh.check(name, key), CheckResult::Match))
-        {
-            CheckResult::Match
-        } else if self
-            .entries
-            .iter()
-            .any(|(line, kh)| Self::names(kh, line, name))
-        {
-            CheckResult::Mismatch
-        } else {
+            .filter(|(line, kh)| Self::names(line, kh, name))
+            .peekable();
+        if named.peek().is_none() {
             CheckResult::NotFound
+        } else if named.any(|(line, _)| line.blob == key) {
+            CheckResult::Match
+        } else {
+            CheckResult::Mismatch
         }
     }
 }
@@ -591,20 +503,4 @@ impl pump::Duplex for Libssh2Channel<'_> {
 
 fn millis(d: Duration) -> u32 {
     d.as_millis().min(u32::MAX as u128) as u32
-}
-
-/// Quotes one word for the remote POSIX shell.
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quoting() {
-        assert_eq!(sh_quote("/a b/c"), "'/a b/c'");
-        assert_eq!(sh_quote("it's"), r"'it'\''s'");
-    }
 }

@@ -12,11 +12,7 @@ pub const BS: usize = 4096;
 pub fn image() -> Vec<u8> {
     let mut v: Vec<u8> = (0..BS).map(|i| b"hello world "[i % 12]).collect();
     v.extend(vec![0u8; BS]);
-    let mut x = 12345u32;
-    v.extend((0..BS).map(|_| {
-        x = x.wrapping_mul(1103515245).wrapping_add(12345);
-        (x >> 16) as u8
-    }));
+    v.extend(diskdump_agent::testdata::noise(BS, 12345));
     v.extend(vec![0u8; BS]);
     v.extend((0..BS).map(|i| b"other text "[i % 11]));
     v.extend((0..1000).map(|i| i as u8));

@@ -12,11 +12,17 @@ use std::process::{Child, Command, Output, Stdio};
 const BS: usize = 131072;
 
 fn run(sshd: &Sshd, store: &Path, args: &[&str]) -> Output {
+    run_via(sshd, store, "openssh", args)
+}
+
+/// Runs diskdump with `DISKDUMP_TRANSPORT=transport`.
+fn run_via(sshd: &Sshd, store: &Path, transport: &str, args: &[&str]) -> Output {
     Command::new(common::bin())
         .arg("--store")
         .arg(store)
         .args(args)
         .envs(sshd.env())
+        .env("DISKDUMP_TRANSPORT", transport)
         .output()
         .expect("run diskdump")
 }
@@ -79,8 +85,20 @@ fn summary(o: &Output, target: &str) -> (u64, String) {
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn dump_restores_byte_identical_and_a_redump_moves_almost_nothing() {
-    let Some(sshd) = Sshd::require() else { return };
+    dump_and_redump("openssh");
+}
+
+#[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
+fn dump_and_redump_over_libssh2() {
+    dump_and_redump("libssh2");
+}
+
+fn dump_and_redump(transport: &str) {
+    let sshd = Sshd::start();
+    let run = |sshd: &Sshd, store: &Path, args: &[&str]| run_via(sshd, store, transport, args);
     let dir = tempfile::tempdir().unwrap();
     let data = images::mixed(BS, 300, 4321, 41); // ~37.5 MiB
     let img = dir.path().join("disk.img");
@@ -113,8 +131,9 @@ fn dump_restores_byte_identical_and_a_redump_moves_almost_nothing() {
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn two_targets_in_parallel_each_with_its_own_flags() {
-    let Some(sshd) = Sshd::require() else { return };
+    let sshd = Sshd::start();
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (images::mixed(BS, 40, 0, 42), images::mixed(BS, 50, 99, 43));
     let (ia, ib) = (dir.path().join("a.img"), dir.path().join("b.img"));
@@ -149,8 +168,9 @@ fn two_targets_in_parallel_each_with_its_own_flags() {
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn one_failing_target_does_not_stop_the_others() {
-    let Some(sshd) = Sshd::require() else { return };
+    let sshd = Sshd::start();
     let dir = tempfile::tempdir().unwrap();
     let a = images::mixed(BS, 20, 5, 44);
     let ia = dir.path().join("a.img");
@@ -185,8 +205,20 @@ fn one_failing_target_does_not_stop_the_others() {
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn unknown_and_changed_host_keys_are_refused() {
-    let Some(sshd) = Sshd::require() else { return };
+    host_keys_refused("openssh");
+}
+
+#[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
+fn unknown_and_changed_host_keys_are_refused_over_libssh2() {
+    host_keys_refused("libssh2");
+}
+
+fn host_keys_refused(transport: &str) {
+    let sshd = Sshd::start();
+    let run = |sshd: &Sshd, store: &Path, args: &[&str]| run_via(sshd, store, transport, args);
     let dir = tempfile::tempdir().unwrap();
     let ia = dir.path().join("a.img");
     images::write(&ia, &images::mixed(BS, 4, 0, 45));
@@ -198,8 +230,10 @@ fn unknown_and_changed_host_keys_are_refused() {
     let o = run(&sshd, &store, &["dump", &target, "--as", "x"]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
+    // libssh2 says "unknown host key ... SHA256:...", OpenSSH "No ED25519 host key is known".
+    let lower = err.to_lowercase();
     assert!(
-        err.contains("SHA256:") && err.to_lowercase().contains("unknown"),
+        lower.contains("host key") && (lower.contains("unknown") || lower.contains("is known")),
         "{}",
         text(&o)
     );
@@ -258,8 +292,9 @@ fn bad_targets_and_flags_are_refused_before_connecting() {
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn ctrl_c_stops_the_agent_writes_no_manifest_and_the_rerun_resends_nothing() {
-    let Some(sshd) = Sshd::require() else { return };
+    let sshd = Sshd::start();
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("big.img");
     // 16 MiB of data up front, then a long sparse tail the agent is still
@@ -299,8 +334,9 @@ fn ctrl_c_stops_the_agent_writes_no_manifest_and_the_rerun_resends_nothing() {
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn agent_is_deployed_once_and_redeployed_when_damaged() {
-    let Some(sshd) = Sshd::require() else { return };
+    let sshd = Sshd::start();
     let dir = tempfile::tempdir().unwrap();
     let data = images::mixed(BS, 20, 1000, 43);
     let img = dir.path().join("disk.img");
@@ -339,8 +375,9 @@ fn agent_is_deployed_once_and_redeployed_when_damaged() {
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn kill_9_of_the_storage_side_leaves_whole_blocks_and_the_rerun_sends_only_the_rest() {
-    let Some(sshd) = Sshd::require() else { return };
+    let sshd = Sshd::start();
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("big.img");
     // 32 MiB of distinct random blocks, then a long sparse tail the agent is
@@ -389,8 +426,9 @@ fn kill_9_of_the_storage_side_leaves_whole_blocks_and_the_rerun_sends_only_the_r
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn a_stalled_agent_fails_its_target_after_the_idle_timeout() {
-    let Some(sshd) = Sshd::require() else { return };
+    let sshd = Sshd::start();
     let dir = tempfile::tempdir().unwrap();
     // A FIFO nobody writes to: the agent blocks opening it and says nothing.
     let fifo = dir.path().join("stall.fifo");
@@ -438,11 +476,13 @@ impl Drop for SudoersRule {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(have_sshd, have_sudo)),
+    ignore = "needs root and sshd; root, sudo and useradd"
+)]
 fn sudo_that_wants_a_password_is_a_clear_error() {
-    let Some(sshd) = Sshd::require() else { return };
-    if !common::require(common::have("sudo"), "sudo (apt-get install sudo)") {
-        return;
-    }
+    let sshd = Sshd::start();
+    common::need(common::have("sudo"), "sudo (apt-get install sudo)");
     let user = "diskdump-test";
     sshd.login_as(user);
     // The user may use sudo, but only with its password (no NOPASSWD).
@@ -478,8 +518,9 @@ fn sudo_that_wants_a_password_is_a_clear_error() {
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn kill_9_of_the_agent_fails_the_dump_clearly_and_the_rerun_sends_only_the_rest() {
-    let Some(sshd) = Sshd::require() else { return };
+    let sshd = Sshd::start();
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("agent-kill.img");
     let data = images::random_bytes(256 * BS, 49);
@@ -493,7 +534,7 @@ fn kill_9_of_the_agent_fails_the_dump_clearly_and_the_rerun_sends_only_the_rest(
     });
     // The agent: the process whose command line ends with this test's image.
     let ps = Command::new("pgrep")
-        .args(["-f", &format!("agent-.* {}$", img.display())])
+        .args(["-f", &format!("compress .* {}$", img.display())])
         .output()
         .unwrap();
     let pids: Vec<i32> = String::from_utf8_lossy(&ps.stdout)
@@ -524,8 +565,9 @@ fn kill_9_of_the_agent_fails_the_dump_clearly_and_the_rerun_sends_only_the_rest(
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn gc_during_a_dump_runs_at_once_and_keeps_the_blocks_the_dump_was_told_are_present() {
-    let Some(sshd) = Sshd::require() else { return };
+    let sshd = Sshd::start();
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let data = images::random_bytes(64 * BS, 51);
@@ -569,8 +611,9 @@ fn gc_during_a_dump_runs_at_once_and_keeps_the_blocks_the_dump_was_told_are_pres
 }
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn sigterm_stops_a_dump_like_ctrl_c() {
-    let Some(sshd) = Sshd::require() else { return };
+    let sshd = Sshd::start();
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("term.img");
     images::write(&img, &images::random_bytes(64 * BS, 52));
@@ -593,4 +636,175 @@ fn sigterm_stops_a_dump_like_ctrl_c() {
     common::whole_blocks_and_temps(&store, BS);
     common::dd(&store, &["verify"]).ok();
     wait_agent_gone(&img);
+}
+
+/// Removes the system agent `deploy --sudo` installs (tests that install it run as root).
+struct SystemAgent;
+
+impl Drop for SystemAgent {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all("/usr/local/lib/diskdump");
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(all(have_sshd, have_sudo)),
+    ignore = "needs root and sshd; root, sudo and useradd"
+)]
+fn deploy_sudo_installs_a_root_owned_agent_that_a_sudoers_rule_for_that_file_runs() {
+    let sshd = Sshd::start();
+    common::need(common::have("sudo"), "sudo (apt-get install sudo)");
+    let _cleanup = SystemAgent;
+    let user = "diskdump-test-d"; // its own user: sudoers rules of parallel tests differ
+    sshd.login_as(user);
+    // The exact line deploy prints, for exactly that file; nothing else is allowed.
+    let o = run(
+        &sshd,
+        Path::new("/nonexistent"),
+        &["deploy", &format!("root@{}", sshd.host_alias()), "--sudo"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let agent = Path::new("/usr/local/lib/diskdump/diskdump-agent");
+    let rule_line = "root ALL=(root) NOPASSWD: /usr/local/lib/diskdump/diskdump-agent";
+    assert!(out.contains(rule_line), "{out}");
+    let meta = fs::metadata(agent).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, 0o755));
+    assert_eq!(fs::read(agent).unwrap(), diskdump::agent_bin::AGENT);
+    let rule = SudoersRule(PathBuf::from("/etc/sudoers.d/diskdump-test-d"));
+    fs::write(
+        &rule.0,
+        format!("{user} ALL=(root) NOPASSWD: {}\n", agent.display()),
+    )
+    .unwrap();
+    fs::set_permissions(&rule.0, std::os::unix::fs::PermissionsExt::from_mode(0o440)).unwrap();
+    // An image only root may read.
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let img = dir.path().join("root-only.img");
+    let data = images::mixed(BS, 12, 0, 61);
+    images::write(&img, &data);
+    fs::set_permissions(&img, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let store = dir.path().join("store");
+    let target = format!("{}:{}", sshd.host_alias(), img.display());
+    let o = run(
+        &sshd,
+        &store,
+        &["dump", &target, "--sudo", "--as", "rootonly"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(restore(&store, "rootonly") == data);
+    // The user's own cache was never needed.
+    assert!(!sshd.remote_home().join(".cache/diskdump").exists());
+    // Another version of the system agent: the rule does not allow `sh`: a clear error.
+    fs::write(agent, b"#!/bin/sh\nexit 0\n").unwrap();
+    let o = run(
+        &sshd,
+        &store,
+        &["dump", &target, "--sudo", "--as", "rootonly"],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("diskdump deploy HOST --sudo") && err.contains("NOPASSWD"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(all(have_sshd, have_sudo)),
+    ignore = "needs root and sshd; root, sudo and useradd"
+)]
+fn with_sudo_a_swapped_agent_file_never_runs_as_root() {
+    let sshd = Sshd::start();
+    common::need(common::have("sudo"), "sudo (apt-get install sudo)");
+    let user = "diskdump-test-s";
+    sshd.login_as(user);
+    let rule = SudoersRule(PathBuf::from("/etc/sudoers.d/diskdump-test-s"));
+    fs::write(&rule.0, format!("{user} ALL=(ALL) NOPASSWD: ALL\n")).unwrap();
+    fs::set_permissions(&rule.0, std::os::unix::fs::PermissionsExt::from_mode(0o440)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let img = dir.path().join("swap.img");
+    let data = images::mixed(BS, 8, 0, 62);
+    images::write(&img, &data);
+    let store = dir.path().join("store");
+    let target = format!("{}:{}", sshd.host_alias(), img.display());
+    // Deploy the agent into the user's cache first.
+    let o = run(&sshd, &store, &["dump", &target, "--as", "swap"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let hash = diskdump::agent_bin::agent_hash();
+    let cached = sshd
+        .remote_home()
+        .join(format!(".cache/diskdump/agent-{}", &hash[..16]));
+    // The user (here: a loop as that user) swaps the file for one that leaves a mark if it
+    // ever runs as root, and back, as fast as it can.
+    let pwned = dir.path().join("pwned");
+    let evil = sshd.remote_home().join("evil");
+    fs::write(
+        &evil,
+        format!(
+            "#!/bin/sh\n[ \"$(id -u)\" = 0 ] && touch {}\nexit 0\n",
+            pwned.display()
+        ),
+    )
+    .unwrap();
+    let good = sshd.remote_home().join("good");
+    fs::copy(&cached, &good).unwrap();
+    for f in [&evil, &good] {
+        fs::set_permissions(f, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    }
+    Command::new("chown")
+        .args(["-R", user])
+        .arg(sshd.remote_home())
+        .status()
+        .unwrap();
+    let swap = format!(
+        "while :; do cp -f {e} {c}.x && mv -f {c}.x {c}; cp -f {g} {c}.y && mv -f {c}.y {c}; done",
+        e = evil.display(),
+        g = good.display(),
+        c = cached.display()
+    );
+    let mut swapper = Command::new("su")
+        .args(["-s", "/bin/sh", "-c", &swap, user])
+        .spawn()
+        .unwrap();
+    let mut outcomes = Vec::new();
+    for i in 0..6 {
+        let o = run(
+            &sshd,
+            &store,
+            &["dump", &target, "--sudo", "--as", &format!("swap{i}")],
+        );
+        outcomes.push(o.status.success());
+        if !o.status.success() {
+            // A failure must be clear: one line per target naming it.
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(err.lines().any(|l| l.starts_with(&target)), "{}", text(&o));
+        }
+    }
+    let _ = swapper.kill();
+    let _ = swapper.wait();
+    let _ = Command::new("pkill")
+        .args(["-u", user, "-f", "while :; do cp"])
+        .status();
+    assert!(!pwned.exists(), "the swapped file ran as root");
+    assert!(
+        outcomes.iter().any(|&ok| ok),
+        "some dumps get through: {outcomes:?}"
+    );
+    common::dd(&store, &["verify"]).ok();
+    drop(rule);
 }

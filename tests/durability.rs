@@ -8,10 +8,9 @@ use common::images;
 use std::process::Command;
 
 #[test]
+#[cfg_attr(not(have_strace), ignore = "needs strace")]
 fn import_syncs_blocks_then_writes_manifest_then_syncs_its_directory() {
-    if !common::require(common::have("strace"), "strace (apt-get install strace)") {
-        return;
-    }
+    common::need(common::have("strace"), "strace (apt-get install strace)");
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("d.img");
     images::write(&img, &images::mixed(131072, 24, 100, 31));
@@ -103,10 +102,9 @@ fn import_killed_at(store: &std::path::Path, img: &std::path::Path, syscall: &st
 }
 
 #[test]
+#[cfg_attr(not(have_strace), ignore = "needs strace")]
 fn kill_9_just_before_and_during_the_manifest_write_loses_nothing() {
-    if !common::require(common::have("strace"), "strace (apt-get install strace)") {
-        return;
-    }
+    common::need(common::have("strace"), "strace (apt-get install strace)");
     let bs = 131072;
     let dir = tempfile::tempdir().unwrap();
     let data = images::mixed(bs, 40, 777, 32);

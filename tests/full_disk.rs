@@ -17,17 +17,16 @@ struct Tmpfs {
 }
 
 impl Tmpfs {
-    fn require(size: u64) -> Option<Tmpfs> {
-        if !common::require(common::is_root(), "root (to mount a tmpfs)") {
-            return None;
-        }
+    fn new(size: u64) -> Tmpfs {
+        common::need(common::is_root(), "root (to mount a tmpfs)");
         let dir = tempfile::tempdir().unwrap();
         let ok = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(dir.path())
             .status()
             .is_ok_and(|s| s.success());
-        common::require(ok, "mount -t tmpfs").then_some(Tmpfs { dir })
+        common::need(ok, "mount -t tmpfs");
+        Tmpfs { dir }
     }
     fn path(&self) -> &Path {
         self.dir.path()
@@ -63,10 +62,9 @@ fn assert_no_space(r: &common::Run) {
 }
 
 #[test]
+#[cfg_attr(not(have_root), ignore = "needs root")]
 fn import_into_a_full_store_fails_clearly_and_succeeds_after_space_is_freed() {
-    let Some(fs_) = Tmpfs::require(24 << 20) else {
-        return;
-    };
+    let fs_ = Tmpfs::new(24 << 20);
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("disk.img");
     let data = images::random_bytes(128 * BS, 90); // 16 MiB, incompressible
@@ -89,10 +87,9 @@ fn import_into_a_full_store_fails_clearly_and_succeeds_after_space_is_freed() {
 }
 
 #[test]
+#[cfg_attr(not(have_root), ignore = "needs root")]
 fn a_manifest_that_does_not_fit_leaves_no_file_behind() {
-    let Some(fs_) = Tmpfs::require(8 << 20) else {
-        return;
-    };
+    let fs_ = Tmpfs::new(8 << 20);
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("disk.img");
     let data = images::random_bytes(8 * BS, 91);
@@ -114,10 +111,9 @@ fn a_manifest_that_does_not_fit_leaves_no_file_behind() {
 }
 
 #[test]
+#[cfg_attr(not(have_root), ignore = "needs root")]
 fn restore_onto_a_full_filesystem_fails_clearly_and_removes_its_output() {
-    let Some(fs_) = Tmpfs::require(4 << 20) else {
-        return;
-    };
+    let fs_ = Tmpfs::new(4 << 20);
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("disk.img");
     images::write(&img, &images::random_bytes(64 * BS, 92)); // 8 MiB
@@ -136,13 +132,10 @@ fn restore_onto_a_full_filesystem_fails_clearly_and_removes_its_output() {
 }
 
 #[test]
+#[cfg_attr(not(all(have_sshd, have_root)), ignore = "needs root and sshd; root")]
 fn dump_into_a_full_store_fails_clearly_and_succeeds_after_space_is_freed() {
-    let Some(sshd) = common::sshd::Sshd::require() else {
-        return;
-    };
-    let Some(fs_) = Tmpfs::require(24 << 20) else {
-        return;
-    };
+    let sshd = common::sshd::Sshd::start();
+    let fs_ = Tmpfs::new(24 << 20);
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("disk.img");
     let data = images::random_bytes(128 * BS, 93);

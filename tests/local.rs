@@ -393,10 +393,9 @@ fn bad_manifest_line_is_rejected_and_stops_gc() {
 }
 
 #[test]
+#[cfg_attr(not(have_lz4), ignore = "needs the lz4 command")]
 fn block_files_are_lz4_frames_named_by_their_sha256() {
-    if !common::require(common::have("lz4"), "the lz4 command (apt-get install lz4)") {
-        return;
-    }
+    common::need(common::have("lz4"), "the lz4 command (apt-get install lz4)");
     let data = images::mixed(BS, 6, 10, 10);
     let (dir, img) = setup(&data);
     let store = dir.path().join("store");

@@ -1,11 +1,12 @@
 //! `diskdump mount` through the kernel: the real binary, real FUSE mounts,
 //! loop devices on top. See tests/common/mount.rs for the helpers and for
-//! how missing root or /dev/fuse is handled (SKIP, or a failure with CI=true).
+//! how a missing or closed /dev/fuse is reported.
 
 mod common;
 
 use common::images::random_bytes;
 use common::mount::*;
+use common::need_none;
 use sha2::{Digest as _, Sha256};
 use std::fs::{self, File};
 use std::io::Read;
@@ -85,10 +86,9 @@ fn errno(r: std::io::Result<impl Sized>) -> Option<i32> {
 }
 
 #[test]
+#[cfg_attr(not(have_fuse), ignore = "needs root and /dev/fuse")]
 fn image_bytes_equal_the_source_and_the_mount_is_read_only() {
-    if !require("image_bytes_equal_the_source", fuse_missing()) {
-        return;
-    }
+    need_none(fuse_missing());
     let env = Env::new();
     let data = sample(1);
     let src = env.file("a.img", &data);
@@ -131,10 +131,9 @@ fn image_bytes_equal_the_source_and_the_mount_is_read_only() {
 }
 
 #[test]
+#[cfg_attr(not(have_fuse), ignore = "needs root and /dev/fuse")]
 fn eight_threads_reading_random_ranges_get_the_right_bytes() {
-    if !require("eight_threads_reading_random_ranges", fuse_missing()) {
-        return;
-    }
+    need_none(fuse_missing());
     let env = Env::new();
     let mut data = sample(2);
     data.extend(sample(3));
@@ -207,10 +206,9 @@ impl Drop for LoopMount {
 }
 
 #[test]
+#[cfg_attr(not(have_loop), ignore = "needs root, /dev/fuse and loop devices")]
 fn ext4_image_loop_mounted_from_the_fuse_mount_has_the_original_files() {
-    if !require("ext4_image_loop_mounted", loop_missing()) {
-        return;
-    }
+    need_none(loop_missing());
     let env = Env::new();
     let files = env.path("files");
     let list = populate(&files);
@@ -239,10 +237,9 @@ fn ext4_image_loop_mounted_from_the_fuse_mount_has_the_original_files() {
 }
 
 #[test]
+#[cfg_attr(not(have_fuse), ignore = "needs root and /dev/fuse")]
 fn a_dump_imported_while_mounted_shows_up() {
-    if !require("a_dump_imported_while_mounted_shows_up", fuse_missing()) {
-        return;
-    }
+    need_none(fuse_missing());
     let env = Env::new();
     let data = sample(4);
     let first = env.import(&env.file("c.img", &data), "c", "2026-04-24");
@@ -276,10 +273,9 @@ fn block_file(store: &Path, data: &[u8]) -> PathBuf {
 }
 
 #[test]
+#[cfg_attr(not(have_fuse), ignore = "needs root and /dev/fuse")]
 fn a_flipped_byte_in_one_block_gives_eio_for_that_range_only() {
-    if !require("a_flipped_byte_gives_eio", fuse_missing()) {
-        return;
-    }
+    need_none(fuse_missing());
     let env = Env::new();
     let data = sample(5);
     let rel = env.import(&env.file("e.img", &data), "e", "2026-04-27");
@@ -313,10 +309,9 @@ fn a_flipped_byte_in_one_block_gives_eio_for_that_range_only() {
 }
 
 #[test]
+#[cfg_attr(not(have_loop), ignore = "needs root, /dev/fuse and loop devices")]
 fn sigterm_with_a_loop_device_attached_detaches_and_exits() {
-    if !require("sigterm_with_a_loop_device_attached", loop_missing()) {
-        return;
-    }
+    need_none(loop_missing());
     let env = Env::new();
     let data = sample(6);
     let rel = env.import(&env.file("f.img", &data), "f", "2026-04-28");
@@ -346,10 +341,9 @@ fn sigterm_with_a_loop_device_attached_detaches_and_exits() {
 }
 
 #[test]
+#[cfg_attr(not(have_fuse), ignore = "needs root and /dev/fuse")]
 fn cp_sparse_always_copies_zero_blocks_as_holes() {
-    if !require("cp_sparse_always", fuse_missing()) {
-        return;
-    }
+    need_none(fuse_missing());
     let env = Env::new();
     let mut data = vec![0u8; 64 << 20];
     for (i, at) in [0, 100 * BS, 300 * BS + 7].into_iter().enumerate() {
@@ -411,50 +405,113 @@ fn bad_arguments_give_clear_one_line_errors() {
     assert!(err.contains("is not a directory"), "{err}");
 }
 
-#[test]
-fn no_fuse_device_and_no_permission_give_clear_errors() {
-    let tools = ["unshare", "setpriv"].into_iter().find(|t| !tool_exists(t));
-    let missing = fuse_missing().or(tools.map(|t| format!("{t} is not installed")));
-    if !require("no_fuse_device_and_no_permission", missing) {
-        return;
-    }
+/// Runs `script` as root in a private mount namespace whose `/dev` is a
+/// fresh tmpfs holding only `null` and, if `fuse_mode` is given, a `fuse`
+/// node with that mode: the test decides the device's mode whatever the
+/// host's is (Debian's udev rule makes it 0666, some hosts keep 0600).
+/// `$1` is diskdump, `$2` the store, `$3` the mountpoint.
+fn in_private_dev(env: &Env, fuse_mode: Option<&str>, script: &str) -> std::process::Output {
+    let fuse = fuse_mode
+        .map(|m| format!("mknod -m {m} /dev/fuse c 10 229 && "))
+        .unwrap_or_default();
+    let setup = format!(
+        "mount -t tmpfs -o mode=755 tmpfs /dev && mknod -m 666 /dev/null c 1 3 && {fuse}{script}"
+    );
+    Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &setup, "sh"])
+        .arg(BIN)
+        .arg(&env.store)
+        .arg(&env.mnt)
+        .output()
+        .unwrap()
+}
+
+/// A store and mountpoint owned by `nobody`, reachable through the temp dir.
+fn env_for_nobody() -> Env {
     let env = Env::new();
     env.import(&env.file("i.img", &sample(8)[..BS]), "i", "2026-04-30");
-    // Without /dev/fuse: an empty /dev in a private mount namespace.
-    let err = fails(
-        Command::new("unshare")
-            .args([
-                "-m",
-                "sh",
-                "-c",
-                "mount -t tmpfs tmpfs /dev && exec \"$@\"",
-                "sh",
-            ])
-            .arg(BIN)
-            .arg("mount")
-            .arg(&env.store)
-            .arg(&env.mnt),
-    );
-    assert!(err.contains("/dev/fuse does not exist"), "{err}");
-    // As an unprivileged user (who can read the store).
     fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let err = fails(
-        Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(BIN)
-            .arg("mount")
-            .arg(&env.store)
-            .arg(&env.mnt),
-    );
+    fs::set_permissions(
+        env.dir.path().join("i.img"),
+        fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    run(Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(&env.store)
+        .arg(&env.mnt));
+    env
+}
+
+const AS_NOBODY: &str = "setpriv --reuid=65534 --regid=65534 --clear-groups";
+
+fn one_line_failure(out: &std::process::Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    err
+}
+
+#[test]
+#[cfg_attr(
+    not(have_namespaces),
+    ignore = "needs root, /dev/fuse, unshare, setpriv and fusermount3"
+)]
+fn no_fuse_device_and_no_permission_give_clear_errors() {
+    need_none(fuse_missing());
+    let env = env_for_nobody();
+    let mount = r#""$1" mount "$2" "$3""#;
+    // No /dev/fuse at all.
+    let out = in_private_dev(&env, None, &format!("exec {mount}"));
+    assert!(one_line_failure(&out).contains("/dev/fuse does not exist"));
+    // A 0600 device: an unprivileged user cannot open it.
+    let out = in_private_dev(&env, Some("600"), &format!("exec {AS_NOBODY} {mount}"));
+    let err = one_line_failure(&out);
     assert!(err.contains("not permitted to mount"), "{err}");
+    assert!(err.contains("Permission denied"), "{err}");
+    // A 0666 device: fusermount3 mounts for users, but only on a mountpoint
+    // they may write to.
+    run(Command::new("chown").arg("0:0").arg(&env.mnt));
+    let out = in_private_dev(&env, Some("666"), &format!("exec {AS_NOBODY} {mount}"));
+    let err = one_line_failure(&out);
+    assert!(err.contains("not permitted to mount"), "{err}");
+    assert!(err.contains("no write access"), "{err}");
     assert!(!is_mounted(&env.mnt));
 }
 
 #[test]
+#[cfg_attr(
+    not(have_namespaces),
+    ignore = "needs root, /dev/fuse, unshare, setpriv and fusermount3"
+)]
+fn a_user_mounts_through_fusermount3_where_dev_fuse_is_0666() {
+    need_none(fuse_missing());
+    let env = env_for_nobody();
+    let src = env.dir.path().join("i.img");
+    // Mount as nobody, read the image back as nobody (only the mounting user
+    // may enter a FUSE mount without allow_other), then SIGTERM: it must
+    // unmount through fusermount3 -u and exit 0.
+    let script = format!(
+        r#"{AS_NOBODY} "$1" mount "$2" "$3" 2>/dev/null & pid=$!
+        i=0; until grep -q " $3 .* fuse" /proc/self/mountinfo; do
+          i=$((i+1)); [ $i -gt 500 ] && {{ echo "never mounted"; exit 1; }}; sleep 0.01; done
+        {AS_NOBODY} cmp {src} "$3/2026/04/30/i.img" && echo BYTES-EQUAL
+        kill -TERM $pid; wait $pid; echo "exit=$?"
+        grep -q " $3 .* fuse" /proc/self/mountinfo && echo STILL-MOUNTED; true"#,
+        src = src.display()
+    );
+    let out = in_private_dev(&env, Some("666"), &script);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("BYTES-EQUAL"), "{text}{err}");
+    assert!(text.contains("exit=0"), "{text}{err}");
+    assert!(!text.contains("STILL-MOUNTED"), "{text}{err}");
+}
+
+#[test]
+#[cfg_attr(not(have_fuse), ignore = "needs root and /dev/fuse")]
 fn many_dumps_mount_at_once_and_hash_lists_are_read_only_on_open() {
-    if !require("many_dumps_mount_at_once", fuse_missing()) {
-        return;
-    }
+    need_none(fuse_missing());
     let env = Env::new();
     let data = sample(9);
     let rel = env.import(&env.file("j.img", &data), "j", "2026-01-01");
@@ -502,12 +559,12 @@ fn many_dumps_mount_at_once_and_hash_lists_are_read_only_on_open() {
 }
 
 #[test]
+#[cfg_attr(
+    not(have_namespaces),
+    ignore = "needs root, /dev/fuse, unshare, setpriv and fusermount3"
+)]
 fn allow_other_lets_other_users_read() {
-    let missing = fuse_missing()
-        .or_else(|| (!tool_exists("setpriv")).then(|| "setpriv is not installed".to_string()));
-    if !require("allow_other_lets_other_users_read", missing) {
-        return;
-    }
+    need_none(fuse_missing());
     let env = Env::new();
     fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let data = sample(10);

@@ -7,11 +7,14 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::sshd::{keygen, Sshd};
-use diskdump::ssh::{Remote, SshOptions};
+use diskdump::ssh::{Libssh2, SshOptions};
+use diskdump::transport::openssh::{find_ssh, OpenSsh, OpenSshOptions};
+use diskdump::transport::{self, Transport};
 
 #[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
 fn logs_in_with_a_key_held_by_ssh_agent() {
-    let Some(s) = Sshd::require() else { return };
+    let s = Sshd::start();
     let sock = s.dir().join("agent.sock");
     let mut agent = Command::new("ssh-agent")
         .arg("-D")
@@ -50,8 +53,22 @@ fn logs_in_with_a_key_held_by_ssh_agent() {
         home: Some(s.home()),
         ..Default::default()
     };
-    let res = Remote::connect(s.host_alias(), &o).and_then(|r| r.run_ok("echo via-agent"));
+    let echo = |t: &dyn Transport| {
+        transport::run(t, "echo via-agent", b"", 1000, Duration::from_secs(30))
+            .map(|o| (o.exit.status, o.stdout))
+    };
+    let libssh2 = Libssh2::connect(s.host_alias(), &o).and_then(|t| echo(&t));
+    let so = OpenSshOptions {
+        config: Some(s.ssh_config()),
+        ..Default::default()
+    };
+    let openssh = echo(&OpenSsh::new(find_ssh().unwrap(), s.host_alias(), &so));
     let _ = agent.kill();
     let _ = agent.wait();
-    assert_eq!(res.unwrap_or_else(|e| panic!("{e:#}")), b"via-agent\n");
+    for res in [libssh2, openssh] {
+        assert_eq!(
+            res.unwrap_or_else(|e| panic!("{e:#}")),
+            (0, b"via-agent\n".to_vec())
+        );
+    }
 }

@@ -1,4 +1,4 @@
-//! The agent loop (DESIGN §2): read the source once, hash every block on all
+//! The agent loop (docs/DESIGN.md §3): read the source once, hash every block on all
 //! cores, announce batches, and send the blocks the storage side asks for.
 //!
 //! Threads: one reader (large sequential reads into at most `window` batch
@@ -10,12 +10,12 @@
 
 use crate::args::{hostname, Args};
 use crate::digest::Digest;
+use crate::pipeline::{Compressor, Queue, ReadBatch, Reader, Task};
 use crate::proto::{
     block_header, check_params, max_frame_len, read_frame, Done, Entry, Hello, Message, Need,
     PROTOCOL_VERSION,
 };
 use crate::source::Source;
-use crate::work::{Batch, Compressor, Job, Queue, Reader};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -36,7 +36,7 @@ pub enum Outcome {
 }
 
 enum Event {
-    Hashed(Arc<Batch>),
+    Hashed(Arc<ReadBatch>),
     Compressed {
         seq: u64,
         digest: Digest,
@@ -171,12 +171,12 @@ fn work(queue: &Queue, mut compressor: Compressor, events: Sender<Event>) {
     while let Some(job) = queue.pop() {
         // A send fails only once the writer has finished; then nobody cares.
         match job {
-            Job::Hash(batch, i) => {
+            Task::Hash(batch, i) => {
                 if batch.hash(i) {
                     let _ = events.send(Event::Hashed(batch));
                 }
             }
-            Job::Compress(batch, i) => {
+            Task::Compress(batch, i) => {
                 // The writer queues only announced Hash entries.
                 let Some(Entry::Hash(digest)) = batch.entry(i) else {
                     continue;
@@ -192,7 +192,7 @@ fn work(queue: &Queue, mut compressor: Compressor, events: Sender<Event>) {
 
 /// An announced batch: waiting for its Need, then for its blocks to be sent.
 struct Open {
-    batch: Arc<Batch>,
+    batch: Arc<ReadBatch>,
     unsent: Option<usize>,
 }
 
@@ -202,7 +202,7 @@ struct Writer<'a, W: Write> {
     total: u64,
     next_announce: u64,
     /// Hashed batches waiting for their turn (batches are announced in order).
-    hashed: BTreeMap<u64, Arc<Batch>>,
+    hashed: BTreeMap<u64, Arc<ReadBatch>>,
     open: HashMap<u64, Open>,
     retired: u64,
     done: Done,
@@ -312,7 +312,7 @@ impl<'a, W: Write> Writer<'a, W> {
         let jobs = need
             .indices
             .iter()
-            .map(|&i| Job::Compress(open.batch.clone(), i as usize));
+            .map(|&i| Task::Compress(open.batch.clone(), i as usize));
         self.queue.push(jobs, true);
         self.retire_if_sent(seq);
         Ok(())

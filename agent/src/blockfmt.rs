@@ -235,17 +235,11 @@ mod tests {
 
     fn sample(len: usize, seed: u32) -> Vec<u8> {
         // Half text-like (compressible), half pseudo-random.
-        let mut x = seed.wrapping_mul(2654435761) | 1;
+        let noise = crate::testdata::noise(len, seed.into());
         (0..len)
-            .map(|i| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                if (i / 4096) % 2 == 0 {
-                    b"diskdump block "[i % 15]
-                } else {
-                    x as u8
-                }
+            .map(|i| match (i / 4096) % 2 {
+                0 => b"diskdump block "[i % 15],
+                _ => noise[i],
             })
             .collect()
     }

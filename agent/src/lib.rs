@@ -7,24 +7,27 @@ pub mod agent;
 pub mod args;
 pub mod blockfmt;
 pub mod digest;
+mod pipeline;
 pub mod proto;
 pub mod source;
-mod work;
 
 pub use digest::{is_zero, Digest, DEFAULT_BLOCK_SIZE};
 
-/// Deterministic incompressible bytes for tests.
-#[cfg(test)]
-mod testdata {
-    pub fn noise(len: usize) -> Vec<u8> {
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
+/// The one pseudo-random generator for test data, in this crate so that
+/// both crates' unit and integration tests share it (xorshift64: fast,
+/// incompressible, reproducible from its seed). Not used by the agent itself.
+#[doc(hidden)]
+pub mod testdata {
+    pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut out = Vec::with_capacity(len + 8);
+        while out.len() < len {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+        out.truncate(len);
+        out
     }
 }

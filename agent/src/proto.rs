@@ -1,4 +1,4 @@
-//! The wire protocol between the agent and the receiver (DESIGN §2). Pure:
+//! The wire protocol between the agent and the receiver (docs/DESIGN.md §3.2). Pure:
 //! messages to bytes and back; I/O is the caller's, except `read_frame`, a
 //! blocking convenience over any `Read`.
 //!
@@ -25,7 +25,7 @@ use std::io;
 use std::str::FromStr;
 
 mod codec;
-pub use codec::{block_header, read_frame, Decoder, HEADER_LEN};
+pub use codec::{block_header, read_frame, HEADER_LEN};
 
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Blocks larger than this are refused by both ends (the store's maximum too).

@@ -234,7 +234,7 @@ mod tests {
     #[test]
     fn long_direct_reads_are_split_and_reassembled_in_order() {
         let path = std::env::temp_dir().join(format!("agent-long-{}", std::process::id()));
-        let want = noise((5 << 20) + 3 * ALIGN + 17);
+        let want = noise((5 << 20) + 3 * ALIGN + 17, 1);
         std::fs::write(&path, &want).unwrap();
         let src = Source::new(File::open(&path).unwrap(), &path);
         let mut buf = AlignedBuf::with_len(want.len());
@@ -256,7 +256,7 @@ mod tests {
         let f = File::create(&path).unwrap();
         let mut want = vec![0u8; (3 << 20) + 777];
         for (at, len) in [(0usize, 4096usize), (1 << 20, 100), ((2 << 20) + 5, 70000)] {
-            let data = noise(len);
+            let data = noise(len, 1);
             want[at..at + len].copy_from_slice(&data);
             f.write_all_at(&data, at as u64).unwrap();
         }

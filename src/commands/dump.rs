@@ -4,35 +4,34 @@
 
 use crate::agent_bin::{agent_hash, AGENT};
 use crate::cli::{DumpArgs, TargetSpec};
-use crate::idle::IdleTimeout;
+use crate::deploy::{self, sh_quote, Agent, Launch};
 use crate::manifest::{default_name, validate_name};
 use crate::receiver::{receive, InFlight, ReceiveOptions, ReceiveStats};
-use crate::ssh::{sudo_hint, Remote, SshOptions, Target, AGENT_MISSING};
 use crate::store::{LocalStore, LockKind, Store};
-use crate::{progress, signals};
+use crate::target::Target;
+use crate::{progress, signals, transport, untrusted};
 use anyhow::{bail, Context, Result};
 use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// One target, checked before any work starts.
-struct Job {
+struct PlannedTarget {
     spec: TargetSpec,
     target: Target,
     name: String,
 }
 
-struct Done {
+struct TargetDumped {
     manifest: String,
     stats: ReceiveStats,
     took: Duration,
 }
 
 pub fn run(store_dir: &Path, specs: Vec<TargetSpec>, args: DumpArgs) -> Result<u8> {
-    let mut jobs = Vec::new();
+    let mut targets = Vec::new();
     for spec in specs {
         let target = Target::parse(&spec.target)?;
         let name = match &spec.name {
@@ -43,7 +42,7 @@ pub fn run(store_dir: &Path, specs: Vec<TargetSpec>, args: DumpArgs) -> Result<u
             None => default_name(&target.host, &target.path)
                 .with_context(|| format!("target {}", spec.target))?,
         };
-        jobs.push(Job { spec, target, name });
+        targets.push(PlannedTarget { spec, target, name });
     }
     diskdump_agent::proto::check_params(
         args.block_size
@@ -54,30 +53,32 @@ pub fn run(store_dir: &Path, specs: Vec<TargetSpec>, args: DumpArgs) -> Result<u
     .map_err(anyhow::Error::msg)?;
     let store = LocalStore::open_or_create(store_dir, args.block_size)?;
     let _lock = store.lock(LockKind::Shared, true)?;
-    let ssh = SshOptions {
-        user: args.user.clone(),
-        accept_new_host_key: args.accept_new_host_key,
-        ..SshOptions::default()
-    };
+    let how = args.ssh.options()?;
     let inflight = InFlight::new();
     let bars = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-    let results: Vec<Mutex<Option<Result<Done>>>> = jobs.iter().map(|_| Mutex::new(None)).collect();
+    let results: Vec<Mutex<Option<Result<TargetDumped>>>> =
+        targets.iter().map(|_| Mutex::new(None)).collect();
     let next = AtomicUsize::new(0);
-    let workers = args.jobs.unwrap_or(jobs.len()).clamp(1, jobs.len().max(1));
+    let workers = args
+        .jobs
+        .unwrap_or(targets.len())
+        .clamp(1, targets.len().max(1));
     std::thread::scope(|s| {
         for _ in 0..workers {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some(job) = jobs.get(i) else { return };
-                let bar = bars.add(target_bar(&job.spec.target));
+                let Some(planned) = targets.get(i) else {
+                    return;
+                };
+                let bar = bars.add(target_bar(&planned.spec.target));
                 let r = if signals::received().is_some() {
                     Err(anyhow::anyhow!("not started: interrupted"))
                 } else {
-                    dump_one(&store, &inflight, &ssh, &args, job, &bar)
+                    dump_one(&store, &inflight, &how, &args, planned, &bar)
                 };
                 bar.finish_and_clear();
                 if let Err(e) = &r {
-                    let line = format!("{}: FAILED: {e:#}", job.spec.target);
+                    let line = untrusted::line(&format!("{}: FAILED: {e:#}", planned.spec.target));
                     if bars.is_hidden() {
                         eprintln!("{line}");
                     } else {
@@ -88,19 +89,19 @@ pub fn run(store_dir: &Path, specs: Vec<TargetSpec>, args: DumpArgs) -> Result<u
             });
         }
     });
-    let results: Vec<Result<Done>> = results
+    let results: Vec<Result<TargetDumped>> = results
         .into_iter()
         .map(|m| {
             m.into_inner()
                 .unwrap_or_else(|p| p.into_inner())
-                .expect("every job ran")
+                .expect("every planned ran")
         })
         .collect();
-    print_summary(&jobs, &results);
+    print_summary(&targets, &results);
     let failed = results.iter().filter(|r| r.is_err()).count();
     if failed > 0 {
         signals::check()?;
-        bail!("{failed} of {} targets failed", jobs.len());
+        bail!("{failed} of {} targets failed", targets.len());
     }
     Ok(0)
 }
@@ -120,74 +121,41 @@ fn target_bar(target: &str) -> ProgressBar {
     pb
 }
 
-/// Reads the remote's first byte; 0 if it closed its output at once.
-fn read_first(r: &mut impl io::Read, first: &mut [u8; 1]) -> Result<usize> {
-    loop {
-        match r.read(first) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            r => return r.context("reading from the agent"),
-        }
-    }
-}
-
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
 fn dump_one(
     store: &LocalStore,
     inflight: &InFlight,
-    ssh: &SshOptions,
+    how: &transport::Options,
     args: &DumpArgs,
-    job: &Job,
+    planned: &PlannedTarget,
     bar: &ProgressBar,
-) -> Result<Done> {
+) -> Result<TargetDumped> {
     let started = Instant::now();
-    let t = &job.target;
-    let dest = match &t.user {
-        Some(u) => format!("{u}@{}", t.host),
-        None => t.host.clone(),
-    };
+    let t = &planned.target;
     let source = format!("{}:{}", t.host, t.path);
-    let prefix = if job.spec.sudo { "sudo -n " } else { "" };
     let agent_args = format!(
         "--block-size {} --batch-size {} --window {} --compress {} {}",
         store.block_size(),
         args.batch_size,
         args.window,
         args.compress,
-        shell_quote(&t.path)
+        sh_quote(&t.path)
     );
-    // Usually the agent is cached on the remote: start it in one round trip.
-    let remote = Remote::connect(&dest, ssh)?;
+    let remote = transport::connect(&t.dest(), how)?;
     let label = remote.label().to_string();
-    let cmd = Remote::cached_agent_command(&agent_hash(), prefix, &agent_args)?;
     let idle = Duration::from_secs(args.idle_timeout);
-    let (pipe, mut output, mut handle) = remote.exec_stream(&cmd)?.split();
-    let mut input = IdleTimeout::new(pipe, idle);
-    let mut first = [0u8; 1];
-    let mut got = read_first(&mut input, &mut first);
-    if matches!(got, Ok(0)) {
-        let exit = handle.wait()?;
-        if exit.status != AGENT_MISSING {
-            if let Some(hint) = sudo_hint(&exit.stderr) {
-                bail!("{source}: {hint}");
-            }
-            bail!(
-                "{source}: the agent exited with status {} before it started: {}",
-                exit.status,
-                exit.stderr.trim()
-            );
-        }
-        bar.set_message("deploying agent");
-        let remote = Remote::connect(&dest, ssh)?;
-        let agent = remote.ensure_agent(AGENT, &agent_hash())?;
-        let cmd = format!("{prefix}{} {agent_args}", shell_quote(&agent));
-        let pipe;
-        (pipe, output, handle) = remote.exec_stream(&cmd)?.split();
-        input = IdleTimeout::new(pipe, idle);
-        got = read_first(&mut input, &mut first);
-    }
+    let hash = agent_hash();
+    let launch = Launch {
+        agent: AGENT,
+        agent_hash: &hash,
+        sudo: planned.spec.sudo,
+        args: &agent_args,
+        idle,
+    };
+    let Agent {
+        mut input,
+        output,
+        handle,
+    } = deploy::start(&*remote, &launch, &|| bar.set_message("deploying agent"))?;
     bar.set_message("");
     let update = |st: &ReceiveStats| {
         bar.set_length(st.size);
@@ -203,24 +171,22 @@ fn dump_one(
         inflight,
         source: &source,
         progress: &update,
+        max_size: args.max_size,
     };
     let finished = AtomicBool::new(false);
+    let kill = handle.killer();
     let received = std::thread::scope(|s| {
         // Ctrl-C: cut the session, so the agent sees EOF and the receiver stops.
         s.spawn(|| {
             while !finished.load(Ordering::SeqCst) {
                 if signals::received().is_some() {
-                    handle.kill();
+                    kill();
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
         });
-        // A failed first read fails the dump like a failed receive.
-        let r = got.and_then(|n| {
-            let mut chained = io::Read::chain(&first[..n], &mut input);
-            receive(&opts, &mut chained, output)
-        });
+        let r = receive(&opts, &mut input, output);
         finished.store(true, Ordering::SeqCst);
         r
     });
@@ -230,8 +196,7 @@ fn dump_one(
             handle.kill();
             signals::check()?;
             let exit = handle.wait().ok();
-            let stderr = exit.as_ref().map(|x| x.stderr.clone()).unwrap_or_default();
-            if let Some(hint) = sudo_hint(&stderr) {
+            if let Some(hint) = exit.as_ref().and_then(|x| deploy::sudo_hint(&x.stderr)) {
                 bail!("{source}: {hint}");
             }
             if input.timed_out() {
@@ -243,11 +208,11 @@ fn dump_one(
             }
             // The agent's last words, unless the error already carries them.
             let said = format!("{e:#}");
-            let tail = match stderr.trim().lines().last() {
-                Some(l) if !said.contains(l.trim_start_matches("diskdump-agent: ")) => {
-                    format!(" (remote stderr: {l})")
-                }
-                _ => String::new(),
+            let last = exit.as_ref().map(|x| x.last_line()).unwrap_or_default();
+            let tail = match last.trim_start_matches("diskdump-agent: ") {
+                "" => String::new(),
+                l if said.contains(l) => String::new(),
+                _ => format!(" (remote stderr: {last})"),
             };
             // An agent killed on the remote (OOM killer, an admin) only shows
             // as a cut stream here: say what happened to it.
@@ -260,33 +225,39 @@ fn dump_one(
             )));
         }
     };
-    let exit = handle.wait()?;
-    if !exit.success() {
-        bail!(
-            "{source}: the agent exited with status {} after finishing: {}",
-            exit.status,
-            exit.stderr.trim()
-        );
+    // The agent said Done and every block is stored: it exits when its input closes. One that
+    // does not is cut off after the idle timeout, so it cannot hold the store lock.
+    match handle.wait_for(idle)? {
+        Some(exit) if exit.success() => {}
+        Some(exit) => bail!(
+            "{source}: {}; no manifest written",
+            deploy::exit_reason(&exit, "the agent, after finishing,")
+        ),
+        None => bail!(
+            "{source}: the agent did not exit within {} s after finishing; its session was closed; \
+             no manifest written",
+            args.idle_timeout
+        ),
     }
     signals::check()?;
-    let entry = store.write_manifest(&job.name, &received.manifest)?;
-    Ok(Done {
+    let entry = store.write_manifest(&planned.name, &received.manifest)?;
+    Ok(TargetDumped {
         manifest: entry.rel,
         stats: received.stats,
         took: started.elapsed(),
     })
 }
 
-fn print_summary(jobs: &[Job], results: &[Result<Done>]) {
+fn print_summary(targets: &[PlannedTarget], results: &[Result<TargetDumped>]) {
     println!(
         "{:<28} {:<40} {:>7} {:>8} {:>7} {:>10} {:>8} {:>10}",
         "TARGET", "MANIFEST", "NEW", "PRESENT", "ZERO", "WIRE", "TIME", "RATE"
     );
-    for (job, r) in jobs.iter().zip(results) {
+    for (planned, r) in targets.iter().zip(results) {
         match r {
             Ok(d) => println!(
                 "{:<28} {:<40} {:>7} {:>8} {:>7} {:>10} {:>8} {:>10}",
-                job.spec.target,
+                planned.spec.target,
                 d.manifest,
                 d.stats.blocks_new,
                 d.stats.blocks_present + d.stats.blocks_deduped,
@@ -295,7 +266,11 @@ fn print_summary(jobs: &[Job], results: &[Result<Done>]) {
                 progress::secs(d.took),
                 progress::rate(d.stats.size, d.took)
             ),
-            Err(e) => println!("{:<28} FAILED: {e:#}", job.spec.target),
+            Err(e) => println!(
+                "{:<28} FAILED: {}",
+                planned.spec.target,
+                untrusted::line(&format!("{e:#}"))
+            ),
         }
     }
 }

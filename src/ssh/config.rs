@@ -7,11 +7,11 @@
 //! one is where `accept-new` records keys), `StrictHostKeyChecking` (`yes`/`ask` refuse unknown
 //! keys, `accept-new`/`no`/`off` record them; a changed key is refused whatever it says),
 //! `ConnectTimeout`. Tokens `%h %d %u %r %p %n %%` and a leading `~` are expanded in
-//! `IdentityFile` and `UserKnownHostsFile`. Not supported: `/etc/ssh/ssh_config`, `Match`,
-//! `ProxyJump`/`ProxyCommand`, `HostKeyAlias`, `CertificateFile`, `%l %L %i %C %k` tokens,
-//! and `~user/` paths.
+//! `IdentityFile` and `UserKnownHostsFile`. Keywords that would change where or how OpenSSH
+//! connects or verifies (`Match`, `Include`, `ProxyJump`, `ProxyCommand`, `HostKeyAlias`,
+//! `CertificateFile`, ...) are refused with file and line ([`refuse_unsupported`]). Only the
+//! user's file (or `--ssh-config`) is read, not `/etc/ssh/ssh_config`.
 
-use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,64 +19,6 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use ssh2_config::{ParseRule, SshConfig};
-
-/// `[user@]host:/path` as written on the command line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    pub user: Option<String>,
-    pub host: String,
-    pub path: String,
-}
-
-impl Target {
-    /// Parses `[user@]host:/path`; a bare device name (`host:sda`) means `/dev/sda`.
-    /// An IPv6 address goes in brackets: `[::1]:/dev/sda`.
-    pub fn parse(s: &str) -> Result<Target> {
-        let bad = |why: &str| {
-            anyhow::anyhow!(
-                "invalid target {s:?}: {why} (expected [user@]host:/path or host:device)"
-            )
-        };
-        // The separator is the first ':' outside brackets, so IPv6 addresses stay whole.
-        let mut depth = 0i32;
-        let colon = s.char_indices().find_map(|(i, c)| {
-            match c {
-                '[' => depth += 1,
-                ']' => depth -= 1,
-                ':' if depth == 0 => return Some(i),
-                _ => {}
-            }
-            None
-        });
-        let colon = colon.ok_or_else(|| bad("no ':' between host and path"))?;
-        let (left, path) = (&s[..colon], &s[colon + 1..]);
-        let (user, host) = match left.rsplit_once('@') {
-            Some(("", h)) => return Err(bad(&format!("empty user before '@{h}'"))),
-            Some((u, h)) => (Some(u.to_string()), h),
-            None => (None, left),
-        };
-        let host = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
-        if host.is_empty() || host.contains(char::is_whitespace) {
-            return Err(bad("empty or malformed host"));
-        }
-        if path.is_empty() {
-            return Err(bad("empty path"));
-        }
-        let path = if path.starts_with('/') {
-            path.to_string()
-        } else {
-            format!("/dev/{path}")
-        };
-        Ok(Target {
-            user,
-            host: host.to_string(),
-            path,
-        })
-    }
-}
 
 /// How to reach hosts: what `dump` gets from its flags.
 #[derive(Debug, Clone)]
@@ -191,7 +133,7 @@ pub(crate) fn resolve(dest: &str, opts: &SshOptions) -> Result<Resolved> {
         Some(h) => h.clone(),
         None => PathBuf::from(std::env::var_os("HOME").context("$HOME is not set")?),
     };
-    let config = load_config(opts.ssh_config.as_deref(), &home)?;
+    let config = load_config(opts.ssh_config.as_deref(), &home, alias)?;
     let p = config.query(alias);
     let local_user = local_user();
     let host_name = p.host_name.clone().unwrap_or_else(|| alias.to_string());
@@ -246,26 +188,159 @@ pub(crate) fn resolve(dest: &str, opts: &SshOptions) -> Result<Resolved> {
     })
 }
 
-fn load_config(explicit: Option<&Path>, home: &Path) -> Result<SshConfig> {
+fn load_config(explicit: Option<&Path>, home: &Path, alias: &str) -> Result<SshConfig> {
     let path = explicit
         .map(Path::to_path_buf)
         .unwrap_or_else(|| home.join(".ssh/config"));
-    let file = match File::open(&path) {
-        Ok(f) => f,
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => {
             return Ok(SshConfig::default())
         }
         Err(e) => {
-            return Err(e).with_context(|| format!("cannot open ssh config {}", path.display()))
+            return Err(e).with_context(|| format!("cannot read ssh config {}", path.display()))
         }
     };
+    refuse_unsupported(&text, &path, alias)?;
     // Unknown and unsupported keywords are kept, not fatal: we read two of the "unsupported"
     // ones (UserKnownHostsFile, StrictHostKeyChecking) ourselves.
     let rules = ParseRule::ALLOW_UNKNOWN_FIELDS | ParseRule::ALLOW_UNSUPPORTED_FIELDS;
     SshConfig::default()
         .home_dir(home)
-        .parse(&mut BufReader::new(file), rules)
+        .parse(&mut BufReader::new(text.as_bytes()), rules)
         .with_context(|| format!("cannot parse ssh config {}", path.display()))
+}
+
+/// ssh_config keywords the libssh2 transport honours as OpenSSH does, or that cannot change
+/// where it connects, how it verifies the host or what it runs (forwarding, keep-alives,
+/// logging, multiplexing: OpenSSH-only comforts). Everything else, in a block that applies to
+/// the host, is refused: libssh2 must never silently differ from `ssh HOST`.
+const HONOURED: &[&str] = &[
+    "host",
+    "hostname",
+    "port",
+    "user",
+    "identityfile",
+    "userknownhostsfile",
+    "stricthostkeychecking",
+    "connecttimeout",
+    "addkeystoagent",
+    "batchmode",
+    "challengeresponseauthentication",
+    "checkhostip",
+    "clearallforwardings",
+    "compression",
+    "connectionattempts",
+    "controlmaster",
+    "controlpath",
+    "controlpersist",
+    "dynamicforward",
+    "escapechar",
+    "exitonforwardfailure",
+    "forwardagent",
+    "forwardx11",
+    "forwardx11timeout",
+    "forwardx11trusted",
+    "gssapiauthentication",
+    "gssapidelegatecredentials",
+    "hashknownhosts",
+    "kbdinteractiveauthentication",
+    "localforward",
+    "loglevel",
+    "numberofpasswordprompts",
+    "passwordauthentication",
+    "preferredauthentications",
+    "pubkeyauthentication",
+    "remoteforward",
+    "requesttty",
+    "sendenv",
+    "serveralivecountmax",
+    "serveraliveinterval",
+    "setenv",
+    "tcpkeepalive",
+    "updatehostkeys",
+    "usekeychain",
+    "visualhostkey",
+];
+
+/// Refuses, before connecting, an ssh_config that uses for `alias` a keyword libssh2 does not
+/// honour exactly (`Match` and `Include` anywhere: they cannot be evaluated here).
+pub(crate) fn refuse_unsupported(text: &str, file: &Path, alias: &str) -> Result<()> {
+    let mut applies = true; // lines before the first Host apply to every host
+    for (n, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (key, value) = match line.split_once(|c: char| c.is_whitespace() || c == '=') {
+            Some((k, v)) => (
+                k,
+                v.trim_start_matches(|c: char| c.is_whitespace() || c == '='),
+            ),
+            None => (line, ""),
+        };
+        let key = key.to_ascii_lowercase();
+        if key == "host" {
+            applies = host_patterns_match(value, alias);
+            continue;
+        }
+        if key == "match" || key == "include" || (applies && !HONOURED.contains(&key.as_str())) {
+            let word = line.split_whitespace().next().unwrap_or(line);
+            bail!(
+                "{}:{}: the libssh2 transport does not support `{word}`; use --transport openssh \
+                 (the system's ssh client) for this host",
+                file.display(),
+                n + 1
+            );
+        }
+    }
+    Ok(())
+}
+
+/// OpenSSH's pattern lists (`Host` lines, known_hosts names): comma- or space-separated
+/// patterns with `*` and `?`, `!` negating; a negated match excludes the name whatever else
+/// matches. Host names compare without case.
+pub(crate) fn host_patterns_match(list: &str, name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    let mut matched = false;
+    for pat in list
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|p| !p.is_empty())
+    {
+        let (neg, pat) = match pat.strip_prefix('!') {
+            Some(p) => (true, p),
+            None => (false, pat),
+        };
+        if wildcard(pat.to_ascii_lowercase().as_bytes(), name.as_bytes()) {
+            if neg {
+                return false;
+            }
+            matched = true;
+        }
+    }
+    matched
+}
+
+/// `*` (any run) and `?` (any one byte) glob match.
+pub(crate) fn wildcard(pat: &[u8], s: &[u8]) -> bool {
+    let (mut p, mut i, mut star, mut mark) = (0, 0, None, 0);
+    while i < s.len() {
+        if p < pat.len() && (pat[p] == b'?' || pat[p] == s[i]) {
+            p += 1;
+            i += 1;
+        } else if p < pat.len() && pat[p] == b'*' {
+            star = Some(p);
+            mark = i;
+            p += 1;
+        } else if let Some(sp) = star {
+            p = sp + 1;
+            mark += 1;
+            i = mark;
+        } else {
+            return false;
+        }
+    }
+    pat[p..].iter().all(|&c| c == b'*')
 }
 
 /// The login name of this process: `$USER`, else the passwd entry of the real uid.
@@ -293,6 +368,8 @@ fn local_user() -> String {
 pub(crate) struct KnownLine {
     /// `revoked` or `cert-authority` for `@revoked` / `@cert-authority` lines.
     pub marker: Option<String>,
+    /// The host names or patterns (`|1|...` when hashed).
+    pub names: String,
     pub key_type: String,
     pub blob: Vec<u8>,
     /// The line without the marker, as libssh2 reads it.
@@ -312,10 +389,11 @@ pub(crate) fn parse_known_line(line: &str) -> Option<KnownLine> {
         None => (None, line),
     };
     let mut fields = rest.split_whitespace();
-    let (_names, key_type, key) = (fields.next()?, fields.next()?, fields.next()?);
+    let (names, key_type, key) = (fields.next()?, fields.next()?, fields.next()?);
     let blob = base64_decode(key)?;
     Some(KnownLine {
         marker,
+        names: names.to_string(),
         key_type: key_type.to_string(),
         blob,
         text: rest.to_string(),
@@ -380,32 +458,6 @@ pub(crate) fn key_file_encrypted(content: &[u8]) -> Option<bool> {
     None
 }
 
-/// Explains sudo's refusals (we always run `sudo -n`, which never prompts).
-pub fn sudo_hint(stderr: &str) -> Option<String> {
-    let s = stderr.to_ascii_lowercase();
-    if s.contains("a password is required")
-        || s.contains("no tty present")
-        || s.contains("a terminal is required")
-    {
-        return Some(
-            "sudo on the remote host wants a password, but diskdump runs it non-interactively (sudo -n): \
-             allow the agent without a password (a NOPASSWD sudoers rule for ~/.cache/diskdump/agent-*, \
-             written as an absolute path) or connect as root"
-                .into(),
-        );
-    }
-    if s.contains("not in the sudoers file") || s.contains("is not allowed to execute") {
-        return Some("the remote user may not use sudo to run the agent: add a sudoers rule or connect as root".into());
-    }
-    if s.contains("sudo: not found") || s.contains("sudo: command not found") {
-        return Some(
-            "sudo is not installed on the remote host: connect as root instead of using --sudo"
-                .into(),
-        );
-    }
-    None
-}
-
 /// Reads one SSH wire string (`u32` big-endian length, bytes).
 fn read_string(b: &[u8]) -> Option<(&[u8], &[u8])> {
     let len = u32::from_be_bytes(b.get(..4)?.try_into().ok()?) as usize;
@@ -456,57 +508,6 @@ pub(crate) fn base64_decode(s: &str) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
-    fn t(user: Option<&str>, host: &str, path: &str) -> Target {
-        Target {
-            user: user.map(Into::into),
-            host: host.into(),
-            path: path.into(),
-        }
-    }
-
-    #[test]
-    fn target_forms() {
-        assert_eq!(
-            Target::parse("server01:/dev/sda").unwrap(),
-            t(None, "server01", "/dev/sda")
-        );
-        assert_eq!(
-            Target::parse("server01:sda").unwrap(),
-            t(None, "server01", "/dev/sda")
-        );
-        assert_eq!(
-            Target::parse("bob@h:nvme0n1").unwrap(),
-            t(Some("bob"), "h", "/dev/nvme0n1")
-        );
-        assert_eq!(
-            Target::parse("a@b@h:/x").unwrap(),
-            t(Some("a@b"), "h", "/x")
-        );
-        assert_eq!(
-            Target::parse("[::1]:/dev/vda").unwrap(),
-            t(None, "::1", "/dev/vda")
-        );
-        assert_eq!(
-            Target::parse("u@[fe80::1]:vdb").unwrap(),
-            t(Some("u"), "fe80::1", "/dev/vdb")
-        );
-        assert_eq!(
-            Target::parse("h:/dev/disk/by-id/a:b").unwrap(),
-            t(None, "h", "/dev/disk/by-id/a:b")
-        );
-        for bad in [
-            "server01",
-            "server01:",
-            ":/dev/sda",
-            "@h:/x",
-            "[]:/x",
-            "a b:/x",
-        ] {
-            let e = Target::parse(bad).unwrap_err().to_string();
-            assert!(e.contains("invalid target"), "{bad}: {e}");
-        }
-    }
-
     #[test]
     fn tokens() {
         let home = PathBuf::from("/home/me");
@@ -539,7 +540,7 @@ mod tests {
         std::fs::write(
             &cfg,
             "Host web\n  HostName %h.example.org\n  Port 2200\n  User cfguser\n  IdentityFile ~/.ssh/web_%r\n  \
-             UserKnownHostsFile %d/kh1 ~/kh2\n  StrictHostKeyChecking accept-new\n  ConnectTimeout 3\n  Frobnicate yes\n",
+             UserKnownHostsFile %d/kh1 ~/kh2\n  StrictHostKeyChecking accept-new\n  ConnectTimeout 3\n",
         )
         .unwrap();
         let opts = SshOptions {
@@ -699,18 +700,60 @@ mod tests {
         );
         assert_eq!(key_file_encrypted(b"garbage"), None);
     }
+}
+
+#[cfg(test)]
+mod refusal_tests {
+    use super::*;
 
     #[test]
-    fn sudo_hints() {
-        assert!(sudo_hint("sudo: a password is required\n")
-            .unwrap()
-            .contains("sudo -n"));
-        assert!(
-            sudo_hint("bob is not in the sudoers file.  This incident will be reported.").is_some()
+    fn patterns() {
+        assert!(host_patterns_match("lab-* db", "lab-1"));
+        assert!(host_patterns_match("lab-*,db", "DB"));
+        assert!(!host_patterns_match("lab-*", "web"));
+        assert!(!host_patterns_match("* !web", "web"));
+        assert!(host_patterns_match("* !web", "db"));
+        assert!(host_patterns_match("10.0.0.?", "10.0.0.7"));
+        assert!(!host_patterns_match("10.0.0.?", "10.0.0.17"));
+        assert!(wildcard(b"*a*b", b"xxaxxb") && !wildcard(b"*a*b", b"xxaxx"));
+        assert!(!host_patterns_match("", "x"));
+    }
+
+    #[test]
+    fn keywords_libssh2_cannot_honour_are_refused_with_file_and_line() {
+        let f = Path::new("/cfg");
+        let ok = "Host web\n  HostName w\n  Port 22\n  ServerAliveInterval 5\nHost lab-*\n  ProxyJump bastion\n";
+        refuse_unsupported(ok, f, "web").unwrap();
+        let e = refuse_unsupported(ok, f, "lab-3").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "/cfg:6: the libssh2 transport does not support `ProxyJump`; use --transport openssh \
+             (the system's ssh client) for this host"
         );
-        assert!(sudo_hint("sh: 1: sudo: not found")
-            .unwrap()
-            .contains("not installed"));
-        assert!(sudo_hint("agent: cannot open /dev/sda: Permission denied").is_none());
+        // Match and Include cannot be evaluated: refused wherever they are.
+        let e = refuse_unsupported(
+            "Host a\n  User x\nMatch host lab-*\n  StrictHostKeyChecking no\n",
+            f,
+            "web",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("/cfg:3:") && e.contains("`Match`"), "{e}");
+        let e = refuse_unsupported("Include ~/.ssh/conf.d/*\n", f, "web")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("/cfg:1:") && e.contains("`Include`"), "{e}");
+        for kw in [
+            "ProxyCommand nc %h %p",
+            "HostKeyAlias x",
+            "CertificateFile ~/.ssh/c",
+            "Ciphers=aes128-ctr",
+        ] {
+            let text = format!("Host *\n  {kw}\n");
+            let e = refuse_unsupported(&text, f, "web").unwrap_err().to_string();
+            assert!(e.starts_with("/cfg:2:"), "{kw}: {e}");
+        }
+        // Before any Host line, everything applies.
+        assert!(refuse_unsupported("ProxyJump b\nHost x\n", f, "web").is_err());
     }
 }

@@ -14,14 +14,13 @@ use std::io::{self, PipeReader, PipeWriter, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
+
+use crate::transport::{keep_tail, ExitInfo, Handle, RemoteProcess, STDERR_TAIL};
 
 /// Largest read or write the pump does at once, and about the most it holds per direction.
 const CHUNK: usize = 256 * 1024;
-/// How much of the remote stderr is kept for error messages (its end).
-pub(super) const STDERR_TAIL: usize = 64 * 1024;
 /// Bigger pipes than the 64 KiB default mean fewer wake-ups per MiB.
 const PIPE_SIZE: libc::c_int = 1 << 20;
 
@@ -48,68 +47,6 @@ pub(super) trait Duplex {
     fn abort(&mut self);
 }
 
-/// A remote command started by `Remote::exec_stream`.
-pub struct RemoteProcess {
-    stdout: PipeReader,
-    stdin: PipeWriter,
-    handle: Handle,
-}
-
-impl RemoteProcess {
-    /// Its stdout (EOF when the remote closes it), its stdin (drop it to send EOF; writes fail
-    /// with `BrokenPipe` once the remote is gone: [`Handle::wait`] says why), and the handle.
-    pub fn split(self) -> (PipeReader, PipeWriter, Handle) {
-        (self.stdout, self.stdin, self.handle)
-    }
-}
-
-/// Waits for or stops a remote command.
-pub struct Handle {
-    thread: JoinHandle<Result<ExitInfo>>,
-    wake: PipeWriter,
-    kill: Arc<AtomicBool>,
-    label: String,
-}
-
-impl Handle {
-    /// Waits until the remote command has exited and closed the channel.
-    pub fn wait(self) -> Result<ExitInfo> {
-        let label = self.label;
-        self.thread
-            .join()
-            .map_err(|_| anyhow!("ssh {label}: the I/O thread panicked"))?
-    }
-
-    /// Drops the connection: the remote command sees EOF on stdin and exits; [`Handle::wait`]
-    /// then returns an error.
-    pub fn kill(&self) {
-        self.kill.store(true, Ordering::SeqCst);
-        let _ = (&self.wake).write(&[1]);
-    }
-
-    /// `user@host:port`.
-    pub fn label(&self) -> &str {
-        &self.label
-    }
-}
-
-/// How a remote command ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExitInfo {
-    /// Exit status; -1 when it was killed by a signal.
-    pub status: i32,
-    /// The signal's name (e.g. `KILL`) if it was killed by one.
-    pub signal: Option<String>,
-    /// The last 64 KiB of its stderr.
-    pub stderr: String,
-}
-
-impl ExitInfo {
-    pub fn success(&self) -> bool {
-        self.status == 0 && self.signal.is_none()
-    }
-}
-
 /// Where the pump's bytes come from and go to.
 pub(super) struct PumpIo {
     /// The caller's input; `None` once it ended (or when there is none, as for `run`).
@@ -123,26 +60,6 @@ pub(super) struct PumpIo {
 enum Sink {
     /// `None` once the caller dropped its reader: later output is discarded.
     Pipe(Option<PipeWriter>),
-    Memory(Vec<u8>),
-}
-
-impl PumpIo {
-    /// No input; output collected in memory (for small commands).
-    pub(super) fn memory() -> PumpIo {
-        PumpIo {
-            stdin: None,
-            stdout: Sink::Memory(Vec::new()),
-            wake: None,
-            kill: None,
-        }
-    }
-
-    pub(super) fn into_output(self) -> Vec<u8> {
-        match self.stdout {
-            Sink::Memory(v) => v,
-            Sink::Pipe(_) => Vec::new(),
-        }
-    }
 }
 
 pub(super) struct Finished {
@@ -166,13 +83,14 @@ where
         // SAFETY: fcntl on a pipe we own. Best effort: a smaller pipe costs only wake-ups.
         unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, PIPE_SIZE) };
     }
-    let kill = Arc::new(AtomicBool::new(false));
+    let flag = Arc::new(AtomicBool::new(false));
     let mut io = PumpIo {
         stdin: Some(in_r),
         stdout: Sink::Pipe(Some(out_w)),
         wake: Some(wake_r),
-        kill: Some(kill.clone()),
+        kill: Some(flag.clone()),
     };
+    let kill = flag;
     let name = label.clone();
     let thread = std::thread::Builder::new()
         .name(format!("ssh {label}"))
@@ -185,12 +103,11 @@ where
                 stderr,
             })
         })?;
-    let handle = Handle {
-        thread,
-        wake: wake_w,
-        kill,
-        label,
-    };
+    let kill = Arc::new(move || {
+        kill.store(true, Ordering::SeqCst);
+        let _ = (&wake_w).write(&[1]);
+    });
+    let handle = Handle::new(thread, kill, label);
     Ok(RemoteProcess {
         stdout: out_r,
         stdin: in_w,
@@ -233,7 +150,7 @@ pub(super) fn drive(ch: &mut impl Duplex, io: &mut PumpIo) -> Result<Finished> {
             ch.abort();
             bail!(
                 "killed; remote stderr: {}",
-                String::from_utf8_lossy(&stderr).trim_end()
+                crate::untrusted::last_line(&String::from_utf8_lossy(&stderr))
             );
         }
         let mut progress = false;
@@ -284,18 +201,14 @@ pub(super) fn drive(ch: &mut impl Duplex, io: &mut PumpIo) -> Result<Finished> {
         // Always drain stderr: unread stderr would keep the channel from reaching EOF.
         let n = nb(ch.read_stderr(&mut scratch)).context("reading the remote stderr")?;
         if let Some(n) = n.filter(|&n| n > 0) {
-            stderr.extend_from_slice(&scratch[..n]);
-            if stderr.len() > 2 * STDERR_TAIL {
-                stderr.drain(..stderr.len() - STDERR_TAIL);
-            }
+            keep_tail(&mut stderr, &scratch[..n], STDERR_TAIL);
             progress = true;
         }
         progress |= flush_output(&mut output, &mut io.stdout);
         if output.is_empty() && ch.eof() {
-            if let Sink::Pipe(w) = &mut io.stdout {
-                *w = None; // the caller's reader sees EOF now
-            }
-            // The remote may still read input after closing its stdout: end on its close.
+            let Sink::Pipe(w) = &mut io.stdout;
+            *w = None; // the caller's reader sees EOF now
+                       // The remote may still read input after closing its stdout: end on its close.
             match nb(ch.wait_close()) {
                 Ok(Some(())) => break,
                 Ok(None) => {}
@@ -323,7 +236,6 @@ fn flush_output(out: &mut Pending, sink: &mut Sink) -> bool {
         return false;
     }
     match sink {
-        Sink::Memory(v) => v.extend_from_slice(out.bytes()),
         Sink::Pipe(Some(w)) => match nb(w.write(out.bytes())) {
             Ok(Some(n)) => {
                 out.consume(n);
@@ -520,9 +432,7 @@ mod tests {
     }
 
     fn noise(len: usize) -> Vec<u8> {
-        (0..len as u64)
-            .map(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8)
-            .collect()
+        diskdump_agent::testdata::noise(len, 1)
     }
 
     #[test]
@@ -546,15 +456,6 @@ mod tests {
         let exit = handle.wait().unwrap();
         assert_eq!(exit.status, 7);
         assert_eq!(exit.stderr.as_bytes(), &text[text.len() - STDERR_TAIL..]);
-    }
-
-    #[test]
-    fn memory_sink_without_input() {
-        let mut fake = FakeCat::new();
-        fake.queue.extend(b"hello\n");
-        let mut io = PumpIo::memory();
-        let done = drive(&mut fake, &mut io).unwrap();
-        assert_eq!((done.status, io.into_output()), (7, b"hello\n".to_vec()));
     }
 
     #[test]

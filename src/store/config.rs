@@ -10,9 +10,11 @@ pub struct StoreConfig {
     pub block_size: usize,
 }
 
-/// Blocks must fit one store file and one protocol frame comfortably.
+/// The smallest block a store takes (O_DIRECT reads need 4 KiB multiples).
 pub const MIN_BLOCK_SIZE: usize = 4096;
-pub const MAX_BLOCK_SIZE: usize = 16 << 20;
+/// The largest: one limit for the store and the protocol (a block must fit
+/// one frame), defined by the protocol.
+pub use diskdump_agent::proto::MAX_BLOCK_SIZE;
 
 pub fn check_block_size(bs: usize) -> Result<()> {
     if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&bs) || !bs.is_multiple_of(4096) {

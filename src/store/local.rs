@@ -1,4 +1,4 @@
-//! The store as a directory tree (DESIGN §1): `.blockstore/ab/cd/<hash>.lz4`,
+//! The store as a directory tree (docs/DESIGN.md §1): `.blockstore/ab/cd/<hash>.lz4`,
 //! dated manifests under the root, Python-era manifests under
 //! `.blockstore/manifests/`.
 

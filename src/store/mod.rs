@@ -1,4 +1,4 @@
-//! The block store (DESIGN §1): one small interface that commands, the
+//! The block store (docs/DESIGN.md §1): one small interface that commands, the
 //! receiver and `ImageReader` use, and the local-directory backend.
 
 mod config;

@@ -2,18 +2,9 @@
 
 use std::path::Path;
 
-/// xorshift bytes: incompressible and reproducible.
+/// Incompressible and reproducible (the crates' one generator).
 pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
+    diskdump_agent::testdata::noise(len, seed)
 }
 
 /// Text-like bytes (compress well, but each block distinct).

@@ -1,8 +1,8 @@
 //! Helpers for tests that mount the real binary with FUSE: a temp store and
 //! mountpoint, images to import, a mount process started and stopped, and
 //! `/proc/self/mountinfo` checks. Tests that need root, /dev/fuse or loop
-//! devices call `require`: with CI=true a missing one fails loudly, else the
-//! test prints `SKIP: reason` and passes.
+//! devices are gated by `have_fuse`/`have_loop` (build.rs) and call
+//! `super::need_none(fuse_missing())`, which fails loudly when one is missing.
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::fs::File;
@@ -13,16 +13,6 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_diskdump");
-
-/// False (after printing SKIP) if `missing` names an unmet requirement.
-pub fn require(test: &str, missing: Option<String>) -> bool {
-    let Some(why) = missing else { return true };
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: CI=true but this test cannot run: {why}");
-    }
-    eprintln!("SKIP: {test}: {why}");
-    false
-}
 
 fn is_root() -> bool {
     // SAFETY: geteuid cannot fail.

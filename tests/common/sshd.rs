@@ -1,6 +1,6 @@
 //! A throwaway sshd on 127.0.0.1 with generated keys, and a temp HOME whose `.ssh/config`
 //! reaches it as `testhost`. Needs root (sshd re-execs and switches users) and
-//! `/usr/sbin/sshd`; use [`Sshd::require`] so that tests skip elsewhere (and fail under CI).
+//! `/usr/sbin/sshd`; gate tests with `#[cfg_attr(not(have_sshd), ignore = ...)]` (build.rs).
 #![allow(dead_code)] // each test binary uses a different part of this helper
 
 use std::ffi::OsString;
@@ -20,6 +20,11 @@ pub struct SshdOptions {
     pub rsa_host_key: bool,
     /// More `NAME=value` for remote sessions, besides HOME (e.g. a PATH with fake tools).
     pub set_env: Vec<String>,
+    /// More sshd_config lines (e.g. `LogLevel DEBUG1`, `HostCertificate ...`).
+    pub extra_config: Vec<String>,
+    /// Sign the ed25519 host key with this CA private key (principal `127.0.0.1`) and serve
+    /// the certificate.
+    pub host_ca: Option<PathBuf>,
 }
 
 pub struct Sshd {
@@ -29,28 +34,16 @@ pub struct Sshd {
 }
 
 impl Sshd {
-    /// Starts an sshd, or returns `None` after printing a SKIP line when this machine cannot
-    /// run one (not root, no sshd). Under `CI=true` that is a failure instead.
-    pub fn require() -> Option<Sshd> {
-        Self::require_with(SshdOptions::default())
-    }
-
-    pub fn require_with(opts: SshdOptions) -> Option<Sshd> {
-        if let Err(why) = prerequisites() {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("cannot run the sshd tests: {why}");
-            }
-            eprintln!("SKIP: {why}");
-            return None;
-        }
-        Some(Self::start_with(opts))
-    }
-
+    /// Starts an sshd; fails the test if this machine cannot run one (such
+    /// tests carry `#[cfg_attr(not(have_sshd), ignore = ...)]`).
     pub fn start() -> Sshd {
         Self::start_with(SshdOptions::default())
     }
 
     pub fn start_with(opts: SshdOptions) -> Sshd {
+        if let Err(why) = prerequisites() {
+            super::need(false, &why);
+        }
         let dir = tempfile::tempdir().expect("temp dir");
         let d = dir.path();
         fs::create_dir_all("/run/sshd").expect("mkdir /run/sshd"); // sshd's privilege separation dir
@@ -59,6 +52,16 @@ impl Sshd {
             keygen(&d.join("host_rsa"), "rsa", "");
         }
         keygen(&d.join("client_ed25519"), "ed25519", "");
+        if let Some(ca) = &opts.host_ca {
+            let ok = Command::new("ssh-keygen")
+                .args(["-q", "-s"])
+                .arg(ca)
+                .args(["-I", "diskdump-test-host", "-h", "-n", "127.0.0.1"])
+                .arg(d.join("host_ed25519.pub"))
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "ssh-keygen -s (host certificate) failed");
+        }
         fs::copy(d.join("client_ed25519.pub"), d.join("authorized_keys")).unwrap();
         fs::set_permissions(d.join("authorized_keys"), fs::Permissions::from_mode(0o644)).unwrap();
         fs::create_dir_all(d.join("remote-home")).unwrap();
@@ -169,9 +172,16 @@ impl Sshd {
         .unwrap();
     }
 
-    /// Environment for a spawned `diskdump`.
+    /// Environment for a spawned `diskdump`: the temp HOME, and its ssh config passed
+    /// explicitly (OpenSSH's `ssh` reads `~/.ssh/config` from the passwd home, not `$HOME`).
     pub fn env(&self) -> Vec<(String, OsString)> {
-        vec![("HOME".into(), self.home().into_os_string())]
+        vec![
+            ("HOME".into(), self.home().into_os_string()),
+            (
+                "DISKDUMP_SSH_CONFIG".into(),
+                self.ssh_config().into_os_string(),
+            ),
+        ]
     }
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
@@ -235,11 +245,17 @@ fn sshd_config(d: &Path, port: u16, opts: &SshdOptions) -> String {
         .iter()
         .map(|e| format!(" {e}"))
         .collect::<String>();
+    let cert = if opts.host_ca.is_some() {
+        format!("HostCertificate {d}/host_ed25519-cert.pub\n")
+    } else {
+        String::new()
+    };
     format!(
-        "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\n{rsa}\
+        "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\n{rsa}{cert}\
          AuthorizedKeysFile {d}/authorized_keys\nPidFile {d}/sshd.pid\nStrictModes no\nUsePAM no\n\
          PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n\
-         MaxStartups 100\nMaxSessions 100\nSetEnv HOME={d}/remote-home{env}\n"
+         MaxStartups 100\nMaxSessions 100\nSetEnv HOME={d}/remote-home{env}\n{}",
+        opts.extra_config.iter().map(|l| format!("{l}\n")).collect::<String>()
     )
 }
 

@@ -59,6 +59,7 @@ fn run_hostile(
             inflight: &inflight,
             source: "evil:/dev/evil",
             progress: &NoProgress,
+            max_size: diskdump::receiver::DEFAULT_MAX_SIZE,
         };
         match receive(&opts, from_agent, to_agent) {
             Ok(r) => panic!("a hostile agent's dump succeeded: {:?}", r.stats),
@@ -224,6 +225,7 @@ fn an_agent_that_dies_explains_why_even_if_needs_cannot_be_sent() {
         inflight: &inflight,
         source: "evil:/dev/evil",
         progress: &NoProgress,
+        max_size: diskdump::receiver::DEFAULT_MAX_SIZE,
     };
     let err = format!("{:#}", receive(&opts, from_agent, to_agent).unwrap_err());
     assert_mentions(&err, &["the agent failed", "Input/output error"]);
@@ -365,6 +367,7 @@ fn a_valid_but_unusual_lz4_frame_is_stored_in_the_stores_format() {
         inflight: &inflight,
         source: "odd:/dev/odd",
         progress: &NoProgress,
+        max_size: diskdump::receiver::DEFAULT_MAX_SIZE,
     };
     let got = receive(&opts, from_agent, to_agent).unwrap();
     assert_eq!(got.stats.blocks_new, 1);
@@ -411,6 +414,7 @@ fn an_agent_that_stalls_is_cut_off_after_the_idle_timeout() {
                 inflight: &inflight,
                 source: "stall:/dev/stall",
                 progress: &NoProgress,
+                max_size: diskdump::receiver::DEFAULT_MAX_SIZE,
             };
             let input = IdleTimeout::new(from_agent, Duration::from_secs(1));
             let r = receive(&opts, input, to_agent);

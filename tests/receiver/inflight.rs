@@ -44,6 +44,7 @@ fn start<'s>(
             inflight,
             source: "h:/dev/x",
             progress: &NoProgress,
+            max_size: diskdump::receiver::DEFAULT_MAX_SIZE,
         };
         receive(&opts, from_agent, to_agent)
     });

@@ -44,17 +44,7 @@ pub fn new_store(bs: usize) -> (TempDir, LocalStore) {
 }
 
 /// Deterministic pseudo-random bytes (incompressible).
-pub fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect()
-}
+pub use diskdump_agent::testdata::noise;
 
 /// `blocks` blocks of `bs` bytes mixing random, zero, repeated (within and
 /// across batches) and compressible ones, then a ragged tail of `tail` bytes.
@@ -115,6 +105,7 @@ pub fn dump_command(
         inflight,
         source: "testhost:/dev/test",
         progress,
+        max_size: diskdump::receiver::DEFAULT_MAX_SIZE,
     };
     let result = receive(&opts, stdout, stdin);
     let status = child.wait().unwrap();

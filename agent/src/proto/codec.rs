@@ -1,5 +1,5 @@
-//! Messages to bytes and back, and framing: the header check, a streaming
-//! decoder (bytes in any split) and a blocking reader. The length is checked
+//! Messages to bytes and back, and framing: the header check and a blocking
+//! reader that takes its bytes in any split. The length is checked
 //! against the cap as soon as the header is there, before any buffer is sized
 //! for the payload.
 
@@ -71,58 +71,6 @@ pub fn read_frame(r: &mut impl Read, max: usize) -> Result<Option<Message>, Prot
     let mut payload = vec![0u8; len];
     read_full(r, &mut payload)?;
     Message::decode(typ, &payload).map(Some)
-}
-
-/// A push-style decoder: `feed` bytes as they arrive, in any split, then
-/// `poll` until it returns `None`. Call `poll` after every `feed`: that is
-/// where an oversized length is refused, before its payload is buffered.
-/// After an error the stream is unusable.
-pub struct Decoder {
-    max: usize,
-    buf: Vec<u8>,
-    /// Start of the first undecoded byte in `buf`.
-    pos: usize,
-}
-
-impl Decoder {
-    pub fn new(max_frame: usize) -> Decoder {
-        Decoder {
-            max: max_frame,
-            buf: Vec::new(),
-            pos: 0,
-        }
-    }
-
-    pub fn feed(&mut self, data: &[u8]) {
-        // Drop decoded bytes once they are most of the buffer, so it does not
-        // grow with the stream, and compaction stays amortized O(1) per byte.
-        if self.pos > 0 && self.pos >= self.buf.len() / 2 {
-            self.buf.drain(..self.pos);
-            self.pos = 0;
-        }
-        self.buf.extend_from_slice(data);
-    }
-
-    /// The next complete message, if one has arrived.
-    pub fn poll(&mut self) -> Result<Option<Message>, ProtocolError> {
-        let avail = &self.buf[self.pos..];
-        if avail.len() < HEADER_LEN {
-            return Ok(None);
-        }
-        let (typ, len) = parse_header(avail, self.max)?;
-        if avail.len() < HEADER_LEN + len {
-            return Ok(None);
-        }
-        let msg = Message::decode(typ, &avail[HEADER_LEN..HEADER_LEN + len])?;
-        self.pos += HEADER_LEN + len;
-        Ok(Some(msg))
-    }
-
-    /// Bytes received but not yet decoded: non-zero at end of stream means
-    /// the stream was cut inside a frame.
-    pub fn pending(&self) -> usize {
-        self.buf.len() - self.pos
-    }
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {

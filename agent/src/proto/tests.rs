@@ -1,6 +1,6 @@
 use super::*;
 use crate::testdata::noise;
-use std::io::Read;
+use std::io::{self, Read};
 
 const MAX: usize = 1 << 20;
 
@@ -67,40 +67,59 @@ fn every_message_round_trips() {
         let bytes = frame(&m);
         let len = u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
         assert_eq!(len + 4, bytes.len());
-        assert_eq!(read_frame(&mut &bytes[..], MAX).unwrap(), Some(m.clone()));
-        let mut d = Decoder::new(MAX);
-        d.feed(&bytes);
-        assert_eq!(d.poll().unwrap(), Some(m));
-        assert_eq!(d.poll().unwrap(), None);
-        assert_eq!(d.pending(), 0);
+        let mut r = &bytes[..];
+        assert_eq!(read_frame(&mut r, MAX).unwrap(), Some(m));
+        assert_eq!(read_frame(&mut r, MAX).unwrap(), None);
     }
+}
+
+/// Hands out its bytes in two pieces cut at `cut`, or one byte per read
+/// (`cut` None): how the input arrives must not matter to `read_frame`.
+struct Trickle<'a> {
+    data: &'a [u8],
+    pos: usize,
+    cut: Option<usize>,
+}
+
+impl Read for Trickle<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let end = match self.cut {
+            Some(c) if self.pos < c => c,
+            Some(_) => self.data.len(),
+            None => self.pos + 1,
+        };
+        let n = (end.min(self.data.len()) - self.pos).min(buf.len());
+        buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+fn read_all(mut r: impl Read) -> Vec<Message> {
+    let mut got = Vec::new();
+    while let Some(m) = read_frame(&mut r, MAX).unwrap() {
+        got.push(m);
+    }
+    got
 }
 
 #[test]
 fn a_stream_split_at_every_byte_decodes() {
     let stream: Vec<u8> = samples().iter().flat_map(frame).collect();
     for split in 0..=stream.len() {
-        let mut d = Decoder::new(MAX);
-        let mut got = Vec::new();
-        for part in [&stream[..split], &stream[split..]] {
-            d.feed(part);
-            while let Some(m) = d.poll().unwrap() {
-                got.push(m);
-            }
-        }
-        assert_eq!(got, samples(), "split at {split}");
-        assert_eq!(d.pending(), 0);
+        let r = Trickle {
+            data: &stream,
+            pos: 0,
+            cut: Some(split),
+        };
+        assert_eq!(read_all(r), samples(), "split at {split}");
     }
-    // And one byte at a time.
-    let mut d = Decoder::new(MAX);
-    let mut got = Vec::new();
-    for b in &stream {
-        d.feed(std::slice::from_ref(b));
-        while let Some(m) = d.poll().unwrap() {
-            got.push(m);
-        }
-    }
-    assert_eq!(got, samples());
+    let r = Trickle {
+        data: &stream,
+        pos: 0,
+        cut: None,
+    };
+    assert_eq!(read_all(r), samples(), "one byte at a time");
 }
 
 /// A reader that fails the test if anyone reads past the header.
@@ -124,9 +143,6 @@ fn an_oversized_length_is_rejected_before_allocating() {
         let err = read_frame(&mut HeaderOnly(&h), MAX).unwrap_err();
         assert!(matches!(err, ProtocolError::FrameTooLarge { .. }), "{err}");
         assert!(err.to_string().contains("exceeds the limit"), "{err}");
-        let mut d = Decoder::new(MAX);
-        d.feed(&h);
-        assert!(matches!(d.poll(), Err(ProtocolError::FrameTooLarge { .. })));
     }
     // Exactly the cap is fine.
     let m = Message::Block(Block {
@@ -137,12 +153,12 @@ fn an_oversized_length_is_rejected_before_allocating() {
 }
 
 /// The agent's zlib output for incompressible data is tested where it is made
-/// (`work.rs`); the LZ4 frame and the largest Batch are checked here.
+/// (`pipeline.rs`); the LZ4 frame and the largest Batch are checked here.
 #[test]
 fn the_cap_fits_an_incompressible_block_and_a_full_batch() {
     assert_eq!(max_frame_len(4096), 1 << 20);
     for bs in [4096, 131072, 4 << 20, MAX_BLOCK_SIZE] {
-        let lz4 = crate::blockfmt::encode(&noise(bs)).len();
+        let lz4 = crate::blockfmt::encode(&noise(bs, 1)).len();
         assert!(1 + 32 + lz4 <= max_frame_len(bs), "lz4 {bs}");
     }
     let batch = Batch {
@@ -154,9 +170,8 @@ fn the_cap_fits_an_incompressible_block_and_a_full_batch() {
 
 #[test]
 fn unknown_type_and_empty_frames_are_rejected() {
-    let mut d = Decoder::new(MAX);
-    d.feed(&[1, 0, 0, 0, 99]);
-    assert!(matches!(d.poll(), Err(ProtocolError::UnknownType(99))));
+    let err = read_frame(&mut HeaderOnly(&[1, 0, 0, 0, 99]), MAX).unwrap_err();
+    assert!(matches!(err, ProtocolError::UnknownType(99)));
     let err = read_frame(&mut HeaderOnly(&[1, 0, 0, 0, 0]), MAX).unwrap_err();
     assert_eq!(err.to_string(), "unknown frame type 0");
     let err = read_frame(&mut &[0u8, 0, 0, 0, 1][..], MAX).unwrap_err();
@@ -191,10 +206,6 @@ fn truncated_payloads_and_streams_are_rejected() {
             assert!(matches!(err, ProtocolError::TrailingBytes(_)), "{err}");
         }
     }
-    let mut d = Decoder::new(MAX);
-    d.feed(&frame(&samples()[0])[..10]);
-    assert_eq!(d.poll().unwrap(), None);
-    assert_eq!(d.pending(), 10);
 }
 
 #[test]

@@ -14,7 +14,7 @@ use std::sync::mpsc::Receiver;
 use std::sync::Mutex;
 
 /// One received block to check: `len` is the length of its place in the image.
-pub(super) struct Job {
+pub(super) struct Arrived {
     pub digest: Digest,
     pub len: usize,
     pub data: Vec<u8>,
@@ -55,7 +55,7 @@ impl FirstError {
     }
 }
 
-pub(super) struct Verifier<'a> {
+pub(super) struct Checker<'a> {
     pub store: &'a dyn Store,
     pub inflight: &'a InFlight,
     pub owner: u64,
@@ -72,10 +72,10 @@ struct Scratch {
     zlib: Decompress,
 }
 
-impl Verifier<'_> {
-    /// Works until the job channel closes. After a failure the remaining jobs
+impl Checker<'_> {
+    /// Works until the arrived channel closes. After a failure the remaining arrivals
     /// are drained unchecked, so the reading thread never blocks on a send.
-    pub fn run(&self, jobs: &Mutex<Receiver<Job>>) {
+    pub fn run(&self, arrivals: &Mutex<Receiver<Arrived>>) {
         let mut s = Scratch {
             raw: Vec::new(),
             frame: Vec::new(),
@@ -83,43 +83,44 @@ impl Verifier<'_> {
             zlib: Decompress::new(true),
         };
         loop {
-            let job = match jobs.lock().unwrap_or_else(|p| p.into_inner()).recv() {
-                Ok(job) => job,
+            let arrived = match arrivals.lock().unwrap_or_else(|p| p.into_inner()).recv() {
+                Ok(arrived) => arrived,
                 Err(_) => return,
             };
             if self.failure.is_set() {
                 continue;
             }
-            if let Err(e) = self.check_and_store(&mut s, job) {
+            if let Err(e) = self.check_and_store(&mut s, arrived) {
                 self.failure.set(e);
             }
         }
     }
 
-    fn check_and_store(&self, s: &mut Scratch, job: Job) -> Result<()> {
-        let (d, bs) = (job.digest, self.store.block_size());
+    fn check_and_store(&self, s: &mut Scratch, arrived: Arrived) -> Result<()> {
+        let (d, bs) = (arrived.digest, self.store.block_size());
         let raw: &[u8] = match self.mode {
             Compression::Lz4 => {
-                blockfmt::decode(&job.data, bs, &mut s.raw).map_err(|e| undecodable(&d, bs, e))?;
+                blockfmt::decode(&arrived.data, bs, &mut s.raw)
+                    .map_err(|e| undecodable(&d, bs, e))?;
                 &s.raw
             }
             Compression::Zlib => {
-                inflate(&mut s.zlib, &job.data, bs, &mut s.raw)
+                inflate(&mut s.zlib, &arrived.data, bs, &mut s.raw)
                     .map_err(|e| undecodable(&d, bs, e))?;
                 &s.raw
             }
             Compression::None => {
-                if job.data.len() > bs {
-                    bail!("block {d} from the agent has {} bytes, more than the block size ({bs} bytes)", job.data.len());
+                if arrived.data.len() > bs {
+                    bail!("block {d} from the agent has {} bytes, more than the block size ({bs} bytes)", arrived.data.len());
                 }
-                &job.data
+                &arrived.data
             }
         };
-        if raw.len() != job.len {
+        if raw.len() != arrived.len {
             bail!(
                 "block {d} from the agent has {} bytes, but its place in the image has {}",
                 raw.len(),
-                job.len
+                arrived.len
             );
         }
         let actual = Digest::of(raw);
@@ -130,10 +131,10 @@ impl Verifier<'_> {
         // other (checksums we do not verify, a skippable prefix, a size past
         // the store's bound, or simply zlib/none on the wire) is re-encoded.
         let frame: &[u8] = if self.mode == Compression::Lz4
-            && blockfmt::is_plain(&job.data)
-            && job.data.len() <= max_stored_frame(bs)
+            && blockfmt::is_plain(&arrived.data)
+            && arrived.data.len() <= max_stored_frame(bs)
         {
-            &job.data
+            &arrived.data
         } else {
             s.frame.clear();
             s.encoder.encode(raw, &mut s.frame);

@@ -1,5 +1,5 @@
-//! The agent's pieces of work: a batch read from the source, the jobs workers
-//! run on it (hash one block, compress one block), the queue that hands jobs
+//! The agent's pieces of work: a batch read from the source, the tasks workers
+//! run on it (hash one block, compress one block), the queue that hands tasks
 //! out with compression first, so needed blocks leave (and window slots free
 //! up) before more read-ahead is hashed, and the reader that makes batches.
 
@@ -18,7 +18,7 @@ use std::time::Duration;
 /// One batch of consecutive blocks, read once. Its buffer goes back to the
 /// reader when the last reference drops, which is what bounds memory to
 /// `window` batches.
-pub struct Batch {
+pub struct ReadBatch {
     pub seq: u64,
     data: AlignedBuf,
     block_size: usize,
@@ -27,15 +27,15 @@ pub struct Batch {
     recycle: Sender<AlignedBuf>,
 }
 
-impl Batch {
+impl ReadBatch {
     pub fn new(
         seq: u64,
         data: AlignedBuf,
         block_size: usize,
         recycle: Sender<AlignedBuf>,
-    ) -> Batch {
+    ) -> ReadBatch {
         let n = data.len().div_ceil(block_size);
-        Batch {
+        ReadBatch {
             seq,
             data,
             block_size,
@@ -80,41 +80,41 @@ impl Batch {
         } else {
             Entry::Hash(Digest::of(block))
         };
-        // Each block is hashed by exactly one job, so the cell is empty.
+        // Each block is hashed by exactly one task, so the cell is empty.
         let _ = self.entries[i].set(entry);
         self.unhashed.fetch_sub(1, Ordering::AcqRel) == 1
     }
 }
 
-impl Drop for Batch {
+impl Drop for ReadBatch {
     fn drop(&mut self) {
         // The reader may have stopped; then the buffer is simply freed.
         let _ = self.recycle.send(std::mem::take(&mut self.data));
     }
 }
 
-pub enum Job {
-    Hash(Arc<Batch>, usize),
-    Compress(Arc<Batch>, usize),
+pub enum Task {
+    Hash(Arc<ReadBatch>, usize),
+    Compress(Arc<ReadBatch>, usize),
 }
 
 #[derive(Default)]
-struct Jobs {
-    urgent: VecDeque<Job>,
-    background: VecDeque<Job>,
+struct Tasks {
+    urgent: VecDeque<Task>,
+    background: VecDeque<Task>,
     closed: bool,
 }
 
 /// A two-level FIFO shared by the workers.
 #[derive(Default)]
 pub struct Queue {
-    jobs: Mutex<Jobs>,
+    tasks: Mutex<Tasks>,
     ready: Condvar,
 }
 
 impl Queue {
-    pub fn push(&self, jobs: impl IntoIterator<Item = Job>, urgent: bool) {
-        let mut q = self.jobs.lock().expect("queue lock");
+    pub fn push(&self, tasks: impl IntoIterator<Item = Task>, urgent: bool) {
+        let mut q = self.tasks.lock().expect("queue lock");
         if q.closed {
             return;
         }
@@ -123,28 +123,28 @@ impl Queue {
         } else {
             &mut q.background
         };
-        list.extend(jobs);
+        list.extend(tasks);
         drop(q);
         self.ready.notify_all();
     }
 
-    /// The next job, urgent ones first; None once closed.
-    pub fn pop(&self) -> Option<Job> {
-        let mut q = self.jobs.lock().expect("queue lock");
+    /// The next task, urgent ones first; None once closed.
+    pub fn pop(&self) -> Option<Task> {
+        let mut q = self.tasks.lock().expect("queue lock");
         loop {
             if q.closed {
                 return None;
             }
-            if let Some(job) = q.urgent.pop_front().or_else(|| q.background.pop_front()) {
-                return Some(job);
+            if let Some(task) = q.urgent.pop_front().or_else(|| q.background.pop_front()) {
+                return Some(task);
             }
             q = self.ready.wait(q).expect("queue lock");
         }
     }
 
-    /// Drops every queued job and makes `pop` return None.
+    /// Drops every queued task and makes `pop` return None.
     pub fn close(&self) {
-        let mut q = self.jobs.lock().expect("queue lock");
+        let mut q = self.tasks.lock().expect("queue lock");
         q.closed = true;
         let dropped = (
             std::mem::take(&mut q.urgent),
@@ -239,9 +239,9 @@ impl Reader<'_> {
             let len = (self.size - offset).min(self.batch_bytes) as usize;
             buf.set_len(len);
             self.source.fill(&mut buf, offset)?;
-            let batch = Arc::new(Batch::new(seq, buf, self.block_size, recycle.clone()));
-            let jobs = (0..batch.len()).map(|i| Job::Hash(batch.clone(), i));
-            self.queue.push(jobs, false);
+            let batch = Arc::new(ReadBatch::new(seq, buf, self.block_size, recycle.clone()));
+            let tasks = (0..batch.len()).map(|i| Task::Hash(batch.clone(), i));
+            self.queue.push(tasks, false);
             offset += len as u64;
             seq += 1;
         }
@@ -273,7 +273,7 @@ mod tests {
         // Overhead grows linearly with the block size (LZ4's is checked up to
         // the largest block in proto's tests), so small sizes keep this fast.
         for bs in [4096, 131072] {
-            for raw in [noise(bs), vec![7u8; bs], noise(bs / 2 + 1)] {
+            for raw in [noise(bs, 1), vec![7u8; bs], noise(bs / 2 + 1, 1)] {
                 for mode in [Compression::Lz4, Compression::Zlib, Compression::None] {
                     let mut out = Vec::new();
                     Compressor::new(mode).compress(&raw, &mut out);
@@ -301,7 +301,7 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let mut data = vec![0u8; 4096 * 2 + 100];
         data[4096] = 1;
-        let b = Batch::new(3, AlignedBuf::from(&data[..]), 4096, tx);
+        let b = ReadBatch::new(3, AlignedBuf::from(&data[..]), 4096, tx);
         assert_eq!(b.len(), 3);
         assert!(!b.hash(0) && !b.hash(2) && b.hash(1));
         let e = b.entries();
@@ -313,15 +313,20 @@ mod tests {
     }
 
     #[test]
-    fn queue_serves_urgent_jobs_first_and_closes() {
+    fn queue_serves_urgent_tasks_first_and_closes() {
         let (tx, _rx) = std::sync::mpsc::channel();
-        let b = Arc::new(Batch::new(0, AlignedBuf::from(&[1u8; 10][..]), 4096, tx));
+        let b = Arc::new(ReadBatch::new(
+            0,
+            AlignedBuf::from(&[1u8; 10][..]),
+            4096,
+            tx,
+        ));
         let q = Queue::default();
-        q.push([Job::Hash(b.clone(), 0)], false);
-        q.push([Job::Compress(b.clone(), 0)], true);
-        assert!(matches!(q.pop(), Some(Job::Compress(..))));
-        assert!(matches!(q.pop(), Some(Job::Hash(..))));
-        q.push([Job::Hash(b.clone(), 0)], false);
+        q.push([Task::Hash(b.clone(), 0)], false);
+        q.push([Task::Compress(b.clone(), 0)], true);
+        assert!(matches!(q.pop(), Some(Task::Compress(..))));
+        assert!(matches!(q.pop(), Some(Task::Hash(..))));
+        q.push([Task::Hash(b.clone(), 0)], false);
         q.close();
         assert!(q.pop().is_none());
         assert_eq!(Arc::strong_count(&b), 1);

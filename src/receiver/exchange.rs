@@ -3,8 +3,8 @@
 //! the verifiers, and at the end makes sure everything the manifest names is
 //! in the store.
 
+use super::check::{Arrived, Counters, FirstError};
 use super::inflight::InFlight;
-use super::verify::{Counters, FirstError, Job};
 use super::{Progress, ReceiveOptions, ReceiveStats, Received, Wire};
 use crate::digest::Digest;
 use crate::manifest::{block_len, Manifest};
@@ -30,7 +30,7 @@ struct OpenBatch {
     outstanding: usize,
 }
 
-pub(super) struct Session<'a> {
+pub(super) struct Exchange<'a> {
     store: &'a dyn Store,
     inflight: &'a InFlight,
     source: &'a str,
@@ -62,17 +62,17 @@ enum Class {
     Claimed,
 }
 
-impl<'a> Session<'a> {
+impl<'a> Exchange<'a> {
     pub fn new(
         opts: &ReceiveOptions<'a>,
         hello: &Hello,
         owner: u64,
         counters: &'a Counters,
         failure: &'a FirstError,
-    ) -> Session<'a> {
+    ) -> Exchange<'a> {
         let bs = opts.store.block_size() as u64;
         let total_blocks = hello.size.div_ceil(bs);
-        Session {
+        Exchange {
             store: opts.store,
             inflight: opts.inflight,
             source: opts.source,
@@ -104,7 +104,7 @@ impl<'a> Session<'a> {
         input: &mut BufReader<Wire<R>>,
         output: &mut W,
         max_frame: usize,
-        jobs: SyncSender<Job>,
+        arrivals: SyncSender<Arrived>,
     ) -> Result<()> {
         loop {
             if self.failure.is_set() {
@@ -126,10 +126,10 @@ impl<'a> Session<'a> {
                     self.stats.wire_bytes = input.get_ref().count;
                     self.progress.update(&self.snapshot());
                 }
-                Message::Block(b) => self.block(b, &jobs)?,
+                Message::Block(b) => self.block(b, &arrivals)?,
                 Message::Done(_) if self.send_error.is_some() => return self.send_failed(),
                 Message::Done(d) => return self.done(d),
-                Message::Error(m) => bail!("the agent failed: {m}"),
+                Message::Error(m) => bail!("the agent failed: {}", crate::untrusted::escape(&m)),
                 Message::Hello(_) => bail!("protocol violation: the agent sent a second Hello"),
                 Message::Need(_) => bail!("protocol violation: the agent sent a Need"),
             }
@@ -278,7 +278,7 @@ impl<'a> Session<'a> {
         Err(anyhow::Error::new(e).context("cannot send to the agent"))
     }
 
-    fn block(&mut self, b: Block, jobs: &SyncSender<Job>) -> Result<()> {
+    fn block(&mut self, b: Block, arrivals: &SyncSender<Arrived>) -> Result<()> {
         let d = b.digest;
         let Some(want) = self.wanted.get_mut(&d) else {
             bail!("protocol violation: the agent sent block {d}, which was not requested (or was already received)");
@@ -288,12 +288,13 @@ impl<'a> Session<'a> {
         }
         want.received = true;
         let (seq, len) = (want.seq, want.len);
-        jobs.send(Job {
-            digest: d,
-            len,
-            data: b.data,
-        })
-        .map_err(|_| anyhow!("internal error: the verifiers stopped"))?;
+        arrivals
+            .send(Arrived {
+                digest: d,
+                len,
+                data: b.data,
+            })
+            .map_err(|_| anyhow!("internal error: the verifiers stopped"))?;
         // Every wanted digest belongs to an open batch until that batch closes.
         let open = self
             .open
