@@ -22,6 +22,14 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Create a store (every other command needs one)
+    Init {
+        /// Where [default: --store, $DISKDUMP_STORE, $DISKDUMP_BASE, else the current directory]
+        dir: Option<PathBuf>,
+        /// Block size of every dump in the store (K, M suffixes) [default: 128K]
+        #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+        block_size: Option<usize>,
+    },
     /// Dump remote block devices or image files over SSH into the store
     #[command(
         after_help = "TARGET is [user@]host:/path; host:sda means host:/dev/sda.\n\
@@ -71,7 +79,7 @@ pub enum Command {
         /// File the dump under this date (ISO 8601) instead of now
         #[arg(long, value_name = "ISO")]
         date: Option<String>,
-        /// Block size for a new store (must match an existing one)
+        /// Expected block size: an error if the store's differs (set by `init`)
         #[arg(long, value_name = "BYTES", value_parser = parse_size)]
         block_size: Option<usize>,
     },
@@ -129,11 +137,12 @@ pub enum Command {
         b: String,
     },
     /// Mount every dump as a read-only raw image file (FUSE; foreground)
+    #[command(override_usage = "diskdump mount [STORE] MOUNTPOINT [OPTIONS]")]
     Mount {
-        /// The store to mount
-        store_dir: PathBuf,
-        /// An empty directory to mount on
-        mountpoint: PathBuf,
+        /// [STORE] MOUNTPOINT: the store (default: --store, $DISKDUMP_STORE, ...)
+        /// and an empty directory to mount on
+        #[arg(required = true, num_args = 1..=2, value_name = "PATH")]
+        paths: Vec<PathBuf>,
         /// Bytes of decompressed blocks to keep in memory (suffixes K, M, G)
         #[arg(long, default_value = "256M", value_parser = parse_size)]
         cache_size: usize,
@@ -159,7 +168,7 @@ pub struct DumpArgs {
     pub names: Vec<String>,
     #[command(flatten)]
     pub ssh: SshArgs,
-    /// Block size for a new store (must match an existing one)
+    /// Expected block size: an error if the store's differs (set by `init`)
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub block_size: Option<usize>,
     /// Blocks per batch the agent hashes and announces at once
@@ -392,6 +401,9 @@ pub fn run() -> Result<u8> {
     crate::output::set_json(cli.json);
     crate::signals::install();
     match cli.command {
+        Command::Init { dir, block_size } => {
+            commands::init::run(dir.as_deref().unwrap_or(&store), block_size)
+        }
         Command::Dump(a) => {
             let sub = matches.subcommand_matches("dump").expect("dump subcommand");
             let targets = targets_from(sub)?;
@@ -439,14 +451,13 @@ pub fn run() -> Result<u8> {
         Command::Unprotect { manifests } => commands::forget::protect(&store, &manifests, false),
         Command::Diff { a, b } => commands::diff::run(&store, &a, &b),
         Command::Mount {
-            store_dir,
-            mountpoint,
+            mut paths,
             cache_size,
             allow_other,
             threads,
         } => commands::mount::run(&commands::mount::MountOptions {
-            store: store_dir,
-            mountpoint,
+            mountpoint: paths.pop().expect("clap requires one"),
+            store: paths.pop().unwrap_or(store),
             cache_size,
             allow_other,
             threads,

@@ -12,6 +12,7 @@ const BS: usize = 4096;
 
 /// `diskdump --store STORE ARGS` in UTC, so calendar periods are fixed.
 fn ddz(store: &Path, args: &[&str]) -> Run {
+    common::ensure_store(store, args);
     let o = Command::new(common::bin())
         .arg("--store")
         .arg(store)

@@ -51,7 +51,7 @@ pub fn run(store_dir: &Path, specs: Vec<TargetSpec>, args: DumpArgs) -> Result<u
         args.window,
     )
     .map_err(anyhow::Error::msg)?;
-    let store = LocalStore::open_or_create(store_dir, args.block_size)?;
+    let store = LocalStore::open_with_block_size(store_dir, args.block_size)?;
     let _lock = store.lock(LockKind::Shared, true)?;
     let how = args.ssh.options()?;
     let inflight = InFlight::new();
@@ -75,6 +75,7 @@ pub fn run(store_dir: &Path, specs: Vec<TargetSpec>, args: DumpArgs) -> Result<u
                     Err(anyhow::anyhow!("not started: interrupted"))
                 } else {
                     dump_one(&store, &inflight, &how, &args, planned, &bar)
+                        .map_err(|e| with_sudo_hint(e, planned.spec.sudo))
                 };
                 bar.finish_and_clear();
                 if let Err(e) = &r {
@@ -97,13 +98,26 @@ pub fn run(store_dir: &Path, specs: Vec<TargetSpec>, args: DumpArgs) -> Result<u
                 .expect("every planned ran")
         })
         .collect();
-    print_summary(&targets, &results);
+    if crate::output::json() {
+        report(&targets, &results)?;
+    } else {
+        print_summary(&targets, &results);
+    }
     let failed = results.iter().filter(|r| r.is_err()).count();
     if failed > 0 {
         signals::check()?;
         bail!("{failed} of {} targets failed", targets.len());
     }
     Ok(0)
+}
+
+/// A device the remote user may not read: say what usually fixes it.
+fn with_sudo_hint(e: anyhow::Error, sudo: bool) -> anyhow::Error {
+    let msg = format!("{e:#}");
+    if sudo || !msg.contains("Permission denied") {
+        return e;
+    }
+    anyhow::anyhow!("{msg} (reading a device usually needs root: add --sudo after the target)")
 }
 
 fn target_bar(target: &str) -> ProgressBar {
@@ -248,29 +262,95 @@ fn dump_one(
     })
 }
 
+/// One target's outcome as `--json` prints it.
+#[derive(serde::Serialize)]
+struct TargetReport<'a> {
+    target: &'a str,
+    name: &'a str,
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    manifest: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    size: u64,
+    blocks_new: u64,
+    blocks_present: u64,
+    blocks_zero: u64,
+    bytes_new: u64,
+    wire_bytes: u64,
+    seconds: f64,
+}
+
+fn report(targets: &[PlannedTarget], results: &[Result<TargetDumped>]) -> Result<()> {
+    let rows: Vec<TargetReport> = targets
+        .iter()
+        .zip(results)
+        .map(|(p, r)| {
+            let mut t = TargetReport {
+                target: &p.spec.target,
+                name: &p.name,
+                ok: r.is_ok(),
+                manifest: None,
+                error: None,
+                size: 0,
+                blocks_new: 0,
+                blocks_present: 0,
+                blocks_zero: 0,
+                bytes_new: 0,
+                wire_bytes: 0,
+                seconds: 0.0,
+            };
+            match r {
+                Ok(d) => {
+                    t.manifest = Some(&d.manifest);
+                    t.size = d.stats.size;
+                    t.blocks_new = d.stats.blocks_new;
+                    t.blocks_present = d.stats.blocks_present + d.stats.blocks_deduped;
+                    t.blocks_zero = d.stats.blocks_zero;
+                    t.bytes_new = d.stats.bytes_new;
+                    t.wire_bytes = d.stats.wire_bytes;
+                    t.seconds = d.took.as_secs_f64();
+                }
+                Err(e) => t.error = Some(untrusted::line(&format!("{e:#}"))),
+            }
+            t
+        })
+        .collect();
+    let failed = rows.iter().filter(|r| !r.ok).count();
+    crate::output::emit(&serde_json::json!({ "targets": rows, "failed": failed }))
+}
+
+/// The table fits 80 columns: a target longer than its column gets a line
+/// of its own (the numbers follow on the next), the manifest goes below; a
+/// failed target's error was printed when it happened.
 fn print_summary(targets: &[PlannedTarget], results: &[Result<TargetDumped>]) {
+    const W: usize = 24;
     println!(
-        "{:<28} {:<40} {:>7} {:>8} {:>7} {:>10} {:>8} {:>10}",
-        "TARGET", "MANIFEST", "NEW", "PRESENT", "ZERO", "WIRE", "TIME", "RATE"
+        "{:<W$} {:>7} {:>8} {:>7} {:>9} {:>8} {:>11}",
+        "TARGET", "NEW", "PRESENT", "ZERO", "WIRE", "TIME", "RATE"
     );
     for (planned, r) in targets.iter().zip(results) {
+        let target = untrusted::line(&planned.spec.target);
         match r {
-            Ok(d) => println!(
-                "{:<28} {:<40} {:>7} {:>8} {:>7} {:>10} {:>8} {:>10}",
-                planned.spec.target,
-                d.manifest,
-                d.stats.blocks_new,
-                d.stats.blocks_present + d.stats.blocks_deduped,
-                d.stats.blocks_zero,
-                HumanBytes(d.stats.wire_bytes).to_string().replace(' ', ""),
-                progress::secs(d.took),
-                progress::rate(d.stats.size, d.took)
-            ),
-            Err(e) => println!(
-                "{:<28} FAILED: {}",
-                planned.spec.target,
-                untrusted::line(&format!("{e:#}"))
-            ),
+            Ok(d) => {
+                let lead = if target.chars().count() > W {
+                    println!("{target}");
+                    String::new()
+                } else {
+                    target
+                };
+                println!(
+                    "{lead:<W$} {:>7} {:>8} {:>7} {:>9} {:>8} {:>11}",
+                    d.stats.blocks_new,
+                    d.stats.blocks_present + d.stats.blocks_deduped,
+                    d.stats.blocks_zero,
+                    HumanBytes(d.stats.wire_bytes).to_string().replace(' ', ""),
+                    progress::secs(d.took),
+                    progress::rate(d.stats.size, d.took)
+                );
+                println!("  -> {}", d.manifest);
+            }
+            Err(_) => println!("{target:<W$} FAILED (error above)"),
         }
     }
 }

@@ -79,7 +79,7 @@ pub fn run(
                 .display()
         )
     };
-    let store = LocalStore::open_or_create(store_dir, block_size)?;
+    let store = LocalStore::open_with_block_size(store_dir, block_size)?;
     let _lock = store.lock(LockKind::Shared, true)?;
     let bs = store.block_size();
     let started = Instant::now();
@@ -103,6 +103,21 @@ pub fn run(
     };
     let entry = store.write_manifest(&name, &m)?;
     let took = started.elapsed();
+    if crate::output::json() {
+        crate::output::emit(&serde_json::json!({
+            "image": image.display().to_string(),
+            "manifest": entry.rel,
+            "name": name,
+            "size": size,
+            "blocks": m.blocks.len(),
+            "blocks_new": stats.new,
+            "blocks_present": stats.present,
+            "blocks_zero": stats.zero,
+            "bytes_written": stats.bytes_written,
+            "seconds": took.as_secs_f64(),
+        }))?;
+        return Ok(0);
+    }
     println!(
         "imported {} as {}: {} blocks ({} new, {} already present, {} zero), read {} in {} ({}), wrote {}",
         image.display(),

@@ -8,6 +8,7 @@ pub mod forget;
 pub mod gc;
 pub mod import;
 pub mod info;
+pub mod init;
 pub mod list;
 pub mod mount;
 pub mod restore;

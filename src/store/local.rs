@@ -40,12 +40,14 @@ impl LocalStore {
         let text = match fs::read_to_string(&cfg_path) {
             Ok(t) => t,
             Err(e) if e.kind() == ErrorKind::NotFound => {
-                if !root.is_dir() {
-                    bail!("store {} does not exist", root.display());
-                }
+                let what = if root.is_dir() {
+                    "is not a diskdump store (no .blockstore/config.json)"
+                } else {
+                    "does not exist"
+                };
                 bail!(
-                    "{} is not a diskdump store (no .blockstore/config.json); \
-                     import or dump into it first, or pass --store",
+                    "{} {what}; create a store with `diskdump init {}` or give --store",
+                    root.display(),
                     root.display()
                 );
             }
@@ -61,28 +63,36 @@ impl LocalStore {
         })
     }
 
-    /// Opens the store, creating it with `block_size` (default 128 KiB) if
-    /// absent. An explicit size that differs from the store's is an error,
-    /// never a silent mix of block sizes.
-    pub fn open_or_create(root: &Path, block_size: Option<usize>) -> Result<LocalStore> {
+    /// Creates a store in `root` (missing or an empty directory) with
+    /// `block_size` (default 128 KiB). The one place stores are made.
+    pub fn create(root: &Path, block_size: Option<usize>) -> Result<LocalStore> {
+        let bs = block_size.unwrap_or(diskdump_agent::DEFAULT_BLOCK_SIZE);
+        super::check_block_size(bs)?;
         let cfg_path = root.join(".blockstore").join(CONFIG);
-        if !cfg_path.exists() {
-            let bs = block_size.unwrap_or(diskdump_agent::DEFAULT_BLOCK_SIZE);
-            super::check_block_size(bs)?;
-            fs::create_dir_all(cfg_path.parent().expect("has parent"))
-                .with_context(|| format!("cannot create store {}", root.display()))?;
-            let text = StoreConfig { block_size: bs }.render();
-            write_new_durably(&cfg_path, text.as_bytes())
-                .or_else(|e| {
-                    // Another process created it first: theirs stands.
-                    if e.kind() == ErrorKind::AlreadyExists {
-                        Ok(())
-                    } else {
-                        Err(e)
-                    }
-                })
-                .with_context(|| format!("cannot create {}", cfg_path.display()))?;
+        if cfg_path.exists() {
+            bail!("{} is already a diskdump store", root.display());
         }
+        match fs::read_dir(root) {
+            Ok(mut rd) if rd.next().is_some() => bail!(
+                "{} is not empty; a store needs a directory of its own",
+                root.display()
+            ),
+            _ => {}
+        }
+        fs::create_dir_all(cfg_path.parent().expect("has parent"))
+            .with_context(|| format!("cannot create store {}", root.display()))?;
+        let text = StoreConfig { block_size: bs }.render();
+        write_new_durably(&cfg_path, text.as_bytes())
+            .with_context(|| format!("cannot create {}", cfg_path.display()))?;
+        for d in [cfg_path.parent().expect("has parent"), root] {
+            fsync_dir(d).with_context(|| format!("cannot sync {}", d.display()))?;
+        }
+        LocalStore::open(root)
+    }
+
+    /// Opens an existing store for writing blocks of `block_size`, if given:
+    /// a size that differs from the store's is an error, never a silent mix.
+    pub fn open_with_block_size(root: &Path, block_size: Option<usize>) -> Result<LocalStore> {
         let store = LocalStore::open(root)?;
         if let Some(bs) = block_size {
             if bs != store.config.block_size {
@@ -94,6 +104,19 @@ impl LocalStore {
             }
         }
         Ok(store)
+    }
+
+    /// For tests: opens the store, creating it first if there is none.
+    pub fn open_or_create(root: &Path, block_size: Option<usize>) -> Result<LocalStore> {
+        if !root.join(".blockstore").join(CONFIG).exists() {
+            match LocalStore::create(root, block_size) {
+                Ok(s) => return Ok(s),
+                // Another creator won the race: theirs stands.
+                Err(_) if root.join(".blockstore").join(CONFIG).exists() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        LocalStore::open_with_block_size(root, block_size)
     }
 
     pub fn root(&self) -> &Path {
