@@ -7,8 +7,25 @@ use anyhow::{bail, Result};
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
 
+/// Exit codes, documented in `--help` and the README.
+pub mod exit {
+    pub const SUCCESS: u8 = 0;
+    /// Damage found (verify, info, status) or a command that failed.
+    pub const FAILURE: u8 = 1;
+    /// A usage error: bad arguments, refused before any work.
+    pub const USAGE: u8 = 2;
+    /// The store lock is held and the command would not wait (`gc --no-wait`).
+    pub const LOCKED: u8 = 3;
+    // Interrupted by signal N: 128 + N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP).
+}
+
+const EXIT_CODES: &str = "Exit codes: 0 success; 1 failure or damage found; 2 usage error \
+(refused before any work); 3 store locked (gc --no-wait); 128+N interrupted by signal N \
+(130 Ctrl-C, 143 SIGTERM, 129 SIGHUP). A closed stdout (diskdump status | head) ends a \
+command quietly with 0.";
+
 #[derive(Parser, Debug)]
-#[command(name = "diskdump", version, about = "Deduplicated disk-image backup over SSH", long_about = None)]
+#[command(name = "diskdump", version, about = "Deduplicated disk-image backup over SSH", long_about = None, after_help = EXIT_CODES)]
 pub struct Cli {
     /// Store directory [default: $DISKDUMP_STORE, else $DISKDUMP_BASE, else the current directory]
     #[arg(long, global = true, value_name = "DIR")]
@@ -29,6 +46,9 @@ pub enum Command {
         /// Block size of every dump in the store (K, M suffixes) [default: 128K]
         #[arg(long, value_name = "BYTES", value_parser = parse_size)]
         block_size: Option<usize>,
+        /// Share the store read-only with this group (0750/0640) instead of private (0700/0600)
+        #[arg(long, value_name = "GROUP")]
+        group: Option<String>,
     },
     /// Dump remote block devices or image files over SSH into the store
     #[command(
@@ -65,9 +85,12 @@ pub enum Command {
     Restore {
         /// Manifest path (relative to the store or absolute), or a dump name for its newest dump
         manifest: String,
-        /// Output file [default: stdout]
+        /// Output file or block device [default: stdout, if not a terminal]
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
+        /// Replace an existing output file, or write over a block device
+        #[arg(long)]
+        force: bool,
     },
     /// Import an existing raw image file into the store
     Import {
@@ -82,6 +105,9 @@ pub enum Command {
         /// Expected block size: an error if the store's differs (set by `init`)
         #[arg(long, value_name = "BYTES", value_parser = parse_size)]
         block_size: Option<usize>,
+        /// Expected sharing group: an error if the store's differs (set by `init --group`)
+        #[arg(long, value_name = "GROUP")]
+        group: Option<String>,
     },
     /// Show one dump: source, date, sizes, blocks, sharing, missing blocks
     Info { manifest: String },
@@ -146,9 +172,17 @@ pub enum Command {
         /// Bytes of decompressed blocks to keep in memory (suffixes K, M, G)
         #[arg(long, default_value = "256M", value_parser = parse_size)]
         cache_size: usize,
-        /// Let other users read the mount (default: only the mounting user)
+        /// Let other users in (default: only the mounting user); what they may
+        /// read is the images' mode and group: the store's (private: 0400;
+        /// shared: 0440 with its group) unless --mode/--group say otherwise
         #[arg(long)]
         allow_other: bool,
+        /// Group of the images and directories [default: the store's group, else yours]
+        #[arg(long, value_name = "GROUP")]
+        group: Option<String>,
+        /// Mode of the images, octal (e.g. 0440, 0444); directories get x where r is set
+        #[arg(long, value_name = "MODE", value_parser = parse_mode)]
+        mode: Option<u16>,
         /// FUSE worker threads
         #[arg(long, default_value_t = 8)]
         threads: usize,
@@ -171,6 +205,9 @@ pub struct DumpArgs {
     /// Expected block size: an error if the store's differs (set by `init`)
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub block_size: Option<usize>,
+    /// Expected sharing group: an error if the store's differs (set by `init --group`)
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<String>,
     /// Blocks per batch the agent hashes and announces at once
     #[arg(long, default_value_t = 80)]
     pub batch_size: usize,
@@ -386,6 +423,18 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("invalid size {s:?}"))
 }
 
+/// `0440` → 0o440: read bits only make sense for a read-only mount.
+pub fn parse_mode(s: &str) -> Result<u16, String> {
+    let m = u16::from_str_radix(s.trim_start_matches("0o"), 8)
+        .map_err(|_| format!("invalid mode {s:?}: use octal, e.g. 0440"))?;
+    if m & !0o444 != 0 {
+        return Err(format!(
+            "invalid mode {s:?}: images are read-only, use read bits only (e.g. 0400, 0440, 0444)"
+        ));
+    }
+    Ok(m)
+}
+
 /// Where the store is: --store, else $DISKDUMP_STORE, else $DISKDUMP_BASE, else cwd.
 fn store_dir(flag: Option<PathBuf>) -> PathBuf {
     flag.or_else(|| std::env::var_os("DISKDUMP_STORE").map(PathBuf::from))
@@ -401,12 +450,18 @@ pub fn run() -> Result<u8> {
     crate::output::set_json(cli.json);
     crate::signals::install();
     match cli.command {
-        Command::Init { dir, block_size } => {
-            commands::init::run(dir.as_deref().unwrap_or(&store), block_size)
-        }
+        Command::Init {
+            dir,
+            block_size,
+            group,
+        } => commands::init::run(
+            dir.as_deref().unwrap_or(&store),
+            block_size,
+            group.as_deref(),
+        ),
         Command::Dump(a) => {
             let sub = matches.subcommand_matches("dump").expect("dump subcommand");
-            let targets = targets_from(sub)?;
+            let targets = targets_from(sub).map_err(commands::as_usage)?;
             commands::dump::run(&store, targets, a)
         }
         Command::Deploy {
@@ -415,15 +470,27 @@ pub fn run() -> Result<u8> {
             ssh,
             idle_timeout,
         } => commands::deploy::run(&host, sudo, &ssh.options()?, idle_timeout),
-        Command::Restore { manifest, output } => {
-            commands::restore::run(&store, &manifest, output.as_deref())
-        }
+        Command::Restore {
+            manifest,
+            output,
+            force,
+        } => commands::restore::run(&store, &manifest, output.as_deref(), force),
         Command::Import {
             image,
             name,
             date,
             block_size,
-        } => commands::import::run(&store, &image, &name, date.as_deref(), block_size),
+            group,
+        } => commands::import::run(
+            &store,
+            &commands::import::ImportOptions {
+                image,
+                name,
+                date,
+                block_size,
+                group,
+            },
+        ),
         Command::Info { manifest } => commands::info::run(&store, &manifest),
         Command::Status => commands::status::run(&store),
         Command::Verify { manifests, repair } => commands::verify::run(&store, &manifests, repair),
@@ -454,12 +521,16 @@ pub fn run() -> Result<u8> {
             mut paths,
             cache_size,
             allow_other,
+            group,
+            mode,
             threads,
         } => commands::mount::run(&commands::mount::MountOptions {
             mountpoint: paths.pop().expect("clap requires one"),
             store: paths.pop().unwrap_or(store),
             cache_size,
             allow_other,
+            group,
+            mode,
             threads,
         }),
     }
@@ -512,5 +583,8 @@ mod tests {
         assert_eq!(parse_size("128k"), Ok(128 << 10));
         assert_eq!(parse_size("131072"), Ok(131072));
         assert!(parse_size("1T").is_err() && parse_size("x").is_err() && parse_size("").is_err());
+        assert_eq!(parse_mode("0440"), Ok(0o440));
+        assert_eq!(parse_mode("444"), Ok(0o444));
+        assert!(parse_mode("0644").is_err() && parse_mode("9").is_err());
     }
 }

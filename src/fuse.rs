@@ -22,6 +22,8 @@ pub struct MountConfig {
     pub allow_other: bool,
     /// Threads serving kernel requests.
     pub threads: usize,
+    /// Group of every file and directory (None: the mounting user's).
+    pub gid: Option<u32>,
 }
 
 struct Adapter {
@@ -247,7 +249,7 @@ pub fn mount(fs: MountFs, mountpoint: &Path, cfg: &MountConfig) -> io::Result<Mo
         MountOption::NoSuid,
         MountOption::NoDev,
         MountOption::FSName("diskdump".into()),
-        // The kernel checks mode bits (0444 images, 0555 directories).
+        // The kernel checks the mode bits and group `mount` chose.
         MountOption::DefaultPermissions,
     ];
     config.acl = if cfg.allow_other {
@@ -260,6 +262,7 @@ pub fn mount(fs: MountFs, mountpoint: &Path, cfg: &MountConfig) -> io::Result<Mo
     config.clone_fd = true;
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let gid = cfg.gid.unwrap_or(gid);
     let mut session = Session::new(
         Adapter {
             fs,

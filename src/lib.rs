@@ -4,10 +4,18 @@
 //! - **Store** (`store`): every unique block once, `.blockstore/ab/cd/<sha256>.lz4`
 //!   (one LZ4 frame), created with a fixed `block_size` (`config.json`). Puts
 //!   are atomic (temp + no-replace rename) and idempotent; reads decode with a
-//!   bound of `block_size` and check the SHA-256 against the name.
+//!   bound of `block_size` and check the SHA-256 against the name. A block is
+//!   "present" only if its file is a whole frame (`blockfmt::check_shape`);
+//!   a broken one is moved aside and stored again. Writers mark their run in
+//!   `.blockstore/dirty/` until their `syncfs`; a run that finds a dead
+//!   marker checks every block written since before trusting any (`store::dirty`).
+//!   Private by default (0700/0600 through the umask), or shared read-only
+//!   with the group config.json names (`store::modes`).
 //! - **Manifest** (`manifest`): `YYYY/MM/DD/<name>.manifest`, one hash per
-//!   line. Made visible only after its blocks are durable; never overwritten.
-//!   Python 0.1.5 manifests under `.blockstore/manifests/` are read too.
+//!   line; a same-day repeat is `<name>+N.manifest` (`+` is not a name
+//!   character). Made visible only after its blocks are durable; never
+//!   overwritten. Python 0.1.5 manifests under `.blockstore/manifests/` are
+//!   read too.
 //! - **Locking** (`store::lock`, `store::gc`): dumps and imports never wait
 //!   for gc nor gc for them. Writers register (a flocked file whose mtime is
 //!   their start) and refresh the mtime of every block they are told is

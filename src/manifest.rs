@@ -3,7 +3,7 @@
 
 use crate::digest::Digest;
 use anyhow::{bail, Result};
-use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, SecondsFormat, Utc};
 use std::fmt;
 use std::fmt::Write as _;
 
@@ -270,6 +270,44 @@ pub fn validate_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Separates a dump name from its same-day sequence number in a manifest's
+/// file name (`web+2.manifest`): names cannot contain it, so no name can
+/// produce another name's second dump.
+pub const SEQ_SEP: char = '+';
+
+/// The file name (without `.manifest`) of the `seq`-th dump of `name` on one day.
+pub fn seq_file_name(name: &str, seq: u32) -> String {
+    if seq <= 1 {
+        name.to_string()
+    } else {
+        format!("{name}{SEQ_SEP}{seq}")
+    }
+}
+
+/// Splits `web+2` into (`web`, 2); a plain name is its day's first dump.
+pub fn split_seq(file_name: &str) -> (&str, u32) {
+    match file_name.rsplit_once(SEQ_SEP) {
+        Some((base, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+            (base, n.parse().unwrap_or(u32::MAX))
+        }
+        _ => (file_name, 1),
+    }
+}
+
+/// A manifest's `# source:` (a target path, `HOST:PATH`, an image path): any
+/// text a header line can carry, so no control character (a newline would
+/// end the line and leave a manifest that does not parse).
+pub fn validate_source(source: &str) -> Result<()> {
+    if let Some(c) = source.chars().find(|c| c.is_control()) {
+        bail!(
+            "refusing {:?}: it contains the control character {:?}, which a manifest cannot record",
+            trunc(source),
+            c
+        );
+    }
+    Ok(())
+}
+
 /// `server01` + `/dev/sda` → `server01-sda`; checked like any name.
 pub fn default_name(host: &str, path: &str) -> Result<String> {
     let base = path
@@ -285,7 +323,10 @@ pub fn default_name(host: &str, path: &str) -> Result<String> {
 /// The name part of `--as`: `HOST:DEVICE` becomes `HOST-<device basename>`.
 pub fn name_from_as(value: &str) -> Result<String> {
     match value.split_once(':') {
-        Some((host, dev)) => default_name(host, dev),
+        Some((host, dev)) => {
+            validate_source(value)?;
+            default_name(host, dev)
+        }
         None => {
             validate_name(value)?;
             Ok(value.to_string())
@@ -303,8 +344,17 @@ pub fn format_date(d: DateTime<Utc>) -> String {
 }
 
 /// Accepts RFC 3339 (`2026-04-24T03:00:12.345678+00:00`), a naive date-time
-/// (taken as UTC), or a plain date.
+/// (taken as UTC), or a plain date, in the years 1000-9999 (a dump is filed
+/// under a four-digit `YYYY/`).
 pub fn parse_date(s: &str) -> Result<DateTime<Utc>> {
+    let d = parse_any_date(s)?;
+    if !(1000..=9999).contains(&d.year()) {
+        bail!("invalid date {s:?}: the year must have four digits (1000-9999)");
+    }
+    Ok(d)
+}
+
+fn parse_any_date(s: &str) -> Result<DateTime<Utc>> {
     let s = s.trim();
     if let Ok(d) = DateTime::parse_from_rfc3339(s) {
         return Ok(d.with_timezone(&Utc));
@@ -486,5 +536,40 @@ mod tests {
             .to_rfc3339()
             .starts_with("2026-04-24T03"));
         assert!(parse_date("yesterday").is_err());
+        for far in [
+            "+12026-01-01",
+            "12026-01-01",
+            "0999-12-31",
+            "+12026-01-01T00:00:00Z",
+        ] {
+            assert!(parse_date(far).is_err(), "{far}");
+        }
+    }
+
+    #[test]
+    fn same_day_names_cannot_collide_with_names() {
+        assert_eq!(seq_file_name("web", 1), "web");
+        assert_eq!(seq_file_name("web", 2), "web+2");
+        assert_eq!(split_seq("web+2"), ("web", 2));
+        assert_eq!(split_seq("web.2"), ("web.2", 1));
+        assert_eq!(split_seq("web+"), ("web+", 1));
+        // No valid name is another name's same-day file name.
+        assert!(validate_name(&seq_file_name("web", 2)).is_err());
+        for ok in ["localhost:/tmp/a b.img", "h:/dev/sda", "é:ü"] {
+            validate_source(ok).unwrap();
+        }
+        for bad in [
+            "h:/a\nb",
+            "h:/a\rb",
+            "h:/a\tb",
+            "h:\u{7f}",
+            "h:\u{85}x",
+            "a\0",
+        ] {
+            let e = validate_source(bad).unwrap_err().to_string();
+            assert!(e.contains("control character"), "{e}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+        assert!(name_from_as("web:/dev/sd\na").is_err());
     }
 }

@@ -33,7 +33,9 @@ macro_rules! say {
         if $crate::output::json() {
             eprintln!($($arg)*);
         } else {
-            println!($($arg)*);
+            // Not println!: a closed stdout must end the run quietly, not panic.
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stdout(), $($arg)*);
         }
     };
 }

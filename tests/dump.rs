@@ -651,6 +651,37 @@ fn sigterm_stops_a_dump_like_ctrl_c() {
     wait_agent_gone(&img);
 }
 
+#[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
+fn a_broken_block_is_stored_again_by_the_next_dump() {
+    let sshd = Sshd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = images::mixed(BS, 24, 4242, 4);
+    let img = dir.path().join("disk.img");
+    images::write(&img, &data);
+    let store = dir.path().join("store");
+    let target = format!("{}:{}", sshd.host_alias(), img.display());
+    let o = run(&sshd, &store, &["dump", &target, "--as", "b"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let block = data.chunks(BS).find(|b| b.iter().any(|&x| x != 0)).unwrap();
+    let hex = common::sha256_hex(block);
+    for cut in [0usize, 100] {
+        // Emptied (a crash before the data reached the disk) or truncated.
+        let victim = common::block_files(&store)
+            .into_iter()
+            .find(|p| p.to_string_lossy().contains(&hex))
+            .unwrap();
+        let bytes = fs::read(&victim).unwrap();
+        fs::write(&victim, &bytes[..cut]).unwrap();
+        let o = run(&sshd, &store, &["dump", &target, "--as", "b"]);
+        assert!(o.status.success(), "{}", text(&o));
+        let (new, _) = summary(&o, &target);
+        assert_eq!(new, 1, "cut to {cut}: {}", text(&o));
+        assert!(restore(&store, "b") == data, "cut to {cut}");
+        common::dd(&store, &["verify"]).ok();
+    }
+}
+
 /// Removes the system agent `deploy --sudo` installs (tests that install it run as root).
 struct SystemAgent;
 

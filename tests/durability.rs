@@ -113,8 +113,9 @@ fn kill_9_just_before_and_during_the_manifest_write_loses_nothing() {
     let img = dir.path().join("d.img");
     images::write(&img, &data);
     // The syncfs before the manifest; the fsync of its temp file (blocks are
-    // made durable by syncfs, so the first fsync is the manifest's).
-    for (syscall, when) in [("syncfs", 1), ("fsync", 1)] {
+    // made durable by syncfs; the first two fsyncs are the run's dirty
+    // marker and its directory, so the third is the manifest's).
+    for (syscall, when) in [("syncfs", 1), ("fsync", 3)] {
         let store = dir.path().join(format!("store-{syscall}"));
         // The store exists first (creating it fsyncs config.json): import the
         // image's first block, then drop that manifest.

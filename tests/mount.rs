@@ -110,7 +110,8 @@ fn image_bytes_equal_the_source_and_the_mount_is_read_only() {
     assert_eq!(names(&m.mnt), ["2026", "legacy"]);
     let meta = fs::metadata(&img).unwrap();
     assert_eq!(meta.len(), data.len() as u64);
-    assert_eq!(meta.permissions().mode() & 0o777, 0o444);
+    // A private store's images are its owner's only.
+    assert_eq!(meta.permissions().mode() & 0o777, 0o400);
     let date = SystemTime::UNIX_EPOCH + Duration::from_secs(1_776_999_612);
     assert_eq!(meta.modified().unwrap(), date, "2026-04-24T03:00:12Z");
     let (fstype, source, opts) = mount_info(&m.mnt);
@@ -369,11 +370,16 @@ fn cp_sparse_always_copies_zero_blocks_as_holes() {
     m.stop();
 }
 
-/// Runs `diskdump ARGS` expecting failure; returns its stderr.
+/// Runs `diskdump ARGS` expecting failure (exit 1); returns its stderr.
 fn fails(cmd: &mut Command) -> String {
+    fails_with(cmd, 1)
+}
+
+/// Runs `diskdump ARGS` expecting exit `code`; returns its one-line stderr.
+fn fails_with(cmd: &mut Command, code: i32) -> String {
     let out = cmd.output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.status.code(), Some(code), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
     err
 }
@@ -394,15 +400,28 @@ fn bad_arguments_give_clear_one_line_errors() {
     assert!(err.contains("is not a diskdump store"), "{err}");
     let err = fails(&mut mount_cmd(&env.path("nope"), &env.mnt));
     assert!(err.contains("does not exist"), "{err}");
-    let err = fails(&mut mount_cmd(&env.store, &env.path("missing")));
+    // A bad mountpoint or option is a usage error (exit 2).
+    let err = fails_with(&mut mount_cmd(&env.store, &env.path("missing")), 2);
     assert!(
         err.contains("mountpoint") && err.contains("does not exist"),
         "{err}"
     );
-    let err = fails(&mut mount_cmd(&env.store, &env.store));
+    let err = fails_with(&mut mount_cmd(&env.store, &env.store), 2);
     assert!(err.contains("is not empty"), "{err}");
-    let err = fails(&mut mount_cmd(&env.store, &env.path("h.img")));
+    let err = fails_with(&mut mount_cmd(&env.store, &env.path("h.img")), 2);
     assert!(err.contains("is not a directory"), "{err}");
+    let err = fails_with(
+        mount_cmd(&env.store, &env.mnt).args(["--group", "no-such-group-x"]),
+        2,
+    );
+    assert!(err.contains("no such group"), "{err}");
+    let out = mount_cmd(&env.store, &env.mnt)
+        .args(["--mode", "0644"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("read-only"), "{err}");
 }
 
 /// Runs `script` as root in a private mount namespace whose `/dev` is a
@@ -584,12 +603,58 @@ fn allow_other_lets_other_users_read() {
     assert!(!out.status.success(), "only the owner may read by default");
     assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"));
     m.stop();
+    // --allow-other alone does not open a private store's images to all.
     let m = env.mount(&["--allow-other"]);
     let out = as_nobody(&m);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(!out.status.success(), "a private store stays private");
+    let meta = fs::metadata(m.mnt.join(&rel)).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o400);
+    let log = m.stop();
+    assert!(log.contains("--allow-other lets nobody else read"), "{log}");
+    // Asked for: a group (nobody's own), or a mode for everyone.
+    for opts in [&["--group", "65534"][..], &["--mode", "0444"]] {
+        let mut args = vec!["--allow-other"];
+        args.extend_from_slice(opts);
+        let m = env.mount(&args);
+        let out = as_nobody(&m);
+        assert!(
+            out.status.success(),
+            "{opts:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let meta = fs::metadata(m.mnt.join(&rel)).unwrap();
+        let want = if opts[0] == "--group" { 0o440 } else { 0o444 };
+        assert_eq!(meta.permissions().mode() & 0o777, want, "{opts:?}");
+        m.stop();
+    }
+}
+
+#[test]
+#[cfg_attr(not(have_fuse), ignore = "needs root and /dev/fuse")]
+fn a_manifest_replaced_under_a_live_mount_shows_the_new_image() {
+    need_none(fuse_missing());
+    let env = Env::new();
+    let (a, b) = (sample(41), sample(42));
+    let src_a = env.file("a.img", &a);
+    let src_b = env.file("b.img", &b);
+    let rel = env.import(&src_a, "r", "2026-04-30");
+    let m = env.mount(&[]);
+    let img = m.mnt.join(&rel);
+    let old = File::open(&img).unwrap();
+    let mut head = vec![0u8; BS];
+    old.read_exact_at(&mut head, 0).unwrap();
+    assert_eq!(head, a[..BS]);
+    assert!(cmp(&src_a, &img));
+    // Retention deletes the dump; a new one is written at the same path.
+    let manifest = env.store.join(rel.replace(".img", ".manifest"));
+    fs::remove_file(&manifest).unwrap();
+    assert_eq!(env.import(&src_b, "r", "2026-04-30"), rel);
+    std::thread::sleep(Duration::from_millis(1500)); // the names' TTL
+    assert!(cmp(&src_b, &img), "the path shows the new image");
+    // The handle opened before reads the old image, all of it.
+    let mut all = vec![0u8; a.len()];
+    old.read_exact_at(&mut all, 0).unwrap();
+    assert!(all == a, "an open handle keeps its image");
+    drop(old);
     m.stop();
 }

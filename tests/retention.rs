@@ -146,7 +146,11 @@ fn forty_daily_dumps_forget_keeps_what_restic_keeps() {
         .num_days() as u64;
         let i = i + if d["name"] == "db-sda" { 500 } else { 0 };
         let out = dir.path().join("out.img");
-        ddz(&store, &["restore", path, "-o", out.to_str().unwrap()]).ok();
+        ddz(
+            &store,
+            &["restore", path, "-o", out.to_str().unwrap(), "--force"],
+        )
+        .ok();
         assert!(std::fs::read(&out).unwrap() == day_image(i), "{path}");
     }
     ddz(&store, &["verify"]).ok();

@@ -228,6 +228,93 @@ pub fn decode(frame: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), Frame
     Ok(())
 }
 
+/// Checks that a stored frame is whole without reading its data: the
+/// header (magic, flags, header checksum, content size within `limit`), then
+/// every block's size word, chained until the end mark, which must end the
+/// file exactly. `read_at(offset, buf)` fills as much of `buf` as the file
+/// has from `offset` and returns how much. A frame written by `Encoder`
+/// costs two reads. Catches an empty, truncated, extended or overwritten-
+/// at-the-start file (what a crash or a full disk leaves); it cannot see
+/// damage inside the compressed data, which only decoding finds.
+pub fn check_shape(
+    limit: usize,
+    read_at: &mut dyn FnMut(u64, &mut [u8]) -> std::io::Result<usize>,
+) -> Result<(), FrameError> {
+    let io = |e: std::io::Error| FrameError(format!("cannot read: {e}"));
+    let mut head = [0u8; 32];
+    let n = read_at(0, &mut head).map_err(io)?;
+    if n == 0 {
+        return bad("empty file");
+    }
+    let mut r = Reader {
+        buf: &head[..n],
+        pos: 0,
+    };
+    if r.u32()? != MAGIC {
+        return bad("wrong magic number");
+    }
+    let desc_start = r.pos;
+    let flg = r.take(1)?[0];
+    let bd = r.take(1)?[0];
+    if flg >> 6 != 1 || flg & 0b10 != 0 || flg & 1 != 0 || bd & 0b1000_1111 != 0 {
+        return bad("unsupported or reserved frame flags");
+    }
+    let max_block = match bd >> 4 {
+        4 => 0x1_0000,
+        5 => 0x4_0000,
+        6 => 0x10_0000,
+        7 => MAX_FRAME_BLOCK,
+        _ => return bad("invalid block maximum size"),
+    };
+    if flg & 0b1000 != 0 {
+        let cs = u64::from_le_bytes(r.take(8)?.try_into().expect("8 bytes"));
+        if cs > limit as u64 {
+            return bad(format!("content size {cs} exceeds the limit of {limit}"));
+        }
+    }
+    let hc = r.take(1)?[0];
+    if hc != (XxHash32::oneshot(0, &head[desc_start..r.pos - 1]) >> 8) as u8 {
+        return bad("header checksum mismatch");
+    }
+    let block_checksums = flg & 0b1_0000 != 0;
+    let tail = if flg & 0b100 != 0 { 4 } else { 0 };
+    // Each block can hold at most `max_block` bytes of content, so a frame
+    // of `limit` bytes has a bounded number of them.
+    let max_blocks = limit / max_block.min(limit.max(1)) + 2;
+    let mut pos = r.pos as u64;
+    let mut word = [0u8; 4];
+    for _ in 0..=max_blocks {
+        let got = if pos + 4 <= n as u64 {
+            word.copy_from_slice(&head[pos as usize..pos as usize + 4]);
+            4
+        } else {
+            read_at(pos, &mut word).map_err(io)?
+        };
+        if got < 4 {
+            return bad("truncated");
+        }
+        let w = u32::from_le_bytes(word);
+        if w == 0 {
+            // The end mark (and content checksum) must be the file's end:
+            // ask for one byte more than should be there.
+            let mut end = [0u8; 9];
+            let want = 4 + tail;
+            let got = read_at(pos, &mut end[..want + 1]).map_err(io)?;
+            return match got.cmp(&want) {
+                std::cmp::Ordering::Less => bad("truncated"),
+                std::cmp::Ordering::Greater => bad("trailing bytes after the frame"),
+                std::cmp::Ordering::Equal => Ok(()),
+            };
+        }
+        let size = (w & 0x7FFF_FFFF) as u64;
+        if size as usize > max_block {
+            return bad("block larger than the frame's maximum");
+        }
+        pos += 4 + size + if block_checksums { 4 } else { 0 };
+    }
+    bad("more blocks than the content size allows")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,6 +329,47 @@ mod tests {
                 _ => noise[i],
             })
             .collect()
+    }
+
+    fn shape(file: &[u8], limit: usize) -> Result<(), FrameError> {
+        check_shape(limit, &mut |off, buf| {
+            let start = (off as usize).min(file.len());
+            let n = buf.len().min(file.len() - start);
+            buf[..n].copy_from_slice(&file[start..start + n]);
+            Ok(n)
+        })
+    }
+
+    #[test]
+    fn shape_check_finds_empty_truncated_and_extended_frames() {
+        for len in [0, 1, 100, 65536, 131072, 300_000] {
+            let raw = sample(len, 7 + len as u32);
+            let frame = encode(&raw);
+            shape(&frame, 1 << 20).unwrap();
+            assert!(shape(&[], 1 << 20).is_err());
+            for cut in [1, 4, 7, frame.len() / 2, frame.len() - 1] {
+                assert!(shape(&frame[..cut], 1 << 20).is_err(), "{len} cut at {cut}");
+            }
+            let mut longer = frame.clone();
+            longer.push(0);
+            assert!(shape(&longer, 1 << 20).is_err(), "{len} + 1 byte");
+            let mut garbled = frame.clone();
+            garbled[..8].copy_from_slice(&[0; 8]);
+            assert!(shape(&garbled, 1 << 20).is_err());
+        }
+        // Content beyond the store's block size is refused from the header.
+        assert!(shape(&encode(&sample(300_000, 1)), 131072).is_err());
+        // Python's frames (linked 64 KiB blocks, content checksum) pass.
+        let raw = sample(131072, 3);
+        let mut py = Vec::new();
+        let mut info = lz4_flex::frame::FrameInfo::new();
+        info.block_mode = lz4_flex::frame::BlockMode::Linked;
+        info.content_checksum = true;
+        let mut w = lz4_flex::frame::FrameEncoder::with_frame_info(info, &mut py);
+        std::io::Write::write_all(&mut w, &raw).unwrap();
+        w.finish().unwrap();
+        shape(&py, 131072).unwrap();
+        assert!(shape(&py[..py.len() - 2], 131072).is_err());
     }
 
     #[test]

@@ -11,20 +11,20 @@ pub fn run(dest: &str, sudo: bool, how: &transport::Options, idle_timeout: u64) 
     let idle = Duration::from_secs(idle_timeout);
     if sudo {
         let line = deploy::install_system(&*remote, AGENT, &agent_hash(), idle)?;
-        println!(
+        crate::outln!(
             "{}: installed the agent as {} (owned by root)",
             remote.label(),
             deploy::SYSTEM_AGENT
-        );
-        println!("To let the login user run exactly this file as root, add with visudo:");
-        println!("    {line}");
-        println!("Re-run `diskdump deploy {dest} --sudo` after upgrading diskdump.");
+        )?;
+        crate::outln!("To let the login user run exactly this file as root, add with visudo:")?;
+        crate::outln!("    {line}")?;
+        crate::outln!("Re-run `diskdump deploy {dest} --sudo` after upgrading diskdump.")?;
     } else {
         deploy::upload(&*remote, AGENT, &agent_hash(), idle)?;
-        println!(
+        crate::outln!(
             "{}: uploaded the agent into ~/.cache/diskdump",
             remote.label()
-        );
+        )?;
     }
     Ok(0)
 }

@@ -113,34 +113,34 @@ pub fn run(store_dir: &Path, a: &str, b: &str) -> Result<u8> {
         return Ok(0);
     }
     for (tag, s) in [("A", &report.a), ("B", &report.b)] {
-        println!(
+        crate::outln!(
             "{tag}: {} ({}, {}, {})",
             s.path,
             s.source,
             s.date,
             HumanBytes(s.size)
-        );
+        )?;
     }
     let d = &report.difference;
     let total = report.a.blocks.max(report.b.blocks);
-    println!(
+    crate::outln!(
         "changed: {} of {total} blocks, {} in {} ranges",
         d.changed_blocks,
         HumanBytes(d.changed_bytes),
         d.ranges.len()
-    );
+    )?;
     if !d.ranges.is_empty() {
-        println!("{:>16} {:>14}  BLOCKS", "OFFSET", "LENGTH");
+        crate::outln!("{:>16} {:>14}  BLOCKS", "OFFSET", "LENGTH")?;
     }
     for r in d.ranges.iter().take(SHOWN) {
         let last = r.block + r.blocks - 1;
-        println!("{:>16} {:>14}  {}-{last}", r.offset, r.length, r.block);
+        crate::outln!("{:>16} {:>14}  {}-{last}", r.offset, r.length, r.block)?;
     }
     if d.ranges.len() > SHOWN {
-        println!(
+        crate::outln!(
             "... {} more ranges (--json lists all)",
             d.ranges.len() - SHOWN
-        );
+        )?;
     }
     Ok(0)
 }

@@ -2,12 +2,13 @@
 //! embedded agent, into one store. One target failing does not stop the
 //! others; Ctrl-C stops every agent and writes no manifest.
 
+use super::{as_usage, usage};
 use crate::agent_bin::{agent_hash, AGENT};
 use crate::cli::{DumpArgs, TargetSpec};
 use crate::deploy::{self, sh_quote, Agent, Launch};
-use crate::manifest::{default_name, validate_name};
+use crate::manifest::{default_name, validate_name, validate_source};
 use crate::receiver::{receive, InFlight, ReceiveOptions, ReceiveStats};
-use crate::store::{LocalStore, LockKind, Store};
+use crate::store::{resolve_group, LocalStore, LockKind, Store};
 use crate::target::Target;
 use crate::{progress, signals, transport, untrusted};
 use anyhow::{bail, Context, Result};
@@ -31,18 +32,24 @@ struct TargetDumped {
 }
 
 pub fn run(store_dir: &Path, specs: Vec<TargetSpec>, args: DumpArgs) -> Result<u8> {
+    // Every argument is checked before any work: a usage error (exit 2).
     let mut targets = Vec::new();
     for spec in specs {
-        let target = Target::parse(&spec.target)?;
-        let name = match &spec.name {
-            Some(n) => {
-                validate_name(n)?;
-                n.clone()
-            }
-            None => default_name(&target.host, &target.path)
-                .with_context(|| format!("target {}", spec.target))?,
-        };
-        targets.push(PlannedTarget { spec, target, name });
+        let checked = (|| -> Result<PlannedTarget> {
+            // The source is recorded in the manifest: no control characters.
+            validate_source(&spec.target)?;
+            let target = Target::parse(&spec.target)?;
+            let name = match &spec.name {
+                Some(n) => {
+                    validate_name(n)?;
+                    n.clone()
+                }
+                None => default_name(&target.host, &target.path)
+                    .with_context(|| format!("target {}", spec.target))?,
+            };
+            Ok(PlannedTarget { spec, target, name })
+        })();
+        targets.push(checked.map_err(as_usage)?);
     }
     diskdump_agent::proto::check_params(
         args.block_size
@@ -50,10 +57,17 @@ pub fn run(store_dir: &Path, specs: Vec<TargetSpec>, args: DumpArgs) -> Result<u
         args.batch_size,
         args.window,
     )
-    .map_err(anyhow::Error::msg)?;
-    let store = LocalStore::open_with_block_size(store_dir, args.block_size)?;
-    let _lock = store.lock(LockKind::Shared, true)?;
+    .map_err(|e| usage(e.to_string()))?;
+    let group = args
+        .group
+        .as_deref()
+        .map(resolve_group)
+        .transpose()
+        .map_err(as_usage)?;
     let how = args.ssh.options()?;
+    let store = LocalStore::open_for_writing(store_dir, args.block_size, group)?;
+    let _lock = store.lock(LockKind::Shared, true)?;
+    let marker = store.begin_writes()?;
     let inflight = InFlight::new();
     let bars = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
     let results: Vec<Mutex<Option<Result<TargetDumped>>>> =
@@ -98,16 +112,19 @@ pub fn run(store_dir: &Path, specs: Vec<TargetSpec>, args: DumpArgs) -> Result<u
                 .expect("every planned ran")
         })
         .collect();
-    if crate::output::json() {
-        report(&targets, &results)?;
+    store.end_writes(marker)?;
+    // A closed stdout must not hide a failed target's exit code.
+    let printed = if crate::output::json() {
+        report(&targets, &results)
     } else {
-        print_summary(&targets, &results);
-    }
+        print_summary(&targets, &results).map_err(anyhow::Error::from)
+    };
     let failed = results.iter().filter(|r| r.is_err()).count();
     if failed > 0 {
         signals::check()?;
         bail!("{failed} of {} targets failed", targets.len());
     }
+    printed?;
     Ok(0)
 }
 
@@ -323,23 +340,26 @@ fn report(targets: &[PlannedTarget], results: &[Result<TargetDumped>]) -> Result
 /// The table fits 80 columns: a target longer than its column gets a line
 /// of its own (the numbers follow on the next), the manifest goes below; a
 /// failed target's error was printed when it happened.
-fn print_summary(targets: &[PlannedTarget], results: &[Result<TargetDumped>]) {
+fn print_summary(
+    targets: &[PlannedTarget],
+    results: &[Result<TargetDumped>],
+) -> std::io::Result<()> {
     const W: usize = 24;
-    println!(
+    crate::outln!(
         "{:<W$} {:>7} {:>8} {:>7} {:>9} {:>8} {:>11}",
         "TARGET", "NEW", "PRESENT", "ZERO", "WIRE", "TIME", "RATE"
-    );
+    )?;
     for (planned, r) in targets.iter().zip(results) {
         let target = untrusted::line(&planned.spec.target);
         match r {
             Ok(d) => {
                 let lead = if target.chars().count() > W {
-                    println!("{target}");
+                    crate::outln!("{target}")?;
                     String::new()
                 } else {
                     target
                 };
-                println!(
+                crate::outln!(
                     "{lead:<W$} {:>7} {:>8} {:>7} {:>9} {:>8} {:>11}",
                     d.stats.blocks_new,
                     d.stats.blocks_present + d.stats.blocks_deduped,
@@ -347,10 +367,11 @@ fn print_summary(targets: &[PlannedTarget], results: &[Result<TargetDumped>]) {
                     HumanBytes(d.stats.wire_bytes).to_string().replace(' ', ""),
                     progress::secs(d.took),
                     progress::rate(d.stats.size, d.took)
-                );
-                println!("  -> {}", d.manifest);
+                )?;
+                crate::outln!("  -> {}", d.manifest)?;
             }
-            Err(_) => println!("{target:<W$} FAILED (error above)"),
+            Err(_) => crate::outln!("{target:<W$} FAILED (error above)")?,
         }
     }
+    Ok(())
 }

@@ -109,7 +109,7 @@ pub fn run(store_dir: &Path, o: &ForgetOptions) -> Result<u8> {
         report.kept += g.keep.len();
         report.removed += g.remove.len();
         if !output::json() {
-            print_group(&g, &dated, o.dry_run);
+            print_group(&g, &dated, o.dry_run)?;
         }
         report.groups.push(g);
     }
@@ -129,41 +129,44 @@ pub fn run(store_dir: &Path, o: &ForgetOptions) -> Result<u8> {
         output::emit(&report)?;
     } else {
         let verb = if o.dry_run { "would remove" } else { "removed" };
-        println!(
+        crate::outln!(
             "forget ({}): kept {}, {verb} {} dumps",
-            report.policy, report.kept, report.removed
-        );
+            report.policy,
+            report.kept,
+            report.removed
+        )?;
         if let Some(gc) = &report.gc {
-            gc.print();
+            gc.print()?;
         }
     }
     Ok(0)
 }
 
-fn print_group(g: &Group, rows: &[DumpRow], dry_run: bool) {
+fn print_group(g: &Group, rows: &[DumpRow], dry_run: bool) -> std::io::Result<()> {
     let date_of = |path: &str| {
         rows.iter()
             .find(|r| r.path == path)
             .map_or("?".to_string(), short_date)
     };
-    println!(
+    crate::outln!(
         "{}: keep {}, {} {}",
         g.name,
         g.keep.len(),
         if dry_run { "would remove" } else { "remove" },
         g.remove.len()
-    );
+    )?;
     for v in &g.keep {
-        println!(
+        crate::outln!(
             "  keep    {:<16}  {}  ({})",
             date_of(&v.path),
             v.path,
             v.reasons.join(", ")
-        );
+        )?;
     }
     for v in &g.remove {
-        println!("  remove  {:<16}  {}", date_of(&v.path), v.path);
+        crate::outln!("  remove  {:<16}  {}", date_of(&v.path), v.path)?;
     }
+    Ok(())
 }
 
 /// The dumps named by paths (not by dump name: deleting "the newest dump
@@ -206,7 +209,7 @@ pub fn delete(store_dir: &Path, args: &[String]) -> Result<u8> {
     for e in &entries {
         store.remove_manifest(e)?;
         if !output::json() {
-            println!("removed {}", e.rel);
+            crate::outln!("removed {}", e.rel)?;
         }
     }
     if output::json() {
@@ -214,7 +217,7 @@ pub fn delete(store_dir: &Path, args: &[String]) -> Result<u8> {
             paths: entries.into_iter().map(|e| e.rel).collect(),
         })?;
     } else {
-        println!("its blocks are freed by the next `diskdump gc`");
+        crate::outln!("its blocks are freed by the next `diskdump gc`")?;
     }
     Ok(0)
 }
@@ -228,7 +231,7 @@ pub fn protect(store_dir: &Path, args: &[String], on: bool) -> Result<u8> {
             .ok_or_else(|| anyhow::anyhow!("{a} is not a manifest in the store"))?;
         store.set_protected(&e, on)?;
         if !output::json() {
-            println!("{} {}", if on { "protected" } else { "unprotected" }, e.rel);
+            crate::outln!("{} {}", if on { "protected" } else { "unprotected" }, e.rel)?;
         }
         paths.push(e.rel);
     }

@@ -33,27 +33,28 @@ pub struct GcReport {
 }
 
 impl GcReport {
-    pub fn print(&self) {
+    pub fn print(&self) -> std::io::Result<()> {
         let verb = if self.dry_run {
             "would remove"
         } else {
             "removed"
         };
-        println!(
+        crate::outln!(
             "gc: {} manifests, {} live blocks; {verb} {} unreferenced blocks ({}) and {} temp files",
             self.manifests,
             self.live_blocks,
             self.removed_blocks,
             HumanBytes(self.removed_bytes),
             self.removed_temp_files
-        );
+        )?;
         if self.young_blocks > 0 {
-            println!(
-                "gc: kept {} unreferenced blocks written or used in the last moments \
+            crate::outln!(
+                "gc: kept {} unreferenced blocks written or used in the last minute \
                  (the next gc removes them if still unreferenced)",
                 self.young_blocks
-            );
+            )?;
         }
+        Ok(())
     }
 }
 
@@ -63,7 +64,7 @@ pub fn run(store_dir: &Path, dry_run: bool, wait: bool) -> Result<u8> {
     if output::json() {
         output::emit(&report)?;
     } else {
-        report.print();
+        report.print()?;
     }
     Ok(0)
 }

@@ -1,17 +1,17 @@
 //! `import IMAGE --as NAME`: a local raw image into the store, hashing and
 //! compressing on all cores; zero blocks cost a memory compare.
 
-use super::cores;
+use super::{as_usage, cores, usage};
 use crate::digest::{is_zero, Digest};
 use crate::manifest::{self, Manifest};
 use crate::progress;
-use crate::store::{put_block, LocalStore, LockKind, Store};
-use anyhow::{bail, Context, Result};
+use crate::store::{check_block_size, put_block, resolve_group, LocalStore, LockKind, Store};
+use anyhow::{Context, Result};
 use diskdump_agent::blockfmt::Encoder;
 use diskdump_agent::source::{AlignedBuf, Source};
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -42,26 +42,41 @@ impl ImportStats {
     }
 }
 
-pub fn run(
-    store_dir: &Path,
-    image: &Path,
-    as_name: &str,
-    date: Option<&str>,
-    block_size: Option<usize>,
-) -> Result<u8> {
+pub struct ImportOptions {
+    pub image: PathBuf,
+    pub name: String,
+    pub date: Option<String>,
+    pub block_size: Option<usize>,
+    pub group: Option<String>,
+}
+
+pub fn run(store_dir: &Path, o: &ImportOptions) -> Result<u8> {
+    let (image, as_name) = (o.image.as_path(), o.name.as_str());
     // Everything the user could have got wrong is checked before any work.
-    let name = manifest::name_from_as(as_name)?;
-    let date = match date {
-        Some(d) => manifest::format_date(manifest::parse_date(d)?),
+    let name = manifest::name_from_as(as_name).map_err(as_usage)?;
+    let date = match &o.date {
+        Some(d) => manifest::format_date(manifest::parse_date(d).map_err(as_usage)?),
         None => manifest::now_string(),
     };
+    if let Some(bs) = o.block_size {
+        check_block_size(bs).map_err(as_usage)?;
+    }
+    let group = o
+        .group
+        .as_deref()
+        .map(resolve_group)
+        .transpose()
+        .map_err(as_usage)?;
     let mut file =
         File::open(image).with_context(|| format!("cannot open image {}", image.display()))?;
     let meta = file
         .metadata()
         .with_context(|| format!("cannot stat {}", image.display()))?;
     if meta.is_dir() {
-        bail!("{} is a directory, not an image", image.display());
+        return Err(usage(format!(
+            "{} is a directory, not an image",
+            image.display()
+        )));
     }
     // Block devices report size 0 in metadata; seeking to the end works for both.
     let size = file
@@ -79,29 +94,37 @@ pub fn run(
                 .display()
         )
     };
-    let store = LocalStore::open_with_block_size(store_dir, block_size)?;
+    manifest::validate_source(&source).map_err(as_usage)?;
+    let store = LocalStore::open_for_writing(store_dir, o.block_size, group)?;
     let _lock = store.lock(LockKind::Shared, true)?;
+    let marker = store.begin_writes()?;
     let bs = store.block_size();
     let started = Instant::now();
     let bar = progress::bytes_bar(size, "import");
     let file = Source::new(file, image);
-    let (blocks, stats) =
-        import_blocks(&store, &file, size, &|n| bar.inc(n)).with_context(|| {
+    let written = import_blocks(&store, &file, size, &|n| bar.inc(n))
+        .with_context(|| {
             format!(
                 "import of {} failed; no manifest was written",
                 image.display()
             )
-        })?;
-    bar.finish_and_clear();
-    let m = Manifest {
-        source,
-        date,
-        block_size: bs,
-        total_size: size,
-        blocks,
-        new_blocks: Some(stats.new),
-    };
-    let entry = store.write_manifest(&name, &m)?;
+        })
+        .and_then(|(blocks, stats)| {
+            bar.finish_and_clear();
+            let m = Manifest {
+                source,
+                date,
+                block_size: bs,
+                total_size: size,
+                blocks,
+                new_blocks: Some(stats.new),
+            };
+            Ok((store.write_manifest(&name, &m)?, m, stats))
+        });
+    // Synced and unmarked on failure too: what was stored is good.
+    let ended = store.end_writes(marker);
+    let (entry, m, stats) = written?;
+    ended?;
     let took = started.elapsed();
     if crate::output::json() {
         crate::output::emit(&serde_json::json!({
@@ -118,7 +141,7 @@ pub fn run(
         }))?;
         return Ok(0);
     }
-    println!(
+    crate::outln!(
         "imported {} as {}: {} blocks ({} new, {} already present, {} zero), read {} in {} ({}), wrote {}",
         image.display(),
         entry.rel,
@@ -130,7 +153,7 @@ pub fn run(
         progress::secs(took),
         progress::rate(size, took),
         indicatif::HumanBytes(stats.bytes_written),
-    );
+    )?;
     Ok(0)
 }
 

@@ -67,46 +67,46 @@ pub fn run(store_dir: &Path, arg: &str) -> Result<u8> {
         }))?;
         return Ok(u8::from(!missing.is_empty()));
     }
-    println!("Manifest:      {}", r.label);
-    println!("Source:        {}", m.source);
-    println!("Date:          {}", m.date);
-    println!(
+    crate::outln!("Manifest:      {}", r.label)?;
+    crate::outln!("Source:        {}", m.source)?;
+    crate::outln!("Date:          {}", m.date)?;
+    crate::outln!(
         "Size:          {} ({})",
         m.total_size,
         HumanBytes(m.total_size)
-    );
-    println!("Block size:    {}", m.block_size);
-    println!(
+    )?;
+    crate::outln!("Block size:    {}", m.block_size)?;
+    crate::outln!(
         "Blocks:        {} ({} unique non-zero, {} zero)",
         m.blocks.len(),
         unique.len(),
         zero_blocks
-    );
-    println!(
+    )?;
+    crate::outln!(
         "Stored:        {} ({}) compressed",
         stored,
         HumanBytes(stored)
-    );
-    println!(
+    )?;
+    crate::outln!(
         "Shared:        {} ({}) also used by other dumps",
         shared,
         HumanBytes(shared)
-    );
+    )?;
     if missing.is_empty() {
-        println!("Missing:       0 blocks");
+        crate::outln!("Missing:       0 blocks")?;
         Ok(0)
     } else {
-        println!("Missing:       {} blocks", missing.len());
+        crate::outln!("Missing:       {} blocks", missing.len())?;
         for d in missing.iter().take(20) {
             let idx = m
                 .blocks
                 .iter()
                 .position(|b| b == d)
                 .expect("from this manifest");
-            println!(
+            crate::outln!(
                 "  missing block {d} (block {idx}, offset {})",
                 idx as u64 * m.block_size as u64
-            );
+            )?;
         }
         Ok(1)
     }

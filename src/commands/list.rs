@@ -55,10 +55,14 @@ pub fn run(store_dir: &Path, o: &ListOptions) -> Result<u8> {
         .max()
         .unwrap_or(6)
         .clamp(6, 30);
-    println!(
+    crate::outln!(
         "{:<16}  {:<name_w$}  {:<src_w$}  {:>9}  {:>7}  MANIFEST",
-        "DATE", "NAME", "SOURCE", "SIZE", "NEW"
-    );
+        "DATE",
+        "NAME",
+        "SOURCE",
+        "SIZE",
+        "NEW"
+    )?;
     for r in &rows {
         let size = r.size.map_or("?".into(), |s| HumanBytes(s).to_string());
         let new = r.new_blocks.map_or("-".into(), |n| n.to_string());
@@ -69,12 +73,12 @@ pub fn run(store_dir: &Path, o: &ListOptions) -> Result<u8> {
         if let Some(e) = &r.error {
             path = format!("{path}: UNREADABLE: {e}");
         }
-        println!(
+        crate::outln!(
             "{:<16}  {:<name_w$}  {:<src_w$}  {size:>9}  {new:>7}  {path}",
             short_date(r),
             r.name,
             r.source
-        );
+        )?;
     }
     Ok(0)
 }

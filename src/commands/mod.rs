@@ -43,63 +43,72 @@ pub fn loader_threads() -> usize {
     (cores() * 8).clamp(16, 64)
 }
 
-/// Finds a manifest by path (relative to the store, or absolute) or by dump
-/// name (its newest dump). Relative paths may not climb out with `..`.
+/// Finds a manifest as users type it: a path relative to the store (with or
+/// without a leading `./`), an absolute path, a path relative to the current
+/// directory (inside the store or not), or a dump name (its newest dump).
 pub fn resolve(store: &LocalStore, arg: &str) -> Result<Resolved> {
+    if arg.is_empty() || arg.chars().any(char::is_control) {
+        return Err(usage(format!("invalid manifest or dump name {arg:?}")));
+    }
     let p = Path::new(arg);
-    if p.is_absolute() {
-        if let Ok(rel) = p.strip_prefix(store.root().canonicalize().unwrap_or_default()) {
+    // Relative to the store, if it stays inside it.
+    if !p.is_absolute()
+        && p.components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        let rel = p
+            .components()
+            .filter(|c| matches!(c, Component::Normal(_)))
+            .map(|c| c.as_os_str().to_string_lossy())
+            .collect::<Vec<_>>()
+            .join("/");
+        for candidate in [rel.clone(), format!(".blockstore/manifests/{rel}")] {
+            if let Some(e) = find_entry(store, &candidate)? {
+                return read_entry(store, e);
+            }
+        }
+    }
+    // A file by its path (absolute or from the current directory): the
+    // store's own entry if it is inside the store, else read as it is. Only
+    // for what looks like a path: a file in the current directory must not
+    // shadow a dump name.
+    let path_like = p.is_absolute() || arg.contains('/') || arg.ends_with(".manifest");
+    if path_like && p.is_file() {
+        let real = p
+            .canonicalize()
+            .with_context(|| format!("cannot resolve {arg}"))?;
+        let root = store
+            .root()
+            .canonicalize()
+            .with_context(|| format!("cannot resolve {}", store.root().display()))?;
+        if let Ok(rel) = real.strip_prefix(&root) {
             if let Some(e) = find_entry(store, &rel.to_string_lossy())? {
                 return read_entry(store, e);
             }
         }
-        let manifest = crate::store::read_manifest_file(p, arg)?;
+        let manifest = crate::store::read_manifest_file(&real, arg)?;
         return Ok(Resolved {
             entry: None,
             label: arg.to_string(),
             manifest,
         });
     }
-    if p.components()
-        .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
-        || arg.contains('\0')
-    {
-        bail!("refusing manifest path {arg:?}: relative paths must stay inside the store");
-    }
-    let rel = p
-        .components()
-        .map(|c| c.as_os_str().to_string_lossy())
-        .collect::<Vec<_>>()
-        .join("/");
-    for candidate in [rel.clone(), format!(".blockstore/manifests/{rel}")] {
-        if let Some(e) = find_entry(store, &candidate)? {
-            return read_entry(store, e);
-        }
-    }
     let newest = store
         .manifests()?
         .into_iter()
         .filter(|e| e.name == arg || e.base_name() == arg)
-        .max_by_key(|e| (e.day.clone(), seq_of(e)));
+        .max_by(|a, b| a.newness().cmp(&b.newness()));
     match newest {
         Some(e) => read_entry(store, e),
-        None if arg.ends_with(".manifest") => {
-            bail!("no manifest {arg} in store {}", store.root().display())
-        }
+        None if arg.ends_with(".manifest") || arg.contains('/') => bail!(
+            "no manifest {arg} in store {} or from the current directory",
+            store.root().display()
+        ),
         None => bail!(
             "no dump named {arg:?} in store {} (`diskdump status` lists the dumps)",
             store.root().display()
         ),
     }
-}
-
-/// Same-day sequence (`name.3` → 3) or Python version number, for ordering.
-fn seq_of(e: &ManifestEntry) -> u64 {
-    let tail = match e.name.rsplit_once(['/', '.']) {
-        Some((_, t)) => t,
-        None => return 1,
-    };
-    tail.parse().unwrap_or(1)
 }
 
 fn find_entry(store: &LocalStore, rel: &str) -> Result<Option<ManifestEntry>> {
@@ -121,6 +130,37 @@ fn read_entry(store: &LocalStore, e: ManifestEntry) -> Result<Resolved> {
         entry: Some(e),
         manifest,
     })
+}
+
+/// An error in what the user asked for (exit code 2, like a clap error).
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+pub fn usage(msg: impl Into<String>) -> anyhow::Error {
+    UsageError(msg.into()).into()
+}
+
+/// Marks an argument-checking error as a usage error, keeping its text.
+pub fn as_usage(e: anyhow::Error) -> anyhow::Error {
+    usage(format!("{e:#}"))
+}
+
+/// A line on stdout that fails (instead of panicking like `println!`) when
+/// the reader has gone: `status | head` then ends quietly.
+#[macro_export]
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($t)*)
+    }};
 }
 
 /// Opens the store for reading with a message that says where we looked.

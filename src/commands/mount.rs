@@ -1,10 +1,11 @@
 //! `mount STORE MOUNTPOINT`: every dump as a read-only image file (FUSE), in
 //! the foreground until Ctrl-C, SIGTERM or SIGHUP, which unmount cleanly.
 
-use super::{loader_threads, open_store};
+use super::{as_usage, loader_threads, open_store};
 use crate::fuse::{self, MountConfig, Unmounted};
 use crate::mountfs::{FsOptions, MountFs};
 use crate::signals::Waiter;
+use crate::store::resolve_group;
 use anyhow::{bail, Context, Result};
 use std::io::{self, ErrorKind, Write};
 use std::path::{Path, PathBuf};
@@ -15,7 +16,23 @@ pub struct MountOptions {
     pub mountpoint: PathBuf,
     pub cache_size: usize,
     pub allow_other: bool,
+    /// `--group`: group of the images [default: the store's, else the user's].
+    pub group: Option<String>,
+    /// `--mode`: the images' mode [default: 0440 for a shared store, else 0400].
+    pub mode: Option<u16>,
     pub threads: usize,
+}
+
+/// The images' group and mode: what was asked, else the store's choice. A
+/// private store's images are its owner's only, even with `--allow-other`.
+pub fn access(
+    store_group: Option<u32>,
+    group: Option<u32>,
+    mode: Option<u16>,
+) -> (Option<u32>, u16) {
+    let gid = group.or(store_group);
+    let mode = mode.unwrap_or(if gid.is_some() { 0o440 } else { 0o400 });
+    (gid, mode)
 }
 
 /// FUSE starts a mount at 128 KiB of read-ahead; 1 MiB requests measured
@@ -23,8 +40,21 @@ pub struct MountOptions {
 const READ_AHEAD_KB: u32 = 1024;
 
 pub fn run(opts: &MountOptions) -> Result<u8> {
+    let group = opts
+        .group
+        .as_deref()
+        .map(resolve_group)
+        .transpose()
+        .map_err(as_usage)?;
+    check_mountpoint(&opts.mountpoint).map_err(as_usage)?;
     let store = open_store(&opts.store)?;
-    check_mountpoint(&opts.mountpoint)?;
+    let (gid, image_mode) = access(store.group(), group, opts.mode);
+    if opts.allow_other && image_mode & 0o044 == 0 {
+        say(&format!(
+            "note: the images are {image_mode:04o}: --allow-other lets nobody else read them \
+             (the store is private); --group GROUP or --mode 0444 choose who may"
+        ));
+    }
     if !Path::new("/dev/fuse").exists() {
         bail!(
             "/dev/fuse does not exist: FUSE is not available here \
@@ -37,6 +67,7 @@ pub fn run(opts: &MountOptions) -> Result<u8> {
     let fs_opts = FsOptions {
         cache_bytes: opts.cache_size,
         prefetch_threads: loader_threads(),
+        image_mode,
         ..FsOptions::default()
     };
     let fs = MountFs::new(Arc::new(store), &fs_opts)?;
@@ -44,6 +75,7 @@ pub fn run(opts: &MountOptions) -> Result<u8> {
     let cfg = MountConfig {
         allow_other: opts.allow_other,
         threads: opts.threads,
+        gid,
     };
     let mnt = opts.mountpoint.display();
     let mut mounted = fuse::mount(fs, &opts.mountpoint, &cfg).map_err(|e| {
@@ -147,4 +179,18 @@ fn check_mountpoint(p: &Path) -> Result<()> {
         bail!("mountpoint {d} is not empty; mount on an empty directory");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::access;
+
+    #[test]
+    fn images_follow_the_store_unless_told() {
+        assert_eq!(access(None, None, None), (None, 0o400));
+        assert_eq!(access(Some(7), None, None), (Some(7), 0o440));
+        assert_eq!(access(None, Some(8), None), (Some(8), 0o440));
+        assert_eq!(access(Some(7), Some(8), Some(0o444)), (Some(8), 0o444));
+        assert_eq!(access(None, None, Some(0o444)), (None, 0o444));
+    }
 }

@@ -1,16 +1,18 @@
 //! `restore MANIFEST [-o FILE]`: a sequential read of the image through
 //! `ImageReader` (the same read path as `mount`), decompressing ahead on
 //! several threads. To a regular file zero blocks become holes; to a device
-//! or stdout they are written.
+//! or stdout they are written. Nothing is destroyed unless asked: an existing
+//! file needs `--force`, a block device `--force` and an exclusive open (so
+//! never a mounted one), and a terminal is no place for an image.
 
-use super::{loader_threads, open_store, resolve};
+use super::{loader_threads, open_store, resolve, usage};
 use crate::image::{BlockCache, ImageReader, Prefetcher};
 use crate::progress;
-use crate::store::Store;
+use crate::store::{rename_noreplace, Store};
 use anyhow::{Context, Result};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::io::{self, ErrorKind, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,7 +20,88 @@ use std::time::Instant;
 /// Blocks decompressed ahead of the writer.
 const READ_AHEAD: usize = 128;
 
-pub fn run(store_dir: &Path, arg: &str, output: Option<&Path>) -> Result<u8> {
+/// Where the image goes, decided (and checked) before any work.
+enum Target {
+    /// stdout, which is not a terminal.
+    Stdout,
+    /// A regular file, new or (with --force) replaced: written to a temp
+    /// name beside it and renamed.
+    File { path: PathBuf, replace: bool },
+    /// A block device, opened exclusively (with --force).
+    BlockDevice { path: PathBuf, dev: File },
+    /// A character device or FIFO (`/dev/null`, a named pipe): written as a stream.
+    Stream { path: PathBuf, dev: File },
+}
+
+fn choose_target(output: Option<&Path>, force: bool) -> Result<Target> {
+    let Some(path) = output else {
+        // SAFETY: isatty on fd 1 has no preconditions.
+        if unsafe { libc::isatty(1) } == 1 {
+            return Err(usage(
+                "stdout is a terminal: use -o FILE or a pipe (diskdump restore NAME | ...)",
+            ));
+        }
+        return Ok(Target::Stdout);
+    };
+    let d = path.display();
+    let meta = match fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return Ok(Target::File {
+                path: path.to_path_buf(),
+                replace: false,
+            })
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot use {d}")),
+    };
+    let ft = meta.file_type();
+    if ft.is_block_device() {
+        if !force {
+            return Err(usage(format!(
+                "{d} is a block device: writing the image destroys what is on it; pass --force to do so"
+            )));
+        }
+        // O_EXCL on a block device: refused (EBUSY) while it is mounted or
+        // held by anyone else who opened it exclusively.
+        let dev = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_EXCL)
+            .open(path)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::EBUSY) => anyhow::anyhow!(
+                    "{d} is in use (mounted, or part of a RAID, LVM or another exclusive user); refusing to write over it"
+                ),
+                _ => anyhow::Error::new(e).context(format!("cannot open {d}")),
+            })?;
+        return Ok(Target::BlockDevice {
+            path: path.to_path_buf(),
+            dev,
+        });
+    }
+    if ft.is_char_device() || ft.is_fifo() {
+        let dev = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .with_context(|| format!("cannot open {d}"))?;
+        return Ok(Target::Stream {
+            path: path.to_path_buf(),
+            dev,
+        });
+    }
+    if meta.is_dir() {
+        return Err(usage(format!("{d} is a directory; give a file name")));
+    }
+    if !force {
+        return Err(usage(format!("{d} exists; pass --force to replace it")));
+    }
+    Ok(Target::File {
+        path: path.to_path_buf(),
+        replace: true,
+    })
+}
+
+pub fn run(store_dir: &Path, arg: &str, output: Option<&Path>, force: bool) -> Result<u8> {
+    let target = choose_target(output, force)?;
     let store = open_store(store_dir)?;
     let r = resolve(&store, arg)?;
     let label = r.label.clone();
@@ -35,26 +118,53 @@ pub fn run(store_dir: &Path, arg: &str, output: Option<&Path>) -> Result<u8> {
         .with_prefetch(Prefetcher::new(loader_threads()), READ_AHEAD);
     let started = Instant::now();
     let size = reader.size();
-    match output {
-        None => {
+    let path = match &target {
+        Target::Stdout => None,
+        Target::File { path, .. }
+        | Target::BlockDevice { path, .. }
+        | Target::Stream { path, .. } => Some(path.clone()),
+    };
+    let ctx = || match &path {
+        Some(p) => format!("cannot restore {label} to {}", p.display()),
+        None => format!("cannot restore {label}"),
+    };
+    match target {
+        Target::Stdout => {
             let stdout = io::stdout();
             let mut out = stdout.lock();
-            write_image(&reader, &mut Sink::Stream(&mut out))
-                .with_context(|| format!("cannot restore {label}"))?;
+            write_image(&reader, &mut Sink::Stream(&mut out)).with_context(ctx)?;
             out.flush()?;
         }
-        Some(path) => {
-            restore_to_path(&reader, path)
-                .with_context(|| format!("cannot restore {label} to {}", path.display()))?;
-            let took = started.elapsed();
-            eprintln!(
-                "restored {label} to {}: {} in {} ({})",
-                path.display(),
-                indicatif::HumanBytes(size),
-                progress::secs(took),
-                progress::rate(size, took)
-            );
+        Target::BlockDevice { mut dev, .. } => {
+            let room = dev.seek(SeekFrom::End(0)).with_context(ctx)?;
+            if room < size {
+                return Err(anyhow::anyhow!(
+                    "the device holds {room} bytes, the image {size}"
+                ))
+                .with_context(ctx);
+            }
+            dev.seek(SeekFrom::Start(0)).with_context(ctx)?;
+            // A device keeps its old contents under holes: write every byte.
+            write_image(&reader, &mut Sink::Stream(&mut dev)).with_context(ctx)?;
+            dev.sync_all().with_context(ctx)?;
         }
+        Target::Stream { mut dev, .. } => {
+            write_image(&reader, &mut Sink::Stream(&mut dev)).with_context(ctx)?;
+            dev.flush().with_context(ctx)?;
+        }
+        Target::File { path, replace } => {
+            restore_to_file(&reader, &path, replace).with_context(ctx)?;
+        }
+    }
+    if let Some(p) = path {
+        let took = started.elapsed();
+        eprintln!(
+            "restored {label} to {}: {} in {} ({})",
+            p.display(),
+            indicatif::HumanBytes(size),
+            progress::secs(took),
+            progress::rate(size, took)
+        );
     }
     Ok(0)
 }
@@ -65,24 +175,31 @@ enum Sink<'a> {
     Stream(&'a mut dyn Write),
 }
 
-fn restore_to_path(reader: &ImageReader, path: &Path) -> Result<()> {
-    let is_device = fs::metadata(path)
-        .map(|m| m.file_type().is_block_device() || m.file_type().is_char_device());
-    if let Ok(true) = is_device {
-        // A device keeps its old contents under holes: write every byte.
-        let mut dev = OpenOptions::new().write(true).open(path)?;
-        write_image(reader, &mut Sink::Stream(&mut dev))?;
-        dev.sync_all()?;
-        return Ok(());
-    }
-    // Write beside the target and rename, so a failure leaves no partial file
-    // and never destroys an existing one.
+/// Writes beside the target and renames, so a failure leaves no partial
+/// file and never destroys an existing one; the file is 0600 (a disk image
+/// holds everything on the disk), whatever the umask.
+fn restore_to_file(reader: &ImageReader, path: &Path, replace: bool) -> Result<()> {
     let tmp = tmp_path(path);
     let result = (|| -> Result<()> {
-        let f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
         write_image(reader, &mut Sink::Sparse(&f))?;
         f.set_len(reader.size())?;
-        fs::rename(&tmp, path)?;
+        if replace {
+            fs::rename(&tmp, path)?;
+        } else {
+            // Created by someone else meanwhile: still not ours to replace.
+            rename_noreplace(&tmp, path).map_err(|e| match e.kind() {
+                ErrorKind::AlreadyExists => usage(format!(
+                    "{} exists; pass --force to replace it",
+                    path.display()
+                )),
+                _ => e.into(),
+            })?;
+        }
         Ok(())
     })();
     if result.is_err() {

@@ -8,6 +8,9 @@ use std::path::Path;
 
 pub fn run(store_dir: &Path) -> Result<u8> {
     let store = open_store(store_dir)?;
+    if let Some(w) = store.mode_warning() {
+        eprintln!("diskdump: {w}");
+    }
     let (mut blocks, mut stored, mut stray) = (0u64, 0u64, 0u64);
     store.walk(&mut |item| {
         match item {
@@ -50,6 +53,7 @@ pub fn run(store_dir: &Path) -> Result<u8> {
         crate::output::emit(&serde_json::json!({
             "store": store.root().display().to_string(),
             "block_size": store.block_size(),
+            "group": store.group(),
             "blocks": blocks,
             "stored_bytes": stored,
             "stray_files": stray,
@@ -61,27 +65,31 @@ pub fn run(store_dir: &Path) -> Result<u8> {
         }))?;
         return Ok(u8::from(bad > 0));
     }
-    println!("Store:         {}", store.root().display());
-    println!("Block size:    {}", store.block_size());
-    println!("Blocks:        {blocks} ({} stored)", HumanBytes(stored));
-    if stray > 0 {
-        println!("Stray files:   {stray} (interrupted writes; `diskdump gc` removes them)");
+    crate::outln!("Store:         {}", store.root().display())?;
+    crate::outln!("Block size:    {}", store.block_size())?;
+    match store.group() {
+        None => crate::outln!("Access:        private (0700/0600)")?,
+        Some(g) => crate::outln!("Access:        shared with group {g} (0750/0640)")?,
     }
-    println!(
+    crate::outln!("Blocks:        {blocks} ({} stored)", HumanBytes(stored))?;
+    if stray > 0 {
+        crate::outln!("Stray files:   {stray} (temp files of interrupted writes, which `diskdump gc` removes, or damaged blocks moved aside)")?;
+    }
+    crate::outln!(
         "Dumps:         {} ({} logical)",
         entries.len(),
         HumanBytes(logical)
-    );
-    println!("Dedup ratio:   {ratio:.2}x (logical bytes of all dumps / stored bytes)");
+    )?;
+    crate::outln!("Dedup ratio:   {ratio:.2}x (logical bytes of all dumps / stored bytes)")?;
     if !rows.is_empty() {
-        println!();
-        println!("{:<33} {:>11}  MANIFEST", "DATE", "SIZE");
+        crate::outln!()?;
+        crate::outln!("{:<33} {:>11}  MANIFEST", "DATE", "SIZE")?;
         for (date, rel, size) in rows {
             let size = match size {
                 Ok(n) => HumanBytes(n).to_string(),
                 Err(e) => format!("UNREADABLE: {e}"),
             };
-            println!("{date:<33} {size:>11}  {rel}");
+            crate::outln!("{date:<33} {size:>11}  {rel}")?;
         }
     }
     Ok(u8::from(bad > 0))

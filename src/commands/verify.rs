@@ -15,11 +15,17 @@ use std::sync::Mutex;
 
 pub fn run(store_dir: &Path, args: &[String], repair: bool) -> Result<u8> {
     let store = open_store(store_dir)?;
+    if let Some(w) = store.mode_warning() {
+        eprintln!("diskdump: {w}");
+    }
+    // Left-overs of an interrupted run are not damage: notes, not problems.
+    let mut notes = Vec::new();
     let mut problems: Vec<String> = Vec::new();
     let json = crate::output::json();
     let mut report = |msg: String| {
         if !json {
-            println!("PROBLEM: {msg}");
+            // A closed stdout fails the summary line below.
+            let _ = crate::outln!("PROBLEM: {msg}");
         }
         problems.push(msg);
     };
@@ -30,15 +36,19 @@ pub fn run(store_dir: &Path, args: &[String], repair: bool) -> Result<u8> {
         store.walk(&mut |item| {
             match item {
                 WalkItem::Block(d, n) => blocks.push((d, n)),
-                WalkItem::Stray(p) => report(format!(
-                    "{p}: not a block file (stray or interrupted write; gc removes temp files)"
+                WalkItem::Stray(p) if p.contains(".tmp.") => notes.push(format!(
+                    "{p}: temp file of an interrupted write (gc removes it)"
                 )),
+                WalkItem::Stray(p) if p.ends_with(".lz4.bad") => notes.push(format!(
+                    "{p}: a damaged block moved aside (kept for inspection; delete it when done)"
+                )),
+                WalkItem::Stray(p) => report(format!("{p}: not a block file")),
             }
             Ok(())
         })?;
         for p in store.manifest_temps()? {
-            report(format!(
-                "{p}: an unfinished manifest (interrupted write; gc removes it)"
+            notes.push(format!(
+                "{p}: unfinished manifest of an interrupted write (gc removes it)"
             ));
         }
         for e in store.manifests()? {
@@ -82,6 +92,11 @@ pub fn run(store_dir: &Path, args: &[String], repair: bool) -> Result<u8> {
         }
     }
     crate::signals::check()?;
+    if !json {
+        for n in &notes {
+            crate::outln!("note: {n}")?;
+        }
+    }
     let bytes: u64 = blocks.iter().map(|(_, n)| n).sum();
     if json {
         crate::output::emit(&serde_json::json!({
@@ -90,10 +105,11 @@ pub fn run(store_dir: &Path, args: &[String], repair: bool) -> Result<u8> {
             "manifests": dumps.len(),
             "ok": problems.is_empty(),
             "problems": problems,
+            "notes": notes,
         }))?;
         return Ok(u8::from(!problems.is_empty()));
     }
-    println!(
+    crate::outln!(
         "verified {} blocks ({} stored) and {} manifests: {}",
         blocks.len(),
         indicatif::HumanBytes(bytes),
@@ -103,7 +119,7 @@ pub fn run(store_dir: &Path, args: &[String], repair: bool) -> Result<u8> {
         } else {
             format!("{} problems", problems.len())
         }
-    );
+    )?;
     Ok(u8::from(!problems.is_empty()))
 }
 

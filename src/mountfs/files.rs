@@ -104,6 +104,9 @@ impl Files {
         if not_found {
             return Errno::ENOENT;
         }
+        if e.chain().any(|c| c.is::<crate::store::ManifestReplaced>()) {
+            return Errno::ESTALE;
+        }
         self.report(ino, MANIFEST, || format!("{path}: {e:#}"));
         Errno::EIO
     }

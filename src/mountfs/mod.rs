@@ -25,6 +25,7 @@ use crate::store::{ManifestEntry, Store};
 use chrono::NaiveDate;
 use files::Files;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 use tree::{Inodes, Kind};
@@ -48,6 +49,9 @@ impl Errno {
     pub const EROFS: Errno = Errno(libc::EROFS);
     pub const ENXIO: Errno = Errno(libc::ENXIO);
     pub const EINVAL: Errno = Errno(libc::EINVAL);
+    /// The manifest behind an inode was replaced: the kernel looks the
+    /// name up again and finds the new image under a new inode.
+    pub const ESTALE: Errno = Errno(libc::ESTALE);
 }
 
 pub type FsResult<T> = Result<T, Errno>;
@@ -108,6 +112,9 @@ pub struct FsOptions {
     pub read_ahead_blocks: usize,
     /// Bytes of parsed hash lists kept for images no longer open.
     pub manifest_bytes: usize,
+    /// Permission bits of the images (read bits only); directories get the
+    /// search bit wherever the read bit is set.
+    pub image_mode: u16,
 }
 
 impl Default for FsOptions {
@@ -117,6 +124,7 @@ impl Default for FsOptions {
             prefetch_threads: 2,
             read_ahead_blocks: 128,
             manifest_bytes: 128 << 20,
+            image_mode: 0o400,
         }
     }
 }
@@ -133,6 +141,8 @@ struct ImageInfo {
 /// One directory's children as listed from the store at `built`.
 struct Listing {
     built: Instant,
+    /// Set when a manifest in it was found replaced: list again at once.
+    expired: AtomicBool,
     children: BTreeMap<String, Kind>,
 }
 
@@ -146,6 +156,7 @@ struct Tree {
 
 pub struct MountFs {
     store: Arc<dyn Store>,
+    image_mode: u16,
     started: SystemTime,
     dumps_at_start: usize,
     tree: Mutex<Tree>,
@@ -166,6 +177,7 @@ impl MountFs {
     pub fn new(store: Arc<dyn Store>, opts: &FsOptions) -> anyhow::Result<MountFs> {
         let dumps_at_start = store.manifests()?.len();
         Ok(MountFs {
+            image_mode: opts.image_mode & 0o444,
             files: Files::new(opts),
             store,
             started: SystemTime::now(),
@@ -188,7 +200,9 @@ impl MountFs {
     /// if older). An image gone from a new listing has its inode retired.
     fn listing(&self, dir: &str, max_age: Duration) -> FsResult<Arc<Listing>> {
         let asked = Instant::now();
-        let fresh = |l: &Listing| l.built >= asked || asked - l.built <= max_age;
+        let fresh = |l: &Listing| {
+            !l.expired.load(Ordering::Relaxed) && (l.built >= asked || asked - l.built <= max_age)
+        };
         let cached = |t: &Tree| t.listings.get(dir).cloned();
         if let Some(l) = cached(&lock(&self.tree)).filter(|l| fresh(l)) {
             return Ok(l);
@@ -207,20 +221,35 @@ impl MountFs {
             })?;
         let new = Arc::new(Listing {
             built,
+            expired: AtomicBool::new(false),
             children: tree::children(&entries, dir),
         });
         let mut t = lock(&self.tree);
         if let Some(old) = t.listings.insert(dir.to_string(), new.clone()) {
             for (name, kind) in &old.children {
-                if matches!(kind, Kind::Image(_)) && !new.children.contains_key(name) {
+                // Gone, or another manifest at the same path (its identity
+                // differs): the old image keeps its inode for open handles,
+                // the path gets a new one, so no cached page is reused.
+                if matches!(kind, Kind::Image(_)) && new.children.get(name) != Some(kind) {
+                    // Its attributes stay (a few bytes): open handles still stat it.
                     if let Some(ino) = t.inodes.retire(&tree::join(dir, name)) {
-                        t.infos.remove(&ino);
                         self.files.forget_reader(ino);
                     }
                 }
             }
         }
         Ok(new)
+    }
+
+    /// After ESTALE on an image: its directory is listed again on next use.
+    fn expire_listing(&self, image_path: &str, e: Errno) -> Errno {
+        if e == Errno::ESTALE {
+            let dir = image_path.rsplit_once('/').map_or("", |(d, _)| d);
+            if let Some(l) = lock(&self.tree).listings.get(dir) {
+                l.expired.store(true, Ordering::Relaxed);
+            }
+        }
+        e
     }
 
     fn node(&self, ino: Ino) -> FsResult<tree::Node> {
@@ -255,14 +284,16 @@ impl MountFs {
         match &node.kind {
             Kind::Dir => Ok(self.dir_attr(ino, &node.path)),
             Kind::Image(entry) => {
-                let info = self.image_info(ino, &node.path, entry)?;
+                let info = self
+                    .image_info(ino, &node.path, entry)
+                    .map_err(|e| self.expire_listing(&node.path, e))?;
                 Ok(Attr {
                     ino,
                     kind: FileKind::Image,
                     size: info.size,
                     blocks: info.data_bytes.unwrap_or(0).div_ceil(512),
                     time: info.time,
-                    perm: 0o444,
+                    perm: self.image_mode,
                     nlink: 1,
                     blksize: info.block_size as u32,
                 })
@@ -284,7 +315,7 @@ impl MountFs {
             size: 0,
             blocks: 0,
             time: dated_dir_time(path).unwrap_or(self.started),
-            perm: 0o555,
+            perm: self.image_mode | (self.image_mode >> 2),
             nlink: 2 + subdirs as u32,
             blksize: 4096,
         }
@@ -317,7 +348,10 @@ impl MountFs {
         if write {
             return Err(Errno::EROFS);
         }
-        let (fh, reader) = self.files.open(&self.store, ino, &node.path, entry)?;
+        let (fh, reader) = self
+            .files
+            .open(&self.store, ino, &node.path, entry)
+            .map_err(|e| self.expire_listing(&node.path, e))?;
         let known = |t: &Tree| t.infos.get(&ino).is_some_and(|i| i.data_bytes.is_some());
         if !known(&lock(&self.tree)) {
             let data = files::data_bytes(&reader); // outside the lock: O(blocks)

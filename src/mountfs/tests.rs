@@ -93,7 +93,7 @@ fn tree_mirrors_dated_and_python_era_manifests() {
     assert_eq!(list(&fs, "2026"), [".", "..", "04", "05"]);
     assert_eq!(
         list(&fs, "2026/04/24"),
-        [".", "..", "web-sda.2.img", "web-sda.img"]
+        [".", "..", "web-sda+2.img", "web-sda.img"]
     );
     assert_eq!(list(&fs, "legacy"), [".", "..", "oldbox"]);
     assert_eq!(list(&fs, "legacy/oldbox"), [".", "..", "1.img"]);
@@ -129,7 +129,7 @@ fn attributes_come_from_the_header_and_dates() {
     let a = resolve(&fs, "2026/04/24/web-sda.img").unwrap();
     assert_eq!(
         (a.kind, a.size, a.perm, a.nlink),
-        (FileKind::Image, data.len() as u64, 0o444, 1)
+        (FileKind::Image, data.len() as u64, 0o400, 1)
     );
     assert_eq!(a.blksize as usize, BS);
     let date = chrono::DateTime::parse_from_rfc3339("2026-04-24T03:00:12Z").unwrap();
@@ -143,7 +143,7 @@ fn attributes_come_from_the_header_and_dates() {
     );
     fs.release(fh);
     let d = resolve(&fs, "2026/04/24").unwrap();
-    assert_eq!((d.kind, d.perm, d.nlink), (FileKind::Dir, 0o555, 2));
+    assert_eq!((d.kind, d.perm, d.nlink), (FileKind::Dir, 0o500, 2));
     let day = chrono::DateTime::parse_from_rfc3339("2026-04-24T00:00:00Z").unwrap();
     assert_eq!(d.time, SystemTime::from(day));
     assert_eq!(resolve(&fs, "2026").unwrap().nlink, 4); // two month dirs
@@ -308,4 +308,53 @@ fn parsed_manifests_are_bounded() {
         fs.release(fh);
         assert!(fs.files.cached_manifests() <= (2, 2 * per));
     }
+}
+
+#[test]
+fn a_manifest_replaced_at_the_same_path_is_a_new_image() {
+    let (d, fs) = setup();
+    let path = "2026/05/01/db-sdb.img";
+    let old = resolve(&fs, path).unwrap();
+    let fh = open(&fs, path);
+    let data = image();
+    let mut buf = vec![0u8; BS];
+    assert_eq!(fs.read(fh, 0, &mut buf).unwrap(), BS);
+    assert_eq!(buf, data[BS..BS * 2]);
+    // Deleted and written again, other data, same path (what retention does).
+    let file = d.path().join("2026/05/01/db-sdb.manifest");
+    std::fs::remove_file(&file).unwrap();
+    dated(
+        d.path(),
+        "db-sdb",
+        "2026-05-01T00:00:00+00:00",
+        &data[..BS * 3],
+    );
+    assert!(file.exists());
+    // Within the listing's TTL the old inode may still be looked up: it is
+    // the old image throughout (its parsed manifest is kept), or ESTALE,
+    // after which the kernel looks the name up again ...
+    if let Ok(a) = fs.lookup(resolve(&fs, "2026/05/01").unwrap().ino, "db-sdb.img") {
+        if a.ino == old.ino {
+            match fs.open(a.ino, false) {
+                Ok(h) => {
+                    fs.read(h, 0, &mut buf).unwrap();
+                    assert_eq!(buf, data[BS..BS * 2]);
+                    fs.release(h);
+                }
+                Err(e) => assert_eq!(e, Errno::ESTALE),
+            }
+        }
+    }
+    // ... and from then on the path is the new image under a new inode.
+    std::thread::sleep(DIR_TTL);
+    let new = resolve(&fs, path).unwrap();
+    assert_ne!(new.ino, old.ino);
+    assert_eq!(new.size, (BS * 3) as u64);
+    let fh2 = fs.open(new.ino, false).unwrap();
+    assert_eq!(fs.read(fh2, 0, &mut buf).unwrap(), BS);
+    assert_eq!(buf, data[..BS]);
+    // The handle opened before keeps reading the old image, consistently.
+    assert_eq!(fs.read(fh, BS as u64, &mut buf).unwrap(), BS);
+    assert_eq!(buf, data[BS * 2..BS * 3]);
+    assert_eq!(fs.getattr(old.ino).unwrap().size, old.size);
 }

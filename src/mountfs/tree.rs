@@ -150,6 +150,7 @@ mod tests {
 
     fn entry(rel: &str, name: &str, day: Option<&str>) -> ManifestEntry {
         ManifestEntry {
+            id: None,
             rel: rel.into(),
             name: name.into(),
             day: day.map(String::from),

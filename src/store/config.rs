@@ -8,6 +8,9 @@ use std::path::Path;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreConfig {
     pub block_size: usize,
+    /// The group a shared store gives read access to (`"group": <gid>`);
+    /// None (no field, as in every Python 0.1.5 store) is a private store.
+    pub group: Option<u32>,
 }
 
 /// The smallest block a store takes (O_DIRECT reads need 4 KiB multiples).
@@ -48,8 +51,17 @@ impl StoreConfig {
             .and_then(Value::as_u64)
             .with_context(|| format!("{}: missing or invalid block_size", path.display()))?;
         check_block_size(bs as usize).with_context(|| path.display().to_string())?;
+        let group = match obj.get("group") {
+            None | Some(Value::Null) => None,
+            Some(g) => Some(
+                g.as_u64()
+                    .and_then(|g| u32::try_from(g).ok())
+                    .with_context(|| format!("{}: group must be a numeric gid", path.display()))?,
+            ),
+        };
         Ok(StoreConfig {
             block_size: bs as usize,
+            group,
         })
     }
 
@@ -58,6 +70,9 @@ impl StoreConfig {
         m.insert("version".into(), 1.into());
         m.insert("block_size".into(), self.block_size.into());
         m.insert("hash_algo".into(), "sha256".into());
+        if let Some(g) = self.group {
+            m.insert("group".into(), g.into());
+        }
         let mut s = serde_json::to_string_pretty(&Value::Object(m)).expect("plain JSON");
         s.push('\n');
         s
@@ -76,8 +91,18 @@ mod tests {
             p,
         )
         .unwrap();
-        assert_eq!(c.block_size, 131072);
+        assert_eq!((c.block_size, c.group), (131072, None));
         assert_eq!(StoreConfig::parse(&c.render(), p).unwrap(), c);
+        assert!(
+            !c.render().contains("group"),
+            "private stores look as before"
+        );
+        let shared = StoreConfig {
+            group: Some(1234),
+            ..c
+        };
+        assert!(shared.render().contains("\"group\": 1234"));
+        assert_eq!(StoreConfig::parse(&shared.render(), p).unwrap(), shared);
         for bad in [
             "",
             "[]",
@@ -85,6 +110,8 @@ mod tests {
             "{\"version\": 1}",
             "{\"version\": 1, \"block_size\": 1000}",
             "{\"version\": 1, \"block_size\": 131072, \"hash_algo\": \"md5\"}",
+            "{\"version\": 1, \"block_size\": 131072, \"group\": \"staff\"}",
+            "{\"version\": 1, \"block_size\": 131072, \"group\": -1}",
         ] {
             assert!(StoreConfig::parse(bad, p).is_err(), "{bad}");
         }

@@ -2,18 +2,21 @@
 //! dated manifests under the root, Python-era manifests under
 //! `.blockstore/manifests/`.
 
+use super::dirty::{self, DirtyMarker};
 use super::{
-    BlockError, LockKind, ManifestEntry, ManifestInfo, Store, StoreConfig, StoreLock, WalkItem,
+    modes, BlockError, FileId, LockKind, ManifestEntry, ManifestInfo, ManifestReplaced, Store,
+    StoreConfig, StoreLock, WalkItem,
 };
 use crate::digest::Digest;
 use crate::manifest::{parse_date, Manifest, ManifestHeader};
 use anyhow::{bail, Context, Result};
+use diskdump_agent::blockfmt;
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -34,6 +37,7 @@ pub(super) const WRITERS: &str = "writers";
 
 impl LocalStore {
     /// Opens an existing store; a directory without one is a clear error.
+    /// Sets the process umask for the store's modes (see `modes`).
     pub fn open(root: &Path) -> Result<LocalStore> {
         let blocks = root.join(".blockstore");
         let cfg_path = blocks.join(CONFIG);
@@ -54,6 +58,7 @@ impl LocalStore {
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", cfg_path.display())),
         };
         let config = StoreConfig::parse(&text, &cfg_path)?;
+        modes::apply_umask(config.group);
         Ok(LocalStore {
             root: root.to_path_buf(),
             blocks,
@@ -63,31 +68,83 @@ impl LocalStore {
         })
     }
 
-    /// Creates a store in `root` (missing or an empty directory) with
-    /// `block_size` (default 128 KiB). The one place stores are made.
-    pub fn create(root: &Path, block_size: Option<usize>) -> Result<LocalStore> {
-        let bs = block_size.unwrap_or(diskdump_agent::DEFAULT_BLOCK_SIZE);
-        super::check_block_size(bs)?;
+    /// Creates a store: private (0700/0600), or shared read-only with
+    /// `group` (0750/0640, set-group-ID directories), recorded in
+    /// config.json. Fails if there is one already.
+    pub fn create(root: &Path, block_size: usize, group: Option<u32>) -> Result<LocalStore> {
+        super::check_block_size(block_size)?;
         let cfg_path = root.join(".blockstore").join(CONFIG);
-        if cfg_path.exists() {
-            bail!("{} is already a diskdump store", root.display());
+        modes::apply_umask(group);
+        let ctx = || format!("cannot create store {}", root.display());
+        if !root.exists() {
+            fs::create_dir_all(root).with_context(ctx)?;
+            modes::own_dir(root, group).with_context(ctx)?;
         }
-        match fs::read_dir(root) {
-            Ok(mut rd) if rd.next().is_some() => bail!(
-                "{} is not empty; a store needs a directory of its own",
-                root.display()
-            ),
-            _ => {}
+        let blocks = root.join(".blockstore");
+        match fs::create_dir(&blocks) {
+            Ok(()) => modes::own_dir(&blocks, group).with_context(ctx)?,
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(ctx),
         }
-        fs::create_dir_all(cfg_path.parent().expect("has parent"))
-            .with_context(|| format!("cannot create store {}", root.display()))?;
-        let text = StoreConfig { block_size: bs }.render();
-        write_new_durably(&cfg_path, text.as_bytes())
-            .with_context(|| format!("cannot create {}", cfg_path.display()))?;
-        for d in [cfg_path.parent().expect("has parent"), root] {
-            fsync_dir(d).with_context(|| format!("cannot sync {}", d.display()))?;
-        }
+        let text = StoreConfig { block_size, group }.render();
+        write_new_durably(&cfg_path, text.as_bytes()).map_err(|e| {
+            let exists = e.kind() == ErrorKind::AlreadyExists;
+            anyhow::Error::new(e).context(if exists {
+                format!("store {} already exists", root.display())
+            } else {
+                format!("cannot create {}", cfg_path.display())
+            })
+        })?;
+        fsync_dir(&blocks).with_context(ctx)?;
         LocalStore::open(root)
+    }
+
+    /// Opens the store, creating it with `block_size` (default 128 KiB) if
+    /// absent. An explicit size that differs from the store's is an error,
+    /// never a silent mix of block sizes.
+    pub fn open_or_create(root: &Path, block_size: Option<usize>) -> Result<LocalStore> {
+        LocalStore::open_or_create_in_group(root, block_size, None)
+    }
+
+    /// `open_or_create`, where a new store is shared with `group`; an
+    /// existing store must already have made that choice.
+    pub fn open_or_create_in_group(
+        root: &Path,
+        block_size: Option<usize>,
+        group: Option<u32>,
+    ) -> Result<LocalStore> {
+        let cfg_path = root.join(".blockstore").join(CONFIG);
+        if !cfg_path.exists() {
+            let bs = block_size.unwrap_or(diskdump_agent::DEFAULT_BLOCK_SIZE);
+            match LocalStore::create(root, bs, group) {
+                Ok(s) => return Ok(s),
+                // Another process created it first: theirs stands.
+                Err(_) if cfg_path.exists() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        LocalStore::open_for_writing(root, block_size, group)
+    }
+
+    /// Opens an existing store for a dump or import: `block_size` and
+    /// `group`, when given, must be the store's (fixed by `init`).
+    pub fn open_for_writing(
+        root: &Path,
+        block_size: Option<usize>,
+        group: Option<u32>,
+    ) -> Result<LocalStore> {
+        let store = LocalStore::open_with_block_size(root, block_size)?;
+        if group.is_some() && group != store.config.group {
+            bail!(
+                "store {} is {}; --group is chosen when a store is created (`diskdump init --group`)",
+                root.display(),
+                match store.config.group {
+                    None => "private".to_string(),
+                    Some(g) => format!("shared with group {g}"),
+                }
+            );
+        }
+        Ok(store)
     }
 
     /// Opens an existing store for writing blocks of `block_size`, if given:
@@ -106,17 +163,31 @@ impl LocalStore {
         Ok(store)
     }
 
-    /// For tests: opens the store, creating it first if there is none.
-    pub fn open_or_create(root: &Path, block_size: Option<usize>) -> Result<LocalStore> {
-        if !root.join(".blockstore").join(CONFIG).exists() {
-            match LocalStore::create(root, block_size) {
-                Ok(s) => return Ok(s),
-                // Another creator won the race: theirs stands.
-                Err(_) if root.join(".blockstore").join(CONFIG).exists() => {}
-                Err(e) => return Err(e),
-            }
+    /// The group the store is shared with (None: private).
+    pub fn group(&self) -> Option<u32> {
+        self.config.group
+    }
+
+    /// A one-line warning if the store's modes let more users in than its
+    /// choice (a store made by diskdump 0.2 or Python 0.1.5 under umask 022).
+    pub fn mode_warning(&self) -> Option<String> {
+        modes::warning(&self.root, self.config.group)
+    }
+
+    /// Creates `dir` (below the root) and its missing parents with the
+    /// store's modes and group.
+    fn make_dirs(&self, dir: &Path) -> io::Result<()> {
+        if dir.is_dir() {
+            return Ok(());
         }
-        LocalStore::open_with_block_size(root, block_size)
+        if let Some(parent) = dir.parent().filter(|p| p.starts_with(&self.root)) {
+            self.make_dirs(parent)?;
+        }
+        match fs::create_dir(dir) {
+            Ok(()) => modes::own_dir(dir, self.config.group),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -135,18 +206,10 @@ impl LocalStore {
         PathBuf::from(p)
     }
 
-    /// Whether a block exists, as a writer must ask it: a block older than
-    /// this writer's registration gets its mtime refreshed first, and only
-    /// a successful refresh counts as present (a gc may be taking it).
-    fn present_for_writer(&self, path: &Path, since: SystemTime) -> io::Result<bool> {
-        let m = match fs::symlink_metadata(path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(e),
-        };
-        if m.modified()? >= since {
-            return Ok(true);
-        }
+    /// A writer found a block older than its registration: refresh its
+    /// mtime, and count it present only if that worked (a gc may be taking
+    /// it; then it is stored again).
+    fn refresh(&self, path: &Path) -> io::Result<bool> {
         let c = CString::new(path.as_os_str().as_bytes())?;
         let times = [
             libc::timespec {
@@ -201,12 +264,30 @@ impl LocalStore {
     }
 }
 
+/// `pread` until `buf` is full or the file ends; returns the bytes read.
+fn read_full_at(f: &File, mut off: u64, buf: &mut [u8]) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read_at(&mut buf[n..], off) {
+            Ok(0) => break,
+            Ok(k) => {
+                n += k;
+                off += k as u64;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
 /// Creates `path` with `data`, fsynced, failing if it exists.
 fn write_new_durably(path: &Path, data: &[u8]) -> io::Result<()> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o644)
+        .mode(0o640) // less by the store's umask (modes.rs)
         .open(path)?;
     f.write_all(data)?;
     f.sync_all()
@@ -214,7 +295,7 @@ fn write_new_durably(path: &Path, data: &[u8]) -> io::Result<()> {
 
 /// rename(2) that never replaces an existing file; falls back to link+unlink on
 /// filesystems without RENAME_NOREPLACE.
-pub(super) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     let a = CString::new(from.as_os_str().as_bytes())?;
     let b = CString::new(to.as_os_str().as_bytes())?;
     // SAFETY: valid NUL-terminated paths; AT_FDCWD resolves them as given.
@@ -280,11 +361,25 @@ impl Store for LocalStore {
         self.root.display().to_string()
     }
 
+    /// Present only if the file is a whole frame (see `blockfmt::check_shape`):
+    /// a damaged one is moved aside and reported absent, so the caller
+    /// stores the block again.
     fn contains(&self, d: &Digest) -> io::Result<bool> {
+        let f = match File::open(self.block_path(d)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let limit = self.config.block_size;
+        let shape = blockfmt::check_shape(limit, &mut |off, buf| read_full_at(&f, off, buf));
+        if let Err(e) = shape {
+            self.move_damaged(d, &f, &e.to_string())?;
+            return Ok(false);
+        }
         let since = *self.writer_since.lock().unwrap_or_else(|p| p.into_inner());
         match since {
-            Some(t) => self.present_for_writer(&self.block_path(d), t),
-            None => Ok(self.stored_size(d)?.is_some()),
+            Some(t) if f.metadata()?.modified()? < t => self.refresh(&self.block_path(d)),
+            _ => Ok(true),
         }
     }
 
@@ -303,7 +398,7 @@ impl Store for LocalStore {
             OpenOptions::new()
                 .write(true)
                 .create_new(true)
-                .mode(0o644)
+                .mode(0o640)
                 .open(&tmp)
         };
         let mut tries = 0;
@@ -313,7 +408,7 @@ impl Store for LocalStore {
                 // mkdir and our create: make it again.
                 Err(e) if e.kind() == ErrorKind::NotFound && tries < 5 => {
                     tries += 1;
-                    fs::create_dir_all(path.parent().expect("block paths have a parent"))?;
+                    self.make_dirs(path.parent().expect("block paths have a parent"))?;
                 }
                 r => break r?,
             }
@@ -492,13 +587,17 @@ impl Store for LocalStore {
     }
 
     fn read_manifest(&self, entry: &ManifestEntry) -> Result<Manifest> {
-        read_manifest_file(&self.root.join(&entry.rel), &entry.rel)
+        let mut bytes = Vec::new();
+        self.open_entry(entry)?
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("cannot read manifest {}", entry.rel))?;
+        parse_manifest_bytes(bytes, &entry.rel)
     }
 
     fn manifest_info(&self, entry: &ManifestEntry) -> Result<ManifestInfo> {
         let path = self.root.join(&entry.rel);
         let ctx = || format!("cannot read manifest {}", path.display());
-        let file = File::open(&path).with_context(ctx)?;
+        let file = self.open_entry(entry)?;
         let modified = file.metadata().and_then(|m| m.modified()).ok();
         let head = read_header(file).with_context(ctx)?;
         let h = ManifestHeader::parse(&String::from_utf8_lossy(&head), &entry.rel)?;
@@ -518,8 +617,10 @@ impl Store for LocalStore {
         crate::manifest::validate_name(name)?;
         let date = parse_date(&m.date)?;
         let day = date.format("%Y/%m/%d").to_string();
+        crate::manifest::validate_source(&m.source)?;
         let dir = self.root.join(&day);
-        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        self.make_dirs(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
         // Every block the manifest names must be durable before it is visible.
         self.sync()
             .context("cannot sync the store's blocks to disk")?;
@@ -531,17 +632,14 @@ impl Store for LocalStore {
         }
         let mut seq = 1;
         let result = loop {
-            let file = if seq == 1 {
-                format!("{name}.manifest")
-            } else {
-                format!("{name}.{seq}.manifest")
-            };
+            let file = format!("{}.manifest", crate::manifest::seq_file_name(name, seq));
             match rename_noreplace(&tmp, &dir.join(&file)) {
                 Ok(()) => {
                     break Ok(ManifestEntry {
                         rel: format!("{day}/{file}"),
                         name: file.trim_end_matches(".manifest").to_string(),
                         day: Some(day.clone()),
+                        id: None,
                     })
                 }
                 Err(e) if e.kind() == ErrorKind::AlreadyExists && seq < 10_000 => seq += 1,
@@ -608,6 +706,146 @@ impl Store for LocalStore {
 }
 
 impl LocalStore {
+    /// Starts a run that writes blocks (import, dump): first checks what
+    /// interrupted runs left (see `dirty`), then marks this one. End it with
+    /// `end_writes`, on failure too.
+    pub fn begin_writes(&self) -> Result<DirtyMarker> {
+        let (marker, rec) = dirty::begin(&self.blocks, &mut |since| self.check_since(since))?;
+        if rec.markers > 0 {
+            eprintln!(
+                "diskdump: {} earlier run(s) stopped before syncing their blocks (a crash or kill -9): \
+                 checked the {} blocks written since, {} damaged (moved aside; stored again when needed)",
+                rec.markers,
+                rec.checked,
+                rec.damaged.len()
+            );
+        }
+        Ok(marker)
+    }
+
+    /// Ends a writing run: every block it wrote is synced, then its marker goes.
+    pub fn end_writes(&self, marker: DirtyMarker) -> Result<()> {
+        self.sync()
+            .context("cannot sync the store's blocks to disk")?;
+        fs::remove_file(marker.path())
+            .with_context(|| format!("cannot remove {}", marker.path().display()))
+    }
+
+    /// Decodes and hashes every block modified at or after `since` (found
+    /// through the block directories' times), moving damaged ones aside.
+    fn check_since(&self, since: SystemTime) -> Result<(usize, Vec<String>)> {
+        let recent = |p: &Path| {
+            fs::symlink_metadata(p)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t >= since)
+        };
+        let mut todo = Vec::new();
+        for (l1, d1) in list_dir(&self.blocks)? {
+            if !d1 || !is_hex(&l1, 2) {
+                continue;
+            }
+            for (l2, d2) in list_dir(&self.blocks.join(&l1))? {
+                let dir = self.blocks.join(&l1).join(&l2);
+                if !d2 || !recent(&dir) {
+                    continue;
+                }
+                for (name, _) in list_dir(&dir)? {
+                    let Some(d) = name.strip_suffix(".lz4").and_then(Digest::from_hex) else {
+                        continue;
+                    };
+                    if recent(&dir.join(&name)) {
+                        todo.push(d);
+                    }
+                }
+            }
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let damaged = std::sync::Mutex::new(Vec::new());
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        std::thread::scope(|s| -> Result<()> {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| -> Result<()> {
+                        let (mut frame, mut raw) = (Vec::new(), Vec::new());
+                        loop {
+                            let Some(d) = todo.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                                return Ok(());
+                            };
+                            let Ok(f) = File::open(self.block_path(d)) else {
+                                continue; // gone meanwhile
+                            };
+                            if let Err(e) = super::get_block(self, d, &mut frame, &mut raw) {
+                                if !matches!(e, BlockError::Missing(_)) {
+                                    self.move_damaged(d, &f, &e.to_string())?;
+                                    damaged
+                                        .lock()
+                                        .unwrap_or_else(|p| p.into_inner())
+                                        .push(d.to_hex());
+                                }
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for w in workers {
+                w.join().expect("block checkers do not panic")?;
+            }
+            Ok(())
+        })?;
+        let damaged = damaged.into_inner().unwrap_or_else(|p| p.into_inner());
+        Ok((todo.len(), damaged))
+    }
+
+    /// Moves the damaged block file `f` (opened from the block's path) aside
+    /// as `<hash>.lz4.bad`. If another run replaced it with a good copy
+    /// meanwhile, that copy is put back.
+    fn move_damaged(&self, d: &Digest, f: &File, reason: &str) -> io::Result<()> {
+        let path = self.block_path(d);
+        let mut bad = path.as_os_str().to_owned();
+        bad.push(".bad");
+        let bad = PathBuf::from(bad);
+        match fs::rename(&path, &bad) {
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()), // someone else did
+            r => r?,
+        }
+        if fs::symlink_metadata(&bad)?.ino() != f.metadata()?.ino() {
+            return match rename_noreplace(&bad, &path) {
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => fs::remove_file(&bad),
+                r => r,
+            };
+        }
+        eprintln!(
+            "diskdump: block {d} is damaged ({reason}): moved aside to {}; it is stored again when needed",
+            self.rel(&bad)
+        );
+        Ok(())
+    }
+
+    /// The identity of a file below the root; None if it is gone.
+    fn file_id(&self, rel: &str) -> Result<Option<FileId>> {
+        match fs::symlink_metadata(self.root.join(rel)) {
+            Ok(m) => Ok(Some(FileId::of(&m))),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot stat {rel}")),
+        }
+    }
+
+    /// Opens a listed manifest, refusing a file that replaced it since.
+    fn open_entry(&self, entry: &ManifestEntry) -> Result<File> {
+        let path = self.root.join(&entry.rel);
+        let file = File::open(&path)
+            .with_context(|| format!("cannot read manifest {}", path.display()))?;
+        if let Some(id) = entry.id {
+            let now = file
+                .metadata()
+                .with_context(|| format!("cannot stat {}", path.display()))?;
+            if FileId::of(&now) != id {
+                return Err(ManifestReplaced(entry.rel.clone()).into());
+            }
+        }
+        Ok(file)
+    }
+
     /// A dump's header comments only (source, date, sizes), without its hashes.
     pub fn manifest_header(&self, entry: &ManifestEntry) -> Result<ManifestHeader> {
         let path = self.root.join(&entry.rel);
@@ -630,10 +868,15 @@ impl LocalStore {
         for day in self.day_dirs(filter)? {
             for (f, fd) in list_dir(&self.root.join(&day))? {
                 if let (false, Some(name)) = (fd, f.strip_suffix(".manifest")) {
+                    let rel = format!("{day}/{f}");
+                    let Some(id) = self.file_id(&rel)? else {
+                        continue; // removed since listed
+                    };
                     out.push(ManifestEntry {
-                        rel: format!("{day}/{f}"),
+                        rel,
                         name: name.to_string(),
                         day: Some(day.clone()),
+                        id: Some(id),
                     });
                 }
             }
@@ -701,10 +944,15 @@ impl LocalStore {
         for name in names {
             for (f, fd) in list_dir(&legacy.join(&name))? {
                 if let (false, Some(n)) = (fd, f.strip_suffix(".manifest")) {
+                    let rel = format!(".blockstore/manifests/{name}/{f}");
+                    let Some(id) = self.file_id(&rel)? else {
+                        continue;
+                    };
                     out.push(ManifestEntry {
-                        rel: format!(".blockstore/manifests/{name}/{f}"),
+                        rel,
                         name: format!("{name}/{n}"),
                         day: None,
+                        id: Some(id),
                     });
                 }
             }
@@ -735,6 +983,10 @@ fn read_header(file: File) -> io::Result<Vec<u8>> {
 pub fn read_manifest_file(path: &Path, origin: &str) -> Result<Manifest> {
     let bytes =
         fs::read(path).with_context(|| format!("cannot read manifest {}", path.display()))?;
+    parse_manifest_bytes(bytes, origin)
+}
+
+fn parse_manifest_bytes(bytes: Vec<u8>, origin: &str) -> Result<Manifest> {
     let text = String::from_utf8(bytes).map_err(|e| {
         anyhow::anyhow!(
             "{origin}: not a text manifest (invalid UTF-8 at byte {})",

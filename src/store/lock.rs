@@ -4,13 +4,26 @@
 //! `.blockstore/lock` exclusively, which only another gc contends for.
 //! Safety comes from timestamps, not from the lock (see `store::gc`).
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use std::fs::{self, File, OpenOptions};
 use std::io::ErrorKind;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
+
+/// The lock is held and the caller would not wait (exit code 3).
+#[derive(Debug)]
+pub struct StoreBusy(pub String);
+
+impl std::fmt::Display for StoreBusy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StoreBusy {}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LockKind {
@@ -73,7 +86,7 @@ impl StoreLock {
                 SEQ.fetch_add(1, Ordering::Relaxed)
             );
             let (tmp, path) = (dir.join(format!(".{name}")), dir.join(&name));
-            let file = match OpenOptions::new().write(true).create_new(true).open(&tmp) {
+            let file = match OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp) {
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => continue, // a dead namesake
                 r => r.with_context(|| format!("cannot register in {}", dir.display()))?,
             };
@@ -106,6 +119,9 @@ impl StoreLock {
             .truncate(false)
             .read(true)
             .write(true)
+            // Never readable by others, even in a group-shared store: anyone
+            // who can open it can flock it and stall every writer.
+            .mode(0o600)
             .open(path)
             .with_context(|| format!("cannot open the store lock {}", path.display()))?;
         let op = libc::LOCK_EX;
@@ -122,10 +138,11 @@ impl StoreLock {
         }
         let what = "another gc";
         if !wait {
-            bail!(
+            return Err(StoreBusy(format!(
                 "the store is busy: {what} holds its lock ({})",
                 path.display()
-            );
+            ))
+            .into());
         }
         eprintln!(
             "waiting for {what} to finish (store lock {})",

@@ -2,14 +2,18 @@
 //! receiver and `ImageReader` use, and the local-directory backend.
 
 mod config;
+mod dirty;
 mod gc;
 mod local;
 mod lock;
+mod modes;
 
 pub use config::{check_block_size, StoreConfig, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
+pub use dirty::DirtyMarker;
 pub use gc::{GcStart, SweepStats, GRACE};
-pub use local::{read_manifest_file, LocalStore};
-pub use lock::{LockKind, StoreLock};
+pub use local::{read_manifest_file, rename_noreplace, LocalStore};
+pub use lock::{LockKind, StoreBusy, StoreLock};
+pub use modes::resolve_group;
 
 use local::rename_noreplace as local_rename_noreplace;
 
@@ -63,21 +67,66 @@ pub struct ManifestEntry {
     pub name: String,
     /// `2026/04/24` for dated manifests; None for Python-era ones.
     pub day: Option<String>,
+    /// Which file it was when listed, if the backend knows: a manifest
+    /// deleted and written again at the same path is another dump.
+    pub id: Option<FileId>,
 }
+
+/// A file's identity: its inode and modification time (a new file at the
+/// same path may reuse the inode, not also the time and size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FileId {
+    pub ino: u64,
+    pub mtime_ns: i128,
+    pub len: u64,
+}
+
+impl FileId {
+    pub fn of(m: &std::fs::Metadata) -> FileId {
+        use std::os::unix::fs::MetadataExt;
+        FileId {
+            ino: m.ino(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            len: m.len(),
+        }
+    }
+}
+
+/// The manifest changed between listing and reading (deleted and written
+/// again at the same path): the caller should list again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestReplaced(pub String);
+
+impl fmt::Display for ManifestReplaced {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} was replaced since it was listed", self.0)
+    }
+}
+
+impl std::error::Error for ManifestReplaced {}
 
 impl ManifestEntry {
     pub fn is_legacy(&self) -> bool {
         self.day.is_none()
     }
-    /// The dump's name without the `.2` same-day suffix or Python version number.
+    /// The dump's name without the `+2` same-day suffix or Python version
+    /// number. (`web.2`, the same-day file name diskdump 0.2 wrote, is a
+    /// name of its own: `web.2` may as well be a dump's real name.)
     pub fn base_name(&self) -> &str {
         if let Some((name, _)) = self.name.split_once('/') {
             return name;
         }
-        match self.name.rsplit_once('.') {
-            Some((base, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => base,
-            _ => &self.name,
-        }
+        crate::manifest::split_seq(&self.name).0
+    }
+
+    /// Orders the dumps of one name: day, then same-day sequence (or Python
+    /// version number).
+    pub fn newness(&self) -> (Option<&str>, u32) {
+        let seq = match self.name.split_once('/') {
+            Some((_, n)) => n.parse().unwrap_or(0),
+            None => crate::manifest::split_seq(&self.name).1,
+        };
+        (self.day.as_deref(), seq)
     }
 }
 
@@ -145,7 +194,7 @@ pub trait Store: Send + Sync {
         Ok(ManifestInfo::of(&self.read_manifest(entry)?, None))
     }
     /// Makes `m` visible as `<day>/<name>.manifest` after syncing its blocks;
-    /// never overwrites (a same-day repeat becomes `<name>.2.manifest`).
+    /// never overwrites (a same-day repeat becomes `<name>+2.manifest`).
     fn write_manifest(&self, name: &str, m: &Manifest) -> Result<ManifestEntry>;
     /// Removes a dump: one atomic unlink, made durable. Readers that already
     /// read the manifest (an open image in `mount`) keep their block list;

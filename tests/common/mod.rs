@@ -215,6 +215,9 @@ pub fn whole_blocks_and_temps(store: &Path, bs: usize) -> (usize, Vec<PathBuf>) 
             temps.push(p);
             continue;
         }
+        if p.parent().is_some_and(|d| d.ends_with(".blockstore/dirty")) {
+            continue; // a killed run's marker: the next run checks its blocks
+        }
         let Some(hex) = name.strip_suffix(".lz4") else {
             let registration = p.parent().is_some_and(|d| d.ends_with("writers"));
             assert!(
