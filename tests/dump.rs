@@ -89,7 +89,9 @@ fn summary(o: &Output, target: &str) -> (u64, String) {
     // A long target has a line of its own; its numbers follow.
     let mut cols: Vec<&str> = lines[i].split_whitespace().collect();
     if cols.len() == 1 {
-        cols = std::iter::once(target).chain(lines[i + 1].split_whitespace()).collect();
+        cols = std::iter::once(target)
+            .chain(lines[i + 1].split_whitespace())
+            .collect();
     }
     (cols[1].parse().unwrap(), cols[4].to_string())
 }

@@ -172,12 +172,7 @@ fn dump_into_a_full_store_fails_clearly_and_succeeds_after_space_is_freed() {
         r.stderr
     );
     // Each error once: the target's line, then only a count.
-    assert_eq!(
-        r.stderr.matches("No space").count(),
-        1,
-        "{}",
-        r.stderr
-    );
+    assert_eq!(r.stderr.matches("No space").count(), 1, "{}", r.stderr);
     assert_eq!(r.code, 1);
     assert!(all_manifests(&store).is_empty());
     assert!(whole_blocks_and_temps(&store, BS).1.is_empty());

@@ -147,8 +147,11 @@ fn bad_input_is_refused_before_any_work() {
     .fails();
     assert!(r.stderr.contains("invalid date"), "{}", r.stderr);
     assert_eq!(r.code, 2, "a usage error");
-    assert!(!store.exists(), "nothing was created");
-    let r = dd(&store, &["status"]).fails();
+    assert!(
+        common::all_manifests(&store).is_empty() && block_files(&store).is_empty(),
+        "nothing was written"
+    );
+    let r = dd(&dir.path().join("nostore"), &["status"]).fails();
     assert!(r.stderr.contains("does not exist"), "{}", r.stderr);
     let r = dd(dir.path(), &["status"]).fails();
     assert!(r.stderr.contains("not a diskdump store"), "{}", r.stderr);
@@ -659,7 +662,10 @@ fn hostile_dump_names_are_refused_before_any_work() {
             r.stderr
         );
     }
-    assert!(!store.exists(), "nothing was created");
+    assert!(
+        common::all_manifests(&store).is_empty() && block_files(&store).is_empty(),
+        "nothing was written"
+    );
     // The longest valid name works.
     dd(
         &store,

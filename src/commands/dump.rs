@@ -347,7 +347,13 @@ fn print_summary(
     const W: usize = 24;
     crate::outln!(
         "{:<W$} {:>7} {:>8} {:>7} {:>9} {:>8} {:>11}",
-        "TARGET", "NEW", "PRESENT", "ZERO", "WIRE", "TIME", "RATE"
+        "TARGET",
+        "NEW",
+        "PRESENT",
+        "ZERO",
+        "WIRE",
+        "TIME",
+        "RATE"
     )?;
     for (planned, r) in targets.iter().zip(results) {
         let target = untrusted::line(&planned.spec.target);

@@ -43,7 +43,11 @@ pub fn run(store_dir: &Path, arg: &str) -> Result<u8> {
         let missing: Vec<_> = missing
             .iter()
             .map(|d| {
-                let idx = m.blocks.iter().position(|b| b == d).expect("from this manifest");
+                let idx = m
+                    .blocks
+                    .iter()
+                    .position(|b| b == d)
+                    .expect("from this manifest");
                 serde_json::json!({
                     "hash": d.to_hex(),
                     "block": idx,

@@ -86,7 +86,12 @@ impl StoreLock {
                 SEQ.fetch_add(1, Ordering::Relaxed)
             );
             let (tmp, path) = (dir.join(format!(".{name}")), dir.join(&name));
-            let file = match OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp) {
+            let file = match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+            {
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => continue, // a dead namesake
                 r => r.with_context(|| format!("cannot register in {}", dir.display()))?,
             };

@@ -52,7 +52,8 @@ fn finish(o: Output) -> Run {
 /// for the command under test to refuse.
 pub fn ensure_store(store: &Path, args: &[&str]) {
     let first = args.iter().find(|a| !a.starts_with('-'));
-    if store.join(".blockstore").exists() || !first.is_some_and(|a| *a == "import" || *a == "dump") {
+    if store.join(".blockstore").exists() || !first.is_some_and(|a| *a == "import" || *a == "dump")
+    {
         return;
     }
     let mut init = vec!["init".to_string()];
