@@ -91,6 +91,10 @@ pub enum Command {
         /// Replace an existing output file, or write over a block device
         #[arg(long)]
         force: bool,
+        /// Disaster recovery: write zeros for unreadable blocks instead of
+        /// stopping, list every bad range, exit 1 if there was any
+        #[arg(long)]
+        salvage: bool,
     },
     /// Import an existing raw image file into the store
     Import {
@@ -474,7 +478,8 @@ pub fn run() -> Result<u8> {
             manifest,
             output,
             force,
-        } => commands::restore::run(&store, &manifest, output.as_deref(), force),
+            salvage,
+        } => commands::restore::run(&store, &manifest, output.as_deref(), force, salvage),
         Command::Import {
             image,
             name,
