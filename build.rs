@@ -71,6 +71,7 @@ fn probe_test_requirements() {
         "have_sudo",
         "have_time",
         "have_network",
+        "have_systemd_analyze",
     ];
     println!("cargo:rerun-if-env-changed=CI");
     println!("cargo:rerun-if-env-changed=DISKDUMP_TEST_NETWORK");
@@ -109,6 +110,7 @@ fn probe_test_requirements() {
         ("have_lz4", tool("lz4")),
         ("have_sudo", root && tool("sudo") && tool("useradd")),
         ("have_time", Path::new("/usr/bin/time").exists()),
+        ("have_systemd_analyze", tool("systemd-analyze")),
         // Tests that fetch from a package registry (pip, debootstrap).
         (
             "have_network",

@@ -47,6 +47,7 @@
 pub mod agent_bin;
 pub mod cli;
 pub mod commands;
+pub mod config;
 pub mod deploy;
 pub mod digest;
 pub mod fuse;

@@ -35,7 +35,10 @@ fn manifest_of(store: &Path, name: &str) -> PathBuf {
 
 fn restores_to(store: &Path, dir: &Path, name: &str, data: &[u8]) {
     let out = dir.join("restored.img");
-    let r = dd(store, &["restore", name, "-o", out.to_str().unwrap()]);
+    let r = dd(
+        store,
+        &["restore", name, "-o", out.to_str().unwrap(), "--force"],
+    );
     assert_eq!(r.code, 0, "{name} does not restore: {}", r.stderr);
     let f = std::fs::File::open(&out).unwrap();
     let mut head = vec![0u8; data.len()];

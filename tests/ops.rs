@@ -248,3 +248,68 @@ fn every_reporting_command_prints_one_json_document_with_the_documented_fields()
         r.stdout
     );
 }
+
+#[test]
+#[cfg_attr(
+    not(have_systemd_analyze),
+    ignore = "needs systemd-analyze (Debian: systemd)"
+)]
+fn the_systemd_units_verify() {
+    common::need(common::have("systemd-analyze"), "systemd-analyze");
+    let dir = tempfile::tempdir().unwrap();
+    let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/systemd");
+    let mut paths = Vec::new();
+    for kind in ["service", "timer"] {
+        let text = std::fs::read_to_string(units.join(format!("diskdump-dump@.{kind}"))).unwrap();
+        if kind == "timer" {
+            for key in ["Persistent=true", "RandomizedDelaySec=", "OnCalendar="] {
+                assert!(text.contains(key), "{key}");
+            }
+        } else {
+            for key in [
+                "Nice=",
+                "IOSchedulingClass=",
+                "dump --group %i",
+                "forget --group %i --prune",
+            ] {
+                assert!(text.contains(key), "{key}");
+            }
+        }
+        // An instance (the group "nightly") of the template, run by this build.
+        let text = text.replace("/usr/local/bin/diskdump", common::bin().to_str().unwrap());
+        let p = dir.path().join(format!("diskdump-dump@nightly.{kind}"));
+        std::fs::write(&p, text).unwrap();
+        paths.push(p);
+    }
+    let o = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .args(&paths)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    // Warnings (an unknown key, a typo) fail too.
+    assert!(err.trim().is_empty(), "{err}");
+    // The example config parses and its group resolves.
+    let store = dir.path().join("store");
+    dd(&store, &["init"]).ok();
+    let cfg = units.join("config.toml");
+    let r = dd(
+        &store,
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "forget",
+            "--group",
+            "nightly",
+            "--dry-run",
+        ],
+    )
+    .ok();
+    assert!(
+        r.stdout
+            .contains("--keep-daily 7 --keep-weekly 4 --keep-monthly 12"),
+        "{}",
+        r.stdout
+    );
+}

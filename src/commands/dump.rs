@@ -8,7 +8,7 @@ use crate::cli::{DumpArgs, TargetSpec};
 use crate::deploy::{self, sh_quote, Agent, Launch};
 use crate::manifest::{default_name, validate_name, validate_source};
 use crate::receiver::{receive, InFlight, ReceiveOptions, ReceiveStats};
-use crate::store::{resolve_group, LocalStore, LockKind, Store};
+use crate::store::{LocalStore, LockKind, Store};
 use crate::target::Target;
 use crate::{progress, signals, transport, untrusted};
 use anyhow::{bail, Context, Result};
@@ -58,14 +58,8 @@ pub fn run(store_dir: &Path, specs: Vec<TargetSpec>, args: DumpArgs) -> Result<u
         args.window,
     )
     .map_err(|e| usage(e.to_string()))?;
-    let group = args
-        .group
-        .as_deref()
-        .map(resolve_group)
-        .transpose()
-        .map_err(as_usage)?;
     let how = args.ssh.options()?;
-    let store = LocalStore::open_for_writing(store_dir, args.block_size, group)?;
+    let store = LocalStore::open_for_writing(store_dir, args.block_size, None)?;
     let _lock = store.lock(LockKind::Shared, true)?;
     let marker = store.begin_writes()?;
     let inflight = InFlight::new();

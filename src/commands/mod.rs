@@ -1,6 +1,7 @@
 //! One file per command; each takes plain options and prints its own report.
 
 pub mod catalog;
+pub mod completions;
 pub mod deploy;
 pub mod diff;
 pub mod dump;

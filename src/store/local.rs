@@ -136,7 +136,7 @@ impl LocalStore {
         let store = LocalStore::open_with_block_size(root, block_size)?;
         if group.is_some() && group != store.config.group {
             bail!(
-                "store {} is {}; --group is chosen when a store is created (`diskdump init --group`)",
+                "store {} is {}; --group applies only when a store is created (`diskdump init --group`)",
                 root.display(),
                 match store.config.group {
                     None => "private".to_string(),

@@ -47,7 +47,8 @@ fn finish(o: Output) -> Run {
 }
 
 /// Tests make stores as users do: `diskdump init` before the first import
-/// or dump into a new one, with the `--block-size` that command names.
+/// or dump into a new one, with the `--block-size` (and import's `--group`)
+/// that command names.
 /// Best effort: a store path a test made invalid on purpose is left alone
 /// for the command under test to refuse.
 pub fn ensure_store(store: &Path, args: &[&str]) {
@@ -57,11 +58,19 @@ pub fn ensure_store(store: &Path, args: &[&str]) {
         return;
     }
     let mut init = vec!["init".to_string()];
+    // import's --group (the store's sharing group) is init's; dump's names
+    // a config group.
+    let flags: &[&str] = match first {
+        Some(&"import") => &["--block-size", "--group"],
+        _ => &["--block-size"],
+    };
     for (i, a) in args.iter().enumerate() {
-        if *a == "--block-size" {
-            init.extend(["--block-size".to_string(), args[i + 1].to_string()]);
-        } else if let Some(v) = a.strip_prefix("--block-size=") {
-            init.extend(["--block-size".to_string(), v.to_string()]);
+        for flag in flags {
+            if a == flag {
+                init.extend([flag.to_string(), args[i + 1].to_string()]);
+            } else if let Some(v) = a.strip_prefix(&format!("{flag}=")) {
+                init.extend([flag.to_string(), v.to_string()]);
+            }
         }
     }
     let _ = Command::new(bin())
