@@ -854,3 +854,69 @@ fn with_sudo_a_swapped_agent_file_never_runs_as_root() {
     common::dd(&store, &["verify"]).ok();
     drop(rule);
 }
+
+#[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
+fn a_config_group_is_dumped_and_pruned_by_name_like_a_nightly_job() {
+    let sshd = Sshd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
+    images::write(&a, &images::random_bytes(8 * BS, 130));
+    images::write(&b, &images::random_bytes(4 * BS, 131));
+    let store = dir.path().join("store");
+    common::dd(&store, &["init"]).ok();
+    let cfg = dir.path().join("config.toml");
+    let h = sshd.host_alias();
+    fs::write(
+        &cfg,
+        format!(
+            "store = \"{}\"\n[defaults]\njobs = 1\n[groups.nightly]\nretention = {{ keep-last = 1 }}\n\
+             targets = [\n  {{ target = \"{h}:{}\", as = \"web-sda\" }},\n  {{ target = \"{h}:{}\" }},\n]\n",
+            store.display(),
+            a.display(),
+            b.display()
+        ),
+    )
+    .unwrap();
+    // No --store: the config names it.
+    let nightly = |args: &[&str]| {
+        Command::new(common::bin())
+            .arg("--config")
+            .arg(&cfg)
+            .args(args)
+            .envs(sshd.env())
+            .output()
+            .unwrap()
+    };
+    for _ in 0..2 {
+        let o = nightly(&["dump", "--group", "nightly", "--json"]);
+        assert!(o.status.success(), "{}", text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["failed"], 0, "{v}");
+        assert_eq!(v["targets"][0]["name"], "web-sda");
+        assert_eq!(v["targets"][1]["name"], format!("{h}-b.img"));
+    }
+    assert_eq!(manifests(&store).len(), 4);
+    let o = nightly(&["forget", "--group", "nightly", "--prune"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(manifests(&store).len(), 2, "{}", text(&o));
+    assert!(restore(&store, "web-sda") == fs::read(&a).unwrap());
+    let o = nightly(&["dump", "--group", "weekly"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no group \"weekly\""),
+        "{}",
+        text(&o)
+    );
+    // A config error names the file and line, and exits 2.
+    fs::write(
+        &cfg,
+        "store = \"/x\"\n[groups.nightly]\ntargets = [ { target = \"h:/x\", sudo = \"yes\" } ]\n",
+    )
+    .unwrap();
+    let o = nightly(&["dump", "--group", "nightly"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("{} line 3:", cfg.display())), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}

@@ -313,3 +313,50 @@ fn the_systemd_units_verify() {
         r.stdout
     );
 }
+
+#[test]
+fn completions_man_pages_and_mounts_store_from_store_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef diskdump"),
+        ("fish", "complete -c diskdump"),
+    ] {
+        let r = dd(&store, &["completions", shell]).ok();
+        assert!(
+            r.stdout.contains(marker),
+            "{shell}: {}",
+            &r.stdout[..200.min(r.stdout.len())]
+        );
+        assert!(
+            r.stdout.contains("forget") && r.stdout.contains("keep-daily"),
+            "{shell}"
+        );
+    }
+    let man = dir.path().join("man1");
+    let r = dd(&store, &["manpages", man.to_str().unwrap()]).ok();
+    for page in [
+        "diskdump.1",
+        "diskdump-forget.1",
+        "diskdump-list.1",
+        "diskdump-init.1",
+    ] {
+        let text =
+            std::fs::read_to_string(man.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(text.contains(".TH"), "{page}");
+        assert!(r.stdout.contains(page), "{}", r.stdout);
+    }
+    assert!(std::fs::read_to_string(man.join("diskdump-forget.1"))
+        .unwrap()
+        .contains("keep\\-weekly"));
+    // mount takes its store from --store (or $DISKDUMP_STORE) like every command.
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let r = dd(&store, &["mount", mnt.to_str().unwrap()]).fails();
+    assert!(
+        r.stderr.contains(store.to_str().unwrap()) && r.stderr.contains("diskdump init"),
+        "{}",
+        r.stderr
+    );
+}
