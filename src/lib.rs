@@ -37,6 +37,14 @@
 //!   decompresses each one within the block size, checks its SHA-256 and
 //!   stores it (`lz4` frames as received). A shared `InFlight` makes a block
 //!   announced by several dumps at once cross the wire once.
+//! - **Reaching hosts** (`transport`, `deploy`, `untrusted`): one small trait runs a
+//!   remote command with byte streams and an exit status; the system's OpenSSH client
+//!   (`transport::openssh`, default: the user's ssh setup applies exactly) and libssh2
+//!   (`ssh`, refusing ssh_config features it cannot honour) implement it. `deploy` starts
+//!   the cached agent in one remote command (checked and executed through one descriptor;
+//!   `--sudo` runs a root-owned system agent or a root-made copy), uploads it through stdin
+//!   when missing, and explains sudo's refusals. Remote text is escaped and capped
+//!   (`untrusted`) before it reaches a terminal or the report.
 //! - **Reading** (`image`): `ImageReader::read_at` over a manifest, through a
 //!   bounded LRU of decompressed blocks; restore and mount share it.
 //! - **Mounting** (`mountfs`, `fuse`): `MountFs` is the read-only tree of
@@ -55,6 +63,7 @@ pub mod idle;
 pub mod image;
 pub mod manifest;
 pub mod mountfs;
+pub mod objstore;
 pub mod output;
 pub mod progress;
 pub mod receiver;

@@ -920,3 +920,63 @@ fn a_config_group_is_dumped_and_pruned_by_name_like_a_nightly_job() {
     assert!(err.contains(&format!("{} line 3:", cfg.display())), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+#[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
+fn without_an_ssh_client_on_path_libssh2_is_used_with_one_notice() {
+    let sshd = Sshd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
+    images::write(&a, &images::mixed(BS, 6, 0, 81));
+    images::write(&b, &images::mixed(BS, 6, 3, 82));
+    let store = dir.path().join("store");
+    common::ensure_store(&store, &["dump"]);
+    let ta = format!("{}:{}", sshd.host_alias(), a.display());
+    let tb = format!("{}:{}", sshd.host_alias(), b.display());
+    let o = Command::new(common::bin())
+        .arg("--store")
+        .arg(&store)
+        .args(["dump", &ta, "--as", "a", &tb, "--as", "b"])
+        .envs(sshd.env())
+        .env("PATH", dir.path()) // no ssh there
+        .env_remove("DISKDUMP_TRANSPORT")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        err.matches("no `ssh` client on PATH: using the built-in libssh2")
+            .count(),
+        1,
+        "{}",
+        text(&o)
+    );
+    // Asking for OpenSSH without a client is a clear error.
+    let o = Command::new(common::bin())
+        .arg("--store")
+        .arg(&store)
+        .args(["dump", &ta, "--transport", "openssh"])
+        .envs(sshd.env())
+        .env("PATH", dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no `ssh` client on PATH"),
+        "{}",
+        text(&o)
+    );
+    // -o is for OpenSSH only.
+    let o = run_via(
+        &sshd,
+        &store,
+        "libssh2",
+        &["dump", &ta, "-o", "Ciphers=aes128-ctr"],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("use --transport openssh"),
+        "{}",
+        text(&o)
+    );
+}
