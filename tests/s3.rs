@@ -84,3 +84,59 @@ fn with_one_node_killed_reads_and_writes_go_on() {
     assert_eq!(objects.get_range("after", 10, 20).unwrap(), data[10..30]);
     assert_eq!(objects.list("").unwrap().len(), 2);
 }
+
+#[test]
+#[cfg_attr(
+    not(have_garage),
+    ignore = "needs a garage binary (.ci/run builds one)"
+)]
+fn packed_blocks_on_garage_are_few_objects_shared_by_two_writers() {
+    use diskdump::digest::Digest;
+    use diskdump::objstore::packed::{PackedBlocks, PACK_PREFIX};
+    use std::sync::Arc;
+    let g = Garage::start();
+    let frames: Vec<(Digest, Vec<u8>)> = (0..2000u64)
+        .map(|i| {
+            let f = diskdump_agent::testdata::noise(16 << 10, i);
+            (Digest::of(&f), f)
+        })
+        .collect();
+    let objects: Arc<dyn ObjectStore> = Arc::new(g.objects("packed"));
+    let a = PackedBlocks::open(objects.clone(), None, 4 << 20).unwrap();
+    let b = PackedBlocks::open(Arc::new(g.objects("packed")), None, 4 << 20).unwrap();
+    // Two writers at once, each with half of its own blocks and all of the
+    // shared ones (the first 400): nothing is lost either way.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for (d, f) in frames[..1200].iter() {
+                a.put_frame(d, f).unwrap();
+            }
+            a.flush().unwrap();
+        });
+        s.spawn(|| {
+            for (d, f) in frames[..400].iter().chain(&frames[1200..]) {
+                b.put_frame(d, f).unwrap();
+            }
+            b.flush().unwrap();
+        });
+    });
+    let packs = objects.list(PACK_PREFIX).unwrap();
+    assert!(
+        (8..=20).contains(&packs.len()),
+        "32 MiB in 4 MiB packs: {} objects",
+        packs.len()
+    );
+    // A third view, from the packs alone, with one node down.
+    g.kill_node(3);
+    let c = PackedBlocks::open(objects, None, 4 << 20).unwrap();
+    assert_eq!(
+        c.blocks().len(),
+        frames.len(),
+        "every block once in the index"
+    );
+    let mut buf = Vec::new();
+    for (d, f) in frames.iter().step_by(37) {
+        assert!(c.get_frame(d, &mut buf).unwrap(), "{d}");
+        assert_eq!(&buf, f);
+    }
+}

@@ -5,6 +5,8 @@
 
 mod location;
 mod memory;
+pub mod pack;
+pub mod packed;
 mod s3;
 
 pub use location::S3Location;
