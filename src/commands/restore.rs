@@ -132,7 +132,7 @@ pub fn run(store_dir: &Path, arg: &str, output: Option<&Path>, force: bool) -> R
         Target::Stdout => {
             let stdout = io::stdout();
             let mut out = stdout.lock();
-            write_image(&reader, &mut Sink::Stream(&mut out)).with_context(ctx)?;
+            write_image(&reader, &mut Destination::Stream(&mut out)).with_context(ctx)?;
             out.flush()?;
         }
         Target::BlockDevice { mut dev, .. } => {
@@ -145,11 +145,11 @@ pub fn run(store_dir: &Path, arg: &str, output: Option<&Path>, force: bool) -> R
             }
             dev.seek(SeekFrom::Start(0)).with_context(ctx)?;
             // A device keeps its old contents under holes: write every byte.
-            write_image(&reader, &mut Sink::Stream(&mut dev)).with_context(ctx)?;
+            write_image(&reader, &mut Destination::Stream(&mut dev)).with_context(ctx)?;
             dev.sync_all().with_context(ctx)?;
         }
         Target::Stream { mut dev, .. } => {
-            write_image(&reader, &mut Sink::Stream(&mut dev)).with_context(ctx)?;
+            write_image(&reader, &mut Destination::Stream(&mut dev)).with_context(ctx)?;
             dev.flush().with_context(ctx)?;
         }
         Target::File { path, replace } => {
@@ -170,7 +170,7 @@ pub fn run(store_dir: &Path, arg: &str, output: Option<&Path>, force: bool) -> R
 }
 
 /// Where the bytes go: a file we may leave holes in, or anything else.
-enum Sink<'a> {
+enum Destination<'a> {
     Sparse(&'a File),
     Stream(&'a mut dyn Write),
 }
@@ -186,7 +186,7 @@ fn restore_to_file(reader: &ImageReader, path: &Path, replace: bool) -> Result<(
             .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
-        write_image(reader, &mut Sink::Sparse(&f))?;
+        write_image(reader, &mut Destination::Sparse(&f))?;
         f.set_len(reader.size())?;
         if replace {
             fs::rename(&tmp, path)?;
@@ -214,7 +214,7 @@ fn tmp_path(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn write_image(reader: &ImageReader, sink: &mut Sink) -> Result<()> {
+fn write_image(reader: &ImageReader, dest: &mut Destination) -> Result<()> {
     let m = reader.manifest();
     let bar = progress::bytes_bar(reader.size(), "restore");
     let zeros = vec![0u8; m.block_size];
@@ -230,11 +230,11 @@ fn write_image(reader: &ImageReader, sink: &mut Sink) -> Result<()> {
             Some(b) => Some(b),
             None => None,
         };
-        match (&mut *sink, &data) {
-            (Sink::Sparse(f), Some(b)) => f.write_all_at(&b[..len], offset)?,
-            (Sink::Sparse(_), None) => {}
-            (Sink::Stream(w), Some(b)) => w.write_all(&b[..len])?,
-            (Sink::Stream(w), None) => w.write_all(&zeros[..len])?,
+        match (&mut *dest, &data) {
+            (Destination::Sparse(f), Some(b)) => f.write_all_at(&b[..len], offset)?,
+            (Destination::Sparse(_), None) => {}
+            (Destination::Stream(w), Some(b)) => w.write_all(&b[..len])?,
+            (Destination::Stream(w), None) => w.write_all(&zeros[..len])?,
         }
         offset += len as u64;
         bar.inc(len as u64);

@@ -48,7 +48,7 @@ fn finish(o: Output) -> Run {
 }
 
 /// Runs `diskdump --store STORE ARGS...`.
-pub fn dd(store: &Path, args: &[&str]) -> Run {
+pub fn diskdump(store: &Path, args: &[&str]) -> Run {
     let o = Command::new(bin())
         .arg("--store")
         .arg(store)
@@ -60,7 +60,7 @@ pub fn dd(store: &Path, args: &[&str]) -> Run {
 }
 
 /// Runs `diskdump --store STORE ARGS...` and returns its raw stdout.
-pub fn dd_bytes(store: &Path, args: &[&str]) -> (i32, Vec<u8>, String) {
+pub fn diskdump_bytes(store: &Path, args: &[&str]) -> (i32, Vec<u8>, String) {
     let o = Command::new(bin())
         .arg("--store")
         .arg(store)
@@ -75,7 +75,7 @@ pub fn dd_bytes(store: &Path, args: &[&str]) -> (i32, Vec<u8>, String) {
 }
 
 /// Starts `diskdump --store STORE ARGS...` in the background, output captured.
-pub fn spawn_dd(store: &Path, args: &[&str]) -> std::process::Child {
+pub fn spawn_diskdump(store: &Path, args: &[&str]) -> std::process::Child {
     Command::new(bin())
         .arg("--store")
         .arg(store)
@@ -224,13 +224,13 @@ pub fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
 /// While a dump or import holds the store: `gc --no-wait` refuses at once,
 /// and a plain `gc` is started (it must wait).
 pub fn gc_refused_then_started(store: &Path) -> std::process::Child {
-    let r = dd(store, &["gc", "--no-wait"]).fails();
+    let r = diskdump(store, &["gc", "--no-wait"]).fails();
     assert!(
         r.stderr.contains("busy") && r.stderr.contains("running dumps or imports"),
         "{}",
         r.stderr
     );
-    spawn_dd(store, &["gc"])
+    spawn_diskdump(store, &["gc"])
 }
 
 /// The gc from [`gc_refused_then_started`], once the dump or import is done:
