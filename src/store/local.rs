@@ -299,7 +299,8 @@ impl Store for LocalStore {
             Err(e) => return Err(e),
         };
         let limit = self.config.block_size;
-        let shape = blockfmt::check_shape(limit, &mut |off, buf| read_full_at(&f, off, buf));
+        let len = f.metadata()?.len();
+        let shape = blockfmt::check_shape(len, limit, &mut |off, buf| read_full_at(&f, off, buf));
         match shape {
             Ok(()) => Ok(true),
             Err(e) => {
@@ -309,23 +310,16 @@ impl Store for LocalStore {
         }
     }
 
-    /// Asks the kernel for the pages the shape check reads (the frame's
-    /// start and end) without waiting for them: on a cold cache, one
-    /// random read per present block, now many in flight at once.
+    /// Asks the kernel for the page the shape check reads (the frame's
+    /// start) without waiting for it: on a cold cache that is one random
+    /// read per present block, now many in flight at once.
     fn prefetch(&self, ds: &[Digest]) {
         for d in ds {
             let Ok(f) = File::open(self.block_path(d)) else {
                 continue;
             };
-            let len = f.metadata().map_or(0, |m| m.len()) as i64;
-            let fd = f.as_raw_fd();
             // SAFETY: advice on a valid descriptor; it reads nothing into our memory.
-            unsafe {
-                libc::posix_fadvise(fd, 0, 64, libc::POSIX_FADV_WILLNEED);
-                if len > 4096 {
-                    libc::posix_fadvise(fd, len - 16, 16, libc::POSIX_FADV_WILLNEED);
-                }
-            }
+            unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 64, libc::POSIX_FADV_WILLNEED) };
         }
     }
 
