@@ -341,7 +341,7 @@ def cmd_peak_rss(root, prefix, out):
         time.sleep(0.05)
 
 
-NUMERIC = ("wall", "user", "sys", "cpu", "sync_s", "remote_cpu", "rss_kb", "remote_rss_kb", "store_bytes", "wire_bytes", "wire_up", "wire_down",
+NUMERIC = ("wall", "user", "sys", "cpu", "sync_s", "remote_cpu", "ssh_cpu", "agent_cpu", "rss_kb", "remote_rss_kb", "store_bytes", "wire_bytes", "wire_up", "wire_down",
            "bytes", "iops", "rate", "alloc_bytes")
 
 
@@ -412,6 +412,9 @@ def cells(row):
         notes.append(f"{m['bytes'] / m['wall'] / 1e6:,.0f} MB/s")
     if "iops" in m:
         notes.append(f"{m['iops']:,.0f} IOPS")
+    if "ssh_cpu" in m and "agent_cpu" in m and "remote_cpu" in m:
+        notes.append(f"CPU split: storage side {m['cpu'] - m['ssh_cpu']:.2f}, ssh client {m['ssh_cpu']:.2f}, "
+                     f"sshd {m['remote_cpu'] - m['agent_cpu']:.2f}, agent {m['agent_cpu']:.2f}")
     if "alloc_bytes" in m:
         notes.append(f"output allocates {human_bytes(m['alloc_bytes'])}")
     if row["runs_ok"] < row["runs"]:

@@ -120,6 +120,8 @@ if ! mountpoint -q "$FS"; then
 fi
 STORES="$FS/stores" OUT="$FS/out"
 mkdir -p "$LOGS" "$STORES" "$MNT" "$WORK/bin" "$OUT"
+SSH_CLIENT_CPU="$WORK/ssh-client-cpu.log" REMOTE_CMD_CPU="$WORK/remote-command-cpu.log"
+: >"$SSH_CLIENT_CPU"; : >"$REMOTE_CMD_CPU"
 export BORG_BASE_DIR="$WORK/borg-base" BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes \
   BORG_RELOCATED_REPO_ACCESS_IS_OK=yes BORG_DELETE_I_KNOW_WHAT_I_AM_DOING=YES \
   RESTIC_PASSWORD=diskdump-bench RESTIC_CACHE_DIR="$WORK/restic-cache"
@@ -181,9 +183,15 @@ setup_tools() {
   fi
   # The Python diskdump runs plain `ssh` and `scp`, which read ~/.ssh/config from the passwd home, not
   # $HOME: these wrappers (first in its PATH) point them at the benchmark's sshd config.
-  printf '#!/bin/sh\nexec /usr/bin/ssh -F %q "$@"\n' "$WORK/ssh/home/.ssh/config" >"$WORK/bin/ssh"
+  # Both ssh wrappers log the client's CPU time (user sys per line) for the dump rows' CPU split; ours
+  # finds `ssh` on PATH and gets the config with --ssh-config.
+  printf '#!/bin/sh\nexec /usr/bin/time -a -o %q -f "%%U %%S" /usr/bin/ssh -F %q "$@"\n' "$SSH_CLIENT_CPU" \
+    "$WORK/ssh/home/.ssh/config" >"$WORK/bin/ssh"
   printf '#!/bin/sh\nexec /usr/bin/scp -F %q "$@"\n' "$WORK/ssh/home/.ssh/config" >"$WORK/bin/scp"
-  chmod +x "$WORK/bin/ssh" "$WORK/bin/scp"
+  mkdir -p "$WORK/bin-ours"
+  printf '#!/bin/sh\nexec /usr/bin/time -a -o %q -f "%%U %%S" /usr/bin/ssh "$@"\n' "$SSH_CLIENT_CPU" \
+    >"$WORK/bin-ours/ssh"
+  chmod +x "$WORK/bin/ssh" "$WORK/bin/scp" "$WORK/bin-ours/ssh"
 }
 
 # ------------------------------------------------------------------------------------------ images
@@ -265,7 +273,18 @@ PermitRootLogin prohibit-password
 MaxStartups 100
 MaxSessions 100
 Subsystem sftp /usr/lib/openssh/sftp-server
+ForceCommand $d/remote-timed.sh
 EOF
+  # Every remote command runs under /usr/bin/time: the agent's CPU (and the Python agent's), apart from
+  # sshd's. SFTP (the Python diskdump's scp) passes through untimed.
+  cat >"$d/remote-timed.sh" <<EOF
+#!/bin/sh
+case "\$SSH_ORIGINAL_COMMAND" in
+  sftp|internal-sftp) exec /usr/lib/openssh/sftp-server ;;
+esac
+exec /usr/bin/time -a -o $REMOTE_CMD_CPU -f '%U %S' /bin/sh -c "\$SSH_ORIGINAL_COMMAND"
+EOF
+  chmod 755 "$d/remote-timed.sh"
   echo "[127.0.0.1]:$SSH_PORT $(cut -d' ' -f1,2 "$d/host_ed25519.pub")" >"$d/known_hosts"
   cat >"$d/home/.ssh/config" <<EOF
 Host benchhost
@@ -458,6 +477,7 @@ measure() {
   local w0=(0 0) r0= d0=
   ((wire && WIRE)) && read -r -a w0 < <(wire_bytes)
   ((wire)) && r0=$(cgroup_cpu)
+  local c0 a0; c0=$(sum_cpu_log "$SSH_CLIENT_CPU") a0=$(sum_cpu_log "$REMOTE_CMD_CPU")
   [[ -n $daemon ]] && d0=$(proc_cpu "$daemon")
   if ((wire)); then remote_mem_start 2>>"$LOGS/remote-mem.log" || true; fi
   local rc=0
@@ -480,6 +500,10 @@ measure() {
     extra+=(wire_up=$((w1[0] - w0[0])) wire_down=$((w1[1] - w0[1])) wire_bytes=$((w1[0] - w0[0] + w1[1] - w0[1])))
   fi
   [[ -z $r0 ]] || extra+=(remote_cpu="$(calc "$(cgroup_cpu) - $r0")")
+  if ((wire)); then   # the split: the ssh client (inside CPU s) and the remote command (inside remote CPU)
+    extra+=(ssh_cpu="$(calc "$(sum_cpu_log "$SSH_CLIENT_CPU") - $c0")")
+    extra+=(agent_cpu="$(calc "$(sum_cpu_log "$REMOTE_CMD_CPU") - $a0")")
+  fi
   [[ -z $rmem ]] || extra+=(remote_rss_kb="$rmem")
   if [[ -n $daemon ]]; then   # a FUSE daemon's CPU counts with the reader's; its peak RSS is the row's
     cpu=$(calc "$cpu + $(proc_cpu "$daemon") - $d0")
@@ -499,6 +523,10 @@ measure() {
   say "$group / $tool: ${wall}s wall, ${cpu}s CPU, $((rss / 1024)) MiB${rmem:+ (+$((rmem / 1024)) MiB remote)}"
 }
 
+sum_cpu_log() {   # seconds of CPU in a /usr/bin/time -f "%U %S" log (other lines ignored)
+  awk '$1 ~ /^[0-9.]+$/ && $2 ~ /^[0-9.]+$/ {s += $1 + $2} END {printf "%.3f", s}' "$1" 2>/dev/null || echo 0
+}
+
 proc_cpu() {   # seconds of CPU (user+sys) of a live process
   awk -v t="$(getconf CLK_TCK)" '{printf "%.3f", ($14+$15)/t}' "/proc/$1/stat" 2>/dev/null || echo 0
 }
@@ -515,7 +543,8 @@ store_of() { case $2 in day1|day2) echo "$STORES/$1" ;; *) echo "$STORES/$1-$2" 
 
 cmd_init() {   # TOOL STORE
   case $1 in
-    ours|python) CMD=(rm -rf "$2") ;;
+    ours) CMD=(bash -c 'rm -rf "$1" && "$2" init "$1" >/dev/null' _ "$2" "$DD") ;;
+    python) CMD=(rm -rf "$2") ;;
     borg) CMD=(bash -c 'rm -rf "$1" && borg init -e none "$1"' _ "$2") ;;
     restic) CMD=(bash -c 'rm -rf "$1" && restic -q -r "$1" init' _ "$2") ;;
   esac
@@ -556,7 +585,8 @@ cmd_verify() {
 # than its cache), so a copy of one gets a copy of that state too.
 cmd_gc_prepare() {   # TOOL STORE GCSTORE: a copy of the store without day 1
   case $1 in
-    ours) CMD=(bash -c 'rm -rf "$2" && cp -a "$1" "$2" && rm "$2"/2024/01/01/bench.manifest' _ "$2" "$3") ;;
+    # Day 1 deleted a while ago: gc leaves blocks younger than a minute alone.
+    ours) CMD=(bash -c 'rm -rf "$2" && cp -a "$1" "$2" && rm "$2"/2024/01/01/bench.manifest && find "$2/.blockstore" -name "*.lz4" -exec touch -d "1 hour ago" {} +' _ "$2" "$3") ;;
     python) CMD=(bash -c 'rm -rf "$2" && cp -a "$1" "$2" && rm "$2"/.blockstore/manifests/bench.vda/0.manifest' _ "$2" "$3") ;;
     borg) CMD=(bash -c 'rm -rf "$2" "$2.base" && cp -a "$1" "$2" && cp -a "$BORG_BASE_DIR" "$2.base"' _ "$2" "$3") ;;
     restic) CMD=(bash -c 'rm -rf "$2" "$2.cache" && cp -a "$1" "$2" && cp -a "$RESTIC_CACHE_DIR" "$2.cache"' _ "$2" "$3") ;;
@@ -580,10 +610,11 @@ cmd_mount() {   # TOOL STORE MOUNTPOINT; sets MOUNT_FILE, the day-2 image inside
   esac
 }
 
-cmd_dump() {   # TOOL STORE IMAGE COMPRESS
+cmd_dump() {   # TOOL STORE IMAGE COMPRESS [TRANSPORT]
   local target="benchhost:$3"
   case $1 in
-    ours) CMD=(env HOME="$WORK/ssh/home" "$DD" --store "$2" dump "$target" --as bench --compress "$4") ;;
+    ours) CMD=(env HOME="$WORK/ssh/home" PATH="$WORK/bin-ours:$PATH" DISKDUMP_TRANSPORT="${5:-openssh}"
+      "$DD" --store "$2" dump "$target" --as bench --compress "$4" --ssh-config "$WORK/ssh/home/.ssh/config") ;;
     python) CMD=(env PATH="$WORK/bin:$PATH" DISKDUMP_BASE="$2" "$PYDD" -m diskdump dump "$target" --as bench) ;;
   esac
 }
@@ -678,19 +709,22 @@ phase_import() {
 }
 
 phase_dump() {
-  local tool comp label kind store
+  local tool comp label kind store variant transport
   sshd_ready || true
   for RUN in $(seq "$RUNS"); do
     for tool in $(tools_in ours,python); do
-      for comp in lz4 zlib; do
-        [[ $tool == python && $comp == zlib ]] && continue
+      # ours: lz4 over OpenSSH (the default), lz4 over libssh2, zlib over OpenSSH.
+      for variant in lz4/openssh lz4/libssh2 zlib/openssh; do
+        comp=${variant%/*} transport=${variant#*/}
+        [[ $tool == python && $variant != lz4/openssh ]] && continue
         label=${LABEL[$tool]}; [[ $tool == ours && $comp != lz4 ]] && label="ours ($comp)"
+        [[ $tool == ours && $transport != openssh ]] && label="ours ($transport)"
         [[ $tool == python ]] && label="python 0.1.5 (zlib)"
-        store="$STORES/dump-$tool-$comp"
+        store="$STORES/dump-$tool-$comp-$transport"
         for kind in day1 day2 day2-again rand sparse; do
-          case $kind in day1|rand|sparse) rm -rf "$store" ;; esac
+          case $kind in day1|rand|sparse) rm -rf "$store"; [[ $tool == ours ]] && "$DD" init "$store" >/dev/null ;; esac
           PREP_ERR[$tool]=$SSH_ERR
-          cmd_dump "$tool" "$store" "$IMG/${kind%-again}.img" "$comp"
+          cmd_dump "$tool" "$store" "$IMG/${kind%-again}.img" "$comp" "$transport"
           measure "${GROUP_DUMP[$kind]}" "$label" --store "$store" --wire --sync \
             --bytes "$(img_size "${kind%-again}")" -- "${CMD[@]}"
         done
@@ -864,6 +898,7 @@ phase_scale() {
     fi
     for RUN in $(seq "$RUNS"); do
       rm -rf "$store" "$dstore"
+      "$DD" init "$store" >/dev/null && "$DD" init "$dstore" >/dev/null
       measure "import, $s image (25% data)" ours --store "$store" --bytes "$bytes" --sync \
         -- "$DD" --store "$store" import "$img" --as scale --date 2024-01-01T03:00:00Z
       measure "restore, $s image" ours --out "$out" --bytes "$bytes" --sync \
@@ -889,7 +924,7 @@ phase_scale() {
   # Many manifests: the same small image imported on different days.
   img="$dir/small-$recipe.img"
   [[ -f $img ]] || python3 "$HELPER" synth "$img" $((256 << 20)) 0.5 4
-  rm -rf "$store"; have=0
+  rm -rf "$store"; have=0; "$DD" init "$store" >/dev/null
   for n in ${SCALE_MANIFESTS//,/ }; do
     for ((k = have + 1; k <= n; k++)); do
       "$DD" --store "$store" import "$img" --as many --date "$(date -u -d "2020-01-01 + $k days" +%F)" \

@@ -16,15 +16,19 @@
 //!   character). Made visible only after its blocks are durable; never
 //!   overwritten. Python 0.1.5 manifests under `.blockstore/manifests/` are
 //!   read too.
-//! - **Locking**: dumps and imports hold `.blockstore/lock` shared for their
-//!   whole run; gc holds it exclusive, marks every block any manifest names
-//!   and sweeps the rest, and deletes nothing if any manifest fails to parse.
+//! - **Locking** (`store::lock`, `store::gc`): dumps and imports never wait
+//!   for gc nor gc for them. Writers register (a flocked file whose mtime is
+//!   their start) and refresh the mtime of every block they are told is
+//!   present; gc deletes only unreferenced blocks older than
+//!   `min(its start, oldest writer's start) - GRACE`, in two phases (set
+//!   aside as `.gc`, re-checked, unlinked), and deletes nothing if any
+//!   manifest fails to parse. Only gc excludes gc (`.blockstore/lock`).
 //!
-//! | operation      | store lock | may run with      |
-//! |----------------|------------|-------------------|
-//! | dump, import   | shared     | each other, reads |
-//! | gc             | exclusive  | reads only        |
-//! | restore, info, status, verify, mount | none | everything but a gc sweep of their blocks |
+//! | operation      | waits for   | may run with      |
+//! |----------------|-------------|-------------------|
+//! | dump, import   | nothing     | everything        |
+//! | gc             | another gc  | dumps, imports, reads |
+//! | restore, info, status, verify, mount | nothing | everything (a reader finds set-aside blocks too) |
 //!
 //! - **Dump** (`receiver`, `agent_bin`, protocol in `diskdump_agent::proto`):
 //!   the static agent embedded in this binary reads the source once, hashes
@@ -33,6 +37,14 @@
 //!   decompresses each one within the block size, checks its SHA-256 and
 //!   stores it (`lz4` frames as received). A shared `InFlight` makes a block
 //!   announced by several dumps at once cross the wire once.
+//! - **Reaching hosts** (`transport`, `deploy`, `untrusted`): one small trait runs a
+//!   remote command with byte streams and an exit status; the system's OpenSSH client
+//!   (`transport::openssh`, default: the user's ssh setup applies exactly) and libssh2
+//!   (`ssh`, refusing ssh_config features it cannot honour) implement it. `deploy` starts
+//!   the cached agent in one remote command (checked and executed through one descriptor;
+//!   `--sudo` runs a root-owned system agent or a root-made copy), uploads it through stdin
+//!   when missing, and explains sudo's refusals. Remote text is escaped and capped
+//!   (`untrusted`) before it reaches a terminal or the report.
 //! - **Reading** (`image`): `ImageReader::read_at` over a manifest, through a
 //!   bounded LRU of decompressed blocks; restore and mount share it.
 //! - **Mounting** (`mountfs`, `fuse`): `MountFs` is the read-only tree of
@@ -43,6 +55,7 @@
 pub mod agent_bin;
 pub mod cli;
 pub mod commands;
+pub mod config;
 pub mod deploy;
 pub mod digest;
 pub mod fuse;
@@ -50,6 +63,7 @@ pub mod idle;
 pub mod image;
 pub mod manifest;
 pub mod mountfs;
+pub mod objstore;
 pub mod output;
 pub mod progress;
 pub mod receiver;

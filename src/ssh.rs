@@ -382,7 +382,17 @@ fn append_known_host(file: &Path, line: &str) -> Result<()> {
 fn authenticate(sess: &Session, r: &Resolved) -> Result<()> {
     let mut tried = Vec::new();
     if std::env::var_os("SSH_AUTH_SOCK").is_some() {
-        match try_agent(sess, &r.user) {
+        // IdentitiesOnly: only agent keys that are one of the identity files (by their .pub).
+        let only: Option<Vec<Vec<u8>>> = r.identities_only.then(|| {
+            r.identity_files
+                .iter()
+                .filter_map(|(p, _)| {
+                    let public = format!("{}.pub", p.display());
+                    config::public_key_blob(&fs::read_to_string(public).ok()?)
+                })
+                .collect()
+        });
+        match try_agent(sess, &r.user, only.as_deref()) {
             Ok(true) => return Ok(()),
             Ok(false) => tried.push("ssh-agent: no key accepted".to_string()),
             Err(e) => tried.push(format!("ssh-agent: {}", e.message())),
@@ -436,11 +446,14 @@ fn authenticate(sess: &Session, r: &Resolved) -> Result<()> {
     )
 }
 
-fn try_agent(sess: &Session, user: &str) -> Result<bool, ssh2::Error> {
+fn try_agent(sess: &Session, user: &str, only: Option<&[Vec<u8>]>) -> Result<bool, ssh2::Error> {
     let mut agent = sess.agent()?;
     agent.connect()?;
     agent.list_identities()?;
     for id in agent.identities()? {
+        if only.is_some_and(|keys| !keys.iter().any(|k| k.as_slice() == id.blob())) {
+            continue;
+        }
         if agent.userauth(user, &id).is_ok() && sess.authenticated() {
             return Ok(true);
         }

@@ -266,6 +266,7 @@ fn left_over_temp_files_are_reported_by_verify_and_removed_by_gc() {
     // Neither is a dump: status, restore and gc's marking ignore them.
     let r = dd(&store, &["status"]).ok();
     assert!(!r.stdout.contains(".tmp."), "{}", r.stdout);
+    common::age_store(&store);
     let r = dd(&store, &["gc"]).ok();
     assert!(r.stdout.contains("and 2 temp files"), "{}", r.stdout);
     assert!(!block_tmp.exists() && !manifest_tmp.exists());

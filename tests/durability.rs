@@ -16,6 +16,7 @@ fn import_syncs_blocks_then_writes_manifest_then_syncs_its_directory() {
     images::write(&img, &images::mixed(131072, 24, 100, 31));
     let store = dir.path().join("store");
     let trace = dir.path().join("trace");
+    common::ensure_store(&store, &["import"]);
     let st = Command::new("strace")
         .args([
             "-f",
@@ -86,6 +87,7 @@ fn import_syncs_blocks_then_writes_manifest_then_syncs_its_directory() {
 /// Runs `import` under strace, which kills it (SIGKILL) on the `when`-th
 /// call of `syscall`: a crash at an exact point of the manifest write.
 fn import_killed_at(store: &std::path::Path, img: &std::path::Path, syscall: &str, when: u32) {
+    common::ensure_store(store, &["import"]);
     let st = Command::new("strace")
         .args(["-f", "-o", "/dev/null", "-e", &format!("trace={syscall}")])
         .args(["-e", &format!("inject={syscall}:signal=KILL:when={when}")])

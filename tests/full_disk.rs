@@ -144,6 +144,7 @@ fn dump_into_a_full_store_fails_clearly_and_succeeds_after_space_is_freed() {
     fs::write(fs_.path().join("filler"), vec![1u8; 20 << 20]).unwrap();
     let target = format!("{}:{}", sshd.host_alias(), img.display());
     let dump = || {
+        common::ensure_store(&store, &["dump"]);
         let o = Command::new(common::bin())
             .args(["--store", store.to_str().unwrap(), "dump", &target])
             .args(["--as", "d"])
@@ -158,7 +159,7 @@ fn dump_into_a_full_store_fails_clearly_and_succeeds_after_space_is_freed() {
     };
     let r = dump().fails();
     assert!(
-        r.stdout.contains("FAILED") && r.stdout.to_lowercase().contains("no space"),
+        r.stdout.contains("FAILED") && !r.stdout.to_lowercase().contains("no space"),
         "{}",
         r.stdout
     );
@@ -170,6 +171,8 @@ fn dump_into_a_full_store_fails_clearly_and_succeeds_after_space_is_freed() {
         "{}",
         r.stderr
     );
+    // Each error once: the target's line, then only a count.
+    assert_eq!(r.stderr.matches("No space").count(), 1, "{}", r.stderr);
     assert_eq!(r.code, 1);
     assert!(all_manifests(&store).is_empty());
     assert!(whole_blocks_and_temps(&store, BS).1.is_empty());

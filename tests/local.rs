@@ -147,8 +147,11 @@ fn bad_input_is_refused_before_any_work() {
     .fails();
     assert!(r.stderr.contains("invalid date"), "{}", r.stderr);
     assert_eq!(r.code, 2, "a usage error");
-    assert!(!store.exists(), "nothing was created");
-    let r = dd(&store, &["status"]).fails();
+    assert!(
+        common::all_manifests(&store).is_empty() && block_files(&store).is_empty(),
+        "nothing was written"
+    );
+    let r = dd(&dir.path().join("nostore"), &["status"]).fails();
     assert!(r.stderr.contains("does not exist"), "{}", r.stderr);
     let r = dd(dir.path(), &["status"]).fails();
     assert!(r.stderr.contains("not a diskdump store"), "{}", r.stderr);
@@ -311,6 +314,7 @@ fn gc_deletes_exactly_the_unreferenced_blocks() {
     assert!(!only_b.is_empty());
     let mb = store.join(only_manifest_named(&store, "b"));
     fs::remove_file(mb).unwrap();
+    common::age_store(&store);
     let r = dd(&store, &["gc", "--dry-run"]).ok();
     assert!(
         r.stdout
@@ -478,7 +482,7 @@ fn ctrl_c_during_import_leaves_no_manifest_and_a_valid_store() {
 }
 
 #[test]
-fn gc_waits_for_a_running_import_and_never_sweeps_blocks_it_relies_on() {
+fn gc_runs_beside_an_import_and_never_sweeps_blocks_it_relies_on() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let data = images::random_bytes(8 * BS, 50);
@@ -489,21 +493,28 @@ fn gc_waits_for_a_running_import_and_never_sweeps_blocks_it_relies_on() {
         &["import", first.to_str().unwrap(), "--as", "first"],
     )
     .ok();
-    // Orphan those blocks: the next import finds them "already present".
+    // Orphan those blocks, long ago: the next import finds them "already
+    // present", and only its refreshing them keeps gc from taking them.
     fs::remove_file(only_manifest(&store)).unwrap();
+    common::age_store(&store);
     let big = dir.path().join("big.img");
     images::write(&big, &data);
     images::slow_tail(&big, 6 << 30);
-    let import = common::spawn_dd(&store, &["import", big.to_str().unwrap(), "--as", "big"]);
+    let mut import = common::spawn_dd(&store, &["import", big.to_str().unwrap(), "--as", "big"]);
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let gc = common::gc_refused_then_started(&store);
+    // The import asked about every data block and the zero block first.
+    common::gc_beside_a_writer(&store, 0);
+    assert!(
+        import.try_wait().unwrap().is_none(),
+        "gc ran while the import did"
+    );
     let imported = import.wait_with_output().unwrap();
     assert!(
         imported.status.success(),
         "{}",
         String::from_utf8_lossy(&imported.stderr)
     );
-    common::gc_waited_and_removed_nothing(gc);
+    dd(&store, &["verify"]).ok();
     let (code, bytes, _) = dd_bytes(
         &store,
         &[
@@ -523,7 +534,7 @@ fn gc_waits_for_a_running_import_and_never_sweeps_blocks_it_relies_on() {
 }
 
 #[test]
-fn a_second_gc_refuses_or_waits_clearly() {
+fn a_second_gc_refuses_or_waits_clearly_and_imports_never_wait() {
     let (dir, img) = setup(&images::mixed(BS, 4, 0, 51));
     let store = dir.path().join("store");
     dd(&store, &["import", img.to_str().unwrap(), "--as", "x"]).ok();
@@ -539,13 +550,21 @@ fn a_second_gc_refuses_or_waits_clearly() {
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
     let r = dd(&store, &["gc", "--no-wait"]).fails();
-    assert!(r.stderr.contains("busy"), "{}", r.stderr);
-    let r = dd(&store, &["import", img.to_str().unwrap(), "--as", "y"]).ok();
     assert!(
-        r.stderr.contains("waiting for a running gc"),
+        r.stderr.contains("busy") && r.stderr.contains("another gc"),
         "{}",
         r.stderr
     );
+    let t0 = std::time::Instant::now();
+    let r = dd(&store, &["import", img.to_str().unwrap(), "--as", "y"]).ok();
+    assert!(!r.stderr.contains("waiting"), "{}", r.stderr);
+    assert!(
+        t0.elapsed() < std::time::Duration::from_millis(1100),
+        "{:?}",
+        t0.elapsed()
+    );
+    let r = dd(&store, &["gc"]).ok();
+    assert!(r.stderr.contains("waiting for another gc"), "{}", r.stderr);
     let mut holder = holder;
     holder.wait().unwrap();
 }
@@ -643,7 +662,10 @@ fn hostile_dump_names_are_refused_before_any_work() {
             r.stderr
         );
     }
-    assert!(!store.exists(), "nothing was created");
+    assert!(
+        common::all_manifests(&store).is_empty() && block_files(&store).is_empty(),
+        "nothing was written"
+    );
     // The longest valid name works.
     dd(
         &store,

@@ -124,6 +124,7 @@ fn python_and_rust_read_each_others_dumps_and_gc_keeps_both() {
         .find(|p| p.to_string_lossy().ends_with("junk.manifest"))
         .unwrap();
     fs::remove_file(junk_manifest).unwrap();
+    common::age_store(&store);
     let r = dd(&store, &["gc"]).ok();
     assert!(r.stdout.contains("removed 4 unreferenced"), "{}", r.stdout);
     let r = dd(&store, &["status"]).ok();

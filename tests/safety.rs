@@ -32,6 +32,7 @@ fn restore(store: &Path, what: &str) -> Vec<u8> {
 
 /// `diskdump ARGS` under `sh -c 'umask U; exec ...'`.
 fn dd_umask(umask: &str, store: &Path, args: &[&str]) -> common::Run {
+    common::ensure_store(store, args);
     let o = Command::new("sh")
         .arg("-c")
         .arg(format!("umask {umask}; exec \"$@\""))
@@ -410,7 +411,10 @@ fn control_characters_in_names_sources_and_paths_are_refused_up_front() {
         );
         assert_eq!(r.stderr.trim_end().lines().count(), 1, "{}", r.stderr);
     }
-    assert!(!store.exists(), "nothing was created");
+    assert!(
+        common::all_manifests(&store).is_empty() && common::block_files(&store).is_empty(),
+        "nothing was written"
+    );
     // The source records the image's path: any path without one works.
     let ok = dir.path().join("ok.img");
     images::write(&ok, &images::mixed(BS, 3, 15, 0));
@@ -434,7 +438,10 @@ fn every_argument_is_checked_before_any_work() {
     )
     .fails();
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(!store.exists(), "no store, no blocks");
+    assert!(
+        common::all_manifests(&store).is_empty() && common::block_files(&store).is_empty(),
+        "no dump, no blocks"
+    );
     // Usage errors from clap exit 2 as well; --help documents the codes.
     let r = dd(&store, &["import"]).fails();
     assert_eq!(r.code, 2);
@@ -483,6 +490,8 @@ fn a_locked_store_has_its_own_exit_code() {
     let data = images::mixed(BS, 4, 18, 1);
     let (_dir, img, store) = setup(&data);
     import(&store, &img, "l");
+    // A running gc holds the lock (dumps and imports no longer take it).
+    dd(&store, &["gc"]).ok();
     let lock = fs::File::open(store.join(".blockstore/lock")).unwrap();
     // SAFETY: flock on an open file we own; released when it is closed.
     assert_eq!(

@@ -63,6 +63,12 @@ fn logs_in_with_a_key_held_by_ssh_agent() {
         ..Default::default()
     };
     let openssh = echo(&OpenSsh::new(find_ssh().unwrap(), s.host_alias(), &so));
+    // IdentitiesOnly: the agent's key is not the configured identity file: neither transport
+    // offers it, so neither logs in.
+    let cfg = fs::read_to_string(s.ssh_config()).unwrap();
+    fs::write(s.ssh_config(), format!("{cfg}    IdentitiesOnly yes\n")).unwrap();
+    let only_libssh2 = Libssh2::connect(s.host_alias(), &o).and_then(|t| echo(&t));
+    let only_openssh = echo(&OpenSsh::new(find_ssh().unwrap(), s.host_alias(), &so));
     let _ = agent.kill();
     let _ = agent.wait();
     for res in [libssh2, openssh] {
@@ -71,4 +77,7 @@ fn logs_in_with_a_key_held_by_ssh_agent() {
             (0, b"via-agent\n".to_vec())
         );
     }
+    let e = format!("{:#}", only_libssh2.unwrap_err());
+    assert!(e.contains("passphrase-protected"), "{e}");
+    assert_eq!(only_openssh.unwrap().0, 255, "OpenSSH refuses too");
 }

@@ -95,7 +95,7 @@ pub fn run(store_dir: &Path, o: &ImportOptions) -> Result<u8> {
         )
     };
     manifest::validate_source(&source).map_err(as_usage)?;
-    let store = LocalStore::open_or_create_in_group(store_dir, o.block_size, group)?;
+    let store = LocalStore::open_for_writing(store_dir, o.block_size, group)?;
     let _lock = store.lock(LockKind::Shared, true)?;
     let marker = store.begin_writes()?;
     let bs = store.block_size();
@@ -126,6 +126,21 @@ pub fn run(store_dir: &Path, o: &ImportOptions) -> Result<u8> {
     let (entry, m, stats) = written?;
     ended?;
     let took = started.elapsed();
+    if crate::output::json() {
+        crate::output::emit(&serde_json::json!({
+            "image": image.display().to_string(),
+            "manifest": entry.rel,
+            "name": name,
+            "size": size,
+            "blocks": m.blocks.len(),
+            "blocks_new": stats.new,
+            "blocks_present": stats.present,
+            "blocks_zero": stats.zero,
+            "bytes_written": stats.bytes_written,
+            "seconds": took.as_secs_f64(),
+        }))?;
+        return Ok(0);
+    }
     crate::outln!(
         "imported {} as {}: {} blocks ({} new, {} already present, {} zero), read {} in {} ({}), wrote {}",
         image.display(),

@@ -58,6 +58,8 @@ pub(crate) struct Resolved {
     pub user: String,
     /// (path, came from the config): default files that do not exist are skipped silently.
     pub identity_files: Vec<(PathBuf, bool)>,
+    /// `IdentitiesOnly yes`: ssh-agent keys only when they are one of `identity_files`.
+    pub identities_only: bool,
     pub known_hosts: Vec<PathBuf>,
     pub accept_new: bool,
     pub connect_timeout: Duration,
@@ -157,13 +159,16 @@ pub(crate) fn resolve(dest: &str, opts: &SshOptions) -> Result<Resolved> {
     for f in p.identity_file.iter().flatten() {
         identity_files.push((expand(&f.to_string_lossy())?, true));
     }
-    for name in ["id_ed25519", "id_ecdsa", "id_rsa"] {
-        let f = home.join(".ssh").join(name);
-        if !identity_files.iter().any(|(p, _)| *p == f) {
-            identity_files.push((f, false));
+    // As OpenSSH: the default files only when the config names none.
+    if identity_files.is_empty() {
+        for name in ["id_ed25519", "id_ecdsa", "id_rsa"] {
+            identity_files.push((home.join(".ssh").join(name), false));
         }
     }
     let unsupported = |key: &str| p.unsupported_fields.get(key).cloned().unwrap_or_default();
+    let identities_only = unsupported("identitiesonly")
+        .first()
+        .is_some_and(|v| v.eq_ignore_ascii_case("yes"));
     let known_hosts = match &opts.known_hosts {
         Some(f) => vec![f.clone()],
         None => match unsupported("userknownhostsfile") {
@@ -182,6 +187,7 @@ pub(crate) fn resolve(dest: &str, opts: &SshOptions) -> Result<Resolved> {
         port,
         user,
         identity_files,
+        identities_only,
         known_hosts,
         accept_new,
         connect_timeout,
@@ -218,6 +224,7 @@ fn load_config(explicit: Option<&Path>, home: &Path, alias: &str) -> Result<SshC
 const HONOURED: &[&str] = &[
     "host",
     "hostname",
+    "identitiesonly",
     "port",
     "user",
     "identityfile",
@@ -432,6 +439,11 @@ pub(crate) fn fingerprint(blob: &[u8]) -> String {
     format!("SHA256:{}", base64_encode(&Sha256::digest(blob), false))
 }
 
+/// The key blob of a public key line (`type base64 [comment]`, as in `id_ed25519.pub`).
+pub(crate) fn public_key_blob(line: &str) -> Option<Vec<u8>> {
+    base64_decode(line.split_whitespace().nth(1)?)
+}
+
 /// Whether a private key file needs a passphrase; `None` when the format is not recognized.
 /// libssh2 reports an encrypted key as "Unable to extract public key from private key", so we
 /// look for ourselves: OpenSSH format names its cipher ("none" when clear), PEM says
@@ -561,9 +573,11 @@ mod tests {
             (PathBuf::from(format!("{home}/.ssh/web_cfguser")), true)
         );
         assert_eq!(
-            r.identity_files[1],
-            (PathBuf::from(format!("{home}/.ssh/id_ed25519")), false)
+            r.identity_files.len(),
+            1,
+            "no defaults when the config names one"
         );
+        assert!(!r.identities_only);
         assert_eq!(
             r.known_hosts,
             [

@@ -3,15 +3,19 @@
 
 mod config;
 mod dirty;
+mod gc;
 mod local;
 mod lock;
 mod modes;
 
 pub use config::{check_block_size, StoreConfig, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
 pub use dirty::DirtyMarker;
+pub use gc::{GcStart, SweepStats, GRACE};
 pub use local::{read_manifest_file, rename_noreplace, LocalStore};
 pub use lock::{LockKind, StoreBusy, StoreLock};
 pub use modes::resolve_group;
+
+use local::rename_noreplace as local_rename_noreplace;
 
 use crate::digest::Digest;
 use crate::manifest::Manifest;
