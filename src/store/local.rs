@@ -372,8 +372,9 @@ impl Store for LocalStore {
         };
         let limit = self.config.block_size;
         let meta = f.metadata()?;
-        let shape =
-            blockfmt::check_shape(meta.len(), limit, &mut |off, buf| read_full_at(&f, off, buf));
+        let shape = blockfmt::check_shape(meta.len(), limit, &mut |off, buf| {
+            read_full_at(&f, off, buf)
+        });
         if let Err(e) = shape {
             self.move_damaged(d, &f, &e.to_string())?;
             return Ok(false);
