@@ -45,7 +45,7 @@ fn manifests(store: &Path) -> Vec<PathBuf> {
 }
 
 fn restore(store: &Path, name: &str) -> Vec<u8> {
-    let (code, bytes, err) = common::dd_bytes(store, &["restore", name]);
+    let (code, bytes, err) = common::diskdump_bytes(store, &["restore", name]);
     assert_eq!(code, 0, "{err}");
     bytes
 }
@@ -120,7 +120,7 @@ fn dump_and_redump(transport: &str) {
     let o = run(&sshd, &store, &["dump", &target, "--as", "disk1"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(restore(&store, "disk1") == data, "restored bytes differ");
-    common::dd(&store, &["verify"]).ok();
+    common::diskdump(&store, &["verify"]).ok();
     let blocks_before = common::block_files(&store);
     let o = run(&sshd, &store, &["dump", &target, "--as", "disk1"]);
     assert!(o.status.success(), "{}", text(&o));
@@ -176,7 +176,7 @@ fn two_targets_in_parallel_each_with_its_own_flags() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(restore(&store, "alpha") == a);
     assert!(restore(&store, "beta") == b);
-    common::dd(&store, &["verify"]).ok();
+    common::diskdump(&store, &["verify"]).ok();
 }
 
 #[test]
@@ -297,7 +297,7 @@ fn bad_targets_and_flags_are_refused_before_connecting() {
         ),
         (vec!["dump", "h:/x", "--batch-size", "0"], "batch"),
     ] {
-        let r = common::dd(&store, &args).fails();
+        let r = common::diskdump(&store, &args).fails();
         assert!(r.stderr.contains(want), "{args:?}: {}", r.stderr);
     }
     assert!(manifests(&store).is_empty() && common::block_files(&store).is_empty());
@@ -328,7 +328,7 @@ fn ctrl_c_stops_the_agent_writes_no_manifest_and_the_rerun_resends_nothing() {
         text(&o)
     );
     assert!(manifests(&store).is_empty());
-    common::dd(&store, &["verify"]).ok();
+    common::diskdump(&store, &["verify"]).ok();
     // The agent exits once its session is cut.
     wait_agent_gone(&img);
     // Shrink the tail so the re-run is quick; the data blocks are all there.
@@ -430,10 +430,10 @@ fn kill_9_of_the_storage_side_leaves_whole_blocks_and_the_rerun_sends_only_the_r
     assert!(o.status.success(), "{}", text(&o));
     let (new, _) = summary(&o, &target);
     assert_eq!(new as usize, 256 - data_present, "{}", text(&o));
-    let r = common::dd(&store, &["gc"]).ok();
+    let r = common::diskdump(&store, &["gc"]).ok();
     assert!(r.stdout.contains("removed 0 unreferenced"), "{}", r.stdout);
     assert!(common::whole_blocks_and_temps(&store, BS).1.is_empty());
-    common::dd(&store, &["verify"]).ok();
+    common::diskdump(&store, &["verify"]).ok();
     assert!(restore(&store, "big") == data);
 }
 
@@ -568,7 +568,7 @@ fn kill_9_of_the_agent_fails_the_dump_clearly_and_the_rerun_sends_only_the_rest(
     assert!(manifests(&store).is_empty());
     let (present, temps) = common::whole_blocks_and_temps(&store, BS);
     assert!(temps.is_empty(), "{temps:?}");
-    common::dd(&store, &["verify"]).ok();
+    common::diskdump(&store, &["verify"]).ok();
     images::set_len(&img, data.len() as u64);
     let o = run(&sshd, &store, &["dump", &target, "--as", "big"]);
     assert!(o.status.success(), "{}", text(&o));
@@ -586,7 +586,7 @@ fn gc_during_a_dump_runs_at_once_and_keeps_the_blocks_the_dump_was_told_are_pres
     let data = images::random_bytes(64 * BS, 51);
     let first = dir.path().join("first.img");
     images::write(&first, &data[..32 * BS]);
-    common::dd(
+    common::diskdump(
         &store,
         &["import", first.to_str().unwrap(), "--as", "first"],
     )
@@ -612,9 +612,9 @@ fn gc_during_a_dump_runs_at_once_and_keeps_the_blocks_the_dump_was_told_are_pres
     common::gc_beside_a_writer(&store, 1);
     let o = dump.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", text(&o));
-    common::dd(&store, &["verify"]).ok();
+    common::diskdump(&store, &["verify"]).ok();
     let out = dir.path().join("r.img");
-    common::dd(&store, &["restore", "big", "-o", out.to_str().unwrap()]).ok();
+    common::diskdump(&store, &["restore", "big", "-o", out.to_str().unwrap()]).ok();
     let restored = fs::File::open(&out).unwrap();
     let mut head = vec![0u8; data.len()];
     std::io::Read::read_exact(&mut &restored, &mut head).unwrap();
@@ -649,7 +649,7 @@ fn sigterm_stops_a_dump_like_ctrl_c() {
     );
     assert!(manifests(&store).is_empty());
     common::whole_blocks_and_temps(&store, BS);
-    common::dd(&store, &["verify"]).ok();
+    common::diskdump(&store, &["verify"]).ok();
     wait_agent_gone(&img);
 }
 
@@ -680,7 +680,7 @@ fn a_broken_block_is_stored_again_by_the_next_dump() {
         let (new, _) = summary(&o, &target);
         assert_eq!(new, 1, "cut to {cut}: {}", text(&o));
         assert!(restore(&store, "b") == data, "cut to {cut}");
-        common::dd(&store, &["verify"]).ok();
+        common::diskdump(&store, &["verify"]).ok();
     }
 }
 
@@ -851,7 +851,7 @@ fn with_sudo_a_swapped_agent_file_never_runs_as_root() {
         outcomes.iter().any(|&ok| ok),
         "some dumps get through: {outcomes:?}"
     );
-    common::dd(&store, &["verify"]).ok();
+    common::diskdump(&store, &["verify"]).ok();
     drop(rule);
 }
 
@@ -864,7 +864,7 @@ fn a_config_group_is_dumped_and_pruned_by_name_like_a_nightly_job() {
     images::write(&a, &images::random_bytes(8 * BS, 130));
     images::write(&b, &images::random_bytes(4 * BS, 131));
     let store = dir.path().join("store");
-    common::dd(&store, &["init"]).ok();
+    common::diskdump(&store, &["init"]).ok();
     let cfg = dir.path().join("config.toml");
     let h = sshd.host_alias();
     fs::write(

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{dd, images};
+use common::{diskdump, images};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -35,7 +35,7 @@ fn manifest_of(store: &Path, name: &str) -> PathBuf {
 
 fn restores_to(store: &Path, dir: &Path, name: &str, data: &[u8]) {
     let out = dir.join("restored.img");
-    let r = dd(
+    let r = diskdump(
         store,
         &["restore", name, "-o", out.to_str().unwrap(), "--force"],
     );
@@ -53,7 +53,7 @@ fn imports_and_gc_race_and_nothing_is_lost() {
     let store = dir.path().join("store");
     let seed = dir.path().join("seed.img");
     images::write(&seed, &image(0, 9));
-    dd(
+    diskdump(
         &store,
         &[
             "import",
@@ -92,7 +92,7 @@ fn imports_and_gc_race_and_nothing_is_lost() {
                 let _q = quiet.lock().unwrap();
                 if i.is_multiple_of(4) {
                     // Killed half-way: while it sets blocks aside or settles.
-                    let mut c = common::spawn_dd(&store, &["gc"]);
+                    let mut c = common::spawn_diskdump(&store, &["gc"]);
                     std::thread::sleep(Duration::from_millis(100 + (i * 137) % 900));
                     common::signal(&c, libc::SIGKILL);
                     c.wait().unwrap();
@@ -104,7 +104,7 @@ fn imports_and_gc_race_and_nothing_is_lost() {
                     continue;
                 }
                 let t0 = Instant::now();
-                let r = dd(&store, &["gc", "--json"]).ok();
+                let r = diskdump(&store, &["gc", "--json"]).ok();
                 max = max.max(t0.elapsed());
                 assert!(!r.stderr.contains("waiting"), "gc waited: {}", r.stderr);
                 let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
@@ -128,7 +128,10 @@ fn imports_and_gc_race_and_nothing_is_lost() {
                 images::slow_tail(&img, TAIL);
                 let name = format!("r{r}-{k}");
                 let t0 = Instant::now();
-                let c = common::spawn_dd(&store, &["import", img.to_str().unwrap(), "--as", &name]);
+                let c = common::spawn_diskdump(
+                    &store,
+                    &["import", img.to_str().unwrap(), "--as", &name],
+                );
                 children.push((name, c, t0, image(r, k)));
             }
             for (name, c, t0, data) in children {
@@ -166,8 +169,8 @@ fn imports_and_gc_race_and_nothing_is_lost() {
         .iter()
         .filter(|p| p.to_string_lossy().ends_with(".lz4.gc"))
         .count();
-    dd(&store, &["gc"]).ok();
-    dd(&store, &["verify"]).ok();
+    diskdump(&store, &["gc"]).ok();
+    diskdump(&store, &["verify"]).ok();
     for (name, data) in &kept {
         restores_to(&store, dir.path(), name, data);
     }

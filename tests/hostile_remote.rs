@@ -271,6 +271,6 @@ fn a_remote_that_never_exits_after_done_is_cut_off_and_releases_the_store() {
     );
     assert!(t0.elapsed().as_secs() < 60, "{:?}", t0.elapsed());
     // The store lock went with it: gc runs at once, and the blocks that came verify.
-    common::dd(&store, &["gc", "--no-wait"]).ok();
-    common::dd(&store, &["verify"]).ok();
+    common::diskdump(&store, &["gc", "--no-wait"]).ok();
+    common::diskdump(&store, &["verify"]).ok();
 }

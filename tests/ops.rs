@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{dd, images, sha256_hex};
+use common::{diskdump, images, sha256_hex};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -21,7 +21,7 @@ fn block_path(store: &Path, data: &[u8]) -> PathBuf {
 fn json(store: &Path, args: &[&str]) -> (i32, Value) {
     let mut a = vec!["--json"];
     a.extend_from_slice(args);
-    let r = dd(store, &a);
+    let r = diskdump(store, &a);
     let v = serde_json::from_str(&r.stdout)
         .unwrap_or_else(|e| panic!("{args:?}: not one JSON document ({e}): {}", r.stdout));
     (r.code, v)
@@ -34,7 +34,7 @@ fn salvage_writes_zeros_for_unreadable_blocks_and_lists_them() {
     let img = dir.path().join("d.img");
     images::write(&img, &data);
     let store = dir.path().join("store");
-    dd(&store, &["import", img.to_str().unwrap(), "--as", "d"]).ok();
+    diskdump(&store, &["import", img.to_str().unwrap(), "--as", "d"]).ok();
     // Blocks 2 and 3 corrupt, block 6 gone.
     for i in [2, 3] {
         std::fs::write(block_path(&store, &data[i * BS..(i + 1) * BS]), b"garbage").unwrap();
@@ -42,10 +42,10 @@ fn salvage_writes_zeros_for_unreadable_blocks_and_lists_them() {
     std::fs::remove_file(block_path(&store, &data[6 * BS..7 * BS])).unwrap();
     let out = dir.path().join("out.img");
     // The default stays strict: an error, no output file.
-    let r = dd(&store, &["restore", "d", "-o", out.to_str().unwrap()]).fails();
+    let r = diskdump(&store, &["restore", "d", "-o", out.to_str().unwrap()]).fails();
     assert!(r.stderr.contains("block 2"), "{}", r.stderr);
     assert!(!out.exists());
-    let r = dd(
+    let r = diskdump(
         &store,
         &["restore", "d", "-o", out.to_str().unwrap(), "--salvage"],
     );
@@ -85,7 +85,7 @@ fn salvage_writes_zeros_for_unreadable_blocks_and_lists_them() {
     assert_eq!(v["bad_ranges"][1]["length"], BS);
     assert_eq!(v["size"], 8 * BS);
     // --json without -o would mix the image into the document: refused.
-    let r = dd(&store, &["--json", "restore", "d", "--salvage"]).fails();
+    let r = diskdump(&store, &["--json", "restore", "d", "--salvage"]).fails();
     assert_eq!(r.code, 2, "{}", r.stderr);
 }
 
@@ -241,7 +241,7 @@ fn every_reporting_command_prints_one_json_document_with_the_documented_fields()
         assert!(v.get(f).is_some(), "restore: {f} in {v}");
     }
     // Errors stay on stderr: stdout is empty, not half a document.
-    let r = dd(&store, &["--json", "info", "nosuch"]).fails();
+    let r = diskdump(&store, &["--json", "info", "nosuch"]).fails();
     assert!(
         r.stdout.is_empty() && r.stderr.contains("nosuch"),
         "{}",
@@ -292,9 +292,9 @@ fn the_systemd_units_verify() {
     assert!(err.trim().is_empty(), "{err}");
     // The example config parses and its group resolves.
     let store = dir.path().join("store");
-    dd(&store, &["init"]).ok();
+    diskdump(&store, &["init"]).ok();
     let cfg = units.join("config.toml");
-    let r = dd(
+    let r = diskdump(
         &store,
         &[
             "--config",
@@ -323,7 +323,7 @@ fn completions_man_pages_and_mounts_store_from_store_flag() {
         ("zsh", "#compdef diskdump"),
         ("fish", "complete -c diskdump"),
     ] {
-        let r = dd(&store, &["completions", shell]).ok();
+        let r = diskdump(&store, &["completions", shell]).ok();
         assert!(
             r.stdout.contains(marker),
             "{shell}: {}",
@@ -335,7 +335,7 @@ fn completions_man_pages_and_mounts_store_from_store_flag() {
         );
     }
     let man = dir.path().join("man1");
-    let r = dd(&store, &["manpages", man.to_str().unwrap()]).ok();
+    let r = diskdump(&store, &["manpages", man.to_str().unwrap()]).ok();
     for page in [
         "diskdump.1",
         "diskdump-forget.1",
@@ -353,7 +353,7 @@ fn completions_man_pages_and_mounts_store_from_store_flag() {
     // mount takes its store from --store (or $DISKDUMP_STORE) like every command.
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let r = dd(&store, &["mount", mnt.to_str().unwrap()]).fails();
+    let r = diskdump(&store, &["mount", mnt.to_str().unwrap()]).fails();
     assert!(
         r.stderr.contains(store.to_str().unwrap()) && r.stderr.contains("diskdump init"),
         "{}",

@@ -157,7 +157,7 @@ pub fn run(
         Target::Stdout => {
             let stdout = io::stdout();
             let mut out = stdout.lock();
-            write_image(&reader, &mut Sink::Stream(&mut out), &mut bad).with_context(ctx)?;
+            write_image(&reader, &mut Destination::Stream(&mut out), &mut bad).with_context(ctx)?;
             out.flush()?;
         }
         Target::BlockDevice { mut dev, .. } => {
@@ -170,11 +170,11 @@ pub fn run(
             }
             dev.seek(SeekFrom::Start(0)).with_context(ctx)?;
             // A device keeps its old contents under holes: write every byte.
-            write_image(&reader, &mut Sink::Stream(&mut dev), &mut bad).with_context(ctx)?;
+            write_image(&reader, &mut Destination::Stream(&mut dev), &mut bad).with_context(ctx)?;
             dev.sync_all().with_context(ctx)?;
         }
         Target::Stream { mut dev, .. } => {
-            write_image(&reader, &mut Sink::Stream(&mut dev), &mut bad).with_context(ctx)?;
+            write_image(&reader, &mut Destination::Stream(&mut dev), &mut bad).with_context(ctx)?;
             dev.flush().with_context(ctx)?;
         }
         Target::File { path, replace } => {
@@ -222,7 +222,7 @@ pub fn run(
 }
 
 /// Where the bytes go: a file we may leave holes in, or anything else.
-enum Sink<'a> {
+enum Destination<'a> {
     Sparse(&'a File),
     Stream(&'a mut dyn Write),
 }
@@ -243,7 +243,7 @@ fn restore_to_file(
             .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
-        write_image(reader, &mut Sink::Sparse(&f), bad)?;
+        write_image(reader, &mut Destination::Sparse(&f), bad)?;
         f.set_len(reader.size())?;
         if replace {
             fs::rename(&tmp, path)?;
@@ -275,7 +275,7 @@ fn tmp_path(path: &Path) -> PathBuf {
 /// be read is zeros and joins the list instead of stopping the restore.
 fn write_image(
     reader: &ImageReader,
-    sink: &mut Sink,
+    dest: &mut Destination,
     bad: &mut Option<Vec<BadRange>>,
 ) -> Result<()> {
     let m = reader.manifest();
@@ -298,11 +298,11 @@ fn write_image(
                 None // zeros: a hole in a file, written to a stream
             }
         };
-        match (&mut *sink, &data) {
-            (Sink::Sparse(f), Some(b)) => f.write_all_at(&b[..len], offset)?,
-            (Sink::Sparse(_), None) => {}
-            (Sink::Stream(w), Some(b)) => w.write_all(&b[..len])?,
-            (Sink::Stream(w), None) => w.write_all(&zeros[..len])?,
+        match (&mut *dest, &data) {
+            (Destination::Sparse(f), Some(b)) => f.write_all_at(&b[..len], offset)?,
+            (Destination::Sparse(_), None) => {}
+            (Destination::Stream(w), Some(b)) => w.write_all(&b[..len])?,
+            (Destination::Stream(w), None) => w.write_all(&zeros[..len])?,
         }
         offset += len as u64;
         bar.inc(len as u64);

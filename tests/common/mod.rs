@@ -84,7 +84,7 @@ pub fn ensure_store(store: &Path, args: &[&str]) {
 }
 
 /// Runs `diskdump --store STORE ARGS...`.
-pub fn dd(store: &Path, args: &[&str]) -> Run {
+pub fn diskdump(store: &Path, args: &[&str]) -> Run {
     ensure_store(store, args);
     let o = Command::new(bin())
         .arg("--store")
@@ -97,7 +97,7 @@ pub fn dd(store: &Path, args: &[&str]) -> Run {
 }
 
 /// Runs `diskdump --store STORE ARGS...` and returns its raw stdout.
-pub fn dd_bytes(store: &Path, args: &[&str]) -> (i32, Vec<u8>, String) {
+pub fn diskdump_bytes(store: &Path, args: &[&str]) -> (i32, Vec<u8>, String) {
     ensure_store(store, args);
     let o = Command::new(bin())
         .arg("--store")
@@ -113,7 +113,7 @@ pub fn dd_bytes(store: &Path, args: &[&str]) -> (i32, Vec<u8>, String) {
 }
 
 /// Starts `diskdump --store STORE ARGS...` in the background, output captured.
-pub fn spawn_dd(store: &Path, args: &[&str]) -> std::process::Child {
+pub fn spawn_diskdump(store: &Path, args: &[&str]) -> std::process::Child {
     ensure_store(store, args);
     Command::new(bin())
         .arg("--store")
@@ -266,7 +266,7 @@ pub fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
 /// not asked about yet); returns gc's report.
 pub fn gc_beside_a_writer(store: &Path, max_removed: u64) -> serde_json::Value {
     let t0 = std::time::Instant::now();
-    let r = dd(store, &["gc", "--no-wait", "--json"]).ok();
+    let r = diskdump(store, &["gc", "--no-wait", "--json"]).ok();
     assert!(!r.stderr.contains("waiting"), "{}", r.stderr);
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(v["running_writers"], 1, "{v}");
