@@ -121,7 +121,10 @@ mod tests {
     #[test]
     fn long_sources_keep_their_host_and_end() {
         assert_eq!(shorten("web:/dev/sda", 40), "web:/dev/sda");
-        let s = shorten("server01.example.org:/srv/images/very/long/path/disk.img", 20);
+        let s = shorten(
+            "server01.example.org:/srv/images/very/long/path/disk.img",
+            20,
+        );
         assert_eq!(s.chars().count(), 20);
         assert!(s.starts_with("server01.") && s.ends_with("disk.img"), "{s}");
     }
