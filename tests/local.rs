@@ -693,9 +693,9 @@ fn restore_leaves_zero_pages_inside_data_blocks_as_holes() {
     f.set_len(data.len() as u64).unwrap();
     f.sync_all().unwrap();
     let store = dir.path().join("store");
-    dd(&store, &["import", img.to_str().unwrap(), "--as", "pages"]).ok();
+    diskdump(&store, &["import", img.to_str().unwrap(), "--as", "pages"]).ok();
     let out = dir.path().join("out.img");
-    dd(&store, &["restore", "pages", "-o", out.to_str().unwrap()]).ok();
+    diskdump(&store, &["restore", "pages", "-o", out.to_str().unwrap()]).ok();
     assert!(fs::read(&out).unwrap() == data);
     let (src, got) = (fs::metadata(&img).unwrap(), fs::metadata(&out).unwrap());
     assert!(
