@@ -210,10 +210,13 @@ pub(crate) fn spawn(mut cmd: Command, label: String) -> Result<RemoteProcess> {
         .name(format!("ssh {label}"))
         .spawn(move || wait_child(&waited, &rx))?;
     let kill = Arc::new(move || {
-        // Under the lock, so the child cannot be reaped (and its pid reused) meanwhile.
+        // Under the lock, so the child cannot be reaped (and its pid reused) meanwhile. The
+        // whole process group: a ProxyCommand goes with ssh (a ControlPersist master has
+        // left the group and stays).
         let mut c = child.lock().unwrap_or_else(|p| p.into_inner());
         if matches!(c.try_wait(), Ok(None)) {
-            let _ = c.kill();
+            // SAFETY: kill(2) of the group our unreaped child leads (process_group(0)).
+            unsafe { libc::kill(-(c.id() as libc::pid_t), libc::SIGKILL) };
         }
     });
     Ok(RemoteProcess {
