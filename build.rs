@@ -70,10 +70,12 @@ fn probe_test_requirements() {
         "have_lz4",
         "have_sudo",
         "have_time",
+        "have_garage",
         "have_network",
     ];
     println!("cargo:rerun-if-env-changed=CI");
     println!("cargo:rerun-if-env-changed=DISKDUMP_TEST_NETWORK");
+    println!("cargo:rerun-if-env-changed=GARAGE");
     // Installing a package changes these directories' contents.
     println!("cargo:rerun-if-changed=/usr/sbin");
     println!("cargo:rerun-if-changed=/usr/bin");
@@ -109,6 +111,17 @@ fn probe_test_requirements() {
         ("have_lz4", tool("lz4")),
         ("have_sudo", root && tool("sudo") && tool("useradd")),
         ("have_time", Path::new("/usr/bin/time").exists()),
+        // What examples/garage-cluster.sh runs: $GARAGE, PATH, or .ci/run's build.
+        (
+            "have_garage",
+            env::var_os("GARAGE").is_some()
+                || tool("garage")
+                || env::var_os("HOME").is_some_and(|h| {
+                    Path::new(&h)
+                        .join(".cache/diskdump-ci/garage-2.5.0/bin/garage")
+                        .exists()
+                }),
+        ),
         // Tests that fetch from a package registry (pip, debootstrap).
         (
             "have_network",

@@ -58,6 +58,7 @@ pub mod idle;
 pub mod image;
 pub mod manifest;
 pub mod mountfs;
+pub mod objstore;
 pub mod output;
 pub mod progress;
 pub mod receiver;

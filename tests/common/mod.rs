@@ -2,6 +2,7 @@
 //! and fail loudly when a requirement the build promised is missing (`need`).
 #![allow(dead_code)]
 
+pub mod garage;
 pub mod images;
 pub mod mount;
 pub mod sshd;

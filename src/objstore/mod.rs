@@ -1,0 +1,81 @@
+//! Objects in a bucket: the dumb layer under a store that lives on an object
+//! store (docs/DESIGN.md §8). Keys and bytes only: put, ranged get, list,
+//! delete. Packing, indexes and manifests live above it; the S3 client and
+//! an in-memory twin for unit tests live below.
+
+mod location;
+mod memory;
+pub mod pack;
+pub mod packed;
+mod s3;
+
+pub use location::S3Location;
+#[doc(hidden)]
+pub use memory::check_contract;
+pub use memory::MemoryObjects;
+pub use s3::{S3Config, S3Objects};
+
+use std::fmt;
+
+/// One listed object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// The key relative to the store's prefix.
+    pub key: String,
+    pub size: u64,
+}
+
+/// What went wrong, naming the operation, bucket and key, so an operator can
+/// tell a missing object from a network failure from a refusal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectError {
+    pub op: &'static str,
+    /// `s3://bucket/prefix/key` (or the bucket alone).
+    pub what: String,
+    pub kind: ErrorKind,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The object (or the bucket) does not exist.
+    NotFound,
+    /// Credentials refused or not allowed.
+    Denied,
+    /// The service could not be reached or kept failing (after retries).
+    Unavailable,
+    /// Anything else the service answered (a bad request, a malformed answer).
+    Other,
+}
+
+impl fmt::Display for ObjectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.op, self.what, self.detail)
+    }
+}
+
+impl std::error::Error for ObjectError {}
+
+impl ObjectError {
+    pub fn is_not_found(&self) -> bool {
+        self.kind == ErrorKind::NotFound
+    }
+}
+
+/// A flat namespace of immutable-once-written objects. Implementations are
+/// blocking and safe to share between threads.
+pub trait ObjectStore: Send + Sync {
+    /// `s3://bucket/prefix` or similar, for messages.
+    fn describe(&self) -> String;
+    /// Checks that the bucket is there and the credentials work.
+    fn check(&self) -> Result<(), ObjectError>;
+    /// Writes the whole object; returns once the service has stored it.
+    fn put(&self, key: &str, data: &[u8]) -> Result<(), ObjectError>;
+    fn get(&self, key: &str) -> Result<Vec<u8>, ObjectError>;
+    /// `len` bytes from `offset`; fewer only if the object ends first.
+    fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, ObjectError>;
+    /// Every object whose key starts with `prefix`, sorted by key.
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, ObjectError>;
+    /// Removes the object; removing a missing one is not an error.
+    fn delete(&self, key: &str) -> Result<(), ObjectError>;
+}
