@@ -72,6 +72,7 @@ fn probe_test_requirements() {
         "have_time",
         "have_garage",
         "have_network",
+        "have_systemd_analyze",
     ];
     println!("cargo:rerun-if-env-changed=CI");
     println!("cargo:rerun-if-env-changed=DISKDUMP_TEST_NETWORK");
@@ -111,6 +112,7 @@ fn probe_test_requirements() {
         ("have_lz4", tool("lz4")),
         ("have_sudo", root && tool("sudo") && tool("useradd")),
         ("have_time", Path::new("/usr/bin/time").exists()),
+        ("have_systemd_analyze", tool("systemd-analyze")),
         // What examples/garage-cluster.sh runs: $GARAGE, PATH, or .ci/run's build.
         (
             "have_garage",

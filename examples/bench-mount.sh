@@ -35,6 +35,7 @@ fio_iops() { # label
         awk -F';' -v l="$2" '{ printf "%-34s %7d IOPS\n", l, $8 }'
 }
 
+[ -e "$STORE/.blockstore" ] || "$BIN" init "$STORE" >/dev/null
 "$BIN" --store "$STORE" import "$IMG" --as bench --date 2026-01-01
 
 echo "== baseline: the raw image file"

@@ -543,7 +543,8 @@ store_of() { case $2 in day1|day2) echo "$STORES/$1" ;; *) echo "$STORES/$1-$2" 
 
 cmd_init() {   # TOOL STORE
   case $1 in
-    ours|python) CMD=(rm -rf "$2") ;;
+    ours) CMD=(bash -c 'rm -rf "$1" && "$2" init "$1" >/dev/null' _ "$2" "$DD") ;;
+    python) CMD=(rm -rf "$2") ;;
     borg) CMD=(bash -c 'rm -rf "$1" && borg init -e none "$1"' _ "$2") ;;
     restic) CMD=(bash -c 'rm -rf "$1" && restic -q -r "$1" init' _ "$2") ;;
   esac
@@ -584,7 +585,8 @@ cmd_verify() {
 # than its cache), so a copy of one gets a copy of that state too.
 cmd_gc_prepare() {   # TOOL STORE GCSTORE: a copy of the store without day 1
   case $1 in
-    ours) CMD=(bash -c 'rm -rf "$2" && cp -a "$1" "$2" && rm "$2"/2024/01/01/bench.manifest' _ "$2" "$3") ;;
+    # Day 1 deleted a while ago: gc leaves blocks younger than a minute alone.
+    ours) CMD=(bash -c 'rm -rf "$2" && cp -a "$1" "$2" && rm "$2"/2024/01/01/bench.manifest && find "$2/.blockstore" -name "*.lz4" -exec touch -d "1 hour ago" {} +' _ "$2" "$3") ;;
     python) CMD=(bash -c 'rm -rf "$2" && cp -a "$1" "$2" && rm "$2"/.blockstore/manifests/bench.vda/0.manifest' _ "$2" "$3") ;;
     borg) CMD=(bash -c 'rm -rf "$2" "$2.base" && cp -a "$1" "$2" && cp -a "$BORG_BASE_DIR" "$2.base"' _ "$2" "$3") ;;
     restic) CMD=(bash -c 'rm -rf "$2" "$2.cache" && cp -a "$1" "$2" && cp -a "$RESTIC_CACHE_DIR" "$2.cache"' _ "$2" "$3") ;;
@@ -720,7 +722,7 @@ phase_dump() {
         [[ $tool == python ]] && label="python 0.1.5 (zlib)"
         store="$STORES/dump-$tool-$comp-$transport"
         for kind in day1 day2 day2-again rand sparse; do
-          case $kind in day1|rand|sparse) rm -rf "$store" ;; esac
+          case $kind in day1|rand|sparse) rm -rf "$store"; [[ $tool == ours ]] && "$DD" init "$store" >/dev/null ;; esac
           PREP_ERR[$tool]=$SSH_ERR
           cmd_dump "$tool" "$store" "$IMG/${kind%-again}.img" "$comp" "$transport"
           measure "${GROUP_DUMP[$kind]}" "$label" --store "$store" --wire --sync \
@@ -896,6 +898,7 @@ phase_scale() {
     fi
     for RUN in $(seq "$RUNS"); do
       rm -rf "$store" "$dstore"
+      "$DD" init "$store" >/dev/null && "$DD" init "$dstore" >/dev/null
       measure "import, $s image (25% data)" ours --store "$store" --bytes "$bytes" --sync \
         -- "$DD" --store "$store" import "$img" --as scale --date 2024-01-01T03:00:00Z
       measure "restore, $s image" ours --out "$out" --bytes "$bytes" --sync \
@@ -921,7 +924,7 @@ phase_scale() {
   # Many manifests: the same small image imported on different days.
   img="$dir/small-$recipe.img"
   [[ -f $img ]] || python3 "$HELPER" synth "$img" $((256 << 20)) 0.5 4
-  rm -rf "$store"; have=0
+  rm -rf "$store"; have=0; "$DD" init "$store" >/dev/null
   for n in ${SCALE_MANIFESTS//,/ }; do
     for ((k = have + 1; k <= n; k++)); do
       "$DD" --store "$store" import "$img" --as many --date "$(date -u -d "2020-01-01 + $k days" +%F)" \

@@ -64,11 +64,18 @@ Host demohost
   HostName 127.0.0.1
   Port $port
   User $(id -un)
+  IdentityFile $ssh_dir/home/.ssh/id_ed25519
+  UserKnownHostsFile $ssh_dir/home/.ssh/known_hosts
 CFG
 for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
 export HOME="$ssh_dir/home"
+# OpenSSH reads ~/.ssh from the passwd entry's home, not $HOME: point both
+# transports at this config (like `ssh -F`), which names its key and
+# known_hosts itself.
+export DISKDUMP_SSH_CONFIG="$ssh_dir/home/.ssh/config"
 
-echo "== diskdump dump demohost:$work/disk.img --as demo-vda"
+echo "== diskdump init $store; diskdump dump demohost:$work/disk.img --as demo-vda"
+"$dd" init "$store"
 "$dd" --store "$store" dump "demohost:$work/disk.img" --as demo-vda
 echo "== 3. the next day: change a file, dump again (only changed blocks cross the wire)"
 echo "changed on day 2" >> "$work/files/app.log"
@@ -88,7 +95,7 @@ if [ -e /dev/fuse ] && [ "$(id -u)" = 0 ]; then
   "$dd" mount "$store" "$work/mnt" &
   pids+=($!)
   for _ in $(seq 100); do mountpoint -q "$work/mnt" && break; sleep 0.1; done
-  img=$(find "$work/mnt" -name 'demo-vda.2.img' | head -1)
+  img=$(find "$work/mnt" -name 'demo-vda+2.img' | head -1)
   ls -l "$img"
   mount -o loop,ro "$img" "$work/inside"
   echo "inside the dumped filesystem:"; ls "$work/inside" | head
@@ -98,4 +105,9 @@ if [ -e /dev/fuse ] && [ "$(id -u)" = 0 ]; then
 else
   echo "(skipped: mounting needs root and /dev/fuse)"
 fi
+echo "== 6. diskdump list, then forget: keep the newest dump of each of the last 7 days (restic's rules)"
+"$dd" --store "$store" list
+"$dd" --store "$store" forget --keep-daily 7 --dry-run
+"$dd" --store "$store" forget --keep-daily 7 --prune
+"$dd" --store "$store" list
 echo "demo done; files in $work"

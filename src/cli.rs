@@ -3,6 +3,7 @@
 //! target they follow, found from clap's argument indices.
 
 use crate::commands;
+use crate::config::Config;
 use anyhow::{bail, Result};
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
@@ -33,12 +34,26 @@ pub struct Cli {
     /// Print the report as one JSON document on stdout (messages go to stderr)
     #[arg(long, global = true)]
     pub json: bool,
+    /// Config file [default: ~/.config/diskdump/config.toml, else /etc/diskdump/config.toml]
+    #[arg(long, global = true, value_name = "FILE", env = "DISKDUMP_CONFIG")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Create a store (every other command needs one)
+    Init {
+        /// Where [default: --store, $DISKDUMP_STORE, $DISKDUMP_BASE, else the current directory]
+        dir: Option<PathBuf>,
+        /// Block size of every dump in the store (K, M suffixes) [default: 128K]
+        #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+        block_size: Option<usize>,
+        /// Share the store read-only with this group (0750/0640) instead of private (0700/0600)
+        #[arg(long, value_name = "GROUP")]
+        group: Option<String>,
+    },
     /// Dump remote block devices or image files over SSH into the store
     #[command(
         after_help = "TARGET is [user@]host:/path; host:sda means host:/dev/sda.\n\
@@ -80,6 +95,10 @@ pub enum Command {
         /// Replace an existing output file, or write over a block device
         #[arg(long)]
         force: bool,
+        /// Disaster recovery: write zeros for unreadable blocks instead of
+        /// stopping, list every bad range, exit 1 if there was any
+        #[arg(long)]
+        salvage: bool,
     },
     /// Import an existing raw image file into the store
     Import {
@@ -91,10 +110,10 @@ pub enum Command {
         /// File the dump under this date (ISO 8601) instead of now
         #[arg(long, value_name = "ISO")]
         date: Option<String>,
-        /// Block size for a new store (must match an existing one)
+        /// Expected block size: an error if the store's differs (set by `init`)
         #[arg(long, value_name = "BYTES", value_parser = parse_size)]
         block_size: Option<usize>,
-        /// Share a new store read-only with this group (0750/0640) instead of private (0700/0600)
+        /// Expected sharing group: an error if the store's differs (set by `init --group`)
         #[arg(long, value_name = "GROUP")]
         group: Option<String>,
     },
@@ -151,12 +170,26 @@ pub enum Command {
         /// The newer dump
         b: String,
     },
+    /// Print a shell completion script (bash, zsh or fish)
+    #[command(
+        after_help = "Install: diskdump completions bash > /etc/bash_completion.d/diskdump\n\
+        zsh: diskdump completions zsh > /usr/local/share/zsh/site-functions/_diskdump\n\
+        fish: diskdump completions fish > ~/.config/fish/completions/diskdump.fish"
+    )]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (diskdump.1, diskdump-<command>.1) into DIR
+    #[command(after_help = "Install: diskdump manpages /usr/local/share/man/man1 && mandb -q")]
+    Manpages { dir: PathBuf },
     /// Mount every dump as a read-only raw image file (FUSE; foreground)
+    #[command(override_usage = "diskdump mount [STORE] MOUNTPOINT [OPTIONS]")]
     Mount {
-        /// The store to mount
-        store_dir: PathBuf,
-        /// An empty directory to mount on
-        mountpoint: PathBuf,
+        /// [STORE] MOUNTPOINT: the store (default: --store, $DISKDUMP_STORE, ...)
+        /// and an empty directory to mount on
+        #[arg(required = true, num_args = 1..=2, value_name = "PATH")]
+        paths: Vec<PathBuf>,
         /// Bytes of decompressed blocks to keep in memory (suffixes K, M, G)
         #[arg(long, default_value = "256M", value_parser = parse_size)]
         cache_size: usize,
@@ -180,7 +213,7 @@ pub enum Command {
 #[derive(clap::Args, Debug)]
 pub struct DumpArgs {
     /// [user@]host:/path, each optionally followed by --sudo and --as NAME
-    #[arg(required = true, value_name = "TARGET")]
+    #[arg(required_unless_present = "group", value_name = "TARGET")]
     pub targets: Vec<String>,
     /// Run the agent with sudo -n on the preceding target
     #[arg(long, action = clap::ArgAction::Count)]
@@ -190,11 +223,11 @@ pub struct DumpArgs {
     pub names: Vec<String>,
     #[command(flatten)]
     pub ssh: SshArgs,
-    /// Block size for a new store (must match an existing one)
+    /// Expected block size: an error if the store's differs (set by `init`)
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub block_size: Option<usize>,
-    /// Share a new store read-only with this group (0750/0640) instead of private (0700/0600)
-    #[arg(long, value_name = "GROUP")]
+    /// Dump the targets of this group of the config file (with its options)
+    #[arg(long, value_name = "NAME", conflicts_with = "targets")]
     pub group: Option<String>,
     /// Blocks per batch the agent hashes and announces at once
     #[arg(long, default_value_t = 80)]
@@ -305,6 +338,10 @@ pub struct ForgetArgs {
     /// Run gc afterwards, freeing the removed dumps' blocks
     #[arg(long)]
     pub prune: bool,
+    /// The dump names and retention policy of this group of the config file
+    /// (--keep-* flags, if any, replace the group's policy)
+    #[arg(long, value_name = "NAME", conflicts_with = "names")]
+    pub group: Option<String>,
 }
 
 impl ForgetArgs {
@@ -423,24 +460,107 @@ pub fn parse_mode(s: &str) -> Result<u16, String> {
     Ok(m)
 }
 
-/// Where the store is: --store, else $DISKDUMP_STORE, else $DISKDUMP_BASE, else cwd.
-fn store_dir(flag: Option<PathBuf>) -> PathBuf {
+/// Where the store is: --store, else $DISKDUMP_STORE, else the config
+/// file's `store`, else $DISKDUMP_BASE, else cwd.
+fn store_dir(flag: Option<PathBuf>, config: Option<&Config>) -> PathBuf {
     flag.or_else(|| std::env::var_os("DISKDUMP_STORE").map(PathBuf::from))
+        .or_else(|| config.and_then(|c| c.store()).map(PathBuf::from))
         .or_else(|| std::env::var_os("DISKDUMP_BASE").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Fills the dump options the command line left at their defaults from the
+/// config (the group's, then `[defaults]`).
+fn apply_config(a: &mut DumpArgs, m: &ArgMatches, o: &crate::config::DumpOptions) {
+    let unset = |id: &str| m.value_source(id) != Some(clap::parser::ValueSource::CommandLine);
+    if unset("user") && a.ssh.user.is_none() {
+        a.ssh.user = o.user.clone();
+    }
+    if unset("jobs") && a.jobs.is_none() {
+        a.jobs = o.jobs;
+    }
+    if let (true, Some(c)) = (unset("compress"), &o.compress) {
+        a.compress = c.clone();
+    }
+    // The environment's value (DISKDUMP_IDLE_TIMEOUT) beats the config's.
+    if let (None | Some(clap::parser::ValueSource::DefaultValue), Some(t)) =
+        (m.value_source("idle_timeout"), o.idle_timeout)
+    {
+        a.idle_timeout = t;
+    }
+    if a.ssh.transport.is_none() {
+        a.ssh.transport = o.transport.clone();
+    }
+    if a.ssh.ssh_config.is_none() {
+        a.ssh.ssh_config = o.ssh_config.clone();
+    }
+    if unset("accept_new_host_key") && o.accept_new_host_key == Some(true) {
+        a.ssh.accept_new_host_key = true;
+    }
+}
+
+/// The config file, if one is given or found (an explicit one must exist).
+fn config(explicit: Option<&std::path::Path>) -> Result<Option<Config>> {
+    Config::find(explicit).map_err(commands::as_usage)
 }
 
 /// Parses the process arguments and runs the command; returns the exit code.
 pub fn run() -> Result<u8> {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    let store = store_dir(cli.store);
+    // Read only where it matters, so a broken config file does not stop a
+    // restore that names its store.
+    let store_given = cli.store.is_some() || std::env::var_os("DISKDUMP_STORE").is_some();
+    let wanted = match &cli.command {
+        Command::Dump(_) | Command::Forget(_) => true,
+        Command::Completions { .. } | Command::Manpages { .. } => false,
+        _ => !store_given,
+    };
+    let config = if wanted || cli.config.is_some() {
+        config(cli.config.as_deref())?
+    } else {
+        None
+    };
+    let store = store_dir(cli.store, config.as_ref());
     crate::output::set_json(cli.json);
     crate::signals::install();
     match cli.command {
-        Command::Dump(a) => {
+        Command::Init {
+            dir,
+            block_size,
+            group,
+        } => commands::init::run(
+            dir.as_deref().unwrap_or(&store),
+            block_size,
+            group.as_deref(),
+        ),
+        Command::Dump(mut a) => {
             let sub = matches.subcommand_matches("dump").expect("dump subcommand");
-            let targets = targets_from(sub).map_err(commands::as_usage)?;
+            let targets = match &a.group {
+                Some(name) => {
+                    let c = config.as_ref().ok_or_else(|| {
+                        commands::usage(format!(
+                            "--group {name}: no config file (--config FILE, ~/.config/diskdump/config.toml or /etc/diskdump/config.toml)"
+                        ))
+                    })?;
+                    let g = c.group(name).map_err(commands::as_usage)?;
+                    apply_config(&mut a, sub, &g.options);
+                    g.targets
+                        .into_iter()
+                        .map(|(target, sudo, name)| TargetSpec {
+                            target,
+                            sudo,
+                            name: Some(name),
+                        })
+                        .collect()
+                }
+                None => {
+                    if let Some(c) = &config {
+                        apply_config(&mut a, sub, c.defaults());
+                    }
+                    targets_from(sub).map_err(commands::as_usage)?
+                }
+            };
             commands::dump::run(&store, targets, a)
         }
         Command::Deploy {
@@ -453,7 +573,8 @@ pub fn run() -> Result<u8> {
             manifest,
             output,
             force,
-        } => commands::restore::run(&store, &manifest, output.as_deref(), force),
+            salvage,
+        } => commands::restore::run(&store, &manifest, output.as_deref(), force, salvage),
         Command::Import {
             image,
             name,
@@ -483,30 +604,51 @@ pub fn run() -> Result<u8> {
                 host: a.host,
             },
         ),
-        Command::Forget(a) => commands::forget::run(
-            &store,
-            &commands::forget::ForgetOptions {
-                policy: a.policy(),
-                names: a.names,
-                dry_run: a.dry_run,
-                prune: a.prune,
-            },
-        ),
+        Command::Forget(a) => {
+            let (mut names, mut policy) = (a.names.clone(), a.policy());
+            if let Some(name) = &a.group {
+                let c = config
+                    .as_ref()
+                    .ok_or_else(|| commands::usage(format!("--group {name}: no config file")))?;
+                let g = c.group(name).map_err(commands::as_usage)?;
+                names = g.targets.into_iter().map(|(_, _, n)| n).collect();
+                if policy.is_empty() {
+                    policy = g.retention.ok_or_else(|| {
+                        commands::usage(format!(
+                            "group {name:?} in {} has no retention policy (retention = {{ keep-daily = 7, ... }})",
+                            c.path.display()
+                        ))
+                    })?;
+                }
+            }
+            commands::forget::run(
+                &store,
+                &commands::forget::ForgetOptions {
+                    policy,
+                    names,
+                    dry_run: a.dry_run,
+                    prune: a.prune,
+                    // A group's names may have no dumps yet (a new target).
+                    allow_missing: a.group.is_some(),
+                },
+            )
+        }
         Command::Delete { manifests } => commands::forget::delete(&store, &manifests),
         Command::Protect { manifests } => commands::forget::protect(&store, &manifests, true),
         Command::Unprotect { manifests } => commands::forget::protect(&store, &manifests, false),
         Command::Diff { a, b } => commands::diff::run(&store, &a, &b),
+        Command::Completions { shell } => commands::completions::completions(shell),
+        Command::Manpages { dir } => commands::completions::manpages(&dir),
         Command::Mount {
-            store_dir,
-            mountpoint,
+            mut paths,
             cache_size,
             allow_other,
             group,
             mode,
             threads,
         } => commands::mount::run(&commands::mount::MountOptions {
-            store: store_dir,
-            mountpoint,
+            mountpoint: paths.pop().expect("clap requires one"),
+            store: paths.pop().unwrap_or(store),
             cache_size,
             allow_other,
             group,

@@ -16,15 +16,19 @@
 //!   character). Made visible only after its blocks are durable; never
 //!   overwritten. Python 0.1.5 manifests under `.blockstore/manifests/` are
 //!   read too.
-//! - **Locking**: dumps and imports hold `.blockstore/lock` shared for their
-//!   whole run; gc holds it exclusive, marks every block any manifest names
-//!   and sweeps the rest, and deletes nothing if any manifest fails to parse.
+//! - **Locking** (`store::lock`, `store::gc`): dumps and imports never wait
+//!   for gc nor gc for them. Writers register (a flocked file whose mtime is
+//!   their start) and refresh the mtime of every block they are told is
+//!   present; gc deletes only unreferenced blocks older than
+//!   `min(its start, oldest writer's start) - GRACE`, in two phases (set
+//!   aside as `.gc`, re-checked, unlinked), and deletes nothing if any
+//!   manifest fails to parse. Only gc excludes gc (`.blockstore/lock`).
 //!
-//! | operation      | store lock | may run with      |
-//! |----------------|------------|-------------------|
-//! | dump, import   | shared     | each other, reads |
-//! | gc             | exclusive  | reads only        |
-//! | restore, info, status, verify, mount | none | everything but a gc sweep of their blocks |
+//! | operation      | waits for   | may run with      |
+//! |----------------|-------------|-------------------|
+//! | dump, import   | nothing     | everything        |
+//! | gc             | another gc  | dumps, imports, reads |
+//! | restore, info, status, verify, mount | nothing | everything (a reader finds set-aside blocks too) |
 //!
 //! - **Dump** (`receiver`, `agent_bin`, protocol in `diskdump_agent::proto`):
 //!   the static agent embedded in this binary reads the source once, hashes
@@ -51,6 +55,7 @@
 pub mod agent_bin;
 pub mod cli;
 pub mod commands;
+pub mod config;
 pub mod deploy;
 pub mod digest;
 pub mod fuse;

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{block_files, dd, images, sha256_hex};
+use common::{block_files, diskdump, images, sha256_hex};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -25,7 +25,7 @@ fn setup(dir: &Path) -> (PathBuf, PathBuf, Vec<u8>) {
     let img = dir.join("d.img");
     images::write(&img, &data);
     let store = dir.join("store");
-    dd(&store, &["import", img.to_str().unwrap(), "--as", "d"]).ok();
+    diskdump(&store, &["import", img.to_str().unwrap(), "--as", "d"]).ok();
     (store, img, data)
 }
 
@@ -37,7 +37,7 @@ fn damaged(damage: impl FnOnce(&Path, &Path), reason: &str) {
     let hex = sha256_hex(&data[2 * BS..3 * BS]);
     let path = block_path(&store, &hex);
     damage(&path, &store);
-    let r = dd(&store, &["verify"]).fails();
+    let r = diskdump(&store, &["verify"]).fails();
     assert_eq!(r.code, 1);
     let line = r
         .stdout
@@ -46,7 +46,7 @@ fn damaged(damage: impl FnOnce(&Path, &Path), reason: &str) {
         .unwrap_or_else(|| panic!("verify names {hex}: {}", r.stdout));
     assert!(line.contains(reason), "{reason:?} in {line}");
     let out = dir.path().join("out.img");
-    let r = dd(&store, &["restore", "d", "-o", out.to_str().unwrap()]).fails();
+    let r = diskdump(&store, &["restore", "d", "-o", out.to_str().unwrap()]).fails();
     assert!(
         r.stderr
             .contains(&format!("block 2 at image offset {}", 2 * BS)),
@@ -152,7 +152,7 @@ fn garbage_config_json_is_a_clear_error_from_every_command() {
     for g in garbage {
         fs::write(&cfg, g).unwrap();
         for args in &commands {
-            let r = dd(&store, args);
+            let r = diskdump(&store, args);
             one_line_error(
                 &r,
                 &format!("{args:?} with {:?}", String::from_utf8_lossy(g)),
@@ -160,7 +160,7 @@ fn garbage_config_json_is_a_clear_error_from_every_command() {
             );
         }
         // mount checks the store before it mounts anything.
-        let r = common::dd(
+        let r = common::diskdump(
             &store,
             &["mount", store.to_str().unwrap(), mnt.to_str().unwrap()],
         );
@@ -211,7 +211,7 @@ fn absurd_manifest_headers_are_clear_errors() {
         );
         fs::write(day.join(format!("{name}.manifest")), text).unwrap();
         for cmd in ["info", "restore", "verify"] {
-            let r = dd(&store, &[cmd, name]);
+            let r = diskdump(&store, &[cmd, name]);
             let what = format!("{cmd} {name}");
             if cmd == "verify" {
                 // verify reports it as a problem on stdout and exits 1.
@@ -227,7 +227,7 @@ fn absurd_manifest_headers_are_clear_errors() {
             }
         }
     }
-    let r = dd(&store, &["gc"]).fails();
+    let r = diskdump(&store, &["gc"]).fails();
     assert!(
         r.stderr.contains("gc stopped before deleting anything"),
         "{}",
@@ -248,7 +248,7 @@ fn left_over_temp_files_are_reported_by_verify_and_removed_by_gc() {
     let manifest_tmp = m.with_file_name("d.manifest.tmp.4242.0");
     fs::write(&manifest_tmp, &fs::read(&m).unwrap()[..100]).unwrap();
     // Left-overs are not damage: notes, and verify still passes.
-    let r = dd(&store, &["verify"]).ok();
+    let r = diskdump(&store, &["verify"]).ok();
     for (p, why) in [
         (&block_tmp, "temp file of an interrupted write"),
         (&manifest_tmp, "unfinished manifest"),
@@ -264,14 +264,15 @@ fn left_over_temp_files_are_reported_by_verify_and_removed_by_gc() {
     }
     assert!(r.stdout.contains("no problems"), "{}", r.stdout);
     // Neither is a dump: status, restore and gc's marking ignore them.
-    let r = dd(&store, &["status"]).ok();
+    let r = diskdump(&store, &["status"]).ok();
     assert!(!r.stdout.contains(".tmp."), "{}", r.stdout);
-    let r = dd(&store, &["gc"]).ok();
+    common::age_store(&store);
+    let r = diskdump(&store, &["gc"]).ok();
     assert!(r.stdout.contains("and 2 temp files"), "{}", r.stdout);
     assert!(!block_tmp.exists() && !manifest_tmp.exists());
-    let r = dd(&store, &["verify"]).ok();
+    let r = diskdump(&store, &["verify"]).ok();
     assert!(!r.stdout.contains("note:"), "{}", r.stdout);
-    let (code, bytes, err) = common::dd_bytes(&store, &["restore", "d"]);
+    let (code, bytes, err) = common::diskdump_bytes(&store, &["restore", "d"]);
     assert_eq!(code, 0, "{err}");
     assert!(bytes == data);
 }

@@ -17,6 +17,7 @@ fn run(sshd: &Sshd, store: &Path, args: &[&str]) -> Output {
 
 /// Runs diskdump with `DISKDUMP_TRANSPORT=transport`.
 fn run_via(sshd: &Sshd, store: &Path, transport: &str, args: &[&str]) -> Output {
+    common::ensure_store(store, args);
     Command::new(common::bin())
         .arg("--store")
         .arg(store)
@@ -44,13 +45,14 @@ fn manifests(store: &Path) -> Vec<PathBuf> {
 }
 
 fn restore(store: &Path, name: &str) -> Vec<u8> {
-    let (code, bytes, err) = common::dd_bytes(store, &["restore", name]);
+    let (code, bytes, err) = common::diskdump_bytes(store, &["restore", name]);
     assert_eq!(code, 0, "{err}");
     bytes
 }
 
 /// Starts `diskdump dump TARGET --as NAME` in the background, output captured.
 fn spawn_dump(sshd: &Sshd, store: &Path, target: &str, name: &str) -> Child {
+    common::ensure_store(store, &["dump"]);
     Command::new(common::bin())
         .args(["--store", store.to_str().unwrap(), "dump", target])
         .args(["--as", name])
@@ -76,12 +78,22 @@ fn wait_agent_gone(source: &Path) {
 /// The summary row of a target: NEW and WIRE columns.
 fn summary(o: &Output, target: &str) -> (u64, String) {
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    let row = out
-        .lines()
-        .find(|l| l.starts_with(target))
+    let lines: Vec<&str> = out.lines().collect();
+    for l in &lines {
+        assert!(l.chars().count() <= 80, "wider than 80 columns: {l:?}");
+    }
+    let i = lines
+        .iter()
+        .position(|l| l.starts_with(target))
         .unwrap_or_else(|| panic!("no row for {target}: {out}"));
-    let cols: Vec<&str> = row.split_whitespace().collect();
-    (cols[2].parse().unwrap(), cols[5].to_string())
+    // A long target has a line of its own; its numbers follow.
+    let mut cols: Vec<&str> = lines[i].split_whitespace().collect();
+    if cols.len() == 1 {
+        cols = std::iter::once(target)
+            .chain(lines[i + 1].split_whitespace())
+            .collect();
+    }
+    (cols[1].parse().unwrap(), cols[4].to_string())
 }
 
 #[test]
@@ -108,7 +120,7 @@ fn dump_and_redump(transport: &str) {
     let o = run(&sshd, &store, &["dump", &target, "--as", "disk1"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(restore(&store, "disk1") == data, "restored bytes differ");
-    common::dd(&store, &["verify"]).ok();
+    common::diskdump(&store, &["verify"]).ok();
     let blocks_before = common::block_files(&store);
     let o = run(&sshd, &store, &["dump", &target, "--as", "disk1"]);
     assert!(o.status.success(), "{}", text(&o));
@@ -164,7 +176,7 @@ fn two_targets_in_parallel_each_with_its_own_flags() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(restore(&store, "alpha") == a);
     assert!(restore(&store, "beta") == b);
-    common::dd(&store, &["verify"]).ok();
+    common::diskdump(&store, &["verify"]).ok();
 }
 
 #[test]
@@ -285,10 +297,10 @@ fn bad_targets_and_flags_are_refused_before_connecting() {
         ),
         (vec!["dump", "h:/x", "--batch-size", "0"], "batch"),
     ] {
-        let r = common::dd(&store, &args).fails();
+        let r = common::diskdump(&store, &args).fails();
         assert!(r.stderr.contains(want), "{args:?}: {}", r.stderr);
     }
-    assert!(!store.exists());
+    assert!(manifests(&store).is_empty() && common::block_files(&store).is_empty());
 }
 
 #[test]
@@ -316,7 +328,7 @@ fn ctrl_c_stops_the_agent_writes_no_manifest_and_the_rerun_resends_nothing() {
         text(&o)
     );
     assert!(manifests(&store).is_empty());
-    common::dd(&store, &["verify"]).ok();
+    common::diskdump(&store, &["verify"]).ok();
     // The agent exits once its session is cut.
     wait_agent_gone(&img);
     // Shrink the tail so the re-run is quick; the data blocks are all there.
@@ -418,10 +430,10 @@ fn kill_9_of_the_storage_side_leaves_whole_blocks_and_the_rerun_sends_only_the_r
     assert!(o.status.success(), "{}", text(&o));
     let (new, _) = summary(&o, &target);
     assert_eq!(new as usize, 256 - data_present, "{}", text(&o));
-    let r = common::dd(&store, &["gc"]).ok();
+    let r = common::diskdump(&store, &["gc"]).ok();
     assert!(r.stdout.contains("removed 0 unreferenced"), "{}", r.stdout);
     assert!(common::whole_blocks_and_temps(&store, BS).1.is_empty());
-    common::dd(&store, &["verify"]).ok();
+    common::diskdump(&store, &["verify"]).ok();
     assert!(restore(&store, "big") == data);
 }
 
@@ -437,6 +449,7 @@ fn a_stalled_agent_fails_its_target_after_the_idle_timeout() {
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
     let store = dir.path().join("store");
     let target = format!("{}:{}", sshd.host_alias(), fifo.display());
+    common::ensure_store(&store, &["dump"]);
     let mut child = Command::new(common::bin())
         .args(["--store", store.to_str().unwrap(), "dump", &target])
         .envs(sshd.env())
@@ -555,7 +568,7 @@ fn kill_9_of_the_agent_fails_the_dump_clearly_and_the_rerun_sends_only_the_rest(
     assert!(manifests(&store).is_empty());
     let (present, temps) = common::whole_blocks_and_temps(&store, BS);
     assert!(temps.is_empty(), "{temps:?}");
-    common::dd(&store, &["verify"]).ok();
+    common::diskdump(&store, &["verify"]).ok();
     images::set_len(&img, data.len() as u64);
     let o = run(&sshd, &store, &["dump", &target, "--as", "big"]);
     assert!(o.status.success(), "{}", text(&o));
@@ -566,22 +579,24 @@ fn kill_9_of_the_agent_fails_the_dump_clearly_and_the_rerun_sends_only_the_rest(
 
 #[test]
 #[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
-fn gc_during_a_dump_waits_and_keeps_the_blocks_the_dump_was_told_are_present() {
+fn gc_during_a_dump_runs_at_once_and_keeps_the_blocks_the_dump_was_told_are_present() {
     let sshd = Sshd::start();
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let data = images::random_bytes(64 * BS, 51);
     let first = dir.path().join("first.img");
     images::write(&first, &data[..32 * BS]);
-    common::dd(
+    common::diskdump(
         &store,
         &["import", first.to_str().unwrap(), "--as", "first"],
     )
     .ok();
-    // Orphan those blocks: the dump is told the store has them.
+    // Orphan those blocks, long ago: the dump is told the store has them,
+    // and only its refreshing them keeps gc from taking them.
     for m in manifests(&store) {
         fs::remove_file(m).unwrap();
     }
+    common::age_store(&store);
     let img = dir.path().join("big.img");
     images::write(&img, &data);
     // A long sparse tail keeps the dump running while gc is tried.
@@ -592,13 +607,14 @@ fn gc_during_a_dump_waits_and_keeps_the_blocks_the_dump_was_told_are_present() {
     common::wait_until(60, "the dump's new blocks", || {
         common::block_files(&store).len() >= 65
     });
-    let gc = common::gc_refused_then_started(&store);
+    // All but the zero block, which the dump asks about only at its end
+    // (and stores again then).
+    common::gc_beside_a_writer(&store, 1);
     let o = dump.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", text(&o));
-    common::gc_waited_and_removed_nothing(gc);
-    common::dd(&store, &["verify"]).ok();
+    common::diskdump(&store, &["verify"]).ok();
     let out = dir.path().join("r.img");
-    common::dd(&store, &["restore", "big", "-o", out.to_str().unwrap()]).ok();
+    common::diskdump(&store, &["restore", "big", "-o", out.to_str().unwrap()]).ok();
     let restored = fs::File::open(&out).unwrap();
     let mut head = vec![0u8; data.len()];
     std::io::Read::read_exact(&mut &restored, &mut head).unwrap();
@@ -633,7 +649,7 @@ fn sigterm_stops_a_dump_like_ctrl_c() {
     );
     assert!(manifests(&store).is_empty());
     common::whole_blocks_and_temps(&store, BS);
-    common::dd(&store, &["verify"]).ok();
+    common::diskdump(&store, &["verify"]).ok();
     wait_agent_gone(&img);
 }
 
@@ -664,7 +680,7 @@ fn a_broken_block_is_stored_again_by_the_next_dump() {
         let (new, _) = summary(&o, &target);
         assert_eq!(new, 1, "cut to {cut}: {}", text(&o));
         assert!(restore(&store, "b") == data, "cut to {cut}");
-        common::dd(&store, &["verify"]).ok();
+        common::diskdump(&store, &["verify"]).ok();
     }
 }
 
@@ -835,8 +851,74 @@ fn with_sudo_a_swapped_agent_file_never_runs_as_root() {
         outcomes.iter().any(|&ok| ok),
         "some dumps get through: {outcomes:?}"
     );
-    common::dd(&store, &["verify"]).ok();
+    common::diskdump(&store, &["verify"]).ok();
     drop(rule);
+}
+
+#[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
+fn a_config_group_is_dumped_and_pruned_by_name_like_a_nightly_job() {
+    let sshd = Sshd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
+    images::write(&a, &images::random_bytes(8 * BS, 130));
+    images::write(&b, &images::random_bytes(4 * BS, 131));
+    let store = dir.path().join("store");
+    common::diskdump(&store, &["init"]).ok();
+    let cfg = dir.path().join("config.toml");
+    let h = sshd.host_alias();
+    fs::write(
+        &cfg,
+        format!(
+            "store = \"{}\"\n[defaults]\njobs = 1\n[groups.nightly]\nretention = {{ keep-last = 1 }}\n\
+             targets = [\n  {{ target = \"{h}:{}\", as = \"web-sda\" }},\n  {{ target = \"{h}:{}\" }},\n]\n",
+            store.display(),
+            a.display(),
+            b.display()
+        ),
+    )
+    .unwrap();
+    // No --store: the config names it.
+    let nightly = |args: &[&str]| {
+        Command::new(common::bin())
+            .arg("--config")
+            .arg(&cfg)
+            .args(args)
+            .envs(sshd.env())
+            .output()
+            .unwrap()
+    };
+    for _ in 0..2 {
+        let o = nightly(&["dump", "--group", "nightly", "--json"]);
+        assert!(o.status.success(), "{}", text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["failed"], 0, "{v}");
+        assert_eq!(v["targets"][0]["name"], "web-sda");
+        assert_eq!(v["targets"][1]["name"], format!("{h}-b.img"));
+    }
+    assert_eq!(manifests(&store).len(), 4);
+    let o = nightly(&["forget", "--group", "nightly", "--prune"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(manifests(&store).len(), 2, "{}", text(&o));
+    assert!(restore(&store, "web-sda") == fs::read(&a).unwrap());
+    let o = nightly(&["dump", "--group", "weekly"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no group \"weekly\""),
+        "{}",
+        text(&o)
+    );
+    // A config error names the file and line, and exits 2.
+    fs::write(
+        &cfg,
+        "store = \"/x\"\n[groups.nightly]\ntargets = [ { target = \"h:/x\", sudo = \"yes\" } ]\n",
+    )
+    .unwrap();
+    let o = nightly(&["dump", "--group", "nightly"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("{} line 3:", cfg.display())), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
 #[test]
@@ -848,6 +930,7 @@ fn without_an_ssh_client_on_path_libssh2_is_used_with_one_notice() {
     images::write(&a, &images::mixed(BS, 6, 0, 81));
     images::write(&b, &images::mixed(BS, 6, 3, 82));
     let store = dir.path().join("store");
+    common::ensure_store(&store, &["dump"]);
     let ta = format!("{}:{}", sshd.host_alias(), a.display());
     let tb = format!("{}:{}", sshd.host_alias(), b.display());
     let o = Command::new(common::bin())

@@ -16,6 +16,7 @@ fn import_syncs_blocks_then_writes_manifest_then_syncs_its_directory() {
     images::write(&img, &images::mixed(131072, 24, 100, 31));
     let store = dir.path().join("store");
     let trace = dir.path().join("trace");
+    common::ensure_store(&store, &["import"]);
     let st = Command::new("strace")
         .args([
             "-f",
@@ -86,6 +87,7 @@ fn import_syncs_blocks_then_writes_manifest_then_syncs_its_directory() {
 /// Runs `import` under strace, which kills it (SIGKILL) on the `when`-th
 /// call of `syscall`: a crash at an exact point of the manifest write.
 fn import_killed_at(store: &std::path::Path, img: &std::path::Path, syscall: &str, when: u32) {
+    common::ensure_store(store, &["import"]);
     let st = Command::new("strace")
         .args(["-f", "-o", "/dev/null", "-e", &format!("trace={syscall}")])
         .args(["-e", &format!("inject={syscall}:signal=KILL:when={when}")])
@@ -119,7 +121,7 @@ fn kill_9_just_before_and_during_the_manifest_write_loses_nothing() {
         // image's first block, then drop that manifest.
         let seed = dir.path().join("seed.img");
         images::write(&seed, &data[..bs]);
-        let r = common::dd(&store, &["import", seed.to_str().unwrap(), "--as", "seed"]);
+        let r = common::diskdump(&store, &["import", seed.to_str().unwrap(), "--as", "seed"]);
         assert_eq!(r.code, 0, "{}", r.stderr);
         for m in common::all_manifests(&store) {
             std::fs::remove_file(m).unwrap();
@@ -132,15 +134,15 @@ fn kill_9_just_before_and_during_the_manifest_write_loses_nothing() {
         let (blocks, _temps) = common::whole_blocks_and_temps(&store, bs);
         assert!(blocks > 0, "killed at {syscall}: blocks were stored first");
         // Every block was in place before the kill: the re-run stores none.
-        let r = common::dd(&store, &["import", img.to_str().unwrap(), "--as", "crash"]);
+        let r = common::diskdump(&store, &["import", img.to_str().unwrap(), "--as", "crash"]);
         assert_eq!(r.code, 0, "{}", r.stderr);
         assert!(r.stdout.contains(" (0 new, "), "{syscall}: {}", r.stdout);
         assert_eq!(common::all_manifests(&store).len(), 1);
-        let (code, bytes, err) = common::dd_bytes(&store, &["restore", "crash"]);
+        let (code, bytes, err) = common::diskdump_bytes(&store, &["restore", "crash"]);
         assert_eq!(code, 0, "{err}");
         assert!(bytes == data, "killed at {syscall}: restore differs");
         // gc sweeps what the crash left (a manifest temp); the store verifies.
-        let r = common::dd(&store, &["gc"]);
+        let r = common::diskdump(&store, &["gc"]);
         assert_eq!(r.code, 0, "{}", r.stderr);
         let (after, temps) = common::whole_blocks_and_temps(&store, bs);
         assert!(temps.is_empty(), "gc left {temps:?}");
@@ -148,7 +150,7 @@ fn kill_9_just_before_and_during_the_manifest_write_loses_nothing() {
         assert!(common::walk(&store)
             .iter()
             .all(|p| !p.to_string_lossy().contains(".tmp.")));
-        let r = common::dd(&store, &["verify"]);
+        let r = common::diskdump(&store, &["verify"]);
         assert_eq!(r.code, 0, "killed at {syscall}: {}{}", r.stdout, r.stderr);
     }
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{all_manifests, dd, images, whole_blocks_and_temps};
+use common::{all_manifests, diskdump, images, whole_blocks_and_temps};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -72,18 +72,18 @@ fn import_into_a_full_store_fails_clearly_and_succeeds_after_space_is_freed() {
     let store = fs_.path().join("store");
     // Only ~4 MiB left for the store.
     fs::write(fs_.path().join("filler"), vec![1u8; 20 << 20]).unwrap();
-    let r = dd(&store, &["import", img.to_str().unwrap(), "--as", "d"]).fails();
+    let r = diskdump(&store, &["import", img.to_str().unwrap(), "--as", "d"]).fails();
     assert_no_space(&r);
     assert!(all_manifests(&store).is_empty());
     let (_, temps) = whole_blocks_and_temps(&store, BS);
     assert!(temps.is_empty(), "temp files left: {temps:?}");
-    dd(&store, &["verify"]).ok();
+    diskdump(&store, &["verify"]).ok();
     fs::remove_file(fs_.path().join("filler")).unwrap();
-    dd(&store, &["import", img.to_str().unwrap(), "--as", "d"]).ok();
-    let (code, bytes, err) = common::dd_bytes(&store, &["restore", "d"]);
+    diskdump(&store, &["import", img.to_str().unwrap(), "--as", "d"]).ok();
+    let (code, bytes, err) = common::diskdump_bytes(&store, &["restore", "d"]);
     assert_eq!(code, 0, "{err}");
     assert!(bytes == data);
-    dd(&store, &["verify"]).ok();
+    diskdump(&store, &["verify"]).ok();
 }
 
 #[test]
@@ -96,18 +96,18 @@ fn a_manifest_that_does_not_fit_leaves_no_file_behind() {
     images::write(&img, &data);
     let store = fs_.path().join("store");
     // The blocks are there already; only the manifest needs space.
-    dd(&store, &["import", img.to_str().unwrap(), "--as", "d"]).ok();
+    diskdump(&store, &["import", img.to_str().unwrap(), "--as", "d"]).ok();
     let first = common::only_manifest(&store);
     let before = common::walk(&store);
     let filler = fill(fs_.path());
-    let r = dd(&store, &["import", img.to_str().unwrap(), "--as", "d"]).fails();
+    let r = diskdump(&store, &["import", img.to_str().unwrap(), "--as", "d"]).fails();
     assert_no_space(&r);
     assert_eq!(common::walk(&store), before, "no partial manifest left");
     assert_eq!(all_manifests(&store), vec![first]);
     fs::remove_file(filler).unwrap();
-    dd(&store, &["import", img.to_str().unwrap(), "--as", "d"]).ok();
+    diskdump(&store, &["import", img.to_str().unwrap(), "--as", "d"]).ok();
     assert_eq!(all_manifests(&store).len(), 2);
-    dd(&store, &["verify"]).ok();
+    diskdump(&store, &["verify"]).ok();
 }
 
 #[test]
@@ -118,9 +118,9 @@ fn restore_onto_a_full_filesystem_fails_clearly_and_removes_its_output() {
     let img = dir.path().join("disk.img");
     images::write(&img, &images::random_bytes(64 * BS, 92)); // 8 MiB
     let store = dir.path().join("store");
-    dd(&store, &["import", img.to_str().unwrap(), "--as", "d"]).ok();
+    diskdump(&store, &["import", img.to_str().unwrap(), "--as", "d"]).ok();
     let out = fs_.path().join("out.img");
-    let r = dd(&store, &["restore", "d", "-o", out.to_str().unwrap()]).fails();
+    let r = diskdump(&store, &["restore", "d", "-o", out.to_str().unwrap()]).fails();
     assert_no_space(&r);
     assert!(
         r.stderr.contains("out.img"),
@@ -144,6 +144,7 @@ fn dump_into_a_full_store_fails_clearly_and_succeeds_after_space_is_freed() {
     fs::write(fs_.path().join("filler"), vec![1u8; 20 << 20]).unwrap();
     let target = format!("{}:{}", sshd.host_alias(), img.display());
     let dump = || {
+        common::ensure_store(&store, &["dump"]);
         let o = Command::new(common::bin())
             .args(["--store", store.to_str().unwrap(), "dump", &target])
             .args(["--as", "d"])
@@ -158,7 +159,7 @@ fn dump_into_a_full_store_fails_clearly_and_succeeds_after_space_is_freed() {
     };
     let r = dump().fails();
     assert!(
-        r.stdout.contains("FAILED") && r.stdout.to_lowercase().contains("no space"),
+        r.stdout.contains("FAILED") && !r.stdout.to_lowercase().contains("no space"),
         "{}",
         r.stdout
     );
@@ -170,13 +171,15 @@ fn dump_into_a_full_store_fails_clearly_and_succeeds_after_space_is_freed() {
         "{}",
         r.stderr
     );
+    // Each error once: the target's line, then only a count.
+    assert_eq!(r.stderr.matches("No space").count(), 1, "{}", r.stderr);
     assert_eq!(r.code, 1);
     assert!(all_manifests(&store).is_empty());
     assert!(whole_blocks_and_temps(&store, BS).1.is_empty());
-    dd(&store, &["verify"]).ok();
+    diskdump(&store, &["verify"]).ok();
     fs::remove_file(fs_.path().join("filler")).unwrap();
     dump().ok();
-    let (code, bytes, err) = common::dd_bytes(&store, &["restore", "d"]);
+    let (code, bytes, err) = common::diskdump_bytes(&store, &["restore", "d"]);
     assert_eq!(code, 0, "{err}");
     assert!(bytes == data);
 }

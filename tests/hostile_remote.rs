@@ -31,6 +31,7 @@ fn sshd_with(dir: &Path, script: &str) -> Sshd {
 /// `diskdump dump` under `/usr/bin/time`; returns the output and its peak RSS in KiB.
 fn dump(sshd: &Sshd, store: &Path, target: &str, extra: &[&str]) -> (Output, u64) {
     let rss = store.with_extension("rss");
+    common::ensure_store(store, &["dump"]);
     let o = Command::new("/usr/bin/time")
         .arg("-o")
         .arg(&rss)
@@ -254,6 +255,7 @@ fn a_remote_that_never_exits_after_done_is_cut_off_and_releases_the_store() {
     let store = dir.path().join("store");
     let target = format!("{}:{}", sshd.host_alias(), img.display());
     let t0 = Instant::now();
+    common::ensure_store(&store, &["dump"]);
     let o = Command::new(common::bin())
         .arg("--store")
         .arg(&store)
@@ -269,6 +271,6 @@ fn a_remote_that_never_exits_after_done_is_cut_off_and_releases_the_store() {
     );
     assert!(t0.elapsed().as_secs() < 60, "{:?}", t0.elapsed());
     // The store lock went with it: gc runs at once, and the blocks that came verify.
-    common::dd(&store, &["gc", "--no-wait"]).ok();
-    common::dd(&store, &["verify"]).ok();
+    common::diskdump(&store, &["gc", "--no-wait"]).ok();
+    common::diskdump(&store, &["verify"]).ok();
 }

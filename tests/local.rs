@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{block_files, dd, dd_bytes, images, only_manifest, sha256_hex};
+use common::{block_files, diskdump, diskdump_bytes, images, only_manifest, sha256_hex};
 use std::collections::HashSet;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -23,7 +23,7 @@ fn round_trip_to_file_and_stdout_with_holes() {
     let data = images::mixed(BS, 40, 12345, 1);
     let (dir, img) = setup(&data);
     let store = dir.path().join("store");
-    let r = dd(
+    let r = diskdump(
         &store,
         &["import", img.to_str().unwrap(), "--as", "web1:/dev/sda"],
     )
@@ -41,7 +41,7 @@ fn round_trip_to_file_and_stdout_with_holes() {
     let m = only_manifest(&store);
     assert!(m.to_string_lossy().ends_with("/web1-sda.manifest"), "{m:?}");
     let out = dir.path().join("out.img");
-    dd(
+    diskdump(
         &store,
         &["restore", "web1-sda", "-o", out.to_str().unwrap()],
     )
@@ -55,13 +55,13 @@ fn round_trip_to_file_and_stdout_with_holes() {
         meta.blocks(),
         meta.len()
     );
-    let (code, bytes, err) = dd_bytes(&store, &["restore", m.to_str().unwrap()]);
+    let (code, bytes, err) = diskdump_bytes(&store, &["restore", m.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(bytes, data);
     let rel = m.strip_prefix(&store).unwrap();
-    let (code, bytes, _) = dd_bytes(&store, &["restore", rel.to_str().unwrap()]);
+    let (code, bytes, _) = diskdump_bytes(&store, &["restore", rel.to_str().unwrap()]);
     assert_eq!((code, bytes.len()), (0, data.len()));
-    dd(&store, &["verify"]).ok();
+    diskdump(&store, &["verify"]).ok();
 }
 
 #[test]
@@ -69,8 +69,8 @@ fn empty_and_tiny_images() {
     for data in [vec![], vec![7u8], vec![0u8; 10]] {
         let (dir, img) = setup(&data);
         let store = dir.path().join("store");
-        dd(&store, &["import", img.to_str().unwrap(), "--as", "t"]).ok();
-        let (code, bytes, err) = dd_bytes(&store, &["restore", "t"]);
+        diskdump(&store, &["import", img.to_str().unwrap(), "--as", "t"]).ok();
+        let (code, bytes, err) = diskdump_bytes(&store, &["restore", "t"]);
         assert_eq!(code, 0, "{err}");
         assert_eq!(bytes, data);
     }
@@ -81,19 +81,19 @@ fn reimport_stores_nothing_new_and_gets_a_distinct_name() {
     let data = images::mixed(BS, 12, 0, 2);
     let (dir, img) = setup(&data);
     let store = dir.path().join("store");
-    dd(&store, &["import", img.to_str().unwrap(), "--as", "box"]).ok();
+    diskdump(&store, &["import", img.to_str().unwrap(), "--as", "box"]).ok();
     let before = block_files(&store);
-    let r = dd(&store, &["import", img.to_str().unwrap(), "--as", "box"]).ok();
+    let r = diskdump(&store, &["import", img.to_str().unwrap(), "--as", "box"]).ok();
     assert!(r.stdout.contains("(0 new"), "{}", r.stdout);
     assert_eq!(block_files(&store), before);
-    let r = dd(&store, &["status"]).ok();
+    let r = diskdump(&store, &["status"]).ok();
     assert!(
         r.stdout.contains("box.manifest") && r.stdout.contains("box+2.manifest"),
         "{}",
         r.stdout
     );
     // The bare name means the newest dump.
-    let r = dd(&store, &["info", "box"]).ok();
+    let r = diskdump(&store, &["info", "box"]).ok();
     assert!(r.stdout.contains("box+2.manifest"), "{}", r.stdout);
 }
 
@@ -101,7 +101,7 @@ fn reimport_stores_nothing_new_and_gets_a_distinct_name() {
 fn dated_import_files_under_its_day() {
     let (dir, img) = setup(&images::mixed(BS, 3, 0, 3));
     let store = dir.path().join("store");
-    dd(
+    diskdump(
         &store,
         &[
             "import",
@@ -114,7 +114,7 @@ fn dated_import_files_under_its_day() {
     )
     .ok();
     assert!(store.join("2024/02/29/old.manifest").is_file());
-    let r = dd(&store, &["info", "2024/02/29/old.manifest"]).ok();
+    let r = diskdump(&store, &["info", "2024/02/29/old.manifest"]).ok();
     assert!(r.stdout.contains("2024-02-29T10:00:00"), "{}", r.stdout);
 }
 
@@ -123,7 +123,7 @@ fn bad_input_is_refused_before_any_work() {
     let (dir, img) = setup(&[1, 2, 3]);
     let store = dir.path().join("store");
     for name in ["../evil", ".hidden", "a/b", "x y", &"n".repeat(200)] {
-        let r = dd(&store, &["import", img.to_str().unwrap(), "--as", name]).fails();
+        let r = diskdump(&store, &["import", img.to_str().unwrap(), "--as", name]).fails();
         assert!(
             r.stderr.contains("invalid dump name"),
             "{name}: {}",
@@ -131,9 +131,9 @@ fn bad_input_is_refused_before_any_work() {
         );
         assert_eq!(r.code, 2, "a usage error");
     }
-    let r = dd(&store, &["import", "/no/such/image", "--as", "x"]).fails();
+    let r = diskdump(&store, &["import", "/no/such/image", "--as", "x"]).fails();
     assert!(r.stderr.contains("/no/such/image"), "{}", r.stderr);
-    let r = dd(
+    let r = diskdump(
         &store,
         &[
             "import",
@@ -147,21 +147,24 @@ fn bad_input_is_refused_before_any_work() {
     .fails();
     assert!(r.stderr.contains("invalid date"), "{}", r.stderr);
     assert_eq!(r.code, 2, "a usage error");
-    assert!(!store.exists(), "nothing was created");
-    let r = dd(&store, &["status"]).fails();
+    assert!(
+        common::all_manifests(&store).is_empty() && block_files(&store).is_empty(),
+        "nothing was written"
+    );
+    let r = diskdump(&dir.path().join("nostore"), &["status"]).fails();
     assert!(r.stderr.contains("does not exist"), "{}", r.stderr);
-    let r = dd(dir.path(), &["status"]).fails();
+    let r = diskdump(dir.path(), &["status"]).fails();
     assert!(r.stderr.contains("not a diskdump store"), "{}", r.stderr);
     // One line: the error and its causes.
     assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
-    dd(&store, &["import", img.to_str().unwrap(), "--as", "x"]).ok();
-    let r = dd(&store, &["restore", "../x.manifest"]).fails();
+    diskdump(&store, &["import", img.to_str().unwrap(), "--as", "x"]).ok();
+    let r = diskdump(&store, &["restore", "../x.manifest"]).fails();
     assert!(
         r.stderr.contains("no manifest ../x.manifest"),
         "{}",
         r.stderr
     );
-    let r = dd(&store, &["restore", "nosuch"]).fails();
+    let r = diskdump(&store, &["restore", "nosuch"]).fails();
     assert!(r.stderr.contains("no dump named"), "{}", r.stderr);
 }
 
@@ -169,7 +172,7 @@ fn bad_input_is_refused_before_any_work() {
 fn block_size_is_the_stores() {
     let (dir, img) = setup(&images::mixed(4096, 20, 100, 4));
     let store = dir.path().join("store");
-    dd(
+    diskdump(
         &store,
         &[
             "import",
@@ -181,7 +184,7 @@ fn block_size_is_the_stores() {
         ],
     )
     .ok();
-    let r = dd(
+    let r = diskdump(
         &store,
         &[
             "import",
@@ -194,8 +197,8 @@ fn block_size_is_the_stores() {
     )
     .fails();
     assert!(r.stderr.contains("uses block size 4096"), "{}", r.stderr);
-    dd(&store, &["import", img.to_str().unwrap(), "--as", "b"]).ok();
-    let (_, bytes, _) = dd_bytes(&store, &["restore", "b"]);
+    diskdump(&store, &["import", img.to_str().unwrap(), "--as", "b"]).ok();
+    let (_, bytes, _) = diskdump_bytes(&store, &["restore", "b"]);
     assert_eq!(bytes, fs::read(&img).unwrap());
     assert!(fs::read_to_string(store.join(".blockstore/config.json"))
         .unwrap()
@@ -222,9 +225,9 @@ fn flipped_byte_fails_verify_and_restore_loudly() {
     let data = images::mixed(BS, 12, 0, 5);
     let (dir, img) = setup(&data);
     let store = dir.path().join("store");
-    dd(&store, &["import", img.to_str().unwrap(), "--as", "v"]).ok();
+    diskdump(&store, &["import", img.to_str().unwrap(), "--as", "v"]).ok();
     let bad = corrupt_block(&store, &data[2 * BS..3 * BS]);
-    let r = dd(&store, &["verify"]).fails();
+    let r = diskdump(&store, &["verify"]).fails();
     assert!(
         r.stdout
             .contains(bad.file_name().unwrap().to_str().unwrap()),
@@ -233,7 +236,7 @@ fn flipped_byte_fails_verify_and_restore_loudly() {
     );
     assert!(r.stdout.contains("1 problems"), "{}", r.stdout);
     let out = dir.path().join("out.img");
-    let r = dd(&store, &["restore", "v", "-o", out.to_str().unwrap()]).fails();
+    let r = diskdump(&store, &["restore", "v", "-o", out.to_str().unwrap()]).fails();
     assert!(
         r.stderr
             .contains(&format!("block 2 at image offset {}", 2 * BS)),
@@ -246,10 +249,10 @@ fn flipped_byte_fails_verify_and_restore_loudly() {
         2,
         "no temp file left"
     );
-    let (code, _, err) = dd_bytes(&store, &["restore", "v"]);
+    let (code, _, err) = diskdump_bytes(&store, &["restore", "v"]);
     assert_ne!(code, 0);
     assert!(err.contains("corrupt"), "{err}");
-    let r = dd(&store, &["verify", "v"]).fails();
+    let r = diskdump(&store, &["verify", "v"]).fails();
     assert!(r.stdout.contains("corrupt"), "{}", r.stdout);
 }
 
@@ -258,7 +261,7 @@ fn deleted_block_is_reported_missing() {
     let data = images::mixed(BS, 12, 0, 6);
     let (dir, img) = setup(&data);
     let store = dir.path().join("store");
-    dd(&store, &["import", img.to_str().unwrap(), "--as", "m"]).ok();
+    diskdump(&store, &["import", img.to_str().unwrap(), "--as", "m"]).ok();
     let h = sha256_hex(&data[2 * BS..3 * BS]);
     fs::remove_file(
         store
@@ -268,20 +271,20 @@ fn deleted_block_is_reported_missing() {
             .join(format!("{h}.lz4")),
     )
     .unwrap();
-    let r = dd(&store, &["verify"]).fails();
+    let r = diskdump(&store, &["verify"]).fails();
     assert!(
         r.stdout
             .contains(&format!("block 2 (offset {}) {h} is missing", 2 * BS)),
         "{}",
         r.stdout
     );
-    let r = dd(&store, &["info", "m"]).fails();
+    let r = diskdump(&store, &["info", "m"]).fails();
     assert!(
         r.stdout.contains("Missing:       1 blocks") && r.stdout.contains(&h),
         "{}",
         r.stdout
     );
-    let r = dd(
+    let r = diskdump(
         &store,
         &["restore", "m", "-o", dir.path().join("o").to_str().unwrap()],
     )
@@ -298,8 +301,8 @@ fn gc_deletes_exactly_the_unreferenced_blocks() {
     let (ia, ib) = (dir.path().join("a.img"), dir.path().join("b.img"));
     images::write(&ia, &a);
     images::write(&ib, &b);
-    dd(&store, &["import", ia.to_str().unwrap(), "--as", "a"]).ok();
-    dd(&store, &["import", ib.to_str().unwrap(), "--as", "b"]).ok();
+    diskdump(&store, &["import", ia.to_str().unwrap(), "--as", "a"]).ok();
+    diskdump(&store, &["import", ib.to_str().unwrap(), "--as", "b"]).ok();
     let all = block_files(&store);
     let names = |data: &[u8]| -> HashSet<String> {
         data.chunks(BS)
@@ -311,7 +314,8 @@ fn gc_deletes_exactly_the_unreferenced_blocks() {
     assert!(!only_b.is_empty());
     let mb = store.join(only_manifest_named(&store, "b"));
     fs::remove_file(mb).unwrap();
-    let r = dd(&store, &["gc", "--dry-run"]).ok();
+    common::age_store(&store);
+    let r = diskdump(&store, &["gc", "--dry-run"]).ok();
     assert!(
         r.stdout
             .contains(&format!("would remove {} unreferenced", only_b.len())),
@@ -319,7 +323,7 @@ fn gc_deletes_exactly_the_unreferenced_blocks() {
         r.stdout
     );
     assert_eq!(block_files(&store), all, "dry run deletes nothing");
-    let r = dd(&store, &["gc"]).ok();
+    let r = diskdump(&store, &["gc"]).ok();
     assert!(
         r.stdout
             .contains(&format!("removed {} unreferenced", only_b.len())),
@@ -336,18 +340,18 @@ fn gc_deletes_exactly_the_unreferenced_blocks() {
         .filter(|n| !only_b.contains(n))
         .collect();
     assert_eq!(left, expected);
-    let (_, bytes, _) = dd_bytes(&store, &["restore", "a"]);
+    let (_, bytes, _) = diskdump_bytes(&store, &["restore", "a"]);
     assert_eq!(bytes, a);
-    dd(&store, &["verify"]).ok();
+    diskdump(&store, &["verify"]).ok();
 }
 
 /// A second, valid dump removed again, leaving orphan blocks for gc to find.
 fn only_manifest_named_in_day(store: &Path) -> String {
     let img = store.join("orphan.img");
     images::write(&img, &images::random_bytes(3 * BS, 77));
-    dd(store, &["import", img.to_str().unwrap(), "--as", "orphan"]).ok();
+    diskdump(store, &["import", img.to_str().unwrap(), "--as", "orphan"]).ok();
     fs::remove_file(&img).unwrap();
-    let r = dd(store, &["status"]).fails();
+    let r = diskdump(store, &["status"]).fails();
     r.stdout
         .lines()
         .filter_map(|l| l.split_whitespace().last())
@@ -357,7 +361,7 @@ fn only_manifest_named_in_day(store: &Path) -> String {
 }
 
 fn only_manifest_named(store: &Path, name: &str) -> String {
-    let r = dd(store, &["status"]).ok();
+    let r = diskdump(store, &["status"]).ok();
     r.stdout
         .lines()
         .filter_map(|l| l.split_whitespace().last())
@@ -371,13 +375,13 @@ fn bad_manifest_line_is_rejected_and_stops_gc() {
     let data = images::mixed(BS, 6, 0, 9);
     let (dir, img) = setup(&data);
     let store = dir.path().join("store");
-    dd(&store, &["import", img.to_str().unwrap(), "--as", "g"]).ok();
+    diskdump(&store, &["import", img.to_str().unwrap(), "--as", "g"]).ok();
     let m = only_manifest(&store);
     let text = fs::read_to_string(&m).unwrap();
     let mut lines: Vec<&str> = text.lines().collect();
     lines[8] = "not-a-hash";
     fs::write(&m, lines.join("\n") + "\n").unwrap();
-    let r = dd(&store, &["restore", "g"]).fails();
+    let r = diskdump(&store, &["restore", "g"]).fails();
     assert!(
         r.stderr.contains("g.manifest line 9") && r.stderr.contains("not-a-hash"),
         "{}",
@@ -386,14 +390,14 @@ fn bad_manifest_line_is_rejected_and_stops_gc() {
     // A broken manifest: gc must delete nothing, not even its own garbage.
     fs::remove_file(store.join(only_manifest_named_in_day(&store))).ok();
     let before = block_files(&store);
-    let r = dd(&store, &["gc"]).fails();
+    let r = diskdump(&store, &["gc"]).fails();
     assert!(
         r.stderr.contains("gc stopped before deleting anything"),
         "{}",
         r.stderr
     );
     assert_eq!(block_files(&store), before);
-    let r = dd(&store, &["verify"]).fails();
+    let r = diskdump(&store, &["verify"]).fails();
     assert!(r.stdout.contains("unreadable manifest"), "{}", r.stdout);
 }
 
@@ -404,7 +408,7 @@ fn block_files_are_lz4_frames_named_by_their_sha256() {
     let data = images::mixed(BS, 6, 10, 10);
     let (dir, img) = setup(&data);
     let store = dir.path().join("store");
-    dd(&store, &["import", img.to_str().unwrap(), "--as", "z"]).ok();
+    diskdump(&store, &["import", img.to_str().unwrap(), "--as", "z"]).ok();
     let files = block_files(&store);
     assert!(files.len() >= 5);
     for f in files {
@@ -420,22 +424,22 @@ fn verify_repair_quarantines_and_the_next_import_heals() {
     let data = images::mixed(BS, 12, 0, 11);
     let (dir, img) = setup(&data);
     let store = dir.path().join("store");
-    dd(&store, &["import", img.to_str().unwrap(), "--as", "r"]).ok();
+    diskdump(&store, &["import", img.to_str().unwrap(), "--as", "r"]).ok();
     let bad = corrupt_block(&store, &data[3 * BS..4 * BS]);
-    let r = dd(&store, &["verify", "--repair"]).fails();
+    let r = diskdump(&store, &["verify", "--repair"]).fails();
     assert!(r.stdout.contains("moved aside"), "{}", r.stdout);
     assert!(!bad.exists());
     let mut aside = bad.clone().into_os_string();
     aside.push(".bad");
     assert!(Path::new(&aside).exists());
     // The quarantined block is no longer "present": re-importing stores it.
-    let r = dd(&store, &["import", img.to_str().unwrap(), "--as", "r"]).ok();
+    let r = diskdump(&store, &["import", img.to_str().unwrap(), "--as", "r"]).ok();
     assert!(r.stdout.contains("(1 new"), "{}", r.stdout);
     assert!(bad.exists());
-    let (_, bytes, _) = dd_bytes(&store, &["restore", "r"]);
+    let (_, bytes, _) = diskdump_bytes(&store, &["restore", "r"]);
     assert!(bytes == data);
     // The .bad file is a note, not damage: the store verifies.
-    let r = dd(&store, &["verify"]).ok();
+    let r = diskdump(&store, &["verify"]).ok();
     assert!(
         r.stdout.contains(".lz4.bad: a damaged block moved aside")
             && r.stdout.contains("no problems"),
@@ -453,7 +457,7 @@ fn ctrl_c_during_import_leaves_no_manifest_and_a_valid_store() {
     images::write(&img, &images::random_bytes(8 * BS, 5));
     images::slow_tail(&img, 64 << 30);
     let store = dir.path().join("store");
-    let child = common::spawn_dd(&store, &["import", img.to_str().unwrap(), "--as", "big"]);
+    let child = common::spawn_diskdump(&store, &["import", img.to_str().unwrap(), "--as", "big"]);
     std::thread::sleep(std::time::Duration::from_millis(800));
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
@@ -474,37 +478,45 @@ fn ctrl_c_during_import_leaves_no_manifest_and_a_valid_store() {
         .filter(|p| p.to_string_lossy().contains(".tmp."))
         .collect();
     assert!(strays.is_empty(), "{strays:?}");
-    dd(&store, &["verify"]).ok();
+    diskdump(&store, &["verify"]).ok();
 }
 
 #[test]
-fn gc_waits_for_a_running_import_and_never_sweeps_blocks_it_relies_on() {
+fn gc_runs_beside_an_import_and_never_sweeps_blocks_it_relies_on() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let data = images::random_bytes(8 * BS, 50);
     let first = dir.path().join("first.img");
     images::write(&first, &data);
-    dd(
+    diskdump(
         &store,
         &["import", first.to_str().unwrap(), "--as", "first"],
     )
     .ok();
-    // Orphan those blocks: the next import finds them "already present".
+    // Orphan those blocks, long ago: the next import finds them "already
+    // present", and only its refreshing them keeps gc from taking them.
     fs::remove_file(only_manifest(&store)).unwrap();
+    common::age_store(&store);
     let big = dir.path().join("big.img");
     images::write(&big, &data);
     images::slow_tail(&big, 6 << 30);
-    let import = common::spawn_dd(&store, &["import", big.to_str().unwrap(), "--as", "big"]);
+    let mut import =
+        common::spawn_diskdump(&store, &["import", big.to_str().unwrap(), "--as", "big"]);
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let gc = common::gc_refused_then_started(&store);
+    // The import asked about every data block and the zero block first.
+    common::gc_beside_a_writer(&store, 0);
+    assert!(
+        import.try_wait().unwrap().is_none(),
+        "gc ran while the import did"
+    );
     let imported = import.wait_with_output().unwrap();
     assert!(
         imported.status.success(),
         "{}",
         String::from_utf8_lossy(&imported.stderr)
     );
-    common::gc_waited_and_removed_nothing(gc);
-    let (code, bytes, _) = dd_bytes(
+    diskdump(&store, &["verify"]).ok();
+    let (code, bytes, _) = diskdump_bytes(
         &store,
         &[
             "restore",
@@ -523,10 +535,10 @@ fn gc_waits_for_a_running_import_and_never_sweeps_blocks_it_relies_on() {
 }
 
 #[test]
-fn a_second_gc_refuses_or_waits_clearly() {
+fn a_second_gc_refuses_or_waits_clearly_and_imports_never_wait() {
     let (dir, img) = setup(&images::mixed(BS, 4, 0, 51));
     let store = dir.path().join("store");
-    dd(&store, &["import", img.to_str().unwrap(), "--as", "x"]).ok();
+    diskdump(&store, &["import", img.to_str().unwrap(), "--as", "x"]).ok();
     // Hold the lock exclusively the way a running gc does.
     let holder = Command::new("flock")
         .args([
@@ -538,14 +550,22 @@ fn a_second_gc_refuses_or_waits_clearly() {
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let r = dd(&store, &["gc", "--no-wait"]).fails();
-    assert!(r.stderr.contains("busy"), "{}", r.stderr);
-    let r = dd(&store, &["import", img.to_str().unwrap(), "--as", "y"]).ok();
+    let r = diskdump(&store, &["gc", "--no-wait"]).fails();
     assert!(
-        r.stderr.contains("waiting for a running gc"),
+        r.stderr.contains("busy") && r.stderr.contains("another gc"),
         "{}",
         r.stderr
     );
+    let t0 = std::time::Instant::now();
+    let r = diskdump(&store, &["import", img.to_str().unwrap(), "--as", "y"]).ok();
+    assert!(!r.stderr.contains("waiting"), "{}", r.stderr);
+    assert!(
+        t0.elapsed() < std::time::Duration::from_millis(1100),
+        "{:?}",
+        t0.elapsed()
+    );
+    let r = diskdump(&store, &["gc"]).ok();
+    assert!(r.stderr.contains("waiting for another gc"), "{}", r.stderr);
     let mut holder = holder;
     holder.wait().unwrap();
 }
@@ -571,7 +591,8 @@ fn kill_9_during_import_leaves_whole_blocks_and_the_rerun_stores_only_the_rest()
     // blocks, and later while the tail is being read.
     let points: [(usize, u64); 3] = [(2, 0), (48, 0), (2, 400)];
     for (min_blocks, extra_ms) in points {
-        let child = common::spawn_dd(&store, &["import", img.to_str().unwrap(), "--as", "big"]);
+        let child =
+            common::spawn_diskdump(&store, &["import", img.to_str().unwrap(), "--as", "big"]);
         common::wait_until(60, "blocks being written", || {
             block_files(&store).len() >= min_blocks
         });
@@ -594,11 +615,11 @@ fn kill_9_during_import_leaves_whole_blocks_and_the_rerun_stores_only_the_rest()
         .unwrap()
         .set_len(32 << 20)
         .unwrap();
-    let r = dd(&store, &["import", img.to_str().unwrap(), "--as", "big"]).ok();
+    let r = diskdump(&store, &["import", img.to_str().unwrap(), "--as", "big"]).ok();
     // Only what had not arrived (the zero block is never counted as new).
     assert_eq!(new_count(&r.stdout), unique - present, "{}", r.stdout);
     // Left-over temp files are gc's to remove; then the store verifies.
-    let r = dd(&store, &["gc"]).ok();
+    let r = diskdump(&store, &["gc"]).ok();
     assert!(
         r.stdout.contains("removed 0 unreferenced blocks"),
         "{}",
@@ -606,9 +627,9 @@ fn kill_9_during_import_leaves_whole_blocks_and_the_rerun_stores_only_the_rest()
     );
     let (blocks, temps) = common::whole_blocks_and_temps(&store, BS);
     assert_eq!((blocks, temps), (unique, vec![]));
-    dd(&store, &["verify"]).ok();
+    diskdump(&store, &["verify"]).ok();
     let out = dir.path().join("r.img");
-    dd(&store, &["restore", "big", "-o", out.to_str().unwrap()]).ok();
+    diskdump(&store, &["restore", "big", "-o", out.to_str().unwrap()]).ok();
     assert!(fs::read(&out).unwrap() == fs::read(&img).unwrap());
 }
 
@@ -629,23 +650,26 @@ fn hostile_dump_names_are_refused_before_any_work() {
         &long,
     ];
     for name in names {
-        let r = dd(&store, &["import", img.to_str().unwrap(), "--as", name]).fails();
+        let r = diskdump(&store, &["import", img.to_str().unwrap(), "--as", name]).fails();
         assert!(
             r.stderr.contains("invalid dump name"),
             "{name:?}: {}",
             r.stderr
         );
         assert_eq!(r.stderr.trim().lines().count(), 1, "{name:?}: {}", r.stderr);
-        let r = dd(&store, &["dump", "h:/dev/sda", "--as", name]).fails();
+        let r = diskdump(&store, &["dump", "h:/dev/sda", "--as", name]).fails();
         assert!(
             r.stderr.contains("invalid dump name"),
             "{name:?}: {}",
             r.stderr
         );
     }
-    assert!(!store.exists(), "nothing was created");
+    assert!(
+        common::all_manifests(&store).is_empty() && block_files(&store).is_empty(),
+        "nothing was written"
+    );
     // The longest valid name works.
-    dd(
+    diskdump(
         &store,
         &["import", img.to_str().unwrap(), "--as", &"n".repeat(128)],
     )

@@ -658,3 +658,38 @@ fn a_manifest_replaced_under_a_live_mount_shows_the_new_image() {
     drop(old);
     m.stop();
 }
+
+#[test]
+#[cfg_attr(not(have_fuse), ignore = "needs root and /dev/fuse")]
+fn forget_under_a_live_mount_removes_the_image_and_open_handles_keep_reading() {
+    need_none(fuse_missing());
+    let env = Env::new();
+    let (a, b) = (sample(43), sample(44));
+    let src_a = env.file("a.img", &a);
+    let src_b = env.file("b.img", &b);
+    let old_rel = env.import(&src_a, "f", "2026-05-01");
+    let new_rel = env.import(&src_b, "f", "2026-05-02");
+    let m = env.mount(&[]);
+    let img = m.mnt.join(&old_rel);
+    let old = File::open(&img).unwrap();
+    let mut head = vec![0u8; BS];
+    old.read_exact_at(&mut head, 0).unwrap();
+    assert_eq!(head, a[..BS]);
+    // Retention removes the older dump while it is open.
+    let o = Command::new(BIN)
+        .arg("--store")
+        .arg(&env.store)
+        .args(["forget", "--keep-last", "1"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::thread::sleep(Duration::from_millis(1500)); // the names' TTL
+    assert!(!img.exists(), "the forgotten image is gone from the tree");
+    assert!(cmp(&src_b, &m.mnt.join(&new_rel)), "the kept one is intact");
+    // The handle opened before reads the whole old image (its blocks stay until a gc).
+    let mut all = vec![0u8; a.len()];
+    old.read_exact_at(&mut all, 0).unwrap();
+    assert!(all == a, "an open handle keeps its image");
+    drop(old);
+    m.stop();
+}

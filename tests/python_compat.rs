@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{dd, dd_bytes, images};
+use common::{diskdump, diskdump_bytes, images};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -90,14 +90,14 @@ fn python_and_rust_read_each_others_dumps_and_gc_keeps_both() {
         "oldhost.sdb/0",
         ".blockstore/manifests/oldhost.sdb/0.manifest",
     ] {
-        let (code, bytes, err) = dd_bytes(&store, &["restore", arg]);
+        let (code, bytes, err) = diskdump_bytes(&store, &["restore", arg]);
         assert_eq!(code, 0, "{arg}: {err}");
         assert!(bytes == theirs, "{arg}: restored bytes differ");
     }
-    dd(&store, &["verify"]).ok();
+    diskdump(&store, &["verify"]).ok();
 
     // Our import → their restore.
-    dd(
+    diskdump(
         &store,
         &["import", oi.to_str().unwrap(), "--as", "newhost:/dev/sda"],
     )
@@ -117,22 +117,23 @@ fn python_and_rust_read_each_others_dumps_and_gc_keeps_both() {
     // Our gc on the mixed store: orphan our blocks, keep both dumps.
     let junk = dir.path().join("junk.img");
     images::write(&junk, &images::random_bytes(4 * BS, 99));
-    dd(&store, &["import", junk.to_str().unwrap(), "--as", "junk"]).ok();
+    diskdump(&store, &["import", junk.to_str().unwrap(), "--as", "junk"]).ok();
     let junk_manifest = fs::read_dir(store.join(&rel).parent().unwrap())
         .unwrap()
         .map(|e| e.unwrap().path())
         .find(|p| p.to_string_lossy().ends_with("junk.manifest"))
         .unwrap();
     fs::remove_file(junk_manifest).unwrap();
-    let r = dd(&store, &["gc"]).ok();
+    common::age_store(&store);
+    let r = diskdump(&store, &["gc"]).ok();
     assert!(r.stdout.contains("removed 4 unreferenced"), "{}", r.stdout);
-    let r = dd(&store, &["status"]).ok();
+    let r = diskdump(&store, &["status"]).ok();
     assert!(
         r.stdout.contains("oldhost.sdb/0.manifest") && r.stdout.contains("newhost-sda.manifest"),
         "{}",
         r.stdout
     );
-    let (_, bytes, _) = dd_bytes(&store, &["restore", "oldhost.sdb"]);
+    let (_, bytes, _) = diskdump_bytes(&store, &["restore", "oldhost.sdb"]);
     assert!(bytes == theirs);
     let out2 = dir.path().join("py-restored-2.img");
     py_run(
@@ -149,6 +150,6 @@ fn python_and_rust_read_each_others_dumps_and_gc_keeps_both() {
         fs::read(&out2).unwrap() == theirs,
         "their dump survives our gc, for them too"
     );
-    let r = dd(&store, &["info", "oldhost.sdb"]).ok();
+    let r = diskdump(&store, &["info", "oldhost.sdb"]).ok();
     assert!(r.stdout.contains("Missing:       0 blocks"), "{}", r.stdout);
 }

@@ -12,6 +12,7 @@ const BS: usize = 4096;
 
 /// `diskdump --store STORE ARGS` in UTC, so calendar periods are fixed.
 fn ddz(store: &Path, args: &[&str]) -> Run {
+    common::ensure_store(store, args);
     let o = Command::new(common::bin())
         .arg("--store")
         .arg(store)
@@ -101,6 +102,9 @@ fn forty_daily_dumps_forget_keeps_what_restic_keeps() {
     );
     assert_eq!(json(ddz(&store, &["list", "--json"])), before);
 
+    // As in real life, the dumps being forgotten were written long ago
+    // (gc leaves blocks younger than a minute for the next run).
+    common::age_store(&store);
     let mut args = vec!["forget", "web-sda", "--prune"];
     args.extend(keep);
     let r = ddz(&store, &args).ok();
@@ -263,4 +267,75 @@ fn list_filters_and_diff_ranges() {
     assert_eq!(d["a"]["path"], "2026/01/01/a.manifest");
     let t = ddz(&store, &["diff", "a", "a"]).ok().stdout;
     assert!(t.contains("changed: 0 of 17 blocks"), "{t}");
+}
+
+#[test]
+fn init_makes_the_only_stores_and_everything_else_refuses_a_non_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("a.img");
+    images::write(&img, &day_image(1));
+    let typo = dir.path().join("stroe");
+    // dump and import no longer create a store: a mistyped --store is an error.
+    for args in [
+        vec!["import", img.to_str().unwrap(), "--as", "a"],
+        vec!["dump", "h:/dev/sda"],
+        vec!["list"],
+        vec!["gc"],
+        vec!["forget", "--keep-last", "1"],
+    ] {
+        let o = Command::new(common::bin())
+            .arg("--store")
+            .arg(&typo)
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?}");
+        assert!(err.contains("diskdump init"), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(!typo.exists(), "{args:?} created {typo:?}");
+    }
+    // init DIR, or --store DIR init; a second init and a non-empty dir are refused.
+    let a = dir.path().join("a");
+    let r = json(ddz(&a, &["init", "--block-size", "64K", "--json"]));
+    assert_eq!(r["block_size"], 65536);
+    let r = ddz(&a, &["init"]).fails();
+    assert!(r.stderr.contains("already"), "{}", r.stderr);
+    let b = dir.path().join("b");
+    let o = Command::new(common::bin())
+        .args(["init", b.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let r = ddz(
+        &dir.path().join("b"),
+        &["import", img.to_str().unwrap(), "--as", "a"],
+    )
+    .ok();
+    assert!(r.stdout.contains("imported"), "{}", r.stdout);
+    let r = ddz(dir.path(), &["init"]).fails();
+    assert!(r.stderr.contains("not empty"), "{}", r.stderr);
+    // A block size that differs from the store's is refused.
+    let r = ddz(
+        &a,
+        &[
+            "import",
+            img.to_str().unwrap(),
+            "--as",
+            "a",
+            "--block-size",
+            "128K",
+        ],
+    )
+    .fails();
+    assert!(r.stderr.contains("block size 65536"), "{}", r.stderr);
+    // A Python 0.1.5 store (just its config.json) is a store.
+    let py = dir.path().join("py");
+    std::fs::create_dir_all(py.join(".blockstore")).unwrap();
+    std::fs::write(
+        py.join(".blockstore/config.json"),
+        r#"{"block_size": 131072, "hash_algo": "sha256", "version": 1}"#,
+    )
+    .unwrap();
+    assert_eq!(json(ddz(&py, &["list", "--json"])), serde_json::json!([]));
 }

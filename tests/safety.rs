@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{block_files, dd, dd_bytes, images, walk};
+use common::{block_files, diskdump, diskdump_bytes, images, walk};
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -21,17 +21,18 @@ fn setup(data: &[u8]) -> (tempfile::TempDir, PathBuf, PathBuf) {
 }
 
 fn import(store: &Path, img: &Path, name: &str) -> common::Run {
-    dd(store, &["import", img.to_str().unwrap(), "--as", name]).ok()
+    diskdump(store, &["import", img.to_str().unwrap(), "--as", name]).ok()
 }
 
 fn restore(store: &Path, what: &str) -> Vec<u8> {
-    let (code, bytes, err) = dd_bytes(store, &["restore", what]);
+    let (code, bytes, err) = diskdump_bytes(store, &["restore", what]);
     assert_eq!(code, 0, "{err}");
     bytes
 }
 
 /// `diskdump ARGS` under `sh -c 'umask U; exec ...'`.
 fn dd_umask(umask: &str, store: &Path, args: &[&str]) -> common::Run {
+    common::ensure_store(store, args);
     let o = Command::new("sh")
         .arg("-c")
         .arg(format!("umask {umask}; exec \"$@\""))
@@ -135,7 +136,7 @@ fn the_store_is_private_whatever_the_umask_and_nobody_can_read_or_lock_it() {
     assert_eq!(mode(&out), 0o600);
     assert!(fs::read(&out).unwrap() == data);
     // No warning for a store as private as it should be.
-    let r = dd(&store, &["status"]).ok();
+    let r = diskdump(&store, &["status"]).ok();
     assert!(!r.stderr.contains("warning"), "{}", r.stderr);
 }
 
@@ -148,7 +149,7 @@ fn a_group_store_is_shared_read_only_and_every_later_write_keeps_it() {
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let gid = 65534u32;
     let img_s = img.to_str().unwrap();
-    let r = dd(
+    let r = diskdump(
         &store,
         &["import", img_s, "--as", "g", "--group", "99999999x"],
     )
@@ -212,7 +213,7 @@ fn a_group_store_is_shared_read_only_and_every_later_write_keeps_it() {
         "someone outside the group read a block"
     );
     // --group applies at creation only.
-    let r = dd(&store, &["import", img_s, "--as", "g", "--group", "0"]).fails();
+    let r = diskdump(&store, &["import", img_s, "--as", "g", "--group", "0"]).fails();
     assert!(
         r.stderr.contains("only when a store is created"),
         "{}",
@@ -241,7 +242,7 @@ fn an_old_store_with_wide_modes_works_and_gets_a_one_line_warning() {
         .unwrap();
     assert!(st.success());
     for cmd in ["status", "verify"] {
-        let r = dd(&store, &[cmd]).ok();
+        let r = diskdump(&store, &[cmd]).ok();
         let warnings: Vec<&str> = r.stderr.lines().filter(|l| l.contains("warning")).collect();
         assert_eq!(warnings.len(), 1, "{cmd}: {}", r.stderr);
         assert!(
@@ -257,7 +258,7 @@ fn an_old_store_with_wide_modes_works_and_gets_a_one_line_warning() {
         .status()
         .unwrap();
     assert!(st.success());
-    let r = dd(&store, &["status"]).ok();
+    let r = diskdump(&store, &["status"]).ok();
     assert!(!r.stderr.contains("warning"), "{}", r.stderr);
     import(&store, &img, "old");
     assert_eq!(restore(&store, "old"), data);
@@ -293,7 +294,7 @@ fn a_broken_block_is_stored_again_by_the_next_import() {
         assert!(r.stdout.contains("(1 new,"), "{how}: {}", r.stdout);
         assert!(r.stderr.contains("is damaged"), "{how}: {}", r.stderr);
         assert_eq!(restore(&store, "b"), data, "{how}");
-        let r = dd(&store, &["verify"]).ok();
+        let r = diskdump(&store, &["verify"]).ok();
         assert!(r.stdout.contains("no problems"), "{how}: {}", r.stdout);
     }
 }
@@ -339,7 +340,7 @@ fn a_crashed_run_makes_the_next_one_check_every_block_it_wrote() {
         "the marker is gone"
     );
     assert_eq!(restore(&store, "c"), data);
-    dd(&store, &["verify"]).ok();
+    diskdump(&store, &["verify"]).ok();
     // Without a marker, the next run trusts what is there.
     let r = import(&store, &img, "c");
     assert!(!r.stderr.contains("earlier run"), "{}", r.stderr);
@@ -366,7 +367,7 @@ fn same_day_dumps_and_names_with_dots_are_never_confused() {
     let imp = |img: &Path, name: &str| {
         let mut args = vec!["import", img.to_str().unwrap(), "--as", name];
         args.extend_from_slice(&date);
-        dd(&store, &args).ok()
+        diskdump(&store, &args).ok()
     };
     imp(&ia, "web");
     let r = imp(&ib, "web");
@@ -384,7 +385,7 @@ fn same_day_dumps_and_names_with_dots_are_never_confused() {
     imp(&ia, "web.3");
     assert_eq!(restore(&store, "web"), b);
     // A name cannot be another's same-day file name.
-    let r = dd(&store, &["import", ia.to_str().unwrap(), "--as", "web+2"]).fails();
+    let r = diskdump(&store, &["import", ia.to_str().unwrap(), "--as", "web+2"]).fails();
     assert_eq!(r.code, 2);
 }
 
@@ -401,7 +402,7 @@ fn control_characters_in_names_sources_and_paths_are_refused_up_front() {
         vec!["dump", "host:/tmp/a\nb.img", "--as", "x"],
         vec!["dump", "host:/tmp/a\rb.img"],
     ] {
-        let r = dd(&store, &args).fails();
+        let r = diskdump(&store, &args).fails();
         assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
         assert!(
             r.stderr.contains("control character"),
@@ -410,12 +411,15 @@ fn control_characters_in_names_sources_and_paths_are_refused_up_front() {
         );
         assert_eq!(r.stderr.trim_end().lines().count(), 1, "{}", r.stderr);
     }
-    assert!(!store.exists(), "nothing was created");
+    assert!(
+        common::all_manifests(&store).is_empty() && common::block_files(&store).is_empty(),
+        "nothing was written"
+    );
     // The source records the image's path: any path without one works.
     let ok = dir.path().join("ok.img");
     images::write(&ok, &images::mixed(BS, 3, 15, 0));
     import(&store, &ok, "x");
-    dd(&store, &["gc"]).ok();
+    diskdump(&store, &["gc"]).ok();
 }
 
 #[test]
@@ -424,21 +428,24 @@ fn every_argument_is_checked_before_any_work() {
     let (_dir, img, store) = setup(&data);
     let img_s = img.to_str().unwrap();
     for date in ["+12026-01-01", "12026-01-01", "0999-01-01", "2026-13-01"] {
-        let r = dd(&store, &["import", img_s, "--as", "d", "--date", date]).fails();
+        let r = diskdump(&store, &["import", img_s, "--as", "d", "--date", date]).fails();
         assert_eq!(r.code, 2, "{date}: {}", r.stderr);
         assert!(r.stderr.contains("invalid date"), "{}", r.stderr);
     }
-    let r = dd(
+    let r = diskdump(
         &store,
         &["import", img_s, "--as", "d", "--block-size", "1000"],
     )
     .fails();
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(!store.exists(), "no store, no blocks");
+    assert!(
+        common::all_manifests(&store).is_empty() && common::block_files(&store).is_empty(),
+        "no dump, no blocks"
+    );
     // Usage errors from clap exit 2 as well; --help documents the codes.
-    let r = dd(&store, &["import"]).fails();
+    let r = diskdump(&store, &["import"]).fails();
     assert_eq!(r.code, 2);
-    let r = dd(&store, &["--help"]).ok();
+    let r = diskdump(&store, &["--help"]).ok();
     assert!(
         r.stdout.contains("Exit codes") && r.stdout.contains("3 store locked"),
         "{}",
@@ -483,17 +490,19 @@ fn a_locked_store_has_its_own_exit_code() {
     let data = images::mixed(BS, 4, 18, 1);
     let (_dir, img, store) = setup(&data);
     import(&store, &img, "l");
+    // A running gc holds the lock (dumps and imports no longer take it).
+    diskdump(&store, &["gc"]).ok();
     let lock = fs::File::open(store.join(".blockstore/lock")).unwrap();
     // SAFETY: flock on an open file we own; released when it is closed.
     assert_eq!(
         unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_SH) },
         0
     );
-    let r = dd(&store, &["gc", "--no-wait"]).fails();
+    let r = diskdump(&store, &["gc", "--no-wait"]).fails();
     assert_eq!(r.code, 3, "{}", r.stderr);
     assert!(r.stderr.contains("busy"), "{}", r.stderr);
     drop(lock);
-    dd(&store, &["gc", "--no-wait"]).ok();
+    diskdump(&store, &["gc", "--no-wait"]).ok();
 }
 
 #[test]
@@ -504,15 +513,15 @@ fn restore_keeps_existing_files_and_refuses_a_terminal() {
     let out = dir.path().join("existing.img");
     fs::write(&out, b"precious").unwrap();
     let out_s = out.to_str().unwrap();
-    let r = dd(&store, &["restore", "r", "-o", out_s]).fails();
+    let r = diskdump(&store, &["restore", "r", "-o", out_s]).fails();
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("--force"), "{}", r.stderr);
     assert_eq!(fs::read(&out).unwrap(), b"precious");
-    dd(&store, &["restore", "r", "-o", out_s, "--force"]).ok();
+    diskdump(&store, &["restore", "r", "-o", out_s, "--force"]).ok();
     assert!(fs::read(&out).unwrap() == data);
     assert_eq!(mode(&out), 0o600);
     // /dev/null is a fine place for an image (a read test).
-    dd(&store, &["restore", "r", "-o", "/dev/null"]).ok();
+    diskdump(&store, &["restore", "r", "-o", "/dev/null"]).ok();
     // A terminal on stdout is refused before anything is written.
     // SAFETY: plain libc pty calls; the fds are closed below.
     let (master, slave) = unsafe {
@@ -553,7 +562,7 @@ fn restore_keeps_existing_files_and_refuses_a_terminal() {
 fn manifest_paths_are_accepted_as_users_type_them() {
     let data = images::mixed(BS, 6, 20, 1);
     let (dir, img, store) = setup(&data);
-    let r = dd(
+    let r = diskdump(
         &store,
         &[
             "import",
@@ -640,21 +649,21 @@ fn restore_refuses_a_mounted_block_device_and_needs_force_for_any() {
     let st = Command::new("mount").arg(&dev).arg(&mnt).status().unwrap();
     assert!(st.success());
     fs::write(mnt.join("keep.txt"), b"still here").unwrap();
-    let r = dd(&store, &["restore", "dev", "-o", &dev]).fails();
+    let r = diskdump(&store, &["restore", "dev", "-o", &dev]).fails();
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(
         r.stderr.contains("block device") && r.stderr.contains("--force"),
         "{}",
         r.stderr
     );
-    let r = dd(&store, &["restore", "dev", "-o", &dev, "--force"]).fails();
+    let r = diskdump(&store, &["restore", "dev", "-o", &dev, "--force"]).fails();
     assert!(r.stderr.contains("in use"), "{}", r.stderr);
     assert_eq!(r.stderr.trim_end().lines().count(), 1, "{}", r.stderr);
     assert_eq!(fs::read(mnt.join("keep.txt")).unwrap(), b"still here");
     let st = Command::new("umount").arg(&mnt).status().unwrap();
     assert!(st.success());
     // Unmounted and asked for: written, every byte.
-    dd(&store, &["restore", "dev", "-o", &dev, "--force"]).ok();
+    diskdump(&store, &["restore", "dev", "-o", &dev, "--force"]).ok();
     let mut on_dev = vec![0u8; data.len()];
     std::io::Read::read_exact(&mut fs::File::open(&dev).unwrap(), &mut on_dev).unwrap();
     assert!(on_dev == data);

@@ -8,7 +8,7 @@ use crate::cli::{DumpArgs, TargetSpec};
 use crate::deploy::{self, sh_quote, Agent, Launch};
 use crate::manifest::{default_name, validate_name, validate_source};
 use crate::receiver::{receive, InFlight, ReceiveOptions, ReceiveStats};
-use crate::store::{resolve_group, LocalStore, LockKind, Store};
+use crate::store::{LocalStore, LockKind, Store};
 use crate::target::Target;
 use crate::{progress, signals, transport, untrusted};
 use anyhow::{bail, Context, Result};
@@ -58,14 +58,8 @@ pub fn run(store_dir: &Path, specs: Vec<TargetSpec>, args: DumpArgs) -> Result<u
         args.window,
     )
     .map_err(|e| usage(e.to_string()))?;
-    let group = args
-        .group
-        .as_deref()
-        .map(resolve_group)
-        .transpose()
-        .map_err(as_usage)?;
     let how = args.ssh.options()?;
-    let store = LocalStore::open_or_create_in_group(store_dir, args.block_size, group)?;
+    let store = LocalStore::open_for_writing(store_dir, args.block_size, None)?;
     let _lock = store.lock(LockKind::Shared, true)?;
     let marker = store.begin_writes()?;
     let inflight = InFlight::new();
@@ -89,6 +83,7 @@ pub fn run(store_dir: &Path, specs: Vec<TargetSpec>, args: DumpArgs) -> Result<u
                     Err(anyhow::anyhow!("not started: interrupted"))
                 } else {
                     dump_one(&store, &inflight, &how, &args, planned, &bar)
+                        .map_err(|e| with_sudo_hint(e, planned.spec.sudo))
                 };
                 bar.finish_and_clear();
                 if let Err(e) = &r {
@@ -113,7 +108,13 @@ pub fn run(store_dir: &Path, specs: Vec<TargetSpec>, args: DumpArgs) -> Result<u
         .collect();
     store.end_writes(marker)?;
     // A closed stdout must not hide a failed target's exit code.
-    let printed = print_summary(&targets, &results);
+    // Nothing of the bars stays on the terminal above the report.
+    let _ = bars.clear();
+    let printed = if crate::output::json() {
+        report(&targets, &results)
+    } else {
+        print_summary(&targets, &results).map_err(anyhow::Error::from)
+    };
     let failed = results.iter().filter(|r| r.is_err()).count();
     if failed > 0 {
         signals::check()?;
@@ -123,19 +124,49 @@ pub fn run(store_dir: &Path, specs: Vec<TargetSpec>, args: DumpArgs) -> Result<u
     Ok(0)
 }
 
+/// A device the remote user may not read: say what usually fixes it.
+fn with_sudo_hint(e: anyhow::Error, sudo: bool) -> anyhow::Error {
+    let msg = format!("{e:#}");
+    if sudo || !msg.contains("Permission denied") {
+        return e;
+    }
+    anyhow::anyhow!("{msg} (reading a device usually needs root: add --sudo after the target)")
+}
+
+/// Until the agent says how big the source is, a spinner and what is
+/// happening ("connecting", "deploying agent"), not an empty 0 B/0 B bar.
 fn target_bar(target: &str) -> ProgressBar {
     let pb = ProgressBar::new(0);
     pb.set_style(
-        ProgressStyle::with_template(
-            "{prefix:24} [{bar:25}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
-        )
-        .expect("static template")
-        .progress_chars("=> "),
+        ProgressStyle::with_template("{prefix:24} {spinner} {msg}").expect("static template"),
     );
-    pb.set_prefix(target.to_string());
+    pb.set_prefix(shorten(target, 24));
     pb.set_message("connecting");
     pb.enable_steady_tick(Duration::from_millis(200));
     pb
+}
+
+/// The bar once the size is known, fitting 80 columns.
+fn transfer_style() -> ProgressStyle {
+    ProgressStyle::with_template(
+        "{prefix:24} [{bar:20}] {bytes:>9}/{total_bytes:9} {binary_bytes_per_sec:>11} {msg}",
+    )
+    .expect("static template")
+    .progress_chars("=> ")
+}
+
+/// A target name in `width` columns: its middle gives way.
+fn shorten(s: &str, width: usize) -> String {
+    let chars: Vec<char> = s.chars().collect();
+    if chars.len() <= width {
+        return s.to_string();
+    }
+    let head = (width - 1) / 2;
+    let tail = width - 1 - head;
+    let mut out: String = chars[..head].iter().collect();
+    out.push('~');
+    out.extend(&chars[chars.len() - tail..]);
+    out
 }
 
 fn dump_one(
@@ -174,14 +205,14 @@ fn dump_one(
         handle,
     } = deploy::start(&*remote, &launch, &|| bar.set_message("deploying agent"))?;
     bar.set_message("");
+    let sized = AtomicBool::new(false);
     let update = |st: &ReceiveStats| {
+        if !sized.swap(true, Ordering::Relaxed) {
+            bar.set_style(transfer_style());
+        }
         bar.set_length(st.size);
         bar.set_position(st.bytes_read);
-        bar.set_message(format!(
-            "new {} wire {}",
-            HumanBytes(st.bytes_new),
-            HumanBytes(st.wire_bytes)
-        ));
+        bar.set_message(format!("new {}", HumanBytes(st.bytes_new)));
     };
     let opts = ReceiveOptions {
         store,
@@ -265,14 +296,75 @@ fn dump_one(
     })
 }
 
+/// One target's outcome as `--json` prints it.
+#[derive(serde::Serialize)]
+struct TargetReport<'a> {
+    target: &'a str,
+    name: &'a str,
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    manifest: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    size: u64,
+    blocks_new: u64,
+    blocks_present: u64,
+    blocks_zero: u64,
+    bytes_new: u64,
+    wire_bytes: u64,
+    seconds: f64,
+}
+
+fn report(targets: &[PlannedTarget], results: &[Result<TargetDumped>]) -> Result<()> {
+    let rows: Vec<TargetReport> = targets
+        .iter()
+        .zip(results)
+        .map(|(p, r)| {
+            let mut t = TargetReport {
+                target: &p.spec.target,
+                name: &p.name,
+                ok: r.is_ok(),
+                manifest: None,
+                error: None,
+                size: 0,
+                blocks_new: 0,
+                blocks_present: 0,
+                blocks_zero: 0,
+                bytes_new: 0,
+                wire_bytes: 0,
+                seconds: 0.0,
+            };
+            match r {
+                Ok(d) => {
+                    t.manifest = Some(&d.manifest);
+                    t.size = d.stats.size;
+                    t.blocks_new = d.stats.blocks_new;
+                    t.blocks_present = d.stats.blocks_present + d.stats.blocks_deduped;
+                    t.blocks_zero = d.stats.blocks_zero;
+                    t.bytes_new = d.stats.bytes_new;
+                    t.wire_bytes = d.stats.wire_bytes;
+                    t.seconds = d.took.as_secs_f64();
+                }
+                Err(e) => t.error = Some(untrusted::line(&format!("{e:#}"))),
+            }
+            t
+        })
+        .collect();
+    let failed = rows.iter().filter(|r| !r.ok).count();
+    crate::output::emit(&serde_json::json!({ "targets": rows, "failed": failed }))
+}
+
+/// The table fits 80 columns: a target longer than its column gets a line
+/// of its own (the numbers follow on the next), the manifest goes below; a
+/// failed target's error was printed when it happened.
 fn print_summary(
     targets: &[PlannedTarget],
     results: &[Result<TargetDumped>],
 ) -> std::io::Result<()> {
+    const W: usize = 24;
     crate::outln!(
-        "{:<28} {:<40} {:>7} {:>8} {:>7} {:>10} {:>8} {:>10}",
+        "{:<W$} {:>7} {:>8} {:>7} {:>9} {:>8} {:>11}",
         "TARGET",
-        "MANIFEST",
         "NEW",
         "PRESENT",
         "ZERO",
@@ -281,23 +373,27 @@ fn print_summary(
         "RATE"
     )?;
     for (planned, r) in targets.iter().zip(results) {
+        let target = untrusted::line(&planned.spec.target);
         match r {
-            Ok(d) => crate::outln!(
-                "{:<28} {:<40} {:>7} {:>8} {:>7} {:>10} {:>8} {:>10}",
-                planned.spec.target,
-                d.manifest,
-                d.stats.blocks_new,
-                d.stats.blocks_present + d.stats.blocks_deduped,
-                d.stats.blocks_zero,
-                HumanBytes(d.stats.wire_bytes).to_string().replace(' ', ""),
-                progress::secs(d.took),
-                progress::rate(d.stats.size, d.took)
-            )?,
-            Err(e) => crate::outln!(
-                "{:<28} FAILED: {}",
-                planned.spec.target,
-                untrusted::line(&format!("{e:#}"))
-            )?,
+            Ok(d) => {
+                let lead = if target.chars().count() > W {
+                    crate::outln!("{target}")?;
+                    String::new()
+                } else {
+                    target
+                };
+                crate::outln!(
+                    "{lead:<W$} {:>7} {:>8} {:>7} {:>9} {:>8} {:>11}",
+                    d.stats.blocks_new,
+                    d.stats.blocks_present + d.stats.blocks_deduped,
+                    d.stats.blocks_zero,
+                    HumanBytes(d.stats.wire_bytes).to_string().replace(' ', ""),
+                    progress::secs(d.took),
+                    progress::rate(d.stats.size, d.took)
+                )?;
+                crate::outln!("  -> {}", d.manifest)?;
+            }
+            Err(_) => crate::outln!("{target:<W$} FAILED (error above)")?,
         }
     }
     Ok(())

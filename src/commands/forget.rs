@@ -19,6 +19,8 @@ pub struct ForgetOptions {
     pub policy: Policy,
     pub dry_run: bool,
     pub prune: bool,
+    /// Names without dumps are fine (a config group's new target), not an error.
+    pub allow_missing: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -58,7 +60,7 @@ pub fn run(store_dir: &Path, o: &ForgetOptions) -> Result<u8> {
         groups.entry(r.name.clone()).or_default().push(r);
     }
     for n in &o.names {
-        if !groups.contains_key(n) {
+        if !groups.contains_key(n) && !o.allow_missing {
             bail!("no dumps named {n:?} in store {}", store.root().display());
         }
     }

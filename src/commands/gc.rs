@@ -1,17 +1,16 @@
 //! `gc [--dry-run]`: mark every block any manifest (dated or Python-era)
-//! references, sweep the rest. Holds the store lock exclusively, so no dump
-//! or import is running; stops before deleting anything if a manifest fails
-//! to parse.
+//! references, sweep the rest (`store::gc`: beside running dumps and
+//! imports, neither waiting for the other). Stops before deleting anything
+//! if a manifest fails to parse.
 
 use super::open_store;
 use crate::digest::Digest;
 use crate::output;
-use crate::store::{LocalStore, LockKind, Store, WalkItem};
-use anyhow::{Context, Result};
+use crate::store::{LocalStore, LockKind, Store};
+use anyhow::Result;
 use indicatif::HumanBytes;
 use serde::Serialize;
 use std::collections::HashSet;
-use std::fs;
 use std::path::Path;
 
 /// What a gc found and did (`--json` prints it as is).
@@ -24,6 +23,13 @@ pub struct GcReport {
     pub removed_blocks: u64,
     pub removed_bytes: u64,
     pub removed_temp_files: u64,
+    /// Unreferenced blocks kept because they are newer than this gc's cutoff
+    /// (a running dump may need them; the next gc takes them).
+    pub young_blocks: u64,
+    /// Dumps and imports running when this gc started.
+    pub running_writers: usize,
+    /// Blocks an interrupted gc had set aside, put back.
+    pub recovered_blocks: u64,
 }
 
 impl GcReport {
@@ -40,7 +46,15 @@ impl GcReport {
             self.removed_blocks,
             HumanBytes(self.removed_bytes),
             self.removed_temp_files
-        )
+        )?;
+        if self.young_blocks > 0 {
+            crate::outln!(
+                "gc: kept {} unreferenced blocks written or used in the last minute \
+                 (the next gc removes them if still unreferenced)",
+                self.young_blocks
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -57,48 +71,37 @@ pub fn run(store_dir: &Path, dry_run: bool, wait: bool) -> Result<u8> {
 
 pub fn collect(store: &LocalStore, dry_run: bool, wait: bool) -> Result<GcReport> {
     let _lock = store.lock(LockKind::Exclusive, wait)?;
+    let start = store.gc_begin()?;
     let mut live: HashSet<Digest> = HashSet::new();
-    let entries = store.manifests()?;
-    for e in &entries {
-        let m = store
-            .read_manifest(e)
-            .context("gc stopped before deleting anything: every manifest must parse to know which blocks are live")?;
-        live.extend(m.blocks);
+    let mut manifests = 0;
+    for e in &store.manifests()? {
+        match store.read_manifest(e) {
+            Ok(m) => live.extend(m.blocks),
+            // Removed since the listing (forget, delete): its blocks are garbage.
+            Err(err) if is_not_found(&err) => continue,
+            Err(err) => return Err(err.context(
+                "gc stopped before deleting anything: every manifest must parse to know which blocks are live",
+            )),
+        }
+        manifests += 1;
     }
-    let (mut garbage, mut temps, mut kept) = (Vec::new(), Vec::new(), 0u64);
-    store.walk(&mut |item| {
-        match item {
-            WalkItem::Block(d, n) if !live.contains(&d) => garbage.push((d, n)),
-            WalkItem::Block(..) => kept += 1,
-            // Nothing writes while we hold the lock: any temp file is left over.
-            WalkItem::Stray(p) if p.contains(".tmp.") => temps.push(p),
-            WalkItem::Stray(_) => {}
-        }
-        Ok(())
-    })?;
-    // Manifests a killed writer never renamed into place.
-    temps.extend(store.manifest_temps()?);
-    let bytes: u64 = garbage.iter().map(|(_, n)| n).sum();
-    if !dry_run {
-        for (d, _) in &garbage {
-            // Stopping between two removals leaves a valid store.
-            crate::signals::check()?;
-            store
-                .remove(d)
-                .with_context(|| format!("cannot remove block {d}"))?;
-        }
-        for p in &temps {
-            crate::signals::check()?;
-            fs::remove_file(store.root().join(p)).with_context(|| format!("cannot remove {p}"))?;
-        }
-        store.tidy()?;
-    }
+    let st = store.gc_sweep(&start, &live, dry_run)?;
     Ok(GcReport {
         dry_run,
-        manifests: entries.len(),
-        live_blocks: kept,
-        removed_blocks: garbage.len() as u64,
-        removed_bytes: bytes,
-        removed_temp_files: temps.len() as u64,
+        manifests,
+        live_blocks: st.live_blocks,
+        removed_blocks: st.removed_blocks,
+        removed_bytes: st.removed_bytes,
+        removed_temp_files: st.removed_temps,
+        young_blocks: st.young_blocks,
+        running_writers: st.running_writers,
+        recovered_blocks: st.recovered,
+    })
+}
+
+fn is_not_found(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
     })
 }

@@ -95,7 +95,7 @@ pub fn run(store_dir: &Path, o: &ImportOptions) -> Result<u8> {
         )
     };
     manifest::validate_source(&source).map_err(as_usage)?;
-    let store = LocalStore::open_or_create_in_group(store_dir, o.block_size, group)?;
+    let store = LocalStore::open_for_writing(store_dir, o.block_size, group)?;
     let _lock = store.lock(LockKind::Shared, true)?;
     let marker = store.begin_writes()?;
     let bs = store.block_size();
@@ -126,6 +126,21 @@ pub fn run(store_dir: &Path, o: &ImportOptions) -> Result<u8> {
     let (entry, m, stats) = written?;
     ended?;
     let took = started.elapsed();
+    if crate::output::json() {
+        crate::output::emit(&serde_json::json!({
+            "image": image.display().to_string(),
+            "manifest": entry.rel,
+            "name": name,
+            "size": size,
+            "blocks": m.blocks.len(),
+            "blocks_new": stats.new,
+            "blocks_present": stats.present,
+            "blocks_zero": stats.zero,
+            "bytes_written": stats.bytes_written,
+            "seconds": took.as_secs_f64(),
+        }))?;
+        return Ok(0);
+    }
     crate::outln!(
         "imported {} as {}: {} blocks ({} new, {} already present, {} zero), read {} in {} ({}), wrote {}",
         image.display(),
@@ -263,15 +278,24 @@ fn hash_and_store(
         bytes: buf.len() as u64,
         ..Default::default()
     };
+    // Hash the chunk first, so the existence checks of its blocks can be
+    // started together (`Store::prefetch`) and their disk reads overlap.
     let mut ds = Vec::with_capacity(buf.len().div_ceil(bs));
     for block in buf.chunks(bs) {
         if block.len() == bs && is_zero(block) {
             st.zero += 1;
             ds.push(*zero);
-            continue;
+        } else {
+            ds.push(Digest::of(block));
         }
-        let d = Digest::of(block);
-        match put_block(store, &d, block, enc, out)
+    }
+    let data: Vec<Digest> = ds.iter().copied().filter(|d| d != zero).collect();
+    store.prefetch(&data);
+    for (block, d) in buf.chunks(bs).zip(&ds) {
+        if block.len() == bs && d == zero {
+            continue; // counted above (a full block hashing to the zero digest is zero)
+        }
+        match put_block(store, d, block, enc, out)
             .with_context(|| format!("cannot store block {d}"))?
         {
             Some(n) => {
@@ -280,7 +304,6 @@ fn hash_and_store(
             }
             None => st.present += 1,
         }
-        ds.push(d);
     }
     Ok((ds, st))
 }

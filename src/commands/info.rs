@@ -39,6 +39,38 @@ pub fn run(store_dir: &Path, arg: &str) -> Result<u8> {
             None => missing.push(*d),
         }
     }
+    if crate::output::json() {
+        let missing: Vec<_> = missing
+            .iter()
+            .map(|d| {
+                let idx = m
+                    .blocks
+                    .iter()
+                    .position(|b| b == d)
+                    .expect("from this manifest");
+                serde_json::json!({
+                    "hash": d.to_hex(),
+                    "block": idx,
+                    "offset": idx as u64 * m.block_size as u64,
+                })
+            })
+            .collect();
+        crate::output::emit(&serde_json::json!({
+            "path": r.label,
+            "source": m.source,
+            "date": m.date,
+            "size": m.total_size,
+            "block_size": m.block_size,
+            "blocks": m.blocks.len(),
+            "unique_blocks": unique.len(),
+            "zero_blocks": zero_blocks,
+            "new_blocks": m.new_blocks,
+            "stored_bytes": stored,
+            "shared_bytes": shared,
+            "missing_blocks": missing,
+        }))?;
+        return Ok(u8::from(!missing.is_empty()));
+    }
     crate::outln!("Manifest:      {}", r.label)?;
     crate::outln!("Source:        {}", m.source)?;
     crate::outln!("Date:          {}", m.date)?;

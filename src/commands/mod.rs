@@ -1,6 +1,7 @@
 //! One file per command; each takes plain options and prints its own report.
 
 pub mod catalog;
+pub mod completions;
 pub mod deploy;
 pub mod diff;
 pub mod dump;
@@ -8,6 +9,7 @@ pub mod forget;
 pub mod gc;
 pub mod import;
 pub mod info;
+pub mod init;
 pub mod list;
 pub mod mount;
 pub mod restore;

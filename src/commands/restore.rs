@@ -100,7 +100,30 @@ fn choose_target(output: Option<&Path>, force: bool) -> Result<Target> {
     })
 }
 
-pub fn run(store_dir: &Path, arg: &str, output: Option<&Path>, force: bool) -> Result<u8> {
+/// A run of unreadable blocks `--salvage` wrote as zeros.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BadRange {
+    pub offset: u64,
+    pub length: u64,
+    /// First block of the run, and how many.
+    pub block: usize,
+    pub blocks: usize,
+    /// Why the first block could not be read.
+    pub error: String,
+}
+
+pub fn run(
+    store_dir: &Path,
+    arg: &str,
+    output: Option<&Path>,
+    force: bool,
+    salvage: bool,
+) -> Result<u8> {
+    if crate::output::json() && output.is_none() {
+        return Err(usage(
+            "--json needs -o FILE: without it stdout carries the image",
+        ));
+    }
     let target = choose_target(output, force)?;
     let store = open_store(store_dir)?;
     let r = resolve(&store, arg)?;
@@ -124,6 +147,8 @@ pub fn run(store_dir: &Path, arg: &str, output: Option<&Path>, force: bool) -> R
         | Target::BlockDevice { path, .. }
         | Target::Stream { path, .. } => Some(path.clone()),
     };
+    // Some(list) with --salvage: unreadable blocks become zeros, listed here.
+    let mut bad: Option<Vec<BadRange>> = salvage.then(Vec::new);
     let ctx = || match &path {
         Some(p) => format!("cannot restore {label} to {}", p.display()),
         None => format!("cannot restore {label}"),
@@ -132,7 +157,7 @@ pub fn run(store_dir: &Path, arg: &str, output: Option<&Path>, force: bool) -> R
         Target::Stdout => {
             let stdout = io::stdout();
             let mut out = stdout.lock();
-            write_image(&reader, &mut Sink::Stream(&mut out)).with_context(ctx)?;
+            write_image(&reader, &mut Destination::Stream(&mut out), &mut bad).with_context(ctx)?;
             out.flush()?;
         }
         Target::BlockDevice { mut dev, .. } => {
@@ -145,19 +170,38 @@ pub fn run(store_dir: &Path, arg: &str, output: Option<&Path>, force: bool) -> R
             }
             dev.seek(SeekFrom::Start(0)).with_context(ctx)?;
             // A device keeps its old contents under holes: write every byte.
-            write_image(&reader, &mut Sink::Stream(&mut dev)).with_context(ctx)?;
+            write_image(&reader, &mut Destination::Stream(&mut dev), &mut bad).with_context(ctx)?;
             dev.sync_all().with_context(ctx)?;
         }
         Target::Stream { mut dev, .. } => {
-            write_image(&reader, &mut Sink::Stream(&mut dev)).with_context(ctx)?;
+            write_image(&reader, &mut Destination::Stream(&mut dev), &mut bad).with_context(ctx)?;
             dev.flush().with_context(ctx)?;
         }
         Target::File { path, replace } => {
-            restore_to_file(&reader, &path, replace).with_context(ctx)?;
+            restore_to_file(&reader, &path, replace, &mut bad).with_context(ctx)?;
         }
     }
-    if let Some(p) = path {
-        let took = started.elapsed();
+    let took = started.elapsed();
+    let bad = bad.unwrap_or_default();
+    for r in &bad {
+        eprintln!(
+            "diskdump: bad range: offset {} length {} (blocks {}-{}), written as zeros: {}",
+            r.offset,
+            r.length,
+            r.block,
+            r.block + r.blocks - 1,
+            r.error
+        );
+    }
+    if crate::output::json() {
+        crate::output::emit(&serde_json::json!({
+            "manifest": label,
+            "output": path.as_ref().map(|p| p.display().to_string()),
+            "size": size,
+            "seconds": took.as_secs_f64(),
+            "bad_ranges": bad,
+        }))?;
+    } else if let Some(p) = &path {
         eprintln!(
             "restored {label} to {}: {} in {} ({})",
             p.display(),
@@ -166,11 +210,19 @@ pub fn run(store_dir: &Path, arg: &str, output: Option<&Path>, force: bool) -> R
             progress::rate(size, took)
         );
     }
-    Ok(0)
+    if bad.is_empty() {
+        return Ok(crate::cli::exit::SUCCESS);
+    }
+    let blocks: usize = bad.iter().map(|r| r.blocks).sum();
+    eprintln!(
+        "diskdump: {label}: {blocks} unreadable blocks in {} ranges were written as zeros",
+        bad.len()
+    );
+    Ok(crate::cli::exit::FAILURE)
 }
 
 /// Where the bytes go: a file we may leave holes in, or anything else.
-enum Sink<'a> {
+enum Destination<'a> {
     Sparse(&'a File),
     Stream(&'a mut dyn Write),
 }
@@ -178,7 +230,12 @@ enum Sink<'a> {
 /// Writes beside the target and renames, so a failure leaves no partial
 /// file and never destroys an existing one; the file is 0600 (a disk image
 /// holds everything on the disk), whatever the umask.
-fn restore_to_file(reader: &ImageReader, path: &Path, replace: bool) -> Result<()> {
+fn restore_to_file(
+    reader: &ImageReader,
+    path: &Path,
+    replace: bool,
+    bad: &mut Option<Vec<BadRange>>,
+) -> Result<()> {
     let tmp = tmp_path(path);
     let result = (|| -> Result<()> {
         let f = OpenOptions::new()
@@ -186,7 +243,7 @@ fn restore_to_file(reader: &ImageReader, path: &Path, replace: bool) -> Result<(
             .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
-        write_image(reader, &mut Sink::Sparse(&f))?;
+        write_image(reader, &mut Destination::Sparse(&f), bad)?;
         f.set_len(reader.size())?;
         if replace {
             fs::rename(&tmp, path)?;
@@ -214,7 +271,13 @@ fn tmp_path(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn write_image(reader: &ImageReader, sink: &mut Sink) -> Result<()> {
+/// Writes every block in order. With `bad` (salvage), a block that cannot
+/// be read is zeros and joins the list instead of stopping the restore.
+fn write_image(
+    reader: &ImageReader,
+    dest: &mut Destination,
+    bad: &mut Option<Vec<BadRange>>,
+) -> Result<()> {
     let m = reader.manifest();
     let bar = progress::bytes_bar(reader.size(), "restore");
     let zeros = vec![0u8; m.block_size];
@@ -223,22 +286,45 @@ fn write_image(reader: &ImageReader, sink: &mut Sink) -> Result<()> {
         crate::signals::check()?;
         let len = m.block_len(idx);
         // Written straight from the cached block: no copy through a buffer.
-        let data = match reader.next_block(idx)? {
-            Some(b) if b.len() < len => {
-                return Err(reader.short_block(idx, b.len()).into());
-            }
-            Some(b) => Some(b),
-            None => None,
+        let got = match reader.next_block(idx) {
+            Ok(Some(b)) if b.len() < len => Err(reader.short_block(idx, b.len())),
+            r => r,
         };
-        match (&mut *sink, &data) {
-            (Sink::Sparse(f), Some(b)) => f.write_all_at(&b[..len], offset)?,
-            (Sink::Sparse(_), None) => {}
-            (Sink::Stream(w), Some(b)) => w.write_all(&b[..len])?,
-            (Sink::Stream(w), None) => w.write_all(&zeros[..len])?,
+        let data = match (got, bad.as_mut()) {
+            (Ok(d), _) => d,
+            (Err(e), None) => return Err(e.into()),
+            (Err(e), Some(list)) => {
+                note_bad(list, idx, offset, len as u64, e.to_string());
+                None // zeros: a hole in a file, written to a stream
+            }
+        };
+        match (&mut *dest, &data) {
+            (Destination::Sparse(f), Some(b)) => f.write_all_at(&b[..len], offset)?,
+            (Destination::Sparse(_), None) => {}
+            (Destination::Stream(w), Some(b)) => w.write_all(&b[..len])?,
+            (Destination::Stream(w), None) => w.write_all(&zeros[..len])?,
         }
         offset += len as u64;
         bar.inc(len as u64);
     }
     bar.finish_and_clear();
     Ok(())
+}
+
+/// Adds block `idx` to the bad ranges, extending the last one if adjacent.
+fn note_bad(list: &mut Vec<BadRange>, idx: usize, offset: u64, len: u64, error: String) {
+    if let Some(r) = list.last_mut() {
+        if r.block + r.blocks == idx {
+            r.blocks += 1;
+            r.length += len;
+            return;
+        }
+    }
+    list.push(BadRange {
+        offset,
+        length: len,
+        block: idx,
+        blocks: 1,
+        error,
+    });
 }

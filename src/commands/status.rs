@@ -29,17 +29,41 @@ pub fn run(store_dir: &Path) -> Result<u8> {
         match store.read_manifest(e) {
             Ok(m) => {
                 logical += m.total_size;
-                rows.push((
-                    m.date.clone(),
-                    e.rel.clone(),
-                    HumanBytes(m.total_size).to_string(),
-                ));
+                rows.push((m.date.clone(), e.rel.clone(), Ok(m.total_size)));
             }
             Err(err) => {
                 bad += 1;
-                rows.push((String::new(), e.rel.clone(), format!("UNREADABLE: {err:#}")));
+                rows.push((String::new(), e.rel.clone(), Err(format!("{err:#}"))));
             }
         }
+    }
+    let ratio = if stored > 0 {
+        logical as f64 / stored as f64
+    } else {
+        0.0
+    };
+    if crate::output::json() {
+        let dumps: Vec<_> = rows
+            .iter()
+            .map(|(date, path, size)| match size {
+                Ok(n) => serde_json::json!({"date": date, "path": path, "size": n}),
+                Err(e) => serde_json::json!({"path": path, "error": e}),
+            })
+            .collect();
+        crate::output::emit(&serde_json::json!({
+            "store": store.root().display().to_string(),
+            "block_size": store.block_size(),
+            "group": store.group(),
+            "blocks": blocks,
+            "stored_bytes": stored,
+            "stray_files": stray,
+            "dumps": entries.len(),
+            "unreadable_dumps": bad,
+            "logical_bytes": logical,
+            "dedup_ratio": ratio,
+            "manifests": dumps,
+        }))?;
+        return Ok(u8::from(bad > 0));
     }
     crate::outln!("Store:         {}", store.root().display())?;
     crate::outln!("Block size:    {}", store.block_size())?;
@@ -56,16 +80,15 @@ pub fn run(store_dir: &Path) -> Result<u8> {
         entries.len(),
         HumanBytes(logical)
     )?;
-    let ratio = if stored > 0 {
-        logical as f64 / stored as f64
-    } else {
-        0.0
-    };
     crate::outln!("Dedup ratio:   {ratio:.2}x (logical bytes of all dumps / stored bytes)")?;
     if !rows.is_empty() {
         crate::outln!()?;
         crate::outln!("{:<33} {:>11}  MANIFEST", "DATE", "SIZE")?;
         for (date, rel, size) in rows {
+            let size = match size {
+                Ok(n) => HumanBytes(n).to_string(),
+                Err(e) => format!("UNREADABLE: {e}"),
+            };
             crate::outln!("{date:<33} {size:>11}  {rel}")?;
         }
     }

@@ -20,11 +20,14 @@ pub fn run(store_dir: &Path, args: &[String], repair: bool) -> Result<u8> {
     }
     // Left-overs of an interrupted run are not damage: notes, not problems.
     let mut notes = Vec::new();
-    let mut problems = 0usize;
+    let mut problems: Vec<String> = Vec::new();
+    let json = crate::output::json();
     let mut report = |msg: String| {
-        problems += 1;
-        // A closed stdout fails the summary line below.
-        let _ = crate::outln!("PROBLEM: {msg}");
+        if !json {
+            // A closed stdout fails the summary line below.
+            let _ = crate::outln!("PROBLEM: {msg}");
+        }
+        problems.push(msg);
     };
     // (label, manifest) of every dump to check the block list of.
     let mut dumps: Vec<(String, Manifest)> = Vec::new();
@@ -38,6 +41,9 @@ pub fn run(store_dir: &Path, args: &[String], repair: bool) -> Result<u8> {
                 )),
                 WalkItem::Stray(p) if p.ends_with(".lz4.bad") => notes.push(format!(
                     "{p}: a damaged block moved aside (kept for inspection; delete it when done)"
+                )),
+                WalkItem::Stray(p) if p.ends_with(".lz4.gc") => notes.push(format!(
+                    "{p}: set aside by an interrupted gc (the next gc puts it back or removes it)"
                 )),
                 WalkItem::Stray(p) => report(format!("{p}: not a block file")),
             }
@@ -81,30 +87,43 @@ pub fn run(store_dir: &Path, args: &[String], repair: bool) -> Result<u8> {
         report(msg.clone());
         if repair {
             match store.quarantine(d) {
-                Ok(p) => crate::outln!(
+                Ok(p) => crate::say!(
                     "  moved aside to {p}; the next dump or import of this data stores it again"
                 ),
-                Err(e) => crate::outln!("  cannot move it aside: {e}"),
-            }?
+                Err(e) => crate::say!("  cannot move it aside: {e}"),
+            }
         }
     }
     crate::signals::check()?;
-    for n in &notes {
-        crate::outln!("note: {n}")?;
+    if !json {
+        for n in &notes {
+            crate::outln!("note: {n}")?;
+        }
     }
     let bytes: u64 = blocks.iter().map(|(_, n)| n).sum();
+    if json {
+        crate::output::emit(&serde_json::json!({
+            "blocks": blocks.len(),
+            "stored_bytes": bytes,
+            "manifests": dumps.len(),
+            "ok": problems.is_empty(),
+            "problems": problems,
+            "notes": notes,
+        }))?;
+        return Ok(u8::from(!problems.is_empty()));
+    }
     crate::outln!(
         "verified {} blocks ({} stored) and {} manifests: {}",
         blocks.len(),
         indicatif::HumanBytes(bytes),
         dumps.len(),
-        if problems == 0 {
+        if problems.is_empty() {
             "no problems".to_string()
         } else {
-            format!("{problems} problems")
+            format!("{} problems", problems.len())
         }
     )?;
-    Ok(u8::from(problems > 0))
+    Ok(u8::from(!problems.is_empty()))
 }
 
 /// Every block a manifest names must be in the store.

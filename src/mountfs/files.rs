@@ -41,7 +41,7 @@ struct Readers {
     bytes: usize,
 }
 
-pub(super) struct Files {
+pub(super) struct OpenFiles {
     cache: Arc<BlockCache>,
     prefetch: Arc<Prefetcher>,
     read_ahead: usize,
@@ -63,9 +63,9 @@ fn reader_bytes(r: &ImageReader) -> usize {
     r.manifest().blocks.len() * std::mem::size_of::<crate::digest::Digest>()
 }
 
-impl Files {
-    pub(super) fn new(opts: &FsOptions) -> Files {
-        Files {
+impl OpenFiles {
+    pub(super) fn new(opts: &FsOptions) -> OpenFiles {
+        OpenFiles {
             cache: BlockCache::new(opts.cache_bytes),
             prefetch: Prefetcher::new(opts.prefetch_threads),
             read_ahead: opts.read_ahead_blocks,
@@ -229,7 +229,7 @@ impl Files {
 }
 
 #[cfg(test)]
-impl Files {
+impl OpenFiles {
     pub(super) fn reported_count(&self) -> usize {
         lock(&self.reported).len()
     }

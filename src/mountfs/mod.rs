@@ -23,7 +23,7 @@ pub use tree::{image_path, Ino, LEGACY_DIR, ROOT};
 
 use crate::store::{ManifestEntry, Store};
 use chrono::NaiveDate;
-use files::Files;
+use files::OpenFiles;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -162,7 +162,7 @@ pub struct MountFs {
     tree: Mutex<Tree>,
     /// Serializes re-listings so a burst of misses lists the store once.
     refreshing: Mutex<()>,
-    files: Files,
+    files: OpenFiles,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -178,7 +178,7 @@ impl MountFs {
         let dumps_at_start = store.manifests()?.len();
         Ok(MountFs {
             image_mode: opts.image_mode & 0o444,
-            files: Files::new(opts),
+            files: OpenFiles::new(opts),
             store,
             started: SystemTime::now(),
             dumps_at_start,

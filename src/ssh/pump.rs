@@ -51,13 +51,13 @@ pub(super) trait Duplex {
 pub(super) struct PumpIo {
     /// The caller's input; `None` once it ended (or when there is none, as for `run`).
     stdin: Option<PipeReader>,
-    stdout: Sink,
+    stdout: StdoutPipe,
     /// Readable when [`Handle::kill`] wants attention.
     wake: Option<PipeReader>,
     kill: Option<Arc<AtomicBool>>,
 }
 
-enum Sink {
+enum StdoutPipe {
     /// `None` once the caller dropped its reader: later output is discarded.
     Pipe(Option<PipeWriter>),
 }
@@ -86,7 +86,7 @@ where
     let flag = Arc::new(AtomicBool::new(false));
     let mut io = PumpIo {
         stdin: Some(in_r),
-        stdout: Sink::Pipe(Some(out_w)),
+        stdout: StdoutPipe::Pipe(Some(out_w)),
         wake: Some(wake_r),
         kill: Some(flag.clone()),
     };
@@ -206,7 +206,7 @@ pub(super) fn drive(ch: &mut impl Duplex, io: &mut PumpIo) -> Result<Finished> {
         }
         progress |= flush_output(&mut output, &mut io.stdout);
         if output.is_empty() && ch.eof() {
-            let Sink::Pipe(w) = &mut io.stdout;
+            let StdoutPipe::Pipe(w) = &mut io.stdout;
             *w = None; // the caller's reader sees EOF now
                        // The remote may still read input after closing its stdout: end on its close.
             match nb(ch.wait_close()) {
@@ -231,20 +231,20 @@ pub(super) fn drive(ch: &mut impl Duplex, io: &mut PumpIo) -> Result<Finished> {
 }
 
 /// Gives pending output to the sink; returns whether anything moved.
-fn flush_output(out: &mut Pending, sink: &mut Sink) -> bool {
+fn flush_output(out: &mut Pending, sink: &mut StdoutPipe) -> bool {
     if out.is_empty() {
         return false;
     }
     match sink {
-        Sink::Pipe(Some(w)) => match nb(w.write(out.bytes())) {
+        StdoutPipe::Pipe(Some(w)) => match nb(w.write(out.bytes())) {
             Ok(Some(n)) => {
                 out.consume(n);
                 return n > 0;
             }
             Ok(None) => return false,
-            Err(_) => *sink = Sink::Pipe(None), // the caller dropped its reader
+            Err(_) => *sink = StdoutPipe::Pipe(None), // the caller dropped its reader
         },
-        Sink::Pipe(None) => {}
+        StdoutPipe::Pipe(None) => {}
     }
     out.clear();
     true
@@ -267,7 +267,7 @@ fn wait_ready(
     if let (true, Some(r)) = (want_input, &io.stdin) {
         fds.push(pfd(r.as_raw_fd(), libc::POLLIN));
     }
-    if let (true, Sink::Pipe(Some(w))) = (have_output, &io.stdout) {
+    if let (true, StdoutPipe::Pipe(Some(w))) = (have_output, &io.stdout) {
         fds.push(pfd(w.as_raw_fd(), libc::POLLOUT));
     }
     if let Some(w) = &io.wake {

@@ -1,4 +1,4 @@
-//! The crash rule (DESIGN §1, "dirty markers"). Block files are renamed
+//! The crash rule (docs/DESIGN.md §1, "dirty markers"). Block files are renamed
 //! into place without an fsync each (one `syncfs` before the manifest is far
 //! cheaper), so a crash can leave a block file that exists but is empty or
 //! partial. Every writing run (import, dump) therefore first creates

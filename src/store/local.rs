@@ -19,6 +19,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::SystemTime;
 
 pub struct LocalStore {
@@ -26,9 +27,13 @@ pub struct LocalStore {
     blocks: PathBuf,
     config: StoreConfig,
     tmp_seq: AtomicU64,
+    /// Set once this process registered as a writer: blocks it finds present
+    /// get an mtime at least this, so a gc keeps them (see `store::gc`).
+    writer_since: Mutex<Option<SystemTime>>,
 }
 
 const CONFIG: &str = "config.json";
+pub(super) const WRITERS: &str = "writers";
 
 impl LocalStore {
     /// Opens an existing store; a directory without one is a clear error.
@@ -39,12 +44,14 @@ impl LocalStore {
         let text = match fs::read_to_string(&cfg_path) {
             Ok(t) => t,
             Err(e) if e.kind() == ErrorKind::NotFound => {
-                if !root.is_dir() {
-                    bail!("store {} does not exist", root.display());
-                }
+                let what = if root.is_dir() {
+                    "is not a diskdump store (no .blockstore/config.json)"
+                } else {
+                    "does not exist"
+                };
                 bail!(
-                    "{} is not a diskdump store (no .blockstore/config.json); \
-                     import or dump into it first, or pass --store",
+                    "{} {what}; create a store with `diskdump init {}` or give --store",
+                    root.display(),
                     root.display()
                 );
             }
@@ -57,6 +64,7 @@ impl LocalStore {
             blocks,
             config,
             tmp_seq: AtomicU64::new(0),
+            writer_since: Mutex::new(None),
         })
     }
 
@@ -115,6 +123,33 @@ impl LocalStore {
                 Err(e) => return Err(e),
             }
         }
+        LocalStore::open_for_writing(root, block_size, group)
+    }
+
+    /// Opens an existing store for a dump or import: `block_size` and
+    /// `group`, when given, must be the store's (fixed by `init`).
+    pub fn open_for_writing(
+        root: &Path,
+        block_size: Option<usize>,
+        group: Option<u32>,
+    ) -> Result<LocalStore> {
+        let store = LocalStore::open_with_block_size(root, block_size)?;
+        if group.is_some() && group != store.config.group {
+            bail!(
+                "store {} is {}; --group applies only when a store is created (`diskdump init --group`)",
+                root.display(),
+                match store.config.group {
+                    None => "private".to_string(),
+                    Some(g) => format!("shared with group {g}"),
+                }
+            );
+        }
+        Ok(store)
+    }
+
+    /// Opens an existing store for writing blocks of `block_size`, if given:
+    /// a size that differs from the store's is an error, never a silent mix.
+    pub fn open_with_block_size(root: &Path, block_size: Option<usize>) -> Result<LocalStore> {
         let store = LocalStore::open(root)?;
         if let Some(bs) = block_size {
             if bs != store.config.block_size {
@@ -124,16 +159,6 @@ impl LocalStore {
                     store.config.block_size
                 );
             }
-        }
-        if group.is_some() && group != store.config.group {
-            bail!(
-                "store {} exists and is {}; --group applies only when a store is created",
-                root.display(),
-                match store.config.group {
-                    None => "private".to_string(),
-                    Some(g) => format!("shared with group {g}"),
-                }
-            );
         }
         Ok(store)
     }
@@ -167,6 +192,53 @@ impl LocalStore {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// `.blockstore`, where blocks, the lock and the writers' registrations live.
+    pub fn blocks_dir(&self) -> &Path {
+        &self.blocks
+    }
+
+    /// Where a block goes while a gc decides its fate (`store::gc`).
+    pub(super) fn doomed_path(&self, d: &Digest) -> PathBuf {
+        let mut p = self.block_path(d).into_os_string();
+        p.push(".gc");
+        PathBuf::from(p)
+    }
+
+    /// A writer found a block older than its registration: refresh its
+    /// mtime, and count it present only if that worked (a gc may be taking
+    /// it; then it is stored again).
+    fn refresh(&self, path: &Path) -> io::Result<bool> {
+        let c = CString::new(path.as_os_str().as_bytes())?;
+        let times = [
+            libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_OMIT,
+            },
+            libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_NOW,
+            },
+        ];
+        // SAFETY: a valid NUL-terminated path and a two-element times array.
+        let rc = unsafe {
+            libc::utimensat(
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                times.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() == ErrorKind::NotFound {
+            Ok(false)
+        } else {
+            Err(e)
+        }
     }
 
     pub fn block_path(&self, d: &Digest) -> PathBuf {
@@ -310,13 +382,31 @@ impl Store for LocalStore {
             Err(e) => return Err(e),
         };
         let limit = self.config.block_size;
-        let shape = blockfmt::check_shape(limit, &mut |off, buf| read_full_at(&f, off, buf));
-        match shape {
-            Ok(()) => Ok(true),
-            Err(e) => {
-                self.move_damaged(d, &f, &e.to_string())?;
-                Ok(false)
-            }
+        let meta = f.metadata()?;
+        let shape = blockfmt::check_shape(meta.len(), limit, &mut |off, buf| {
+            read_full_at(&f, off, buf)
+        });
+        if let Err(e) = shape {
+            self.move_damaged(d, &f, &e.to_string())?;
+            return Ok(false);
+        }
+        let since = *self.writer_since.lock().unwrap_or_else(|p| p.into_inner());
+        match since {
+            Some(t) if meta.modified()? < t => self.refresh(&self.block_path(d)),
+            _ => Ok(true),
+        }
+    }
+
+    /// Asks the kernel for the page the shape check reads (the frame's
+    /// start) without waiting for it: on a cold cache that is one random
+    /// read per present block, now many in flight at once.
+    fn prefetch(&self, ds: &[Digest]) {
+        for d in ds {
+            let Ok(f) = File::open(self.block_path(d)) else {
+                continue;
+            };
+            // SAFETY: advice on a valid descriptor; it reads nothing into our memory.
+            unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 64, libc::POSIX_FADV_WILLNEED) };
         }
     }
 
@@ -331,22 +421,24 @@ impl Store for LocalStore {
     fn put_frame(&self, d: &Digest, frame: &[u8]) -> io::Result<bool> {
         let path = self.block_path(d);
         let tmp = self.tmp_name(&path);
-        let mut f = match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o640)
-            .open(&tmp)
-        {
-            Ok(f) => f,
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                fs::create_dir_all(path.parent().expect("block paths have a parent"))?;
-                OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o640)
-                    .open(&tmp)?
+        let open = || {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o640)
+                .open(&tmp)
+        };
+        let mut tries = 0;
+        let mut f = loop {
+            match open() {
+                // A gc's tidy may remove an empty directory between our
+                // mkdir and our create: make it again.
+                Err(e) if e.kind() == ErrorKind::NotFound && tries < 5 => {
+                    tries += 1;
+                    self.make_dirs(path.parent().expect("block paths have a parent"))?;
+                }
+                r => break r?,
             }
-            Err(e) => return Err(e),
         };
         let written = f.write_all(frame).and_then(|_| {
             drop(f);
@@ -356,10 +448,15 @@ impl Store for LocalStore {
             Ok(()) => Ok(true),
             Err(e) => {
                 let _ = fs::remove_file(&tmp);
-                if e.kind() == ErrorKind::AlreadyExists {
+                if e.kind() != ErrorKind::AlreadyExists {
+                    return Err(e);
+                }
+                // Someone stored it first: present, unless a gc is taking
+                // that copy away right now; then ours goes in after all.
+                if self.contains(d)? {
                     Ok(false)
                 } else {
-                    Err(e)
+                    self.put_frame(d, frame)
                 }
             }
         }
@@ -376,7 +473,13 @@ impl Store for LocalStore {
                 }
             }
         };
-        let f = File::open(self.block_path(d)).map_err(io_err)?;
+        let f = match File::open(self.block_path(d)) {
+            // A gc may be deciding about it (or was killed doing so): still readable.
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                File::open(self.doomed_path(d)).map_err(|_| io_err(e))?
+            }
+            r => r.map_err(io_err)?,
+        };
         let limit = super::max_stored_frame(self.config.block_size) as u64;
         buf.clear();
         f.take(limit + 1).read_to_end(buf).map_err(io_err)?;
@@ -472,7 +575,15 @@ impl Store for LocalStore {
     }
 
     fn lock(&self, kind: LockKind, wait: bool) -> Result<StoreLock> {
-        StoreLock::acquire(&self.blocks.join("lock"), kind, wait)
+        match kind {
+            LockKind::Exclusive => StoreLock::acquire(&self.blocks.join("lock"), wait),
+            LockKind::Shared => {
+                let (lock, since) = StoreLock::register_writer(&self.blocks.join(WRITERS))?;
+                let mut s = self.writer_since.lock().unwrap_or_else(|p| p.into_inner());
+                *s = Some(s.map_or(since, |t| t.min(since)));
+                Ok(lock)
+            }
+        }
     }
 
     fn manifests(&self) -> Result<Vec<ManifestEntry>> {

@@ -1,12 +1,17 @@
-//! The store lock: `flock` on `.blockstore/lock`. Dumps and imports hold it
-//! shared for their whole run, so gc (exclusive) can never sweep a block a
-//! running dump was told the store already has.
+//! Who may run beside whom. Dumps and imports never wait for gc and gc never
+//! waits for them: each writer registers itself in `.blockstore/writers/`
+//! (a file it holds `flock`ed, whose mtime is its start), and gc only takes
+//! `.blockstore/lock` exclusively, which only another gc contends for.
+//! Safety comes from timestamps, not from the lock (see `store::gc`).
 
 use anyhow::{Context, Result};
-use std::fs::{File, OpenOptions};
+use std::fs::{self, File, OpenOptions};
+use std::io::ErrorKind;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 /// The lock is held and the caller would not wait (exit code 3).
 #[derive(Debug)]
@@ -22,14 +27,26 @@ impl std::error::Error for StoreBusy {}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LockKind {
+    /// A dump or import: registers as a writer, never waits.
     Shared,
+    /// A gc: excludes other gcs only.
     Exclusive,
 }
 
-/// Held until dropped (closing the file releases the flock).
+/// Held until dropped (closing the file releases the flock; a writer's
+/// registration file is removed).
 #[derive(Debug)]
 pub struct StoreLock {
     _file: File,
+    registration: Option<PathBuf>,
+}
+
+impl Drop for StoreLock {
+    fn drop(&mut self) {
+        if let Some(p) = &self.registration {
+            let _ = fs::remove_file(p);
+        }
+    }
 }
 
 fn flock(file: &File, op: libc::c_int) -> std::io::Result<()> {
@@ -39,16 +56,69 @@ fn flock(file: &File, op: libc::c_int) -> std::io::Result<()> {
             return Ok(());
         }
         let err = std::io::Error::last_os_error();
-        if err.kind() != std::io::ErrorKind::Interrupted {
+        if err.kind() != ErrorKind::Interrupted {
             return Err(err);
         }
     }
 }
 
+/// A running dump or import, as gc sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Writer {
+    pub pid: u32,
+    /// When it registered, by the store filesystem's clock.
+    pub since: SystemTime,
+}
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
 impl StoreLock {
-    /// Takes the lock; if it is held in a conflicting mode, either fails with a
-    /// clear message (`wait == false`) or says what it waits for and blocks.
-    pub fn acquire(path: &Path, kind: LockKind, wait: bool) -> Result<StoreLock> {
+    /// Registers a writer in `dir`; returns the lock and its start time (the
+    /// registration file's mtime: the filesystem's clock, like block mtimes).
+    /// The file is locked under a dot-name first and then renamed, so a
+    /// final name is locked for as long as its writer lives.
+    pub fn register_writer(dir: &Path) -> Result<(StoreLock, SystemTime)> {
+        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        loop {
+            let name = format!(
+                "{}.{}",
+                std::process::id(),
+                SEQ.fetch_add(1, Ordering::Relaxed)
+            );
+            let (tmp, path) = (dir.join(format!(".{name}")), dir.join(&name));
+            let file = match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+            {
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => continue, // a dead namesake
+                r => r.with_context(|| format!("cannot register in {}", dir.display()))?,
+            };
+            flock(&file, libc::LOCK_EX)
+                .with_context(|| format!("cannot lock {}", tmp.display()))?;
+            match fs::rename(&tmp, &path) {
+                Ok(()) => {}
+                // A gc took it for a dead registration (we stalled a long time).
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot register {}", path.display()))
+                }
+            }
+            let since = file.metadata()?.modified()?;
+            return Ok((
+                StoreLock {
+                    _file: file,
+                    registration: Some(path),
+                },
+                since,
+            ));
+        }
+    }
+
+    /// Takes `path` exclusively (gc against gc); if another holds it, either
+    /// fails with a clear message (`wait == false`) or says so and waits.
+    pub fn acquire(path: &Path, wait: bool) -> Result<StoreLock> {
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -59,24 +129,22 @@ impl StoreLock {
             .mode(0o600)
             .open(path)
             .with_context(|| format!("cannot open the store lock {}", path.display()))?;
-        let op = match kind {
-            LockKind::Shared => libc::LOCK_SH,
-            LockKind::Exclusive => libc::LOCK_EX,
+        let op = libc::LOCK_EX;
+        let locked = |file: File| StoreLock {
+            _file: file,
+            registration: None,
         };
         match flock(&file, op | libc::LOCK_NB) {
-            Ok(()) => return Ok(StoreLock { _file: file }),
+            Ok(()) => return Ok(locked(file)),
             Err(e) if e.raw_os_error() != Some(libc::EWOULDBLOCK) => {
                 return Err(e).with_context(|| format!("cannot lock {}", path.display()))
             }
             Err(_) => {}
         }
-        let what = match kind {
-            LockKind::Shared => "a running gc",
-            LockKind::Exclusive => "running dumps or imports",
-        };
+        let what = "another gc";
         if !wait {
             return Err(StoreBusy(format!(
-                "the store is busy: {what} hold its lock ({})",
+                "the store is busy: {what} holds its lock ({})",
                 path.display()
             ))
             .into());
@@ -90,7 +158,7 @@ impl StoreLock {
         loop {
             crate::signals::check().with_context(|| format!("stopped waiting for {what}"))?;
             match flock(&file, op | libc::LOCK_NB) {
-                Ok(()) => return Ok(StoreLock { _file: file }),
+                Ok(()) => return Ok(locked(file)),
                 Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
                     std::thread::sleep(std::time::Duration::from_millis(50))
                 }
@@ -100,21 +168,79 @@ impl StoreLock {
     }
 }
 
+/// The writers registered in `dir` that are alive (their file is locked).
+/// Unlocked registrations are dead writers' (killed): removed, and so are
+/// half-made ones (dot-names) older than `stale_before`. A writer that is
+/// registering now is left out: it asks about blocks only after this call.
+pub fn live_writers(dir: &Path, stale_before: SystemTime) -> Result<Vec<Writer>> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
+    };
+    let mut out = Vec::new();
+    for e in rd {
+        let e = e.with_context(|| format!("cannot list {}", dir.display()))?;
+        let (path, name) = (e.path(), e.file_name().to_string_lossy().into_owned());
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => continue, // finished meanwhile
+            Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
+        };
+        let since = file.metadata()?.modified()?;
+        let held = match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
+            Ok(()) => false,
+            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => true,
+            Err(e) => return Err(e).with_context(|| format!("cannot lock {}", path.display())),
+        };
+        let registering = name.starts_with('.');
+        if held && !registering {
+            let pid = name
+                .split('.')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            out.push(Writer { pid, since });
+        } else if !held && (!registering || since < stale_before) {
+            let _ = fs::remove_file(&path);
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
-    fn shared_excludes_exclusive() {
+    fn writers_never_wait_and_gc_excludes_gc() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("lock");
-        let a = StoreLock::acquire(&p, LockKind::Shared, false).unwrap();
-        let _b = StoreLock::acquire(&p, LockKind::Shared, false).unwrap();
-        let err = StoreLock::acquire(&p, LockKind::Exclusive, false).unwrap_err();
-        assert!(err.to_string().contains("busy"), "{err}");
+        let w = dir.path().join("writers");
+        let gc = StoreLock::acquire(&p, false).unwrap();
+        // A writer registers while a gc runs.
+        let (a, since) = StoreLock::register_writer(&w).unwrap();
+        let (_b, _) = StoreLock::register_writer(&w).unwrap();
+        let err = StoreLock::acquire(&p, false).unwrap_err();
+        assert!(err.to_string().contains("another gc"), "{err}");
+        drop(gc);
+        let _gc = StoreLock::acquire(&p, false).unwrap();
+        let now = SystemTime::now() + Duration::from_secs(10);
+        let live = live_writers(&w, now).unwrap();
+        assert_eq!(live.len(), 2);
+        assert!(live.iter().all(|x| x.pid == std::process::id()));
+        assert!(live.iter().any(|x| x.since == since));
         drop(a);
-        drop(_b);
-        let _x = StoreLock::acquire(&p, LockKind::Exclusive, false).unwrap();
-        assert!(StoreLock::acquire(&p, LockKind::Shared, false).is_err());
+        assert_eq!(live_writers(&w, now).unwrap().len(), 1);
+        // A killed writer's registration (nobody holds it) goes at once; a
+        // half-made one only when old (its writer may be about to lock it).
+        let (dead, half) = (w.join("999999.0"), w.join(".999999.1"));
+        File::create(&dead).unwrap();
+        File::create(&half).unwrap();
+        assert_eq!(live_writers(&w, SystemTime::UNIX_EPOCH).unwrap().len(), 1);
+        assert!(!dead.exists() && half.exists());
+        assert_eq!(live_writers(&w, now).unwrap().len(), 1);
+        assert!(!half.exists());
     }
 }

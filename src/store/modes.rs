@@ -1,4 +1,4 @@
-//! Who may read a store (DESIGN §1, privacy). A store holds whole disks, so
+//! Who may read a store (docs/DESIGN.md §1, privacy). A store holds whole disks, so
 //! it is private: directories 0700, files 0600, whatever the caller's umask.
 //! A store shared with a group (chosen at creation, `"group"` in
 //! config.json) is 0750/0640 with that group, and its directories carry the

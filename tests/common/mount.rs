@@ -93,6 +93,7 @@ impl Env {
     /// `diskdump import`; returns the image's path in the mount,
     /// e.g. `2026/04/24/web-sda.img`.
     pub fn import(&self, image: &Path, name: &str, date: &str) -> String {
+        super::ensure_store(&self.store, &["import"]);
         let out = run(Command::new(BIN)
             .arg("--store")
             .arg(&self.store)
