@@ -980,3 +980,27 @@ fn without_an_ssh_client_on_path_libssh2_is_used_with_one_notice() {
         text(&o)
     );
 }
+
+#[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
+fn deploy_puts_the_agent_in_the_cache_ahead_of_the_dump() {
+    let sshd = Sshd::start();
+    let hash = diskdump::agent_bin::agent_hash();
+    let cached = sshd
+        .remote_home()
+        .join(format!(".cache/diskdump/agent-{}", &hash[..16]));
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    for transport in ["openssh", "libssh2"] {
+        let _ = fs::remove_file(&cached);
+        let o = run_via(&sshd, &store, transport, &["deploy", sshd.host_alias()]);
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("uploaded the agent"),
+            "{}",
+            text(&o)
+        );
+        assert_eq!(fs::read(&cached).unwrap(), diskdump::agent_bin::AGENT);
+    }
+    assert!(!store.exists(), "deploy does not touch the store");
+}

@@ -284,12 +284,23 @@ fn read_full_at(f: &File, mut off: u64, buf: &mut [u8]) -> io::Result<usize> {
 
 /// Creates `path` with `data`, fsynced, failing if it exists.
 fn write_new_durably(path: &Path, data: &[u8]) -> io::Result<()> {
-    let mut f = OpenOptions::new()
+    write_new_durably_with(path, |f| f.write_all(data))
+}
+
+/// Like [`write_new_durably`], the content written by `write` through a buffer.
+fn write_new_durably_with(
+    path: &Path,
+    write: impl FnOnce(&mut io::BufWriter<&File>) -> io::Result<()>,
+) -> io::Result<()> {
+    let f = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o640) // less by the store's umask (modes.rs)
         .open(path)?;
-    f.write_all(data)?;
+    let mut w = io::BufWriter::with_capacity(1 << 20, &f);
+    write(&mut w)?;
+    w.flush()?;
+    drop(w);
     f.sync_all()
 }
 
@@ -641,7 +652,7 @@ impl Store for LocalStore {
         self.sync()
             .context("cannot sync the store's blocks to disk")?;
         let tmp = self.tmp_name(&dir.join(format!("{name}.manifest")));
-        if let Err(e) = write_new_durably(&tmp, m.render().as_bytes()) {
+        if let Err(e) = write_new_durably_with(&tmp, |w| m.write_to(w)) {
             // A full disk must not leave a partial manifest behind.
             let _ = fs::remove_file(&tmp);
             return Err(e).with_context(|| format!("cannot write {}", tmp.display()));
