@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::output_text as text;
+
 use common::sshd::Sshd;
 use common::{images, walk};
 use std::fs;
@@ -26,15 +28,6 @@ fn run_via(sshd: &Sshd, store: &Path, transport: &str, args: &[&str]) -> Output 
         .env("DISKDUMP_TRANSPORT", transport)
         .output()
         .expect("run diskdump")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn manifests(store: &Path) -> Vec<PathBuf> {

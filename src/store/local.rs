@@ -347,7 +347,7 @@ fn is_digits(s: &str, len: usize) -> bool {
 }
 
 /// Sorted directory entries (name, is_dir); a missing directory is empty.
-fn list_dir(dir: &Path) -> Result<Vec<(String, bool)>> {
+pub(super) fn list_dir(dir: &Path) -> Result<Vec<(String, bool)>> {
     let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
