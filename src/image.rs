@@ -35,7 +35,14 @@ struct CacheState {
 pub struct BlockCache {
     state: Mutex<CacheState>,
     capacity: usize,
+    /// Buffers of evicted blocks nobody held any more, for the next loads:
+    /// a fresh 128 KiB buffer costs page faults and a memset, a reused one
+    /// neither (together ~10% of a miss's CPU).
+    spare: Mutex<Vec<Vec<u8>>>,
 }
+
+/// Evicted buffers kept for reuse, at most (8 MiB of 128 KiB blocks).
+const MAX_SPARE: usize = 64;
 
 impl BlockCache {
     pub fn new(capacity_bytes: usize) -> Arc<BlockCache> {
@@ -46,7 +53,30 @@ impl BlockCache {
                 loading: HashMap::new(),
             }),
             capacity: capacity_bytes,
+            spare: Mutex::new(Vec::new()),
         })
+    }
+
+    /// An empty buffer for a block of up to `len` bytes, reused if one is spare.
+    fn buffer(&self, len: usize) -> Vec<u8> {
+        let spare = self.spare.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match spare {
+            Some(b) if b.capacity() >= len => b,
+            _ => Vec::with_capacity(len),
+        }
+    }
+
+    /// Keeps an evicted block's buffer for reuse if no reader holds it.
+    fn recycle(&self, evicted: Vec<BlockBytes>) {
+        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        for b in evicted {
+            if spare.len() >= MAX_SPARE {
+                break;
+            }
+            if let Ok(v) = Arc::try_unwrap(b) {
+                spare.push(v);
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, CacheState> {
@@ -93,6 +123,7 @@ impl BlockCache {
         let result = load();
         let mut s = self.lock();
         let l = s.loading.remove(d).expect("inserted above");
+        let mut evicted = Vec::new();
         if let Ok(b) = &result {
             s.bytes += b.len();
             if let Some(old) = s.lru.put(*d, b.clone()) {
@@ -100,12 +131,16 @@ impl BlockCache {
             }
             while s.bytes > self.capacity {
                 match s.lru.pop_lru() {
-                    Some((_, old)) => s.bytes -= old.len(),
+                    Some((_, old)) => {
+                        s.bytes -= old.len();
+                        evicted.push(old);
+                    }
                     None => break,
                 }
             }
         }
         drop(s);
+        self.recycle(evicted);
         *l.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(result.clone());
         l.done.notify_all();
         result
@@ -120,6 +155,15 @@ thread_local! {
 pub fn load_block(store: &dyn Store, d: &Digest) -> LoadResult {
     FRAME_BUF.with(|f| {
         let mut out = Vec::with_capacity(store.block_size());
+        get_block(store, d, &mut f.borrow_mut(), &mut out)?;
+        Ok(Arc::new(out))
+    })
+}
+
+/// Like `load_block`, into a buffer `cache` had spare.
+fn load_into_spare(store: &dyn Store, cache: &BlockCache, d: &Digest) -> LoadResult {
+    FRAME_BUF.with(|f| {
+        let mut out = cache.buffer(store.block_size());
         get_block(store, d, &mut f.borrow_mut(), &mut out)?;
         Ok(Arc::new(out))
     })
@@ -159,7 +203,7 @@ fn prefetch_worker(rx: &Mutex<Receiver<LoadRequest>>) {
         let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
         let Ok((store, cache, d)) = job else { return };
         // Errors are not cached: the real read reports them.
-        let _ = cache.get_or_load(&d, || load_block(&*store, &d));
+        let _ = cache.get_or_load(&d, || load_into_spare(&*store, &cache, &d));
     }
 }
 
@@ -262,9 +306,9 @@ impl ImageReader {
             return Ok(None);
         }
         let d = self.manifest.blocks[idx];
-        let store = &*self.store;
+        let (store, cache) = (&*self.store, &*self.cache);
         self.cache
-            .get_or_load(&d, || load_block(store, &d))
+            .get_or_load(&d, || load_into_spare(store, cache, &d))
             .map(Some)
             .map_err(|e| self.err(idx, e))
     }
@@ -556,6 +600,8 @@ mod tests {
             let _ = cache.get_or_load(&Digest([i; 32]), || Ok(Arc::new(vec![i; BS])));
         }
         assert!(cache.lock().bytes <= 3 * BS);
+        let spare = cache.spare.lock().unwrap().len();
+        assert_eq!(spare, 8, "evicted buffers nobody holds are kept for reuse");
         assert!(cache.has(&Digest([9; 32])) && !cache.has(&Digest([0; 32])));
         // A failed load is reported, not cached: the next read tries again.
         let bad = Digest([42; 32]);
