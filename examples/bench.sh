@@ -38,8 +38,10 @@
 # fsyncs and one that does not are compared on the same terms.
 #   ours:    import day 1 into an empty store, then day 2 into the same store; import of rand and sparse;
 #            dump over SSH (day 1, day 2, day 2 unchanged, rand, sparse; --compress lz4 and zlib);
-#            restore -o (sparse output); mount start-up, sequential dd bs=1M, fio 4 KiB random reads
-#            (psync, 1 job); verify; gc after deleting day 1's manifest.
+#            day 1 and day 2 again with the image in the page cache (also borg); restore -o (sparse output,
+#            allocated bytes recorded); mount start-up, sequential dd bs=1M, fio 4 KiB random reads (O_DIRECT,
+#            psync, 1 job), 200,000 random 32-byte reads in 64 MiB (warm), fio with 16 jobs (peak memory);
+#            verify; gc after deleting day 1's manifest.
 #   python:  diskdump 0.1.5 import, dump (the same sshd, through ssh/scp wrappers that pass -F), restore,
 #            verify, gc.
 #   borg:    init -e none; create --sparse --chunker-params fixed,131072 --compression lz4; extract and
@@ -47,7 +49,7 @@
 #   restic:  backup; restore; mount + dd + fio; check --read-data; forget day 1 --prune.
 #   limits:  openssl speed -evp sha256 (128 KiB), lz4 -1 and lz4 -d, cat from page cache and from disk,
 #            dd iflag=direct from disk, day 2 written to the stores' disk (cp --sparse + sync),
-#            sha256sum, fio on the local image, ssh throughput over the same loopback sshd.
+#            sha256sum, fio and the 32-byte reads on the local image, ssh throughput over the same loopback sshd.
 # Bytes on the wire: the dumps go to a throwaway sshd on its own 127.0.0.1 port; an nftables table counts
 # the packets to and from that port on the output hook of lo (each loopback packet passes it once), so
 # other traffic is not counted; bytes are IP packet lengths (payload + ~52 header bytes per packet).
@@ -687,6 +689,7 @@ phase_limits() {
     cat "$img" >/dev/null
     measure "sha256sum, 1 core (day 1)" sha256sum --cache warm --bytes "$size" -- sha256sum "$img"
     measure "fio 4 KiB random reads, local day 2 image" fio --post post_fio -- "${FIO[@]}" --filename="$IMG/day2.img"
+    small_reads "$G_SMALL, local image" fio "$IMG/day2.img"
     sshd_ready || PREP_ERR[ssh]=$SSH_ERR
     cat "$IMG/rand.img" >/dev/null
     measure "ssh loopback throughput (cat random image)" ssh --cache warm --wire --bytes "$(img_size rand)" \
@@ -698,13 +701,40 @@ post_openssl() {   # the 131072-byte column of the sha256 line, in thousands of 
   awk '$1 == "sha256" {v=$NF; sub("k", "", v); printf "rate=%.0f\n", v * 1000}' "$1"
 }
 post_fio() { echo "iops=$(python3 "$HELPER" fio-iops "$LOGS/fio.json")"; }
-FIO=(fio --name=randread --readonly --rw=randread --bs=4k --runtime="$FIO_SECS" --time_based --ioengine=psync
-  --output-format=json --output="$LOGS/fio.json")
+FIO=(fio --name=randread --readonly --rw=randread --bs=4k --direct=1 --runtime="$FIO_SECS" --time_based
+  --ioengine=psync --group_reporting --output-format=json --output="$LOGS/fio.json")
+# What fsck, a loop device or a VM does: many small reads. Timed warm, after an untimed first pass.
+SMALL=(fio --name=small --readonly --rw=randread --bs=32 --size=64M --number_ios=200000 --norandommap --randrepeat=1
+  --ioengine=psync --output-format=json --output="$LOGS/small.json")
+G_SMALL="32-byte random reads x200,000 in 64 MiB, warm (day 2)"
+small_reads() {   # GROUP TOOL FILE [measure options...]
+  local group=$1 tool=$2 file=$3; shift 3
+  "${SMALL[@]}" --filename="$file" >/dev/null 2>&1 || true
+  measure "$group" "$tool" --cache warm "$@" -- "${SMALL[@]}" --filename="$file"
+}
 
 phase_import() {
   local tool
   for RUN in $(seq "$RUNS"); do
     for tool in $(tools_in ours,python,borg,restic); do backup_all "$tool" timed; done
+    import_warm
+  done
+}
+
+# Day 1 and day 2 with the image in the page cache (a backup right after the image was written or
+# checked), into a store of their own.
+import_warm() {
+  local tool kind store
+  for tool in $(tools_in ours,borg); do
+    store="$STORES/warm-$tool"
+    cmd_init "$tool" "$store"; prep "$tool" "${CMD[@]}"
+    for kind in day1 day2; do
+      cat "$IMG/$kind.img" >/dev/null
+      cmd_backup "$tool" "$store" "$kind"
+      measure "${GROUP_BACKUP[$kind]}, image in page cache" "${LABEL[$tool]}" --cache warm --store "$store" \
+        --bytes "$(img_size "$kind")" --sync -- "${CMD[@]}"
+    done
+    rm -rf "$store"
   done
 }
 
@@ -834,6 +864,7 @@ phase_mount() {
   local tool label store size; size=$(img_size day2)
   local g_start="mount: start-up until the day-2 image is listed" g_dd="mount: sequential read, dd bs=1M (day 2)"
   local g_fio="mount: 4 KiB random reads, fio ${FIO_SECS}s (day 2)"
+  local g_fio16="mount: 4 KiB random reads, 16 fio jobs, ${FIO_SECS}s (day 2; the daemon's peak memory)"
   for tool in $(tools_in ours,borg,restic); do ensure_stores "$tool"; done
   for RUN in $(seq "$RUNS"); do
     for tool in $(tools_in ours,borg,restic); do
@@ -841,6 +872,7 @@ phase_mount() {
       if ! mount_timed "$tool" "$store" "$g_start" "$label"; then
         record group="$g_dd" tool="$label" cache="$(cold_label)" error="$MOUNT_ERR"
         record group="$g_fio" tool="$label" cache="$(cold_label)" error="$MOUNT_ERR"
+        record group="$G_SMALL" tool="$label" cache=warm error="$MOUNT_ERR"
         continue
       fi
       measure "$g_dd" "$label" --bytes "$size" --daemon "$MOUNT_PID" -- dd if="$MOUNT_FILE" of=/dev/null bs=1M
@@ -848,6 +880,9 @@ phase_mount() {
       # A fresh daemon for the random reads, so the sequential pass left nothing in its cache.
       if mount_start "$tool" "$store"; then
         measure "$g_fio" "$label" --daemon "$MOUNT_PID" --post post_fio -- "${FIO[@]}" --filename="$MOUNT_FILE"
+        small_reads "$G_SMALL" "$label" "$MOUNT_FILE" --daemon "$MOUNT_PID"
+        measure "$g_fio16" "$label" --cache warm --daemon "$MOUNT_PID" --post post_fio \
+          -- "${FIO[@]}" --numjobs=16 --filename="$MOUNT_FILE"
         mount_stop
       else
         record group="$g_fio" tool="$label" cache="$(cold_label)" error="$MOUNT_ERR"

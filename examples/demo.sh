@@ -64,9 +64,15 @@ Host demohost
   HostName 127.0.0.1
   Port $port
   User $(id -un)
+  IdentityFile $ssh_dir/home/.ssh/id_ed25519
+  UserKnownHostsFile $ssh_dir/home/.ssh/known_hosts
 CFG
 for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
 export HOME="$ssh_dir/home"
+# OpenSSH reads ~/.ssh from the passwd entry's home, not $HOME: point both
+# transports at this config (like `ssh -F`), which names its key and
+# known_hosts itself.
+export DISKDUMP_SSH_CONFIG="$ssh_dir/home/.ssh/config"
 
 echo "== diskdump init $store; diskdump dump demohost:$work/disk.img --as demo-vda"
 "$dd" init "$store"

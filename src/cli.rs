@@ -207,6 +207,10 @@ pub enum Command {
         /// FUSE worker threads
         #[arg(long, default_value_t = 8)]
         threads: usize,
+        /// Bypass the kernel's page cache: faster single cold passes, much
+        /// slower small reads
+        #[arg(long)]
+        direct_io: bool,
     },
 }
 
@@ -646,6 +650,7 @@ pub fn run() -> Result<u8> {
             group,
             mode,
             threads,
+            direct_io,
         } => commands::mount::run(&commands::mount::MountOptions {
             mountpoint: paths.pop().expect("clap requires one"),
             store: paths.pop().unwrap_or(store),
@@ -654,6 +659,7 @@ pub fn run() -> Result<u8> {
             group,
             mode,
             threads,
+            direct_io,
         }),
     }
 }

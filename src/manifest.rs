@@ -5,7 +5,6 @@ use crate::digest::Digest;
 use anyhow::{bail, Result};
 use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, SecondsFormat, Utc};
 use std::fmt;
-use std::fmt::Write as _;
 
 pub const MAGIC: &str = "# diskdump manifest v1";
 
@@ -106,20 +105,27 @@ impl Manifest {
     }
 
     pub fn render(&self) -> String {
-        let mut s = String::with_capacity(200 + self.blocks.len() * 65);
-        let _ = writeln!(s, "{MAGIC}");
-        let _ = writeln!(s, "# source: {}", self.source);
-        let _ = writeln!(s, "# date: {}", self.date);
-        let _ = writeln!(s, "# block_size: {}", self.block_size);
-        let _ = writeln!(s, "# total_blocks: {}", self.blocks.len());
-        let _ = writeln!(s, "# total_size: {}", self.total_size);
+        let mut v = Vec::with_capacity(200 + self.blocks.len() * 65);
+        self.write_to(&mut v).expect("writing to memory");
+        String::from_utf8(v).expect("a manifest is ASCII")
+    }
+
+    /// Writes the manifest's text to `w` as it goes: a dump of a large disk does not hold
+    /// the whole text (65 bytes per block) in memory at once.
+    pub fn write_to(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
+        writeln!(w, "{MAGIC}")?;
+        writeln!(w, "# source: {}", self.source)?;
+        writeln!(w, "# date: {}", self.date)?;
+        writeln!(w, "# block_size: {}", self.block_size)?;
+        writeln!(w, "# total_blocks: {}", self.blocks.len())?;
+        writeln!(w, "# total_size: {}", self.total_size)?;
         if let Some(n) = self.new_blocks {
-            let _ = writeln!(s, "# new_blocks: {n}");
+            writeln!(w, "# new_blocks: {n}")?;
         }
         for b in &self.blocks {
-            let _ = writeln!(s, "{b}");
+            writeln!(w, "{b}")?;
         }
-        s
+        Ok(())
     }
 
     /// Length of block `idx`: `block_size` except for a ragged last block.

@@ -8,6 +8,7 @@ pub mod openssh;
 
 use std::io::{self, PipeReader, PipeWriter, Read, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -223,7 +224,8 @@ pub struct Output {
 
 /// Runs a small command: writes `input` to its stdin, keeps at most `max_out` bytes of its
 /// stdout (more is an error: a remote cannot make us hold what it likes), and gives up after
-/// `idle` without output (zero: never).
+/// `idle` without output while no input moves either (zero: never): a slow link uploading
+/// the agent is not a stall.
 pub fn run(
     t: &dyn Transport,
     cmd: &str,
@@ -233,23 +235,40 @@ pub fn run(
 ) -> Result<Output> {
     let (stdout, mut stdin, handle) = t.exec(cmd)?.split();
     let input = input.to_vec();
+    let sent = Arc::new(AtomicU64::new(0));
+    let progress = sent.clone();
     // A remote that stops reading (it failed, or it does not need the input) only ends the
     // writer with EPIPE: its exit status says what happened.
     let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
+        for chunk in input.chunks(64 * 1024) {
+            if stdin.write_all(chunk).is_err() {
+                return;
+            }
+            progress.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        }
     });
     let mut out = Vec::new();
     let mut reader = IdleTimeout::new(stdout, idle);
-    let res = (&mut reader)
-        .take(max_out as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(anyhow::Error::from);
-    let res = res.and_then(|_| {
-        if out.len() > max_out {
-            bail!("its output exceeded {max_out} bytes");
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut seen = 0;
+    let res: Result<()> = loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) if out.len() + n > max_out => {
+                break Err(anyhow!("its output exceeded {max_out} bytes"))
+            }
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                let now = sent.load(Ordering::Relaxed);
+                if now == seen {
+                    break Err(e.into());
+                }
+                seen = now; // input still moving: not silent
+            }
+            Err(e) => break Err(e.into()),
         }
-        Ok(())
-    });
+    };
     if let Err(e) = res {
         handle.kill();
         let _ = handle.wait();

@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::output_text as text;
+
 use common::sshd::Sshd;
 use common::{images, walk};
 use std::fs;
@@ -26,15 +28,6 @@ fn run_via(sshd: &Sshd, store: &Path, transport: &str, args: &[&str]) -> Output 
         .env("DISKDUMP_TRANSPORT", transport)
         .output()
         .expect("run diskdump")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn manifests(store: &Path) -> Vec<PathBuf> {
@@ -979,4 +972,28 @@ fn without_an_ssh_client_on_path_libssh2_is_used_with_one_notice() {
         "{}",
         text(&o)
     );
+}
+
+#[test]
+#[cfg_attr(not(have_sshd), ignore = "needs root and sshd")]
+fn deploy_puts_the_agent_in_the_cache_ahead_of_the_dump() {
+    let sshd = Sshd::start();
+    let hash = diskdump::agent_bin::agent_hash();
+    let cached = sshd
+        .remote_home()
+        .join(format!(".cache/diskdump/agent-{}", &hash[..16]));
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    for transport in ["openssh", "libssh2"] {
+        let _ = fs::remove_file(&cached);
+        let o = run_via(&sshd, &store, transport, &["deploy", sshd.host_alias()]);
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("uploaded the agent"),
+            "{}",
+            text(&o)
+        );
+        assert_eq!(fs::read(&cached).unwrap(), diskdump::agent_bin::AGENT);
+    }
+    assert!(!store.exists(), "deploy does not touch the store");
 }

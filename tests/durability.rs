@@ -56,7 +56,11 @@ fn import_syncs_blocks_then_writes_manifest_then_syncs_its_directory() {
         .expect("manifest temp written");
     let fd = lines[tmp_open].rsplit("= ").next().unwrap().trim();
     let manifest_fsync = (tmp_open..manifest_rename)
-        .find(|&i| lines[i].contains(&format!("fsync({fd})")))
+        // strace -f prints a call another thread interrupted as `fsync(N <unfinished ...>`.
+        .find(|&i| {
+            lines[i].contains(&format!("fsync({fd})"))
+                || lines[i].contains(&format!("fsync({fd} <unfinished"))
+        })
         .expect("manifest temp file fsynced before its rename");
     let dir_fsync = (manifest_rename..lines.len())
         .find(|&i| lines[i].contains("fsync(") && !lines[i].contains("syncfs"))

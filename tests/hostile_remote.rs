@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::output_text as text;
+
 use common::sshd::{Sshd, SshdOptions};
 use diskdump_agent::proto::{Compression, Hello, Message, PROTOCOL_VERSION};
 use std::fs;
@@ -48,15 +50,6 @@ fn dump(sshd: &Sshd, store: &Path, target: &str, extra: &[&str]) -> (Output, u64
     let report = fs::read_to_string(&rss).unwrap();
     let kib = report.lines().last().unwrap().trim().parse().unwrap();
     (o, kib)
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn hello(size: u64) -> Message {

@@ -675,3 +675,33 @@ fn hostile_dump_names_are_refused_before_any_work() {
     )
     .ok();
 }
+
+#[test]
+fn restore_leaves_zero_pages_inside_data_blocks_as_holes() {
+    // Each block holds one 4 KiB page of data among zero pages, and the
+    // source file has only those pages allocated, as a filesystem image has.
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("sparse.img");
+    let f = fs::File::create(&img).unwrap();
+    let mut data = vec![0u8; 8 * BS];
+    for b in 0..8 {
+        let at = b * BS + (b * 3 % 32) * 4096;
+        let page = images::random_bytes(4096, b as u64);
+        data[at..at + 4096].copy_from_slice(&page);
+        std::os::unix::fs::FileExt::write_all_at(&f, &page, at as u64).unwrap();
+    }
+    f.set_len(data.len() as u64).unwrap();
+    f.sync_all().unwrap();
+    let store = dir.path().join("store");
+    diskdump(&store, &["import", img.to_str().unwrap(), "--as", "pages"]).ok();
+    let out = dir.path().join("out.img");
+    diskdump(&store, &["restore", "pages", "-o", out.to_str().unwrap()]).ok();
+    assert!(fs::read(&out).unwrap() == data);
+    let (src, got) = (fs::metadata(&img).unwrap(), fs::metadata(&out).unwrap());
+    assert!(
+        got.blocks() <= src.blocks(),
+        "restored file allocates {} sectors, the source {}",
+        got.blocks(),
+        src.blocks()
+    );
+}

@@ -286,8 +286,15 @@ fn a_flipped_byte_in_one_block_gives_eio_for_that_range_only() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x01;
     fs::write(&victim, bytes).unwrap();
-    let m = env.mount(&[]);
-    let f = File::open(m.mnt.join(&rel)).unwrap();
+    // Through the page cache (the default) and with --direct-io alike.
+    for args in [&[][..], &["--direct-io"]] {
+        flipped_block_reads(&env, &rel, &data, k, args);
+    }
+}
+
+fn flipped_block_reads(env: &Env, rel: &str, data: &[u8], k: usize, args: &[&str]) {
+    let m = env.mount(args);
+    let f = File::open(m.mnt.join(rel)).unwrap();
     let mut buf = vec![0u8; 4096];
     for off in [k * BS, k * BS + 100, (k + 1) * BS - 4096] {
         let e = f.read_at(&mut buf, off as u64).unwrap_err();
@@ -300,13 +307,62 @@ fn a_flipped_byte_in_one_block_gives_eio_for_that_range_only() {
         let n = f.read_at(&mut block, (i * BS) as u64).unwrap();
         assert_eq!(&block[..n], want, "block {i}");
     }
-    let e = fs::read(m.mnt.join(&rel)).unwrap_err();
+    let e = fs::read(m.mnt.join(rel)).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EIO));
     drop(f);
     let log = m.stop();
     let needle = format!("read error in block {k} at image offset {}", k * BS);
     assert_eq!(log.matches(&needle).count(), 1, "logged once: {log}");
-    assert!(log.contains(&rel) && log.contains("corrupt"), "{log}");
+    assert!(log.contains(rel) && log.contains("corrupt"), "{log}");
+}
+
+/// Whether the page of `f` at `offset` is in the page cache (mincore).
+fn resident(f: &File, offset: usize) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a private read-only mapping of one page of an open file, only
+    // passed to mincore (never read through) and unmapped before returning.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            offset as libc::off_t,
+        );
+        assert_ne!(p, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
+        let mut vec = [0u8; 1];
+        assert_eq!(libc::mincore(p, 4096, vec.as_mut_ptr()), 0);
+        libc::munmap(p, 4096);
+        vec[0] & 1 == 1
+    }
+}
+
+#[test]
+#[cfg_attr(not(have_fuse), ignore = "needs root and /dev/fuse")]
+fn small_reads_are_served_from_the_page_cache_unless_direct_io() {
+    need_none(fuse_missing());
+    let env = Env::new();
+    let data = sample(9);
+    let rel = env.import(&env.file("c.img", &data), "c", "2026-04-29");
+    for (args, cached) in [(&[][..], true), (&["--direct-io"][..], false)] {
+        let m = env.mount(args);
+        let path = m.mnt.join(&rel);
+        let at = 3 * BS + 100;
+        let mut buf = [0u8; 32];
+        File::open(&path)
+            .unwrap()
+            .read_exact_at(&mut buf, at as u64)
+            .unwrap();
+        assert_eq!(buf[..], data[at..at + 32]);
+        // Still cached for the next open: its small reads never reach the daemon.
+        let f = File::open(&path).unwrap();
+        assert_eq!(resident(&f, 3 * BS), cached, "{args:?}");
+        f.read_exact_at(&mut buf, 7).unwrap();
+        assert_eq!(buf[..], data[7..39]);
+        drop(f);
+        m.stop();
+    }
 }
 
 #[test]
@@ -652,6 +708,41 @@ fn a_manifest_replaced_under_a_live_mount_shows_the_new_image() {
     std::thread::sleep(Duration::from_millis(1500)); // the names' TTL
     assert!(cmp(&src_b, &img), "the path shows the new image");
     // The handle opened before reads the old image, all of it.
+    let mut all = vec![0u8; a.len()];
+    old.read_exact_at(&mut all, 0).unwrap();
+    assert!(all == a, "an open handle keeps its image");
+    drop(old);
+    m.stop();
+}
+
+#[test]
+#[cfg_attr(not(have_fuse), ignore = "needs root and /dev/fuse")]
+fn forget_under_a_live_mount_removes_the_image_and_open_handles_keep_reading() {
+    need_none(fuse_missing());
+    let env = Env::new();
+    let (a, b) = (sample(43), sample(44));
+    let src_a = env.file("a.img", &a);
+    let src_b = env.file("b.img", &b);
+    let old_rel = env.import(&src_a, "f", "2026-05-01");
+    let new_rel = env.import(&src_b, "f", "2026-05-02");
+    let m = env.mount(&[]);
+    let img = m.mnt.join(&old_rel);
+    let old = File::open(&img).unwrap();
+    let mut head = vec![0u8; BS];
+    old.read_exact_at(&mut head, 0).unwrap();
+    assert_eq!(head, a[..BS]);
+    // Retention removes the older dump while it is open.
+    let o = Command::new(BIN)
+        .arg("--store")
+        .arg(&env.store)
+        .args(["forget", "--keep-last", "1"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::thread::sleep(Duration::from_millis(1500)); // the names' TTL
+    assert!(!img.exists(), "the forgotten image is gone from the tree");
+    assert!(cmp(&src_b, &m.mnt.join(&new_rel)), "the kept one is intact");
+    // The handle opened before reads the whole old image (its blocks stay until a gc).
     let mut all = vec![0u8; a.len()];
     old.read_exact_at(&mut all, 0).unwrap();
     assert!(all == a, "an open handle keeps its image");

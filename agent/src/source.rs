@@ -75,6 +75,10 @@ pub struct Source {
     /// The same file opened with O_DIRECT, if the filesystem supports it.
     direct: Option<File>,
     direct_ok: AtomicBool,
+    /// Read what the page cache holds from there first (`cached_first`).
+    cached_first: bool,
+    /// False once `preadv2(RWF_NOWAIT)` proved unsupported.
+    nowait_ok: AtomicBool,
     name: String,
 }
 
@@ -89,8 +93,56 @@ impl Source {
             direct_ok: AtomicBool::new(direct.is_some()),
             file,
             direct,
+            cached_first: false,
+            nowait_ok: AtomicBool::new(true),
             name: path.display().to_string(),
         }
+    }
+
+    /// Serves pages already in the page cache from memory, the rest still
+    /// with O_DIRECT: `preadv2(RWF_NOWAIT)` copies what is cached and fails
+    /// with EAGAIN where a page is not, without reading the disk. For
+    /// `import` of an image just written or read; the agent does not use
+    /// it, so a dump changes nothing in a server's page cache
+    /// (docs/DESIGN.md §3.4).
+    pub fn cached_first(mut self) -> Source {
+        self.cached_first = true;
+        self
+    }
+
+    /// One buffered read that never waits for the disk: the bytes at `pos`
+    /// that are cached (up to the first page that is not), or None.
+    fn read_cached(&self, dst: &mut [u8], pos: u64) -> Option<usize> {
+        if !self.nowait_ok.load(Ordering::Relaxed) {
+            return None;
+        }
+        let iov = libc::iovec {
+            iov_base: dst.as_mut_ptr().cast(),
+            iov_len: dst.len(),
+        };
+        // SAFETY: one iovec over `dst`, which outlives the call.
+        let n = unsafe {
+            libc::preadv2(
+                self.file.as_raw_fd(),
+                &iov,
+                1,
+                pos as libc::off_t,
+                libc::RWF_NOWAIT,
+            )
+        };
+        if n > 0 {
+            return Some(n as usize);
+        }
+        let e = io::Error::last_os_error().raw_os_error();
+        if n < 0
+            && matches!(
+                e,
+                Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) | Some(libc::ENOSYS)
+            )
+        {
+            self.nowait_ok.store(false, Ordering::Relaxed);
+        }
+        None // EAGAIN (not cached), end of file, or an error the real read reports
     }
 
     pub fn file(&self) -> &File {
@@ -192,6 +244,11 @@ impl Source {
 
     /// One read: direct for the aligned part when possible, else buffered.
     fn read_some(&self, dst: &mut [u8], pos: u64) -> io::Result<usize> {
+        if self.cached_first {
+            if let Some(n) = self.read_cached(dst, pos) {
+                return Ok(n);
+            }
+        }
         let aligned = dst.len() / ALIGN * ALIGN;
         if let Some(direct) = &self.direct {
             if aligned > 0
@@ -247,6 +304,40 @@ mod tests {
         let mut buf = AlignedBuf::with_len(want.len());
         let e = src.fill(&mut buf, ALIGN as u64).unwrap_err();
         assert!(e.contains("ended at byte"), "{e}");
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn cached_first_serves_cached_pages_and_reads_the_rest_directly() {
+        let path = std::env::temp_dir().join(format!("agent-cached-{}", std::process::id()));
+        let want = noise((3 << 20) + 5000, 7);
+        std::fs::write(&path, &want).unwrap();
+        let src = Source::new(File::open(&path).unwrap(), &path).cached_first();
+        let mut buf = AlignedBuf::with_len(8192);
+        // Just written: in the page cache, so a read that never waits gets it.
+        assert_eq!(src.read_cached(&mut buf, 4096), Some(8192));
+        assert!(buf[..] == want[4096..4096 + 8192]);
+        // Written back and evicted: not cached, so not read that way.
+        let f = src.file();
+        f.sync_all().unwrap();
+        // SAFETY: an advisory call on a descriptor we own.
+        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        // (tmpfs keeps every page: nothing to evict there.)
+        // SAFETY: statfs is plain old data (all zero is valid); fstatfs
+        // fills the struct we own.
+        let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+        let on_tmpfs =
+            unsafe { libc::fstatfs(f.as_raw_fd(), &mut fs) } == 0 && fs.f_type == libc::TMPFS_MAGIC;
+        if src.nowait_ok.load(Ordering::Relaxed) && !on_tmpfs {
+            assert_eq!(src.read_cached(&mut buf, 1 << 20), None);
+        }
+        // Either way every byte comes back right, cached or not.
+        let mut all = AlignedBuf::with_len(want.len());
+        src.fill(&mut all, 0).unwrap();
+        assert!(all[..] == want[..]);
+        let mut some = vec![0u8; 70000];
+        src.fill(&mut some, 12345).unwrap();
+        assert!(some[..] == want[12345..12345 + 70000]);
         std::fs::remove_file(&path).unwrap();
     }
 

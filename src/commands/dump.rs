@@ -108,6 +108,8 @@ pub fn run(store_dir: &Path, specs: Vec<TargetSpec>, args: DumpArgs) -> Result<u
         .collect();
     store.end_writes(marker)?;
     // A closed stdout must not hide a failed target's exit code.
+    // Nothing of the bars stays on the terminal above the report.
+    let _ = bars.clear();
     let printed = if crate::output::json() {
         report(&targets, &results)
     } else {
@@ -131,19 +133,40 @@ fn with_sudo_hint(e: anyhow::Error, sudo: bool) -> anyhow::Error {
     anyhow::anyhow!("{msg} (reading a device usually needs root: add --sudo after the target)")
 }
 
+/// Until the agent says how big the source is, a spinner and what is
+/// happening ("connecting", "deploying agent"), not an empty 0 B/0 B bar.
 fn target_bar(target: &str) -> ProgressBar {
     let pb = ProgressBar::new(0);
     pb.set_style(
-        ProgressStyle::with_template(
-            "{prefix:24} [{bar:25}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
-        )
-        .expect("static template")
-        .progress_chars("=> "),
+        ProgressStyle::with_template("{prefix:24} {spinner} {msg}").expect("static template"),
     );
-    pb.set_prefix(target.to_string());
+    pb.set_prefix(shorten(target, 24));
     pb.set_message("connecting");
     pb.enable_steady_tick(Duration::from_millis(200));
     pb
+}
+
+/// The bar once the size is known, fitting 80 columns.
+fn transfer_style() -> ProgressStyle {
+    ProgressStyle::with_template(
+        "{prefix:24} [{bar:20}] {bytes:>9}/{total_bytes:9} {binary_bytes_per_sec:>11} {msg}",
+    )
+    .expect("static template")
+    .progress_chars("=> ")
+}
+
+/// A target name in `width` columns: its middle gives way.
+fn shorten(s: &str, width: usize) -> String {
+    let chars: Vec<char> = s.chars().collect();
+    if chars.len() <= width {
+        return s.to_string();
+    }
+    let head = (width - 1) / 2;
+    let tail = width - 1 - head;
+    let mut out: String = chars[..head].iter().collect();
+    out.push('~');
+    out.extend(&chars[chars.len() - tail..]);
+    out
 }
 
 fn dump_one(
@@ -182,14 +205,14 @@ fn dump_one(
         handle,
     } = deploy::start(&*remote, &launch, &|| bar.set_message("deploying agent"))?;
     bar.set_message("");
+    let sized = AtomicBool::new(false);
     let update = |st: &ReceiveStats| {
+        if !sized.swap(true, Ordering::Relaxed) {
+            bar.set_style(transfer_style());
+        }
         bar.set_length(st.size);
         bar.set_position(st.bytes_read);
-        bar.set_message(format!(
-            "new {} wire {}",
-            HumanBytes(st.bytes_new),
-            HumanBytes(st.wire_bytes)
-        ));
+        bar.set_message(format!("new {}", HumanBytes(st.bytes_new)));
     };
     let opts = ReceiveOptions {
         store,

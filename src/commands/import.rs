@@ -101,7 +101,8 @@ pub fn run(store_dir: &Path, o: &ImportOptions) -> Result<u8> {
     let bs = store.block_size();
     let started = Instant::now();
     let bar = progress::bytes_bar(size, "import");
-    let file = Source::new(file, image);
+    // A local image: what the page cache holds is read from memory.
+    let file = Source::new(file, image).cached_first();
     let written = import_blocks(&store, &file, size, &|n| bar.inc(n))
         .with_context(|| {
             format!(
@@ -278,15 +279,24 @@ fn hash_and_store(
         bytes: buf.len() as u64,
         ..Default::default()
     };
+    // Hash the chunk first, so the existence checks of its blocks can be
+    // started together (`Store::prefetch`) and their disk reads overlap.
     let mut ds = Vec::with_capacity(buf.len().div_ceil(bs));
     for block in buf.chunks(bs) {
         if block.len() == bs && is_zero(block) {
             st.zero += 1;
             ds.push(*zero);
-            continue;
+        } else {
+            ds.push(Digest::of(block));
         }
-        let d = Digest::of(block);
-        match put_block(store, &d, block, enc, out)
+    }
+    let data: Vec<Digest> = ds.iter().copied().filter(|d| d != zero).collect();
+    store.prefetch(&data);
+    for (block, d) in buf.chunks(bs).zip(&ds) {
+        if block.len() == bs && d == zero {
+            continue; // counted above (a full block hashing to the zero digest is zero)
+        }
+        match put_block(store, d, block, enc, out)
             .with_context(|| format!("cannot store block {d}"))?
         {
             Some(n) => {
@@ -295,7 +305,6 @@ fn hash_and_store(
             }
             None => st.present += 1,
         }
-        ds.push(d);
     }
     Ok((ds, st))
 }

@@ -21,6 +21,7 @@ pub struct MountOptions {
     /// `--mode`: the images' mode [default: 0440 for a shared store, else 0400].
     pub mode: Option<u16>,
     pub threads: usize,
+    pub direct_io: bool,
 }
 
 /// The images' group and mode: what was asked, else the store's choice. A
@@ -75,6 +76,7 @@ pub fn run(opts: &MountOptions) -> Result<u8> {
     let cfg = MountConfig {
         allow_other: opts.allow_other,
         threads: opts.threads,
+        direct_io: opts.direct_io,
         gid,
     };
     let mnt = opts.mountpoint.display();

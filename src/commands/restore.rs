@@ -6,6 +6,7 @@
 //! never a mounted one), and a terminal is no place for an image.
 
 use super::{loader_threads, open_store, resolve, usage};
+use crate::digest::is_zero;
 use crate::image::{BlockCache, ImageReader, Prefetcher};
 use crate::progress;
 use crate::store::{rename_noreplace, Store};
@@ -221,6 +222,27 @@ pub fn run(
     Ok(crate::cli::exit::FAILURE)
 }
 
+/// Granularity of holes in a restored file: a filesystem page, so zero
+/// pages inside non-zero blocks stay unallocated as they were in the source.
+const PAGE: usize = 4096;
+
+/// The runs `(from, to)` of `buf` holding non-zero `page`-sized pieces (the
+/// last one may be shorter); all-zero pieces between them are left out.
+fn data_runs(buf: &[u8], page: usize) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for (i, piece) in buf.chunks(page).enumerate() {
+        if is_zero(piece) {
+            continue;
+        }
+        let (from, to) = (i * page, i * page + piece.len());
+        match runs.last_mut() {
+            Some(last) if last.1 == from => last.1 = to,
+            _ => runs.push((from, to)),
+        }
+    }
+    runs
+}
+
 /// Where the bytes go: a file we may leave holes in, or anything else.
 enum Destination<'a> {
     Sparse(&'a File),
@@ -299,7 +321,11 @@ fn write_image(
             }
         };
         match (&mut *dest, &data) {
-            (Destination::Sparse(f), Some(b)) => f.write_all_at(&b[..len], offset)?,
+            (Destination::Sparse(f), Some(b)) => {
+                for (from, to) in data_runs(&b[..len], PAGE) {
+                    f.write_all_at(&b[from..to], offset + from as u64)?;
+                }
+            }
             (Destination::Sparse(_), None) => {}
             (Destination::Stream(w), Some(b)) => w.write_all(&b[..len])?,
             (Destination::Stream(w), None) => w.write_all(&zeros[..len])?,
@@ -327,4 +353,21 @@ fn note_bad(list: &mut Vec<BadRange>, idx: usize, offset: u64, len: u64, error: 
         blocks: 1,
         error,
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::data_runs;
+
+    #[test]
+    fn data_runs_skip_zero_pages_and_merge_neighbours() {
+        let mut b = vec![0u8; 10 * 8 + 3];
+        assert!(data_runs(&b, 8).is_empty());
+        b[0] = 1; // page 0
+        b[17] = 1; // page 2
+        b[31] = 1; // page 3, merged with 2
+        b[80] = 1; // the short last piece
+        assert_eq!(data_runs(&b, 8), vec![(0, 8), (16, 32), (80, 83)]);
+        assert_eq!(data_runs(&[5u8; 20], 8), vec![(0, 20)]);
+    }
 }

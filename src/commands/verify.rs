@@ -42,6 +42,9 @@ pub fn run(store_dir: &Path, args: &[String], repair: bool) -> Result<u8> {
                 WalkItem::Stray(p) if p.ends_with(".lz4.bad") => notes.push(format!(
                     "{p}: a damaged block moved aside (kept for inspection; delete it when done)"
                 )),
+                WalkItem::Stray(p) if p.ends_with(".lz4.gc") => notes.push(format!(
+                    "{p}: set aside by an interrupted gc (the next gc puts it back or removes it)"
+                )),
                 WalkItem::Stray(p) => report(format!("{p}: not a block file")),
             }
             Ok(())

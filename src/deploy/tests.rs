@@ -267,3 +267,20 @@ fn quoting() {
     assert_eq!(sh_quote("/a b/c"), "'/a b/c'");
     assert_eq!(sh_quote("it's"), r"'it'\''s'");
 }
+
+#[test]
+fn a_slow_upload_is_not_a_stall_but_silence_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = LocalSh::new(dir.path());
+    let idle = Duration::from_millis(300);
+    // The remote takes ~2 s to read 4 MB and says nothing meanwhile.
+    let slow =
+        "i=0; while [ $i -lt 40 ]; do head -c 100000 >/dev/null; sleep 0.05; i=$((i+1)); done; \
+                cat >/dev/null; echo done";
+    let out = transport::run(&t, slow, &vec![7u8; 4 << 20], MAX_REPLY, idle).unwrap();
+    assert_eq!(out.stdout, b"done\n");
+    let t0 = std::time::Instant::now();
+    let e = transport::run(&t, "sleep 5", b"", MAX_REPLY, idle).unwrap_err();
+    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+    assert!(format!("{e:#}").contains("no data"), "{e:#}");
+}

@@ -190,6 +190,15 @@ impl<'a> Exchange<'a> {
     fn classify_entries(&mut self, b: &Batch, first: u64) -> Result<Vec<(u32, Digest)>> {
         let bs = self.store.block_size();
         let mut requested = Vec::new();
+        let hashes: Vec<Digest> = b
+            .entries
+            .iter()
+            .filter_map(|e| match *e {
+                Entry::Hash(d) if d != self.zero => Some(d),
+                _ => None,
+            })
+            .collect();
+        self.store.prefetch(&hashes);
         for (i, entry) in b.entries.iter().enumerate() {
             let index = first + i as u64;
             let len = block_len(self.hello.size, bs, index as usize);

@@ -173,15 +173,9 @@ impl StoreLock {
 /// half-made ones (dot-names) older than `stale_before`. A writer that is
 /// registering now is left out: it asks about blocks only after this call.
 pub fn live_writers(dir: &Path, stale_before: SystemTime) -> Result<Vec<Writer>> {
-    let rd = match fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
-    };
     let mut out = Vec::new();
-    for e in rd {
-        let e = e.with_context(|| format!("cannot list {}", dir.display()))?;
-        let (path, name) = (e.path(), e.file_name().to_string_lossy().into_owned());
+    for (name, _) in super::local::list_dir(dir)? {
+        let path = dir.join(&name);
         let file = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == ErrorKind::NotFound => continue, // finished meanwhile

@@ -160,6 +160,10 @@ pub trait Store: Send + Sync {
     /// A human name for messages (the root path).
     fn describe(&self) -> String;
     fn contains(&self, d: &Digest) -> io::Result<bool>;
+    /// Starts reading what `contains` will read for these blocks, so that
+    /// the disk reads of a batch overlap instead of queueing one by one.
+    /// Only a hint: errors are ignored.
+    fn prefetch(&self, _ds: &[Digest]) {}
     /// The block's stored (compressed) size, None if absent.
     fn stored_size(&self, d: &Digest) -> io::Result<Option<u64>>;
     /// Stores a frame the caller has verified decodes to the data `d` names.

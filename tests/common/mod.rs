@@ -39,6 +39,16 @@ impl Run {
     }
 }
 
+/// A finished process's status and output, for assertion messages.
+pub fn output_text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 fn finish(o: Output) -> Run {
     Run {
         code: o.status.code().unwrap_or(-1),
