@@ -4,13 +4,11 @@
 //! if a manifest fails to parse.
 
 use super::open_store;
-use crate::digest::Digest;
 use crate::output;
-use crate::store::{LocalStore, LockKind, Store};
+use crate::store::{LiveBlocks, Store};
 use anyhow::Result;
 use indicatif::HumanBytes;
 use serde::Serialize;
-use std::collections::HashSet;
 use std::path::Path;
 
 /// What a gc found and did (`--json` prints it as is).
@@ -60,7 +58,7 @@ impl GcReport {
 
 pub fn run(store_dir: &Path, dry_run: bool, wait: bool) -> Result<u8> {
     let store = open_store(store_dir)?;
-    let report = collect(&store, dry_run, wait)?;
+    let report = collect(store.as_ref(), dry_run, wait)?;
     if output::json() {
         output::emit(&report)?;
     } else {
@@ -69,23 +67,32 @@ pub fn run(store_dir: &Path, dry_run: bool, wait: bool) -> Result<u8> {
     Ok(0)
 }
 
-pub fn collect(store: &LocalStore, dry_run: bool, wait: bool) -> Result<GcReport> {
-    let _lock = store.lock(LockKind::Exclusive, wait)?;
-    let start = store.gc_begin()?;
-    let mut live: HashSet<Digest> = HashSet::new();
-    let mut manifests = 0;
-    for e in &store.manifests()? {
-        match store.read_manifest(e) {
-            Ok(m) => live.extend(m.blocks),
-            // Removed since the listing (forget, delete): its blocks are garbage.
-            Err(err) if is_not_found(&err) => continue,
-            Err(err) => return Err(err.context(
-                "gc stopped before deleting anything: every manifest must parse to know which blocks are live",
-            )),
+pub fn collect(store: &dyn Store, dry_run: bool, wait: bool) -> Result<GcReport> {
+    let live = || -> Result<LiveBlocks> {
+        let mut live = LiveBlocks::default();
+        for e in &store.manifests()? {
+            match store.read_manifest(e) {
+                Ok(m) => live.blocks.extend(m.blocks),
+                // Removed since the listing (forget, delete): its blocks are garbage.
+                Err(err) if is_not_found(&err) => continue,
+                Err(err) => return Err(err.context(
+                    "gc stopped before deleting anything: every manifest must parse to know which blocks are live",
+                )),
+            }
+            live.manifests += 1;
         }
-        manifests += 1;
-    }
-    let st = store.gc_sweep(&start, &live, dry_run)?;
+        Ok(live)
+    };
+    let mut manifests = 0;
+    let st = store.collect_garbage(
+        &mut || {
+            let l = live()?;
+            manifests = l.manifests;
+            Ok(l)
+        },
+        dry_run,
+        wait,
+    )?;
     Ok(GcReport {
         dry_run,
         manifests,
