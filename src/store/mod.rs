@@ -3,6 +3,7 @@
 
 mod config;
 mod dirty;
+mod diskcache;
 mod gc;
 mod local;
 mod lock;
