@@ -367,28 +367,29 @@ impl PackedBlocks {
         if self.contains(d) {
             return Ok(false);
         }
-        let full = {
-            let mut open = lock(&self.open);
-            if open.frames.contains_key(d) {
-                return Ok(false);
-            }
-            open.push(*d, frame);
-            (open.builder.frames_len() >= self.target).then(|| std::mem::take(&mut *open))
-        };
-        if let Some(pack) = full {
-            self.seal(pack);
+        let mut open = lock(&self.open);
+        if open.frames.contains_key(d) {
+            return Ok(false);
+        }
+        open.push(*d, frame);
+        if open.builder.frames_len() >= self.target {
+            // Sealed while the open pack is still locked: its frames are
+            // never in neither place, so nobody stores them twice.
+            let full = std::mem::take(&mut *open);
+            self.seal(full);
         }
         Ok(true)
     }
 
-    /// Queues a full pack for upload, waiting while `MAX_UPLOADS` run.
+    /// Queues a full pack for upload, waiting while `MAX_UPLOADS` run (the
+    /// caller holds the open pack's lock: writers wait for the uploads).
     fn seal(self: &Arc<Self>, pack: MemPack) {
         let pack = Arc::new(pack);
         let mut u = lock(&self.uploads);
+        u.sealed.push(pack.clone());
         while u.running >= MAX_UPLOADS {
             u = self.uploaded.wait(u).unwrap_or_else(|p| p.into_inner());
         }
-        u.sealed.push(pack.clone());
         u.running += 1;
         drop(u);
         let me = self.clone();

@@ -16,6 +16,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
+fn crc(data: &[u8]) -> u32 {
+    let mut c = flate2::Crc::new();
+    c.update(data);
+    c.sum()
+}
+
 pub struct DiskCache {
     dir: PathBuf,
     limit: u64,
@@ -57,16 +63,22 @@ impl DiskCache {
             return false;
         };
         buf.clear();
-        if f.read_to_end(buf).is_err() || buf.is_empty() {
+        if f.read_to_end(buf).is_err() || buf.len() < 5 {
             return false;
         }
+        let n = buf.len() - 4;
+        if crc(&buf[..n]).to_le_bytes() != buf[n..] {
+            self.remove(d);
+            return false;
+        }
+        buf.truncate(n);
         // Recently used: evicted last.
         let _ = f.set_modified(SystemTime::now());
         true
     }
 
-    /// Forgets a frame that failed its check.
-    pub fn remove(&self, d: &Digest) {
+    /// Forgets a damaged file.
+    fn remove(&self, d: &Digest) {
         if let Ok(m) = fs::metadata(self.path(d)) {
             if fs::remove_file(self.path(d)).is_ok() {
                 self.used
@@ -97,7 +109,10 @@ impl DiskCache {
             .create_new(true)
             .mode(0o600)
             .open(&tmp)
-            .and_then(|mut f| f.write_all(frame))
+            .and_then(|mut f| {
+                f.write_all(frame)?;
+                f.write_all(&crc(frame).to_le_bytes())
+            })
             .and_then(|_| fs::rename(&tmp, &path));
         if written.is_err() {
             let _ = fs::remove_file(&tmp);
@@ -167,7 +182,12 @@ mod tests {
             .sum();
         assert!(on_disk <= 40_000, "{on_disk}");
         assert!(c.get(&frames[19].0, &mut buf), "the newest stays");
-        c.remove(&frames[19].0);
+        // A damaged file is a miss, and goes.
+        let p = dir.path().join(frames[19].0.to_hex());
+        let mut bytes = fs::read(&p).unwrap();
+        bytes[100] ^= 1;
+        fs::write(&p, bytes).unwrap();
         assert!(!c.get(&frames[19].0, &mut buf));
+        assert!(!p.exists());
     }
 }

@@ -35,6 +35,17 @@ const REPACK_DEAD_FRACTION: f64 = 0.2;
 /// Between writing the pending list and listing the writers.
 const SETTLE: Duration = Duration::from_secs(1);
 
+/// The margin for the service's clock and listings: packs younger than this
+/// are left alone, and writers that ended this shortly before gc began count
+/// as running. `DISKDUMP_S3_GC_GRACE` (seconds) changes it: the tests race
+/// gc against imports within seconds.
+fn grace() -> Duration {
+    std::env::var("DISKDUMP_S3_GC_GRACE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(GRACE, Duration::from_secs)
+}
+
 /// The packs that gcs are about to delete.
 pub(super) fn pending_packs(objects: &dyn ObjectStore) -> Result<HashSet<Digest>> {
     let mut out = HashSet::new();
@@ -134,7 +145,7 @@ fn writers(objects: &dyn ObjectStore) -> Result<Vec<Writer>> {
 /// one still running, or one that ended since just before `t0`.
 fn blocks_deletion(w: &Writer, t0: SystemTime, now: SystemTime) -> bool {
     if w.ended {
-        w.modified.is_none_or(|m| m + GRACE > t0)
+        w.modified.is_none_or(|m| m + grace() > t0)
     } else {
         is_fresh(w.modified, now, STALE)
     }
@@ -172,39 +183,48 @@ pub(super) fn collect(
         .filter_map(|o| Some((pack_id(&o.key)?, (o.size, o.modified))))
         .collect();
     let bad: HashSet<(Digest, Digest)> = store.bad_copies()?.into_iter().collect();
-    // Which packs to rewrite: old enough, and enough of them dead.
+    // Which packs to rewrite: old enough, and enough of them dead. Counts
+    // are of distinct blocks (a block two hosts uploaded is in two packs).
     let mut candidates: Vec<Digest> = Vec::new();
+    let (mut live_seen, mut young, mut removed) = (HashSet::new(), HashSet::new(), HashSet::new());
     let packs = blocks.packs();
     for (id, p) in &packs {
         let Some((size, modified)) = listed.get(id) else {
             continue; // deleted meanwhile
         };
-        let old = modified.is_some_and(|m| m + GRACE <= t0);
+        let old = modified.is_some_and(|m| m + grace() <= t0);
         let (mut dead, mut dead_blocks, mut live_blocks) = (0u64, 0u64, 0u64);
         for e in p.entries.iter() {
             if live.contains(&e.digest) && !bad.contains(&(e.digest, *id)) {
                 live_blocks += 1;
+                live_seen.insert(e.digest);
             } else {
                 dead += u64::from(e.len);
                 dead_blocks += 1;
             }
         }
+        let dead_digests = p
+            .entries
+            .iter()
+            .filter(|e| !live.contains(&e.digest))
+            .map(|e| e.digest);
         if !old {
-            st.young_blocks += dead_blocks;
-            st.live_blocks += live_blocks;
+            young.extend(dead_digests);
             continue;
         }
         if dead_blocks > 0
             && (live_blocks == 0 || dead as f64 >= REPACK_DEAD_FRACTION * *size as f64)
         {
             candidates.push(*id);
-            st.removed_blocks += dead_blocks;
+            removed.extend(dead_digests);
             st.removed_bytes += dead;
             st.packs_deleted += 1;
             st.packs_rewritten += u64::from(live_blocks > 0);
         }
-        st.live_blocks += live_blocks;
     }
+    st.live_blocks = live_seen.len() as u64;
+    st.removed_blocks = removed.len() as u64;
+    st.young_blocks = young.difference(&removed).count() as u64;
     if dry_run || candidates.is_empty() {
         return Ok(st);
     }

@@ -192,7 +192,7 @@ impl S3Store {
         let pack_target = std::env::var("DISKDUMP_S3_PACK_SIZE")
             .ok()
             .and_then(|v| crate::cli::parse_size(&v).ok())
-            .map_or(DEFAULT_PACK_TARGET, |n| n as usize);
+            .unwrap_or(DEFAULT_PACK_TARGET);
         Ok(S3Store {
             objects,
             location: loc.clone(),
@@ -306,16 +306,9 @@ impl S3Store {
     fn manifest_bytes(&self, entry: &ManifestEntry) -> Result<Vec<u8>> {
         self.objects
             .get(&format!("{MANIFESTS}{}", entry.rel))
-            .map_err(|e| {
-                let nf = e.is_not_found();
-                let err = anyhow::Error::new(e);
-                if nf {
-                    // Callers tell "removed since listed" by the io kind.
-                    err.context(io::Error::from(io::ErrorKind::NotFound))
-                } else {
-                    err
-                }
-            })
+            // A removed manifest reads as io NotFound: callers tell
+            // "removed since listed" from damage by that kind.
+            .map_err(|e| anyhow::Error::new(io_err(e)))
             .with_context(|| format!("cannot read manifest {}", entry.rel))
     }
 

@@ -5,6 +5,7 @@ use super::*;
 use crate::objstore::MemoryObjects;
 use crate::store::{get_block, LiveBlocks};
 use crate::testutil::{image, manifest, BS};
+use std::path::Path;
 
 fn store(objects: &Arc<MemoryObjects>, cache: &Path) -> S3Store {
     let loc = S3Location::parse("s3://bucket/p").unwrap().unwrap();
