@@ -607,3 +607,73 @@ fn dump_over_ssh_into_an_s3_store() {
     assert_eq!(before, after);
     h.run(&s, &["verify"]).ok();
 }
+
+#[test]
+#[cfg_attr(
+    not(have_garage),
+    ignore = "needs a garage binary (.ci/run builds one)"
+)]
+fn copy_moves_a_local_store_to_s3_and_back_each_block_once() {
+    let g = Garage::start();
+    let h = Host::new(&g);
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("local");
+    let local_s = local.to_str().unwrap();
+    h.run(local_s, &["init"]).ok();
+    let a = images::mixed(BS, 40, 100, 61);
+    let mut b = a.clone();
+    b[3 * BS] ^= 1;
+    let (ia, ib) = (dir.path().join("a.img"), dir.path().join("b.img"));
+    images::write(&ia, &a);
+    images::write(&ib, &b);
+    for (img, date) in [(&ia, "2026-05-01"), (&ib, "2026-05-02")] {
+        h.run(
+            local_s,
+            &[
+                "import",
+                img.to_str().unwrap(),
+                "--as",
+                "db",
+                "--date",
+                date,
+            ],
+        )
+        .ok();
+    }
+    let s = store_url(&g, "copy");
+    h.run(&s, &["init"]).ok();
+    let r = json(&h.run(local_s, &["--json", "copy", "--to", &s]).ok());
+    assert_eq!(r["dumps"].as_array().unwrap().len(), 2, "{r}");
+    let stored = json(&h.run(local_s, &["--json", "status"]).ok())["blocks"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        r["blocks_copied"].as_u64().unwrap(),
+        stored,
+        "each block once: {r}"
+    );
+    assert!(h.restore(&s, "2026/05/01/db.manifest") == a);
+    assert!(h.restore(&s, "db") == b);
+    // Again: nothing to do.
+    let again = json(&h.run(local_s, &["--json", "copy", "--to", &s]).ok());
+    assert_eq!(again["blocks_copied"], 0, "{again}");
+    assert!(again["dumps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|d| d["skipped"] == true));
+    // And back, one name, into a new local store.
+    let back = dir.path().join("back");
+    h.run(back.to_str().unwrap(), &["init"]).ok();
+    h.run(&s, &["copy", "db", "--to", back.to_str().unwrap()])
+        .ok();
+    assert!(h.restore(back.to_str().unwrap(), "db") == b);
+    h.run(back.to_str().unwrap(), &["verify"]).ok();
+    // Different block sizes cannot share blocks.
+    let small = dir.path().join("small");
+    h.run(small.to_str().unwrap(), &["init", "--block-size", "64K"])
+        .ok();
+    let e = h.run(&s, &["copy", "--to", small.to_str().unwrap()]);
+    assert_eq!(e.code, 2, "{}", e.stderr);
+    assert!(e.stderr.contains("block size"), "{}", e.stderr);
+}

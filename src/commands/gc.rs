@@ -28,6 +28,13 @@ pub struct GcReport {
     pub running_writers: usize,
     /// Blocks an interrupted gc had set aside, put back.
     pub recovered_blocks: u64,
+    /// S3 stores: packs rewritten with their live blocks only, packs
+    /// deleted, and packs kept for a later gc because a dump was running.
+    pub packs_rewritten: u64,
+    pub packs_deleted: u64,
+    pub packs_deferred: u64,
+    /// Live blocks that failed their check while being copied (their pack stays).
+    pub damaged_blocks: u64,
 }
 
 impl GcReport {
@@ -45,6 +52,31 @@ impl GcReport {
             HumanBytes(self.removed_bytes),
             self.removed_temp_files
         )?;
+        if self.packs_deleted + self.packs_deferred > 0 {
+            crate::outln!(
+                "gc: {} packs rewritten, {} {}",
+                self.packs_rewritten,
+                self.packs_deleted,
+                if self.dry_run {
+                    "would be deleted"
+                } else {
+                    "deleted"
+                }
+            )?;
+        }
+        if self.packs_deferred > 0 {
+            crate::outln!(
+                "gc: kept {} packs for the next gc: {} dump(s) or import(s) running (they may use their blocks)",
+                self.packs_deferred,
+                self.running_writers
+            )?;
+        }
+        if self.damaged_blocks > 0 {
+            crate::outln!(
+                "gc: {} live blocks failed their check and were not copied (their packs stay; run `diskdump verify`)",
+                self.damaged_blocks
+            )?;
+        }
         if self.young_blocks > 0 {
             crate::outln!(
                 "gc: kept {} unreferenced blocks written or used in the last minute \
@@ -103,6 +135,10 @@ pub fn collect(store: &dyn Store, dry_run: bool, wait: bool) -> Result<GcReport>
         young_blocks: st.young_blocks,
         running_writers: st.running_writers,
         recovered_blocks: st.recovered,
+        packs_rewritten: st.packs_rewritten,
+        packs_deleted: st.packs_deleted,
+        packs_deferred: st.packs_deferred,
+        damaged_blocks: st.damaged_blocks,
     })
 }
 

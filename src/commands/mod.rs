@@ -2,6 +2,7 @@
 
 pub mod catalog;
 pub mod completions;
+pub mod copy;
 pub mod deploy;
 pub mod diff;
 pub mod dump;
