@@ -10,7 +10,7 @@
 use anyhow::{bail, Context, Result};
 use diskdump::agent_bin::{agent_hash, AGENT};
 use diskdump::receiver::{receive, InFlight, NoProgress, ReceiveOptions};
-use diskdump::store::{LocalStore, LockKind, Store};
+use diskdump::store::{LocalStore, Store};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -23,7 +23,7 @@ fn main() -> Result<()> {
     };
     let agent_args: Vec<String> = args.collect();
     let store = LocalStore::open_or_create(&PathBuf::from(&store_dir), None)?;
-    let _lock = store.lock(LockKind::Shared, true)?;
+    let session = store.begin_writes()?;
     // PIPE_DUMP_AGENT runs another agent build, e.g. one with symbols for perf.
     let agent = match std::env::var_os("PIPE_DUMP_AGENT") {
         Some(path) => PathBuf::from(path),
@@ -60,6 +60,7 @@ fn main() -> Result<()> {
     let transfer = start.elapsed();
     let name = diskdump::manifest::default_name("localhost", &image)?;
     let entry = store.write_manifest(&name, &received.manifest)?;
+    store.end_writes(session)?;
     let total = start.elapsed();
     let s = &received.stats;
     let mb = |b: u64| b as f64 / 1e6;

@@ -163,6 +163,19 @@ pub enum Command {
         #[arg(required = true, value_name = "MANIFEST")]
         manifests: Vec<String>,
     },
+    /// Copy dumps to another store (local or s3://), each block once
+    #[command(
+        after_help = "Examples:\n  diskdump --store /srv/backup copy --to s3://backups/fleet\n  \
+        diskdump --store s3://backups/fleet copy web-sda --to /srv/restore-store"
+    )]
+    Copy {
+        /// Dumps to copy (names: every dump of that name; or manifest paths); all when none
+        #[arg(value_name = "DUMP")]
+        dumps: Vec<String>,
+        /// The destination store (made beforehand with `diskdump init`)
+        #[arg(long, value_name = "STORE")]
+        to: PathBuf,
+    },
     /// Show which blocks and byte ranges differ between two dumps
     Diff {
         /// The older dump (manifest path or dump name)
@@ -641,6 +654,7 @@ pub fn run() -> Result<u8> {
         Command::Protect { manifests } => commands::forget::protect(&store, &manifests, true),
         Command::Unprotect { manifests } => commands::forget::protect(&store, &manifests, false),
         Command::Diff { a, b } => commands::diff::run(&store, &a, &b),
+        Command::Copy { dumps, to } => commands::copy::run(&store, &to, &dumps),
         Command::Completions { shell } => commands::completions::completions(shell),
         Command::Manpages { dir } => commands::completions::manpages(&dir),
         Command::Mount {

@@ -18,6 +18,19 @@ pub fn bytes_bar(total: u64, what: &str) -> ProgressBar {
     pb
 }
 
+/// A counting bar (blocks, items) with rate and ETA.
+pub fn count_bar(total: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    pb.set_style(
+        ProgressStyle::with_template("{msg:12} [{bar:30}] {pos}/{len} blocks {per_sec} ETA {eta}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb.enable_steady_tick(Duration::from_millis(200));
+    pb
+}
+
 /// Seconds as a short human string.
 pub fn secs(d: Duration) -> String {
     format!("{:.2}s", d.as_secs_f64())

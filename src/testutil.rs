@@ -3,7 +3,7 @@
 
 use crate::digest::Digest;
 use crate::manifest::Manifest;
-use crate::store::{put_block, LocalStore};
+use crate::store::{put_block, Store};
 use diskdump_agent::blockfmt::Encoder;
 
 pub const BS: usize = 4096;
@@ -20,7 +20,7 @@ pub fn image() -> Vec<u8> {
 }
 
 /// Stores `data`'s blocks; returns their digests in order.
-pub fn put_blocks(store: &LocalStore, data: &[u8]) -> Vec<Digest> {
+pub fn put_blocks(store: &dyn Store, data: &[u8]) -> Vec<Digest> {
     let (mut enc, mut buf) = (Encoder::default(), Vec::new());
     data.chunks(BS)
         .map(|c| {
@@ -32,7 +32,7 @@ pub fn put_blocks(store: &LocalStore, data: &[u8]) -> Vec<Digest> {
 }
 
 /// A manifest of `data`, its blocks put into `store`.
-pub fn manifest(store: &LocalStore, date: &str, data: &[u8]) -> Manifest {
+pub fn manifest(store: &dyn Store, date: &str, data: &[u8]) -> Manifest {
     Manifest {
         source: "h:/dev/x".into(),
         date: date.into(),

@@ -1,7 +1,7 @@
 //! Every dump in the store with what `list` and `forget` need, read from the
 //! manifests' headers only (no hash lists), sorted by date.
 
-use crate::store::{LocalStore, ManifestEntry, Store};
+use crate::store::{ManifestEntry, Store};
 use anyhow::Result;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -45,7 +45,7 @@ pub fn group_name(e: &ManifestEntry) -> String {
     e.base_name().to_string()
 }
 
-pub fn dumps(store: &LocalStore) -> Result<Vec<DumpRow>> {
+pub fn dumps(store: &dyn Store) -> Result<Vec<DumpRow>> {
     let mut rows = Vec::new();
     for e in store.manifests()? {
         let protected = store.is_protected(&e)?;

@@ -84,7 +84,7 @@ const SHOWN: usize = 200;
 
 pub fn run(store_dir: &Path, a: &str, b: &str) -> Result<u8> {
     let store = open_store(store_dir)?;
-    let (ra, rb) = (resolve(&store, a)?, resolve(&store, b)?);
+    let (ra, rb) = (resolve(&*store, a)?, resolve(&*store, b)?);
     if ra.manifest.block_size != rb.manifest.block_size {
         bail!(
             "{} and {} have different block sizes ({} and {}): they cannot be compared block by block",

@@ -8,7 +8,7 @@ use crate::cli::{DumpArgs, TargetSpec};
 use crate::deploy::{self, sh_quote, Agent, Launch};
 use crate::manifest::{default_name, validate_name, validate_source};
 use crate::receiver::{receive, InFlight, ReceiveOptions, ReceiveStats};
-use crate::store::{LocalStore, LockKind, Store};
+use crate::store::Store;
 use crate::target::Target;
 use crate::{progress, signals, transport, untrusted};
 use anyhow::{bail, Context, Result};
@@ -59,9 +59,8 @@ pub fn run(store_dir: &Path, specs: Vec<TargetSpec>, args: DumpArgs) -> Result<u
     )
     .map_err(|e| usage(e.to_string()))?;
     let how = args.ssh.options()?;
-    let store = LocalStore::open_for_writing(store_dir, args.block_size, None)?;
-    let _lock = store.lock(LockKind::Shared, true)?;
-    let marker = store.begin_writes()?;
+    let store = crate::store::open_for_writing(store_dir, args.block_size, None)?;
+    let session = store.begin_writes()?;
     let inflight = InFlight::new();
     let bars = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
     let results: Vec<Mutex<Option<Result<TargetDumped>>>> =
@@ -82,7 +81,7 @@ pub fn run(store_dir: &Path, specs: Vec<TargetSpec>, args: DumpArgs) -> Result<u
                 let r = if signals::received().is_some() {
                     Err(anyhow::anyhow!("not started: interrupted"))
                 } else {
-                    dump_one(&store, &inflight, &how, &args, planned, &bar)
+                    dump_one(store.as_ref(), &inflight, &how, &args, planned, &bar)
                         .map_err(|e| with_sudo_hint(e, planned.spec.sudo))
                 };
                 bar.finish_and_clear();
@@ -106,7 +105,7 @@ pub fn run(store_dir: &Path, specs: Vec<TargetSpec>, args: DumpArgs) -> Result<u
                 .expect("every planned ran")
         })
         .collect();
-    store.end_writes(marker)?;
+    store.end_writes(session)?;
     // A closed stdout must not hide a failed target's exit code.
     // Nothing of the bars stays on the terminal above the report.
     let _ = bars.clear();
@@ -170,7 +169,7 @@ fn shorten(s: &str, width: usize) -> String {
 }
 
 fn dump_one(
-    store: &LocalStore,
+    store: &dyn Store,
     inflight: &InFlight,
     how: &transport::Options,
     args: &DumpArgs,

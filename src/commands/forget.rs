@@ -7,7 +7,7 @@ use super::{open_store, resolve};
 use crate::output;
 use crate::retention::{self, Policy};
 use crate::say;
-use crate::store::{LocalStore, ManifestEntry, Store};
+use crate::store::{ManifestEntry, Store};
 use anyhow::{bail, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -52,7 +52,7 @@ struct ForgetReport {
 pub fn run(store_dir: &Path, o: &ForgetOptions) -> Result<u8> {
     let store = open_store(store_dir)?;
     let mut groups: BTreeMap<String, Vec<DumpRow>> = BTreeMap::new();
-    for r in dumps(&store)? {
+    for r in dumps(&*store)? {
         // Python-era dumps are read, never written: forget leaves them alone.
         if r.legacy || !(o.names.is_empty() || o.names.contains(&r.name)) {
             continue;
@@ -61,7 +61,7 @@ pub fn run(store_dir: &Path, o: &ForgetOptions) -> Result<u8> {
     }
     for n in &o.names {
         if !groups.contains_key(n) && !o.allow_missing {
-            bail!("no dumps named {n:?} in store {}", store.root().display());
+            bail!("no dumps named {n:?} in store {}", store.describe());
         }
     }
     let mut report = ForgetReport {
@@ -125,7 +125,7 @@ pub fn run(store_dir: &Path, o: &ForgetOptions) -> Result<u8> {
         if o.dry_run {
             say!("--prune with --dry-run: gc reports what it would remove");
         }
-        report.gc = Some(super::gc::collect(&store, o.dry_run, true)?);
+        report.gc = Some(super::gc::collect(&*store, o.dry_run, true)?);
     }
     if output::json() {
         output::emit(&report)?;
@@ -173,7 +173,7 @@ fn print_group(g: &Group, rows: &[DumpRow], dry_run: bool) -> std::io::Result<()
 
 /// The dumps named by paths (not by dump name: deleting "the newest dump
 /// of NAME" by a typo is too easy).
-fn entries_by_path(store: &LocalStore, args: &[String]) -> Result<Vec<ManifestEntry>> {
+fn entries_by_path(store: &dyn Store, args: &[String]) -> Result<Vec<ManifestEntry>> {
     let mut out = Vec::new();
     for a in args {
         let r = resolve(store, a)?;
@@ -184,7 +184,7 @@ fn entries_by_path(store: &LocalStore, args: &[String]) -> Result<Vec<ManifestEn
             Some(_) => bail!(
                 "{a:?} is a dump name; give the manifest path (`diskdump list {a}` shows them)"
             ),
-            None => bail!("{a} is not a manifest in store {}", store.root().display()),
+            None => bail!("{a} is not a manifest in store {}", store.describe()),
         }
     }
     Ok(out)
@@ -197,7 +197,7 @@ struct Changed {
 
 pub fn delete(store_dir: &Path, args: &[String]) -> Result<u8> {
     let store = open_store(store_dir)?;
-    let entries = entries_by_path(&store, args)?;
+    let entries = entries_by_path(&*store, args)?;
     // Check every one first, so a protected dump stops the command before any removal.
     for e in &entries {
         if store.is_protected(e)? {
@@ -228,7 +228,7 @@ pub fn protect(store_dir: &Path, args: &[String], on: bool) -> Result<u8> {
     let store = open_store(store_dir)?;
     let mut paths = Vec::new();
     for a in args {
-        let e = resolve(&store, a)?
+        let e = resolve(&*store, a)?
             .entry
             .ok_or_else(|| anyhow::anyhow!("{a} is not a manifest in the store"))?;
         store.set_protected(&e, on)?;

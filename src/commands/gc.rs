@@ -4,13 +4,11 @@
 //! if a manifest fails to parse.
 
 use super::open_store;
-use crate::digest::Digest;
 use crate::output;
-use crate::store::{LocalStore, LockKind, Store};
+use crate::store::{LiveBlocks, Store};
 use anyhow::Result;
 use indicatif::HumanBytes;
 use serde::Serialize;
-use std::collections::HashSet;
 use std::path::Path;
 
 /// What a gc found and did (`--json` prints it as is).
@@ -30,6 +28,13 @@ pub struct GcReport {
     pub running_writers: usize,
     /// Blocks an interrupted gc had set aside, put back.
     pub recovered_blocks: u64,
+    /// S3 stores: packs rewritten with their live blocks only, packs
+    /// deleted, and packs kept for a later gc because a dump was running.
+    pub packs_rewritten: u64,
+    pub packs_deleted: u64,
+    pub packs_deferred: u64,
+    /// Live blocks that failed their check while being copied (their pack stays).
+    pub damaged_blocks: u64,
 }
 
 impl GcReport {
@@ -47,6 +52,31 @@ impl GcReport {
             HumanBytes(self.removed_bytes),
             self.removed_temp_files
         )?;
+        if self.packs_deleted + self.packs_deferred > 0 {
+            crate::outln!(
+                "gc: {} packs rewritten, {} {}",
+                self.packs_rewritten,
+                self.packs_deleted,
+                if self.dry_run {
+                    "would be deleted"
+                } else {
+                    "deleted"
+                }
+            )?;
+        }
+        if self.packs_deferred > 0 {
+            crate::outln!(
+                "gc: kept {} packs for the next gc: {} dump(s) or import(s) running (they may use their blocks)",
+                self.packs_deferred,
+                self.running_writers
+            )?;
+        }
+        if self.damaged_blocks > 0 {
+            crate::outln!(
+                "gc: {} live blocks failed their check and were not copied (their packs stay; run `diskdump verify`)",
+                self.damaged_blocks
+            )?;
+        }
         if self.young_blocks > 0 {
             crate::outln!(
                 "gc: kept {} unreferenced blocks written or used in the last minute \
@@ -60,7 +90,7 @@ impl GcReport {
 
 pub fn run(store_dir: &Path, dry_run: bool, wait: bool) -> Result<u8> {
     let store = open_store(store_dir)?;
-    let report = collect(&store, dry_run, wait)?;
+    let report = collect(store.as_ref(), dry_run, wait)?;
     if output::json() {
         output::emit(&report)?;
     } else {
@@ -69,23 +99,32 @@ pub fn run(store_dir: &Path, dry_run: bool, wait: bool) -> Result<u8> {
     Ok(0)
 }
 
-pub fn collect(store: &LocalStore, dry_run: bool, wait: bool) -> Result<GcReport> {
-    let _lock = store.lock(LockKind::Exclusive, wait)?;
-    let start = store.gc_begin()?;
-    let mut live: HashSet<Digest> = HashSet::new();
-    let mut manifests = 0;
-    for e in &store.manifests()? {
-        match store.read_manifest(e) {
-            Ok(m) => live.extend(m.blocks),
-            // Removed since the listing (forget, delete): its blocks are garbage.
-            Err(err) if is_not_found(&err) => continue,
-            Err(err) => return Err(err.context(
-                "gc stopped before deleting anything: every manifest must parse to know which blocks are live",
-            )),
+pub fn collect(store: &dyn Store, dry_run: bool, wait: bool) -> Result<GcReport> {
+    let live = || -> Result<LiveBlocks> {
+        let mut live = LiveBlocks::default();
+        for e in &store.manifests()? {
+            match store.read_manifest(e) {
+                Ok(m) => live.blocks.extend(m.blocks),
+                // Removed since the listing (forget, delete): its blocks are garbage.
+                Err(err) if is_not_found(&err) => continue,
+                Err(err) => return Err(err.context(
+                    "gc stopped before deleting anything: every manifest must parse to know which blocks are live",
+                )),
+            }
+            live.manifests += 1;
         }
-        manifests += 1;
-    }
-    let st = store.gc_sweep(&start, &live, dry_run)?;
+        Ok(live)
+    };
+    let mut manifests = 0;
+    let st = store.collect_garbage(
+        &mut || {
+            let l = live()?;
+            manifests = l.manifests;
+            Ok(l)
+        },
+        dry_run,
+        wait,
+    )?;
     Ok(GcReport {
         dry_run,
         manifests,
@@ -96,6 +135,10 @@ pub fn collect(store: &LocalStore, dry_run: bool, wait: bool) -> Result<GcReport
         young_blocks: st.young_blocks,
         running_writers: st.running_writers,
         recovered_blocks: st.recovered,
+        packs_rewritten: st.packs_rewritten,
+        packs_deleted: st.packs_deleted,
+        packs_deferred: st.packs_deferred,
+        damaged_blocks: st.damaged_blocks,
     })
 }
 

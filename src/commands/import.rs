@@ -5,7 +5,7 @@ use super::{as_usage, cores, usage};
 use crate::digest::{is_zero, Digest};
 use crate::manifest::{self, Manifest};
 use crate::progress;
-use crate::store::{check_block_size, put_block, resolve_group, LocalStore, LockKind, Store};
+use crate::store::{check_block_size, put_block, resolve_group, Store};
 use anyhow::{Context, Result};
 use diskdump_agent::blockfmt::Encoder;
 use diskdump_agent::source::{AlignedBuf, Source};
@@ -95,15 +95,14 @@ pub fn run(store_dir: &Path, o: &ImportOptions) -> Result<u8> {
         )
     };
     manifest::validate_source(&source).map_err(as_usage)?;
-    let store = LocalStore::open_for_writing(store_dir, o.block_size, group)?;
-    let _lock = store.lock(LockKind::Shared, true)?;
-    let marker = store.begin_writes()?;
+    let store = crate::store::open_for_writing(store_dir, o.block_size, group)?;
+    let session = store.begin_writes()?;
     let bs = store.block_size();
     let started = Instant::now();
     let bar = progress::bytes_bar(size, "import");
     // A local image: what the page cache holds is read from memory.
     let file = Source::new(file, image).cached_first();
-    let written = import_blocks(&store, &file, size, &|n| bar.inc(n))
+    let written = import_blocks(store.as_ref(), &file, size, &|n| bar.inc(n))
         .with_context(|| {
             format!(
                 "import of {} failed; no manifest was written",
@@ -123,7 +122,7 @@ pub fn run(store_dir: &Path, o: &ImportOptions) -> Result<u8> {
             Ok((store.write_manifest(&name, &m)?, m, stats))
         });
     // Synced and unmarked on failure too: what was stored is good.
-    let ended = store.end_writes(marker);
+    let ended = store.end_writes(session);
     let (entry, m, stats) = written?;
     ended?;
     let took = started.elapsed();

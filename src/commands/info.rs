@@ -3,7 +3,6 @@
 
 use super::{open_store, resolve};
 use crate::digest::Digest;
-use crate::store::Store;
 use anyhow::Result;
 use indicatif::HumanBytes;
 use std::collections::HashSet;
@@ -11,7 +10,7 @@ use std::path::Path;
 
 pub fn run(store_dir: &Path, arg: &str) -> Result<u8> {
     let store = open_store(store_dir)?;
-    let r = resolve(&store, arg)?;
+    let r = resolve(&*store, arg)?;
     let m = &r.manifest;
     let zero = m.zero_digest();
     let zero_blocks = (0..m.blocks.len())

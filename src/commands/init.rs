@@ -2,7 +2,6 @@
 //! so a mistyped `--store` is an error instead of a new store.
 
 use crate::output;
-use crate::store::{LocalStore, Store};
 use anyhow::Result;
 use serde::Serialize;
 use std::path::Path;
@@ -30,9 +29,9 @@ pub fn run(dir: &Path, block_size: Option<usize>, group: Option<&str>) -> Result
         }
     }
     let bs = block_size.unwrap_or(diskdump_agent::DEFAULT_BLOCK_SIZE);
-    let store = LocalStore::create(dir, bs, group)?;
+    let store = crate::store::create(dir, bs, group)?;
     let report = Created {
-        store: store.root().display().to_string(),
+        store: store.describe(),
         block_size: store.block_size(),
         group: store.group(),
     };

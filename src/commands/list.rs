@@ -43,7 +43,7 @@ pub fn select(rows: Vec<DumpRow>, o: &ListOptions) -> Result<Vec<DumpRow>> {
 
 pub fn run(store_dir: &Path, o: &ListOptions) -> Result<u8> {
     let store = open_store(store_dir)?;
-    let rows = select(dumps(&store)?, o)?;
+    let rows = select(dumps(&*store)?, o)?;
     if output::json() {
         output::emit(&rows)?;
         return Ok(0);

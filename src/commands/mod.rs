@@ -2,6 +2,7 @@
 
 pub mod catalog;
 pub mod completions;
+pub mod copy;
 pub mod deploy;
 pub mod diff;
 pub mod dump;
@@ -17,9 +18,10 @@ pub mod status;
 pub mod verify;
 
 use crate::manifest::Manifest;
-use crate::store::{LocalStore, ManifestEntry, Store};
+use crate::store::{ManifestEntry, Store};
 use anyhow::{bail, Context, Result};
 use std::path::{Component, Path};
+use std::sync::Arc;
 
 /// A manifest named on the command line, read and parsed.
 pub struct Resolved {
@@ -47,7 +49,7 @@ pub fn loader_threads() -> usize {
 /// Finds a manifest as users type it: a path relative to the store (with or
 /// without a leading `./`), an absolute path, a path relative to the current
 /// directory (inside the store or not), or a dump name (its newest dump).
-pub fn resolve(store: &LocalStore, arg: &str) -> Result<Resolved> {
+pub fn resolve(store: &dyn Store, arg: &str) -> Result<Resolved> {
     if arg.is_empty() || arg.chars().any(char::is_control) {
         return Err(usage(format!("invalid manifest or dump name {arg:?}")));
     }
@@ -63,8 +65,8 @@ pub fn resolve(store: &LocalStore, arg: &str) -> Result<Resolved> {
             .map(|c| c.as_os_str().to_string_lossy())
             .collect::<Vec<_>>()
             .join("/");
-        for candidate in [rel.clone(), format!(".blockstore/manifests/{rel}")] {
-            if let Some(e) = find_entry(store, &candidate)? {
+        for candidate in [rel.clone(), format!("{}{rel}", crate::store::LEGACY_PREFIX)] {
+            if let Some(e) = store.find_manifest(&candidate)? {
                 return read_entry(store, e);
             }
         }
@@ -78,13 +80,14 @@ pub fn resolve(store: &LocalStore, arg: &str) -> Result<Resolved> {
         let real = p
             .canonicalize()
             .with_context(|| format!("cannot resolve {arg}"))?;
-        let root = store
-            .root()
-            .canonicalize()
-            .with_context(|| format!("cannot resolve {}", store.root().display()))?;
-        if let Ok(rel) = real.strip_prefix(&root) {
-            if let Some(e) = find_entry(store, &rel.to_string_lossy())? {
-                return read_entry(store, e);
+        if let Some(root) = store.local_root() {
+            let root = root
+                .canonicalize()
+                .with_context(|| format!("cannot resolve {}", root.display()))?;
+            if let Ok(rel) = real.strip_prefix(&root) {
+                if let Some(e) = store.find_manifest(&rel.to_string_lossy())? {
+                    return read_entry(store, e);
+                }
             }
         }
         let manifest = crate::store::read_manifest_file(&real, arg)?;
@@ -103,28 +106,16 @@ pub fn resolve(store: &LocalStore, arg: &str) -> Result<Resolved> {
         Some(e) => read_entry(store, e),
         None if arg.ends_with(".manifest") || arg.contains('/') => bail!(
             "no manifest {arg} in store {} or from the current directory",
-            store.root().display()
+            store.describe()
         ),
         None => bail!(
             "no dump named {arg:?} in store {} (`diskdump status` lists the dumps)",
-            store.root().display()
+            store.describe()
         ),
     }
 }
 
-fn find_entry(store: &LocalStore, rel: &str) -> Result<Option<ManifestEntry>> {
-    if !store.root().join(rel).is_file() {
-        return Ok(None);
-    }
-    // List only the manifest's own directory, not the whole store.
-    let dir = rel.rfind('/').map_or("", |i| &rel[..=i]);
-    Ok(store
-        .manifests_under(dir)?
-        .into_iter()
-        .find(|e| e.rel == rel))
-}
-
-fn read_entry(store: &LocalStore, e: ManifestEntry) -> Result<Resolved> {
+fn read_entry(store: &dyn Store, e: ManifestEntry) -> Result<Resolved> {
     let manifest = store.read_manifest(&e)?;
     Ok(Resolved {
         label: e.rel.clone(),
@@ -164,7 +155,7 @@ macro_rules! outln {
     }};
 }
 
-/// Opens the store for reading with a message that says where we looked.
-pub fn open_store(dir: &Path) -> Result<LocalStore> {
-    LocalStore::open(dir).with_context(|| "cannot open the store".to_string())
+/// Opens the store (a directory or `s3://…`) with a message that says where we looked.
+pub fn open_store(location: &Path) -> Result<Arc<dyn Store>> {
+    crate::store::open(location).with_context(|| "cannot open the store".to_string())
 }

@@ -9,7 +9,6 @@ use crate::store::resolve_group;
 use anyhow::{bail, Context, Result};
 use std::io::{self, ErrorKind, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 pub struct MountOptions {
     pub store: PathBuf,
@@ -71,7 +70,7 @@ pub fn run(opts: &MountOptions) -> Result<u8> {
         image_mode,
         ..FsOptions::default()
     };
-    let fs = MountFs::new(Arc::new(store), &fs_opts)?;
+    let fs = MountFs::new(store, &fs_opts)?;
     let dumps = fs.image_count();
     let cfg = MountConfig {
         allow_other: opts.allow_other,

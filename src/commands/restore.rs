@@ -9,7 +9,7 @@ use super::{loader_threads, open_store, resolve, usage};
 use crate::digest::is_zero;
 use crate::image::{BlockCache, ImageReader, Prefetcher};
 use crate::progress;
-use crate::store::{rename_noreplace, Store};
+use crate::store::rename_noreplace;
 use anyhow::{Context, Result};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind, Seek, SeekFrom, Write};
@@ -127,7 +127,7 @@ pub fn run(
     }
     let target = choose_target(output, force)?;
     let store = open_store(store_dir)?;
-    let r = resolve(&store, arg)?;
+    let r = resolve(&*store, arg)?;
     let label = r.label.clone();
     let bs = store.block_size();
     if r.manifest.block_size != bs {
@@ -136,7 +136,6 @@ pub fn run(
             r.manifest.block_size
         );
     }
-    let store: Arc<dyn Store> = Arc::new(store);
     let cache = BlockCache::new(READ_AHEAD * bs * 4);
     let reader = ImageReader::new(Arc::new(r.manifest), store, cache)
         .with_prefetch(Prefetcher::new(loader_threads()), READ_AHEAD);

@@ -1,14 +1,14 @@
 //! `status`: the store's size, dedup ratio and dumps.
 
 use super::open_store;
-use crate::store::{Store, WalkItem};
+use crate::store::WalkItem;
 use anyhow::Result;
 use indicatif::HumanBytes;
 use std::path::Path;
 
 pub fn run(store_dir: &Path) -> Result<u8> {
     let store = open_store(store_dir)?;
-    if let Some(w) = store.mode_warning() {
+    for w in store.warnings() {
         eprintln!("diskdump: {w}");
     }
     let (mut blocks, mut stored, mut stray) = (0u64, 0u64, 0u64);
@@ -51,7 +51,7 @@ pub fn run(store_dir: &Path) -> Result<u8> {
             })
             .collect();
         crate::output::emit(&serde_json::json!({
-            "store": store.root().display().to_string(),
+            "store": store.describe(),
             "block_size": store.block_size(),
             "group": store.group(),
             "blocks": blocks,
@@ -65,7 +65,7 @@ pub fn run(store_dir: &Path) -> Result<u8> {
         }))?;
         return Ok(u8::from(bad > 0));
     }
-    crate::outln!("Store:         {}", store.root().display())?;
+    crate::outln!("Store:         {}", store.describe())?;
     crate::outln!("Block size:    {}", store.block_size())?;
     match store.group() {
         None => crate::outln!("Access:        private (0700/0600)")?,

@@ -6,7 +6,7 @@ use crate::digest::Digest;
 use crate::image::load_block;
 use crate::manifest::Manifest;
 use crate::progress;
-use crate::store::{LocalStore, Store, WalkItem};
+use crate::store::{Store, WalkItem};
 use anyhow::Result;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 pub fn run(store_dir: &Path, args: &[String], repair: bool) -> Result<u8> {
     let store = open_store(store_dir)?;
-    if let Some(w) = store.mode_warning() {
+    for w in store.warnings() {
         eprintln!("diskdump: {w}");
     }
     // Left-overs of an interrupted run are not damage: notes, not problems.
@@ -49,7 +49,7 @@ pub fn run(store_dir: &Path, args: &[String], repair: bool) -> Result<u8> {
             }
             Ok(())
         })?;
-        for p in store.manifest_temps()? {
+        for p in store.leftovers()? {
             notes.push(format!(
                 "{p}: unfinished manifest of an interrupted write (gc removes it)"
             ));
@@ -63,7 +63,7 @@ pub fn run(store_dir: &Path, args: &[String], repair: bool) -> Result<u8> {
     } else {
         let mut seen = HashSet::new();
         for a in args {
-            match resolve(&store, a) {
+            match resolve(store.as_ref(), a) {
                 Ok(r) => {
                     for d in &r.manifest.blocks {
                         if seen.insert(*d) {
@@ -82,7 +82,7 @@ pub fn run(store_dir: &Path, args: &[String], repair: bool) -> Result<u8> {
     for (label, m) in &dumps {
         check_manifest(label, m, &present, &mut report);
     }
-    let bad = check_blocks(&store, &blocks);
+    let bad = check_blocks(store.as_ref(), &blocks);
     for (d, msg) in &bad {
         report(msg.clone());
         if repair {
@@ -153,7 +153,7 @@ fn check_manifest(
 }
 
 /// Loads every block on all cores, with more loads in flight than cores (see `loader_threads`); returns each bad block with a message.
-fn check_blocks(store: &LocalStore, blocks: &[(Digest, u64)]) -> Vec<(Digest, String)> {
+fn check_blocks(store: &dyn Store, blocks: &[(Digest, u64)]) -> Vec<(Digest, String)> {
     let total: u64 = blocks.iter().map(|(_, n)| n).sum();
     let bar = progress::bytes_bar(total, "verify");
     let next = AtomicUsize::new(0);
@@ -167,10 +167,9 @@ fn check_blocks(store: &LocalStore, blocks: &[(Digest, u64)]) -> Vec<(Digest, St
                     return;
                 }
                 if let Err(e) = load_block(store, d) {
-                    let path = store.block_path(d);
                     bad.lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .push((*d, format!("{}: {e}", path.display())));
+                        .push((*d, format!("{}: {e}", store.block_location(d))));
                 }
                 bar.inc(*n);
             });

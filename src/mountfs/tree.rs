@@ -4,7 +4,7 @@
 //! (a top-level name that can never be a four-digit year). Plus the inode
 //! table that gives each path one number for the life of the mount.
 
-use crate::store::ManifestEntry;
+use crate::store::{ManifestEntry, LEGACY_PREFIX};
 use std::collections::{BTreeMap, HashMap};
 
 /// Top-level folder of the Python-era dumps.
@@ -61,8 +61,8 @@ pub fn plausible(dir: &str, name: &str) -> bool {
 pub fn store_prefix(dir: &str) -> String {
     match dir.strip_prefix(LEGACY_DIR) {
         _ if dir.is_empty() => String::new(),
-        Some("") => ".blockstore/manifests/".into(),
-        Some(rest) if rest.starts_with('/') => format!(".blockstore/manifests{rest}/"),
+        Some("") => LEGACY_PREFIX.into(),
+        Some(rest) if rest.starts_with('/') => format!("{LEGACY_PREFIX}{}/", &rest[1..]),
         _ => format!("{dir}/"),
     }
 }

@@ -4,15 +4,26 @@
 use super::{ErrorKind, ObjectError, ObjectInfo, ObjectStore};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::time::SystemTime;
 
 #[derive(Default)]
 pub struct MemoryObjects {
-    objects: Mutex<BTreeMap<String, Vec<u8>>>,
+    objects: Mutex<BTreeMap<String, (Vec<u8>, SystemTime)>>,
 }
 
 impl MemoryObjects {
     pub fn new() -> MemoryObjects {
         MemoryObjects::default()
+    }
+
+    /// Makes the objects under `prefix` look `by` older (tests of ages).
+    pub fn backdate(&self, prefix: &str, by: std::time::Duration) {
+        let mut objects = self.objects.lock().expect("objects lock");
+        for (k, v) in objects.iter_mut() {
+            if k.starts_with(prefix) {
+                v.1 -= by;
+            }
+        }
     }
 
     fn not_found(op: &'static str, key: &str) -> ObjectError {
@@ -36,7 +47,7 @@ impl ObjectStore for MemoryObjects {
 
     fn put(&self, key: &str, data: &[u8]) -> Result<(), ObjectError> {
         let mut objects = self.objects.lock().expect("objects lock");
-        objects.insert(key.to_string(), data.to_vec());
+        objects.insert(key.to_string(), (data.to_vec(), SystemTime::now()));
         Ok(())
     }
 
@@ -44,15 +55,16 @@ impl ObjectStore for MemoryObjects {
         let objects = self.objects.lock().expect("objects lock");
         objects
             .get(key)
-            .cloned()
+            .map(|o| o.0.clone())
             .ok_or_else(|| Self::not_found("GET", key))
     }
 
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, ObjectError> {
         let objects = self.objects.lock().expect("objects lock");
-        let data = objects
+        let data = &objects
             .get(key)
-            .ok_or_else(|| Self::not_found("GET", key))?;
+            .ok_or_else(|| Self::not_found("GET", key))?
+            .0;
         let start = (offset as usize).min(data.len());
         let end = start.saturating_add(len as usize).min(data.len());
         Ok(data[start..end].to_vec())
@@ -65,7 +77,8 @@ impl ObjectStore for MemoryObjects {
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(k, v)| ObjectInfo {
                 key: k.clone(),
-                size: v.len() as u64,
+                size: v.0.len() as u64,
+                modified: Some(v.1),
             })
             .collect())
     }

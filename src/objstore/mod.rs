@@ -23,6 +23,9 @@ pub struct ObjectInfo {
     /// The key relative to the store's prefix.
     pub key: String,
     pub size: u64,
+    /// When it was written, by the service's clock (what gc compares ages
+    /// with: no host's clock is trusted).
+    pub modified: Option<std::time::SystemTime>,
 }
 
 /// What went wrong, naming the operation, bucket and key, so an operator can
@@ -78,4 +81,82 @@ pub trait ObjectStore: Send + Sync {
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, ObjectError>;
     /// Removes the object; removing a missing one is not an error.
     fn delete(&self, key: &str) -> Result<(), ObjectError>;
+}
+
+/// Requests and bytes an object store was asked for: what a store costs in
+/// requests (printed with `DISKDUMP_S3_STATS=1`, reported by the benchmark).
+#[derive(Debug, Default)]
+pub struct Counts {
+    pub puts: std::sync::atomic::AtomicU64,
+    pub put_bytes: std::sync::atomic::AtomicU64,
+    pub gets: std::sync::atomic::AtomicU64,
+    pub get_bytes: std::sync::atomic::AtomicU64,
+    pub lists: std::sync::atomic::AtomicU64,
+    pub deletes: std::sync::atomic::AtomicU64,
+}
+
+impl fmt::Display for Counts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use std::sync::atomic::Ordering::Relaxed;
+        write!(
+            f,
+            "{} PUT ({} bytes), {} GET ({} bytes), {} LIST, {} DELETE",
+            self.puts.load(Relaxed),
+            self.put_bytes.load(Relaxed),
+            self.gets.load(Relaxed),
+            self.get_bytes.load(Relaxed),
+            self.lists.load(Relaxed),
+            self.deletes.load(Relaxed)
+        )
+    }
+}
+
+/// Counts what passes through to `inner`.
+pub struct Counted<S> {
+    pub inner: S,
+    pub counts: std::sync::Arc<Counts>,
+}
+
+impl<S: ObjectStore> ObjectStore for Counted<S> {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn check(&self) -> Result<(), ObjectError> {
+        self.counts
+            .lists
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.check()
+    }
+    fn put(&self, key: &str, data: &[u8]) -> Result<(), ObjectError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.counts.puts.fetch_add(1, Relaxed);
+        self.counts.put_bytes.fetch_add(data.len() as u64, Relaxed);
+        self.inner.put(key, data)
+    }
+    fn get(&self, key: &str) -> Result<Vec<u8>, ObjectError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.counts.gets.fetch_add(1, Relaxed);
+        let r = self.inner.get(key)?;
+        self.counts.get_bytes.fetch_add(r.len() as u64, Relaxed);
+        Ok(r)
+    }
+    fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, ObjectError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.counts.gets.fetch_add(1, Relaxed);
+        let r = self.inner.get_range(key, offset, len)?;
+        self.counts.get_bytes.fetch_add(r.len() as u64, Relaxed);
+        Ok(r)
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, ObjectError> {
+        self.counts
+            .lists
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.list(prefix)
+    }
+    fn delete(&self, key: &str) -> Result<(), ObjectError> {
+        self.counts
+            .deletes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.delete(key)
+    }
 }

@@ -87,6 +87,22 @@ impl PackBuilder {
         self.entries.len()
     }
 
+    /// The frames so far, back to back.
+    pub fn frames(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// The whole pack object as it would be now, leaving the builder as is
+    /// (its frames stay readable while the copy uploads).
+    pub fn to_pack(&self) -> (Vec<u8>, Vec<PackEntry>) {
+        let mut b = PackBuilder {
+            data: Vec::with_capacity(self.data.len() + self.entries.len() * ENTRY_LEN + 64),
+            entries: self.entries.clone(),
+        };
+        b.data.extend_from_slice(&self.data);
+        b.finish()
+    }
+
     /// The whole pack object and its entries.
     pub fn finish(mut self) -> (Vec<u8>, Vec<PackEntry>) {
         let index = encode_index(&self.entries);

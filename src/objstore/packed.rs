@@ -1,16 +1,21 @@
 //! Blocks in pack objects on an object store, with a local index that says
 //! where each block is without a request per block (docs/DESIGN.md §8).
 //!
-//! - `put_frame` appends to an open pack in memory; a pack that reaches the
-//!   target size is uploaded as `packs/<sha256 of the pack>.pack` (a name
-//!   derived from the content, so two hosts uploading the same pack write the
-//!   same object). `flush` uploads what is open: a manifest must be written
-//!   only after it returns, which is the durability rule of the store.
-//! - `contains` answers from the index of uploaded packs and the open pack.
-//!   A crash loses the open pack, and with it nothing a manifest refers to.
+//! - `put_frame` appends to an open pack in memory; a full pack is sealed
+//!   and uploaded by a background thread (at most `MAX_UPLOADS` at once) as
+//!   `packs/<sha256 of the pack>.pack`, a name derived from the content, so
+//!   two hosts uploading the same pack write the same object. Blocks of
+//!   sealed packs stay readable and "present" from memory until their upload
+//!   returns. `flush` waits for every upload and uploads what is open: a
+//!   manifest is written only after it returns (the durability rule).
+//! - `contains` answers from the index of uploaded packs and the packs in
+//!   memory. A crash loses what is in memory, and with it nothing a manifest
+//!   refers to.
 //! - The index lives in memory and in an append-only cache file; `refresh`
 //!   lists the packs and reads the trailers of those it does not know (other
 //!   hosts' uploads, or a lost cache), and forgets packs that are gone.
+//! - Packs a gc is about to delete can be excluded: their blocks then count
+//!   as absent unless another pack holds them (see `store::s3`).
 
 use super::pack::{self, PackBuilder, PackEntry, TRAILER_LEN};
 use super::{ErrorKind, ObjectError, ObjectStore};
@@ -19,12 +24,15 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 
 pub const PACK_PREFIX: &str = "packs/";
 /// Packs of tens of MiB: few objects per disk, and a PUT rate far below what
 /// object stores allow (Garage: ~15 small PUTs/s per connection).
 pub const DEFAULT_PACK_TARGET: usize = 32 << 20;
+/// Sealed packs uploading at once: the next fills while these upload;
+/// bounds memory to about (MAX_UPLOADS + 1) × the target size.
+const MAX_UPLOADS: usize = 2;
 /// One cache record: the pack's digest and one entry.
 const RECORD_LEN: usize = 32 + pack::ENTRY_LEN;
 
@@ -35,29 +43,118 @@ pub struct Location {
     pub len: u32,
 }
 
-pub struct PackedBlocks {
-    objects: Arc<dyn ObjectStore>,
-    index: RwLock<HashMap<Digest, Location>>,
-    open: Mutex<OpenPack>,
-    target: usize,
-    cache: Option<PathBuf>,
+/// One uploaded pack: its size and entries, sorted by offset.
+#[derive(Debug, Clone)]
+pub struct PackInfo {
+    pub size: u64,
+    pub entries: Arc<Vec<PackEntry>>,
 }
 
 #[derive(Default)]
-struct OpenPack {
+struct Index {
+    blocks: HashMap<Digest, Location>,
+    packs: HashMap<Digest, PackInfo>,
+    /// Packs a gc is deleting: never answered from.
+    excluded: HashSet<Digest>,
+    /// (block, pack) copies found damaged: never answered from.
+    bad: HashSet<(Digest, Digest)>,
+}
+
+impl Index {
+    fn add_pack(&mut self, id: Digest, size: u64, mut entries: Vec<PackEntry>) {
+        entries.sort_by_key(|e| e.offset);
+        if !self.excluded.contains(&id) {
+            for e in &entries {
+                if self.bad.contains(&(e.digest, id)) {
+                    continue;
+                }
+                self.blocks.entry(e.digest).or_insert(Location {
+                    pack: id,
+                    offset: e.offset,
+                    len: e.len,
+                });
+            }
+        }
+        self.packs.insert(
+            id,
+            PackInfo {
+                size,
+                entries: Arc::new(entries),
+            },
+        );
+    }
+
+    /// Rebuilds the block map from the packs that are not excluded.
+    fn reindex(&mut self) {
+        self.blocks.clear();
+        for (id, p) in &self.packs {
+            if self.excluded.contains(id) {
+                continue;
+            }
+            for e in p.entries.iter() {
+                if self.bad.contains(&(e.digest, *id)) {
+                    continue;
+                }
+                self.blocks.entry(e.digest).or_insert(Location {
+                    pack: *id,
+                    offset: e.offset,
+                    len: e.len,
+                });
+            }
+        }
+    }
+}
+
+/// Frames in memory: the open pack, or a sealed one being uploaded.
+#[derive(Default)]
+struct MemPack {
     builder: PackBuilder,
     /// Digest → (offset, len) within the builder's frames.
     frames: HashMap<Digest, (usize, usize)>,
-    bytes: Vec<u8>,
+}
+
+impl MemPack {
+    fn push(&mut self, d: Digest, frame: &[u8]) {
+        let at = self.builder.frames_len();
+        self.builder.push(d, frame);
+        self.frames.insert(d, (at, frame.len()));
+    }
+    fn frame(&self, d: &Digest) -> Option<&[u8]> {
+        let &(at, len) = self.frames.get(d)?;
+        Some(&self.builder.frames()[at..at + len])
+    }
+}
+
+#[derive(Default)]
+struct Uploads {
+    /// Sealed packs not yet stored, oldest first.
+    sealed: Vec<Arc<MemPack>>,
+    running: usize,
+    /// The first upload that failed (after the object layer's retries).
+    failed: Option<ObjectError>,
+}
+
+pub struct PackedBlocks {
+    objects: Arc<dyn ObjectStore>,
+    index: RwLock<Index>,
+    open: Mutex<MemPack>,
+    uploads: Mutex<Uploads>,
+    uploaded: Condvar,
+    target: usize,
+    cache: Option<PathBuf>,
 }
 
 pub fn pack_key(id: &Digest) -> String {
     format!("{PACK_PREFIX}{}.pack", id.to_hex())
 }
 
-fn pack_id(key: &str) -> Option<Digest> {
+pub fn pack_id(key: &str) -> Option<Digest> {
     let hex = key.strip_prefix(PACK_PREFIX)?.strip_suffix(".pack")?;
     Digest::from_hex(hex)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl PackedBlocks {
@@ -67,17 +164,23 @@ impl PackedBlocks {
         objects: Arc<dyn ObjectStore>,
         cache: Option<PathBuf>,
         target: usize,
-    ) -> Result<PackedBlocks, ObjectError> {
-        let blocks = PackedBlocks {
+    ) -> Result<Arc<PackedBlocks>, ObjectError> {
+        let blocks = Arc::new(PackedBlocks {
             objects,
-            index: RwLock::new(HashMap::new()),
-            open: Mutex::new(OpenPack::default()),
+            index: RwLock::new(Index::default()),
+            open: Mutex::new(MemPack::default()),
+            uploads: Mutex::new(Uploads::default()),
+            uploaded: Condvar::new(),
             target,
             cache,
-        };
+        });
         blocks.load_cache();
         blocks.refresh()?;
         Ok(blocks)
+    }
+
+    pub fn objects(&self) -> &Arc<dyn ObjectStore> {
+        &self.objects
     }
 
     fn load_cache(&self) {
@@ -89,15 +192,21 @@ impl PackedBlocks {
         {
             return;
         }
-        let mut index = self.index.write().expect("index lock");
+        let mut packs: HashMap<Digest, Vec<PackEntry>> = HashMap::new();
         // A record cut by a crash is ignored; refresh re-reads its pack.
         for r in data.chunks_exact(RECORD_LEN) {
             let pack = Digest(r[..32].try_into().expect("32 bytes"));
             let e = &r[32..];
-            let d = Digest(e[..32].try_into().expect("32 bytes"));
-            let offset = u64::from_le_bytes(e[32..40].try_into().expect("8 bytes"));
-            let len = u32::from_le_bytes(e[40..44].try_into().expect("4 bytes"));
-            index.insert(d, Location { pack, offset, len });
+            packs.entry(pack).or_default().push(PackEntry {
+                digest: Digest(e[..32].try_into().expect("32 bytes")),
+                offset: u64::from_le_bytes(e[32..40].try_into().expect("8 bytes")),
+                len: u32::from_le_bytes(e[40..44].try_into().expect("4 bytes")),
+            });
+        }
+        let mut index = self.index.write().expect("index lock");
+        for (id, entries) in packs {
+            // The size is learnt again from the listing in refresh.
+            index.add_pack(id, 0, entries);
         }
     }
 
@@ -121,16 +230,12 @@ impl PackedBlocks {
     fn rewrite_cache(&self) {
         let Some(path) = &self.cache else { return };
         let _ = std::fs::remove_file(path);
-        let mut by_pack: HashMap<Digest, Vec<PackEntry>> = HashMap::new();
-        for (d, l) in self.index.read().expect("index lock").iter() {
-            by_pack.entry(l.pack).or_default().push(PackEntry {
-                digest: *d,
-                offset: l.offset,
-                len: l.len,
-            });
-        }
-        for (pack, entries) in by_pack {
-            self.append_cache(&pack, &entries);
+        let packs: Vec<(Digest, PackInfo)> = {
+            let index = self.index.read().expect("index lock");
+            index.packs.iter().map(|(id, p)| (*id, p.clone())).collect()
+        };
+        for (id, p) in packs {
+            self.append_cache(&id, &p.entries);
         }
     }
 
@@ -142,44 +247,67 @@ impl PackedBlocks {
             .iter()
             .filter_map(|o| Some((pack_id(&o.key)?, o.size)))
             .collect();
-        let known: HashSet<Digest> = {
-            let index = self.index.read().expect("index lock");
-            index.values().map(|l| l.pack).collect()
-        };
-        let gone: HashSet<&Digest> = known.iter().filter(|p| !present.contains_key(p)).collect();
-        if !gone.is_empty() {
+        let (gone, new): (Vec<Digest>, Vec<(Digest, u64)>) = {
             let mut index = self.index.write().expect("index lock");
-            index.retain(|_, l| !gone.contains(&l.pack));
-        }
-        let mut new = 0;
-        for (id, size) in &present {
-            if known.contains(id) {
-                continue;
-            }
-            let entries = self.read_pack_index(id, *size)?;
-            {
-                let mut index = self.index.write().expect("index lock");
-                for e in &entries {
-                    index.entry(e.digest).or_insert(Location {
-                        pack: *id,
-                        offset: e.offset,
-                        len: e.len,
-                    });
+            for (id, size) in &present {
+                if let Some(p) = index.packs.get_mut(id) {
+                    p.size = *size;
                 }
             }
+            let gone: Vec<Digest> = index
+                .packs
+                .keys()
+                .filter(|p| !present.contains_key(p))
+                .copied()
+                .collect();
+            let new = present
+                .iter()
+                .filter(|(id, _)| !index.packs.contains_key(id))
+                .map(|(id, size)| (*id, *size))
+                .collect();
+            (gone, new)
+        };
+        if !gone.is_empty() {
+            let mut index = self.index.write().expect("index lock");
+            for id in &gone {
+                index.packs.remove(id);
+            }
+            index.reindex();
+        }
+        for (id, size) in &new {
+            let entries = self.read_pack_index(id, *size)?;
             if gone.is_empty() {
                 self.append_cache(id, &entries);
             }
-            new += 1;
+            self.index
+                .write()
+                .expect("index lock")
+                .add_pack(*id, *size, entries);
         }
         if !gone.is_empty() {
             self.rewrite_cache();
         }
-        Ok(new)
+        Ok(new.len())
+    }
+
+    /// Never answers from these packs again (a gc is deleting them): their
+    /// blocks count as absent unless another pack holds them.
+    pub fn exclude(&self, packs: &HashSet<Digest>) {
+        let mut index = self.index.write().expect("index lock");
+        index.excluded.extend(packs.iter().copied());
+        index.reindex();
+    }
+
+    /// Never answers with these (block, pack) copies again (found damaged):
+    /// the block counts as absent unless another pack holds it.
+    pub fn mark_bad(&self, copies: &[(Digest, Digest)]) {
+        let mut index = self.index.write().expect("index lock");
+        index.bad.extend(copies.iter().copied());
+        index.reindex();
     }
 
     /// A pack's index from two ranged GETs of its end.
-    fn read_pack_index(&self, id: &Digest, size: u64) -> Result<Vec<PackEntry>, ObjectError> {
+    pub fn read_pack_index(&self, id: &Digest, size: u64) -> Result<Vec<PackEntry>, ObjectError> {
         let key = pack_key(id);
         let bad = |e: pack::PackError| ObjectError {
             op: "GET",
@@ -194,92 +322,138 @@ impl PackedBlocks {
         pack::read_index(&tail, size).map_err(bad)
     }
 
+    /// A frame still in memory (open or uploading), if it is there.
+    pub fn get_in_memory(&self, d: &Digest, buf: &mut Vec<u8>) -> bool {
+        self.in_memory(d, |f| {
+            buf.clear();
+            buf.extend_from_slice(f);
+        })
+        .is_some()
+    }
+
+    fn in_memory<T>(&self, d: &Digest, f: impl FnOnce(&[u8]) -> T) -> Option<T> {
+        if let Some(frame) = lock(&self.open).frame(d) {
+            return Some(f(frame));
+        }
+        let sealed: Vec<Arc<MemPack>> = lock(&self.uploads).sealed.clone();
+        sealed.iter().find_map(|p| p.frame(d)).map(f)
+    }
+
     pub fn contains(&self, d: &Digest) -> bool {
-        self.index.read().expect("index lock").contains_key(d)
-            || self
-                .open
-                .lock()
-                .expect("open pack lock")
-                .frames
-                .contains_key(d)
+        self.index
+            .read()
+            .expect("index lock")
+            .blocks
+            .contains_key(d)
+            || self.in_memory(d, |_| ()).is_some()
     }
 
     /// Where an uploaded block is.
     pub fn location(&self, d: &Digest) -> Option<Location> {
-        self.index.read().expect("index lock").get(d).copied()
+        self.index
+            .read()
+            .expect("index lock")
+            .blocks
+            .get(d)
+            .copied()
     }
 
-    /// Adds a verified frame; false if the block is already there. Uploads
-    /// the open pack once it reaches the target size.
-    pub fn put_frame(&self, d: &Digest, frame: &[u8]) -> Result<bool, ObjectError> {
-        if self.index.read().expect("index lock").contains_key(d) {
+    /// Adds a verified frame; false if the block is already there. A pack
+    /// that reaches the target size is handed to a background upload.
+    pub fn put_frame(self: &Arc<Self>, d: &Digest, frame: &[u8]) -> Result<bool, ObjectError> {
+        if let Some(e) = &lock(&self.uploads).failed {
+            return Err(e.clone());
+        }
+        if self.contains(d) {
             return Ok(false);
         }
-        let mut open = self.open.lock().expect("open pack lock");
+        let mut open = lock(&self.open);
         if open.frames.contains_key(d) {
             return Ok(false);
         }
-        let at = open.builder.frames_len();
-        open.builder.push(*d, frame);
-        open.bytes.extend_from_slice(frame);
-        open.frames.insert(*d, (at, frame.len()));
+        open.push(*d, frame);
         if open.builder.frames_len() >= self.target {
-            self.upload(&mut open)?;
+            // Sealed while the open pack is still locked: its frames are
+            // never in neither place, so nobody stores them twice.
+            let full = std::mem::take(&mut *open);
+            self.seal(full);
         }
         Ok(true)
     }
 
-    /// Uploads the open pack, if any: every block put so far is then stored.
-    pub fn flush(&self) -> Result<(), ObjectError> {
-        let mut open = self.open.lock().expect("open pack lock");
-        self.upload(&mut open)
+    /// Queues a full pack for upload, waiting while `MAX_UPLOADS` run (the
+    /// caller holds the open pack's lock: writers wait for the uploads).
+    fn seal(self: &Arc<Self>, pack: MemPack) {
+        let pack = Arc::new(pack);
+        let mut u = lock(&self.uploads);
+        u.sealed.push(pack.clone());
+        while u.running >= MAX_UPLOADS {
+            u = self.uploaded.wait(u).unwrap_or_else(|p| p.into_inner());
+        }
+        u.running += 1;
+        drop(u);
+        let me = self.clone();
+        std::thread::spawn(move || {
+            let r = me.upload(&pack);
+            let mut u = lock(&me.uploads);
+            u.running -= 1;
+            match r {
+                Ok(()) => u.sealed.retain(|p| !Arc::ptr_eq(p, &pack)),
+                Err(e) => {
+                    u.failed.get_or_insert(e);
+                }
+            }
+            me.uploaded.notify_all();
+        });
     }
 
-    fn upload(&self, open: &mut OpenPack) -> Result<(), ObjectError> {
-        if open.builder.count() == 0 {
-            return Ok(());
-        }
-        let (bytes, entries) = std::mem::take(&mut open.builder).finish();
+    /// Stores one pack and adds it to the index.
+    fn upload(&self, pack: &MemPack) -> Result<(), ObjectError> {
+        let (bytes, entries) = pack.builder.to_pack();
         let id = Digest::of(&bytes);
-        if let Err(e) = self.objects.put(&pack_key(&id), &bytes) {
-            // Keep the frames: a later flush retries them.
-            let mut b = PackBuilder::new();
-            for e in &entries {
-                let s = e.offset as usize;
-                b.push(e.digest, &bytes[s..s + e.len as usize]);
-            }
-            open.builder = b;
-            return Err(e);
-        }
-        {
-            let mut index = self.index.write().expect("index lock");
-            for e in &entries {
-                index.insert(
-                    e.digest,
-                    Location {
-                        pack: id,
-                        offset: e.offset,
-                        len: e.len,
-                    },
-                );
-            }
-        }
+        self.objects.put(&pack_key(&id), &bytes)?;
         self.append_cache(&id, &entries);
-        open.frames.clear();
-        open.bytes.clear();
+        self.index
+            .write()
+            .expect("index lock")
+            .add_pack(id, bytes.len() as u64, entries);
         Ok(())
     }
 
-    /// A block's frame: from the open pack, or one ranged GET. The caller
-    /// decodes and checks it against `d`, as for a local block file.
-    pub fn get_frame(&self, d: &Digest, buf: &mut Vec<u8>) -> Result<bool, ObjectError> {
-        {
-            let open = self.open.lock().expect("open pack lock");
-            if let Some(&(at, len)) = open.frames.get(d) {
-                buf.clear();
-                buf.extend_from_slice(&open.bytes[at..at + len]);
-                return Ok(true);
+    /// Waits for every upload and uploads the open pack: every block put so
+    /// far is then stored. A failed upload is retried here once more.
+    pub fn flush(&self) -> Result<(), ObjectError> {
+        let open = std::mem::take(&mut *lock(&self.open));
+        let mut u = lock(&self.uploads);
+        while u.running > 0 {
+            u = self.uploaded.wait(u).unwrap_or_else(|p| p.into_inner());
+        }
+        let retry: Vec<Arc<MemPack>> = u.sealed.clone();
+        drop(u);
+        for p in &retry {
+            self.upload(p)?;
+            lock(&self.uploads).sealed.retain(|q| !Arc::ptr_eq(q, p));
+        }
+        lock(&self.uploads).failed = None;
+        if open.builder.count() > 0 {
+            if let Err(e) = self.upload(&open) {
+                // Keep the frames: a later flush retries them.
+                lock(&self.uploads).sealed.push(Arc::new(open));
+                return Err(e);
             }
+        }
+        Ok(())
+    }
+
+    /// A block's frame: from memory, or one ranged GET. The caller decodes
+    /// and checks it against `d`, as for a local block file.
+    pub fn get_frame(&self, d: &Digest, buf: &mut Vec<u8>) -> Result<bool, ObjectError> {
+        let found = self.in_memory(d, |f| {
+            buf.clear();
+            buf.extend_from_slice(f);
+        });
+        if found.is_some() {
+            return Ok(true);
         }
         let Some(l) = self.location(d) else {
             return Ok(false);
@@ -290,10 +464,62 @@ impl PackedBlocks {
         Ok(true)
     }
 
+    /// The frames of the window of `span` bytes of `d`'s pack that holds
+    /// `d` (windows are fixed, so concurrent readers of neighbouring blocks
+    /// ask for the same one): one ranged GET for many blocks, which sit in
+    /// a pack in the order they were written. Returns the window's number
+    /// and its frames; None if the block is in no uploaded pack.
+    pub fn window(&self, d: &Digest, span: u64) -> Option<(Location, u64, Vec<PackEntry>)> {
+        let index = self.index.read().expect("index lock");
+        let l = *index.blocks.get(d)?;
+        let k = l.offset / span.max(1);
+        let entries = &index.packs.get(&l.pack)?.entries;
+        let lo = entries.partition_point(|e| e.offset < k * span);
+        let hi = entries.partition_point(|e| e.offset < (k + 1) * span);
+        Some((l, k, entries[lo..hi].to_vec()))
+    }
+
+    /// Reads `entries` (consecutive in `pack`) with one ranged GET.
+    pub fn read_entries(
+        &self,
+        pack: &Digest,
+        entries: &[PackEntry],
+    ) -> Result<Vec<(Digest, Vec<u8>)>, ObjectError> {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return Ok(Vec::new());
+        };
+        let end = last.offset + u64::from(last.len);
+        let data = self
+            .objects
+            .get_range(&pack_key(pack), first.offset, end - first.offset)?;
+        Ok(entries
+            .iter()
+            .filter_map(|e| {
+                let s = (e.offset - first.offset) as usize;
+                let frame = data.get(s..s + e.len as usize)?;
+                Some((e.digest, frame.to_vec()))
+            })
+            .collect())
+    }
+
     /// Every uploaded block and its stored size.
     pub fn blocks(&self) -> Vec<(Digest, u32)> {
         let index = self.index.read().expect("index lock");
-        index.iter().map(|(d, l)| (*d, l.len)).collect()
+        index.blocks.iter().map(|(d, l)| (*d, l.len)).collect()
+    }
+
+    /// Every known pack (excluded ones too) with its entries.
+    pub fn packs(&self) -> Vec<(Digest, PackInfo)> {
+        let index = self.index.read().expect("index lock");
+        index.packs.iter().map(|(id, p)| (*id, p.clone())).collect()
+    }
+
+    /// Forgets a pack deleted by this process (a gc).
+    pub fn forget_pack(&self, id: &Digest) {
+        let mut index = self.index.write().expect("index lock");
+        if index.packs.remove(id).is_some() {
+            index.reindex();
+        }
     }
 }
 

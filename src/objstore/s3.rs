@@ -363,9 +363,15 @@ impl ObjectStore for S3Objects {
                 let Some(key) = o.key.strip_prefix(&self.location.prefix) else {
                     continue;
                 };
+                let modified = o
+                    .last_modified
+                    .as_deref()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    .map(std::time::SystemTime::from);
                 out.push(ObjectInfo {
                     key: key.to_string(),
                     size: o.size.unwrap_or(0),
+                    modified,
                 });
             }
             match page.next_continuation_token {

@@ -48,6 +48,13 @@ pub struct SweepStats {
     /// `.gc` files an interrupted gc left, put back.
     pub recovered: u64,
     pub running_writers: usize,
+    /// Object stores: packs rewritten without their dead blocks, packs
+    /// deleted, and packs left for a later gc because a writer ran.
+    pub packs_rewritten: u64,
+    pub packs_deleted: u64,
+    pub packs_deferred: u64,
+    /// Live blocks that failed their check while being copied (their pack stays).
+    pub damaged_blocks: u64,
 }
 
 fn mtime(p: &Path) -> std::io::Result<Option<SystemTime>> {

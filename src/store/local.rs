@@ -3,9 +3,10 @@
 //! `.blockstore/manifests/`.
 
 use super::dirty::{self, DirtyMarker};
+use super::lock::{LockKind, StoreLock};
 use super::{
-    modes, BlockError, FileId, LockKind, ManifestEntry, ManifestInfo, ManifestReplaced, Store,
-    StoreConfig, StoreLock, WalkItem,
+    modes, BlockError, FileId, LiveSet, ManifestEntry, ManifestInfo, ManifestReplaced, Store,
+    StoreConfig, SweepStats, WalkItem, WriteSession,
 };
 use crate::digest::Digest;
 use crate::manifest::{parse_date, Manifest, ManifestHeader};
@@ -161,17 +162,6 @@ impl LocalStore {
             }
         }
         Ok(store)
-    }
-
-    /// The group the store is shared with (None: private).
-    pub fn group(&self) -> Option<u32> {
-        self.config.group
-    }
-
-    /// A one-line warning if the store's modes let more users in than its
-    /// choice (a store made by diskdump 0.2 or Python 0.1.5 under umask 022).
-    pub fn mode_warning(&self) -> Option<String> {
-        modes::warning(&self.root, self.config.group)
     }
 
     /// Creates `dir` (below the root) and its missing parents with the
@@ -534,35 +524,12 @@ impl Store for LocalStore {
         Ok(())
     }
 
-    fn remove(&self, d: &Digest) -> io::Result<()> {
-        match fs::remove_file(self.block_path(d)) {
-            Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
-    }
-
     fn quarantine(&self, d: &Digest) -> io::Result<String> {
         let path = self.block_path(d);
         let mut bad = path.as_os_str().to_owned();
         bad.push(".bad");
         fs::rename(&path, &bad)?;
         Ok(self.rel(Path::new(&bad)))
-    }
-
-    fn tidy(&self) -> Result<()> {
-        for (l1, d1) in list_dir(&self.blocks)? {
-            if !d1 || !is_hex(&l1, 2) {
-                continue;
-            }
-            let top = self.blocks.join(&l1);
-            for (l2, d2) in list_dir(&top)? {
-                if d2 && is_hex(&l2, 2) {
-                    let _ = fs::remove_dir(top.join(l2)); // fails if not empty: fine
-                }
-            }
-            let _ = fs::remove_dir(&top);
-        }
-        Ok(())
     }
 
     fn sync(&self) -> io::Result<()> {
@@ -574,16 +541,86 @@ impl Store for LocalStore {
         Ok(())
     }
 
-    fn lock(&self, kind: LockKind, wait: bool) -> Result<StoreLock> {
-        match kind {
-            LockKind::Exclusive => StoreLock::acquire(&self.blocks.join("lock"), wait),
-            LockKind::Shared => {
-                let (lock, since) = StoreLock::register_writer(&self.blocks.join(WRITERS))?;
-                let mut s = self.writer_since.lock().unwrap_or_else(|p| p.into_inner());
-                *s = Some(s.map_or(since, |t| t.min(since)));
-                Ok(lock)
-            }
+    fn local_root(&self) -> Option<&Path> {
+        Some(&self.root)
+    }
+
+    fn group(&self) -> Option<u32> {
+        self.config.group
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        modes::warning(&self.root, self.config.group)
+            .into_iter()
+            .collect()
+    }
+
+    fn block_location(&self, d: &Digest) -> String {
+        self.block_path(d).display().to_string()
+    }
+
+    /// Registers the writer (see `store::gc`), then checks what interrupted
+    /// runs left (see `dirty`) and marks this one.
+    fn begin_writes(&self) -> Result<WriteSession> {
+        let lock = self.lock(LockKind::Shared, true)?;
+        let (marker, rec) = dirty::begin(&self.blocks, &mut |since| self.check_since(since))?;
+        if rec.markers > 0 {
+            eprintln!(
+                "diskdump: {} earlier run(s) stopped before syncing their blocks (a crash or kill -9): \
+                 checked the {} blocks written since, {} damaged (moved aside; stored again when needed)",
+                rec.markers,
+                rec.checked,
+                rec.damaged.len()
+            );
         }
+        Ok(WriteSession::new((marker, lock)))
+    }
+
+    /// Every block the run wrote is synced, then its marker goes (the
+    /// registration goes with the session).
+    fn end_writes(&self, session: WriteSession) -> Result<()> {
+        let (marker, _lock) = session
+            .into_inner::<(DirtyMarker, StoreLock)>()
+            .expect("a session of this store");
+        self.sync()
+            .context("cannot sync the store's blocks to disk")?;
+        fs::remove_file(marker.path())
+            .with_context(|| format!("cannot remove {}", marker.path().display()))
+    }
+
+    fn collect_garbage(&self, live: LiveSet<'_>, dry_run: bool, wait: bool) -> Result<SweepStats> {
+        let _lock = self.lock(LockKind::Exclusive, wait)?;
+        let start = self.gc_begin()?;
+        let live = live()?;
+        self.gc_sweep(&start, &live.blocks, dry_run)
+    }
+
+    fn find_manifest(&self, rel: &str) -> Result<Option<ManifestEntry>> {
+        if !self.root.join(rel).is_file() {
+            return Ok(None);
+        }
+        // List only the manifest's own directory, not the whole store.
+        let dir = rel.rfind('/').map_or("", |i| &rel[..=i]);
+        Ok(self
+            .manifests_under(dir)?
+            .into_iter()
+            .find(|e| e.rel == rel))
+    }
+
+    fn leftovers(&self) -> Result<Vec<String>> {
+        self.manifest_temps()
+    }
+
+    fn manifest_header(&self, entry: &ManifestEntry) -> Result<ManifestHeader> {
+        let path = self.root.join(&entry.rel);
+        let file = File::open(&path)
+            .with_context(|| format!("cannot read manifest {}", path.display()))?;
+        let head = read_header(file)
+            .with_context(|| format!("cannot read manifest {}", path.display()))?;
+        Ok(ManifestHeader::parse(
+            &String::from_utf8_lossy(&head),
+            &entry.rel,
+        )?)
     }
 
     fn manifests(&self) -> Result<Vec<ManifestEntry>> {
@@ -733,29 +770,34 @@ impl Store for LocalStore {
 }
 
 impl LocalStore {
-    /// Starts a run that writes blocks (import, dump): first checks what
-    /// interrupted runs left (see `dirty`), then marks this one. End it with
-    /// `end_writes`, on failure too.
-    pub fn begin_writes(&self) -> Result<DirtyMarker> {
-        let (marker, rec) = dirty::begin(&self.blocks, &mut |since| self.check_since(since))?;
-        if rec.markers > 0 {
-            eprintln!(
-                "diskdump: {} earlier run(s) stopped before syncing their blocks (a crash or kill -9): \
-                 checked the {} blocks written since, {} damaged (moved aside; stored again when needed)",
-                rec.markers,
-                rec.checked,
-                rec.damaged.len()
-            );
+    /// Removes the block directories a sweep left empty.
+    pub(super) fn tidy(&self) -> Result<()> {
+        for (l1, d1) in list_dir(&self.blocks)? {
+            if !d1 || !is_hex(&l1, 2) {
+                continue;
+            }
+            let top = self.blocks.join(&l1);
+            for (l2, d2) in list_dir(&top)? {
+                if d2 && is_hex(&l2, 2) {
+                    let _ = fs::remove_dir(top.join(l2)); // fails if not empty: fine
+                }
+            }
+            let _ = fs::remove_dir(&top);
         }
-        Ok(marker)
+        Ok(())
     }
 
-    /// Ends a writing run: every block it wrote is synced, then its marker goes.
-    pub fn end_writes(&self, marker: DirtyMarker) -> Result<()> {
-        self.sync()
-            .context("cannot sync the store's blocks to disk")?;
-        fs::remove_file(marker.path())
-            .with_context(|| format!("cannot remove {}", marker.path().display()))
+    /// Registers a writer (Shared) or takes the gc lock (Exclusive).
+    pub(super) fn lock(&self, kind: LockKind, wait: bool) -> Result<StoreLock> {
+        match kind {
+            LockKind::Exclusive => StoreLock::acquire(&self.blocks.join("lock"), wait),
+            LockKind::Shared => {
+                let (lock, since) = StoreLock::register_writer(&self.blocks.join(WRITERS))?;
+                let mut s = self.writer_since.lock().unwrap_or_else(|p| p.into_inner());
+                *s = Some(s.map_or(since, |t| t.min(since)));
+                Ok(lock)
+            }
+        }
     }
 
     /// Decodes and hashes every block modified at or after `since` (found
@@ -873,19 +915,6 @@ impl LocalStore {
         Ok(file)
     }
 
-    /// A dump's header comments only (source, date, sizes), without its hashes.
-    pub fn manifest_header(&self, entry: &ManifestEntry) -> Result<ManifestHeader> {
-        let path = self.root.join(&entry.rel);
-        let file = File::open(&path)
-            .with_context(|| format!("cannot read manifest {}", path.display()))?;
-        let head = read_header(file)
-            .with_context(|| format!("cannot read manifest {}", path.display()))?;
-        Ok(ManifestHeader::parse(
-            &String::from_utf8_lossy(&head),
-            &entry.rel,
-        )?)
-    }
-
     fn protect_marker(&self, entry: &ManifestEntry) -> PathBuf {
         self.root.join(format!("{}.protected", entry.rel))
     }
@@ -990,7 +1019,7 @@ impl LocalStore {
 
 /// The comment lines at the top of a manifest, up to and including the first
 /// other line; capped so a damaged file cannot make us read it all.
-fn read_header(file: File) -> io::Result<Vec<u8>> {
+pub(super) fn read_header(file: impl Read) -> io::Result<Vec<u8>> {
     const CAP: u64 = 64 * 1024;
     let mut r = BufReader::new(file).take(CAP);
     let mut head = Vec::new();
@@ -1013,7 +1042,7 @@ pub fn read_manifest_file(path: &Path, origin: &str) -> Result<Manifest> {
     parse_manifest_bytes(bytes, origin)
 }
 
-fn parse_manifest_bytes(bytes: Vec<u8>, origin: &str) -> Result<Manifest> {
+pub(super) fn parse_manifest_bytes(bytes: Vec<u8>, origin: &str) -> Result<Manifest> {
     let text = String::from_utf8(bytes).map_err(|e| {
         anyhow::anyhow!(
             "{origin}: not a text manifest (invalid UTF-8 at byte {})",

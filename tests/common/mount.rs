@@ -172,9 +172,21 @@ pub struct MountProc {
 
 impl MountProc {
     pub fn start(store: &Path, mnt: &Path, extra: &[&str], log: &Path) -> MountProc {
+        MountProc::start_with_env(store, mnt, extra, log, &[])
+    }
+
+    /// `start` with extra environment variables (an S3 store's credentials).
+    pub fn start_with_env(
+        store: &Path,
+        mnt: &Path,
+        extra: &[&str],
+        log: &Path,
+        env: &[(String, String)],
+    ) -> MountProc {
         let mnt = mnt.canonicalize().expect("mountpoint exists");
         let log_file = File::create(log).expect("mount log");
         let child = Command::new(BIN)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .arg("mount")
             .arg(store)
             .arg(&mnt)
