@@ -96,6 +96,17 @@ time_cmd() {
 }
 median() { sort -n "$B/t/$1" | awk '{a[NR]=$1} END{if (NR==0) {print "n/a"} else if (NR%2) {print a[(NR+1)/2]} else {printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}}'; }
 
+# The service's own speed here: day 1's stored bytes as 32 MiB objects, PUT 2 at a time (as diskdump
+# uploads), then read back in 4 MiB ranges 6 at a time (as a restore fetches windows).
+LIMITS=$REPO/target/release/examples/s3_limits
+[[ -x $LIMITS ]] || cargo build --release --quiet --example s3_limits
+for run in $(seq "$RUNS"); do
+  drop
+  "$LIMITS" "$S3/limits-$run" 21 32M 2 >>"$B/limits-put" 2>&1 || true
+  drop
+  "$LIMITS" "$S3/limits-g$run" 21 32M 6 >>"$B/limits-get" 2>&1 || true
+done
+
 for run in $(seq "$RUNS"); do
   say "run $run/$RUNS"
   local_store=$B/local-$run s3_store=$S3/run$run
@@ -144,6 +155,9 @@ row() {   # LABEL KEY
 echo
 echo "S3 store (3-node Garage on 127.0.0.1, replication 3) vs local store; $(nproc) cores; images $IMAGES;"
 echo "medians of $RUNS runs, cold page cache; ratio = local time / S3 time (1.00 = as fast as local)."
+echo
+echo "Garage alone (examples/s3_limits.rs, 672 MiB in 32 MiB objects): $(grep -o 'PUT.*' "$B/limits-put" | sort -t"(" -k2 -n | sed -n "$(( (RUNS + 1) / 2 ))p")"
+echo "  (6 threads: $(grep -o 'GET in.*' "$B/limits-get" | sort -t"(" -k2 -n | sed -n "$(( (RUNS + 1) / 2 ))p"))"
 echo
 echo "| operation | local store | S3 store | S3 speed vs local | S3 requests (last run) |"
 echo "|---|--:|--:|--:|---|"
