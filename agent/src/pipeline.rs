@@ -22,16 +22,20 @@ pub struct ReadBatch {
     pub seq: u64,
     data: AlignedBuf,
     block_size: usize,
+    /// Blocks that lie wholly in a hole of the source: zero, never read or looked at.
+    in_hole: Vec<bool>,
     entries: Vec<OnceLock<Entry>>,
     unhashed: AtomicUsize,
     recycle: Sender<AlignedBuf>,
 }
 
 impl ReadBatch {
+    /// `in_hole` flags the blocks known to be zero without looking (empty: none).
     pub fn new(
         seq: u64,
         data: AlignedBuf,
         block_size: usize,
+        in_hole: Vec<bool>,
         recycle: Sender<AlignedBuf>,
     ) -> ReadBatch {
         let n = data.len().div_ceil(block_size);
@@ -39,6 +43,7 @@ impl ReadBatch {
             seq,
             data,
             block_size,
+            in_hole,
             entries: (0..n).map(|_| OnceLock::new()).collect(),
             unhashed: AtomicUsize::new(n),
             recycle,
@@ -74,8 +79,10 @@ impl ReadBatch {
     pub fn hash(&self, i: usize) -> bool {
         let block = self.block(i);
         // Only full-size zero blocks are flagged: a short last block is hashed
-        // at its real length like any other.
-        let entry = if block.len() == self.block_size && is_zero(block) {
+        // at its real length like any other (and is never flagged in_hole).
+        let entry = if self.in_hole.get(i) == Some(&true)
+            || (block.len() == self.block_size && is_zero(block))
+        {
             Entry::Zero
         } else {
             Entry::Hash(Digest::of(block))
@@ -238,8 +245,14 @@ impl Reader<'_> {
             };
             let len = (self.size - offset).min(self.batch_bytes) as usize;
             buf.set_len(len);
-            self.source.fill(&mut buf, offset)?;
-            let batch = Arc::new(ReadBatch::new(seq, buf, self.block_size, recycle.clone()));
+            let in_hole = self.source.fill_blocks(&mut buf, offset, self.block_size)?;
+            let batch = Arc::new(ReadBatch::new(
+                seq,
+                buf,
+                self.block_size,
+                in_hole,
+                recycle.clone(),
+            ));
             let tasks = (0..batch.len()).map(|i| Task::Hash(batch.clone(), i));
             self.queue.push(tasks, false);
             offset += len as u64;
@@ -301,7 +314,7 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let mut data = vec![0u8; 4096 * 2 + 100];
         data[4096] = 1;
-        let b = ReadBatch::new(3, AlignedBuf::from(&data[..]), 4096, tx);
+        let b = ReadBatch::new(3, AlignedBuf::from(&data[..]), 4096, Vec::new(), tx);
         assert_eq!(b.len(), 3);
         assert!(!b.hash(0) && !b.hash(2) && b.hash(1));
         let e = b.entries();
@@ -313,12 +326,38 @@ mod tests {
     }
 
     #[test]
+    fn blocks_in_holes_are_zero_without_being_looked_at() {
+        let (tx, _rx) = std::sync::mpsc::channel();
+        // Garbage where the source had holes: the flags, not the bytes, decide.
+        let data = noise(4096 * 3, 5);
+        let b = ReadBatch::new(
+            0,
+            AlignedBuf::from(&data[..]),
+            4096,
+            vec![false, true, false],
+            tx,
+        );
+        for i in 0..3 {
+            b.hash(i);
+        }
+        assert_eq!(
+            b.entries(),
+            vec![
+                Entry::Hash(Digest::of(b.block(0))),
+                Entry::Zero,
+                Entry::Hash(Digest::of(b.block(2)))
+            ]
+        );
+    }
+
+    #[test]
     fn queue_serves_urgent_tasks_first_and_closes() {
         let (tx, _rx) = std::sync::mpsc::channel();
         let b = Arc::new(ReadBatch::new(
             0,
             AlignedBuf::from(&[1u8; 10][..]),
             4096,
+            Vec::new(),
             tx,
         ));
         let q = Queue::default();
