@@ -4,7 +4,7 @@
 # gives a row "n/a: <error>" and the benchmark goes on.
 #
 #   bash examples/bench.sh [--size 2G] [--runs 3] [--quick] [--markdown FILE] [--json FILE]
-#                          [--only limits,import,dump,restore,mount,verify,gc] [--tools ours,python,borg,restic]
+#                          [--only limits,import,dump,restore,mount,verify,gc,s3] [--tools ours,python,borg,restic]
 #                          [--warm] [--fio-seconds 10] [--workdir /var/tmp/diskdump-bench] [--bin DISKDUMP]
 #   bash examples/bench.sh --scale [--scale-sizes 1G,2G,4G,8G] [--scale-manifests 1,10,100] [--runs 3]
 #                          [--scale-history 32] [--scale-only sizes,manifests,history] [--size 2G]
@@ -100,7 +100,7 @@ if ((QUICK)); then SIZE=${SIZE:-256M} RUNS=${RUNS:-1} FIO_SECS=${FIO_SECS:-3}; f
 SIZE=${SIZE:-2G} RUNS=${RUNS:-3} FIO_SECS=${FIO_SECS:-10}
 SIZE_BYTES=$(numfmt --from=iec "$SIZE")
 for x in ${ONLY//,/ }; do
-  [[ ,limits,import,dump,restore,mount,verify,gc, == *",$x,"* ]] || { echo "--only: unknown part $x" >&2; exit 2; }
+  [[ ,limits,import,dump,restore,mount,verify,gc,s3, == *",$x,"* ]] || { echo "--only: unknown part $x" >&2; exit 2; }
 done
 for x in ${SCALE_ONLY//,/ }; do
   [[ ,sizes,manifests,history, == *",$x,"* ]] || { echo "--scale-only: unknown part $x" >&2; exit 2; }
@@ -1069,6 +1069,11 @@ machine_info() {
     "settings:remote memory=$(remote_mem_info)" "${v[@]}"
 }
 
+# The S3 store against the local store (examples/bench-s3.sh, on a local 3-node Garage); only with --only ...,s3.
+phase_s3() {
+  bash "$REPO/examples/bench-s3.sh" --images "$IMG" --runs "$RUNS" --workdir "$WORK" --bin "$DD" | tee "$RESULTS/s3.md" >&2
+}
+
 main() {
   START_DATE=$(date -u +%FT%TZ) START_LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
   say "results in $RESULTS"
@@ -1081,7 +1086,7 @@ main() {
     prepare_images
     cat "$IMG/info" >&2
     local p
-    for p in limits import dump restore mount verify gc; do
+    for p in limits import dump restore mount verify gc s3; do
       on "$ONLY" "$p" || continue
       say "== $p"
       "phase_$p"
