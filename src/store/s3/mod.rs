@@ -666,22 +666,13 @@ impl Store for S3Store {
         let modified = entry
             .id
             .map(|id| SystemTime::UNIX_EPOCH + Duration::from_nanos(id.mtime_ns.max(0) as u64));
-        match h.size() {
-            Some(total_size) => Ok(ManifestInfo {
-                total_size,
-                block_size: h.block_size,
-                date: h.datetime(),
-                modified,
-            }),
+        match ManifestInfo::from_header(&h, modified) {
+            Some(info) => Ok(info),
             None => Ok(ManifestInfo::of(&self.read_manifest(entry)?, modified)),
         }
     }
 
-    /// Uploads the blocks first (the durability rule), then the manifest at
-    /// the first free `+N` key. S3 has no create-if-absent that every
-    /// service honours (Garage ignores If-None-Match), so the manifest is
-    /// read back: if another writer's PUT landed on the same key, ours takes
-    /// the next one.
+    /// See `write_manifest_object`.
     fn write_manifest(&self, name: &str, m: &Manifest) -> Result<ManifestEntry> {
         self.write_manifest_object(name, m, &mut |w| m.write_to(w))
     }
@@ -697,11 +688,7 @@ impl Store for S3Store {
 
     fn remove_manifest(&self, entry: &ManifestEntry) -> Result<()> {
         if self.is_protected(entry)? {
-            bail!(
-                "{} is protected; `diskdump unprotect {}` first",
-                entry.rel,
-                entry.rel
-            );
+            return Err(super::protected_error(entry));
         }
         self.objects.delete(&format!("{MANIFESTS}{}", entry.rel))?;
         Ok(())
