@@ -17,6 +17,7 @@ Standard library only (python3 >= 3.9). Each subcommand is one step the shell sc
 import hashlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -482,10 +483,32 @@ def cmd_report(runs_path, machine_path, *opts):
             f.write("\n")
 
 
+# ---------------------------------------------------------------- history (outside the image recipe)
+
+
+def cmd_mutate(path, frac, seed):
+    """One day of change: rewrites `frac` of the image's bytes in place, in runs of 4 KiB to 256 KiB at
+    random 4 KiB-aligned offsets (alternately incompressible bytes and log text), deterministic per seed."""
+    size, frac = os.path.getsize(path), float(frac)
+    rng = random.Random(f"mutate-{seed}")
+    rnd = Stream(f"mutate-{seed}")
+    text, _ = log_lines(int(seed) * 100000, 256 * 1024)
+    text = text.encode()
+    todo, n = int(size * frac), 0
+    with open(path, "r+b") as f:
+        while todo > 0:
+            length = min(rng.randint(1, 64) * PAGE, todo)
+            f.seek(rng.randrange(0, (size - length) // PAGE + 1) * PAGE)
+            f.write(rnd.read(length) if n % 2 == 0 else (text * (length // len(text) + 1))[:length])
+            todo -= length
+            n += 1
+    rnd.close()
+
+
 COMMANDS = {
     "fill": cmd_fill, "day2": cmd_day2, "synth": cmd_synth, "rand": cmd_rand, "zerofrac": cmd_zerofrac,
     "record": cmd_record, "machine": cmd_machine, "fio-iops": cmd_fio_iops, "free-port": cmd_free_port, "report": cmd_report,
-    "peak-rss": cmd_peak_rss,
+    "peak-rss": cmd_peak_rss, "mutate": cmd_mutate,
 }
 
 if __name__ == "__main__":

@@ -4,15 +4,21 @@
 # gives a row "n/a: <error>" and the benchmark goes on.
 #
 #   bash examples/bench.sh [--size 2G] [--runs 3] [--quick] [--markdown FILE] [--json FILE]
-#                          [--only limits,import,dump,restore,mount,verify,gc] [--tools ours,python,borg,restic]
+#                          [--only limits,import,dump,restore,mount,verify,gc,s3] [--tools ours,python,borg,restic]
 #                          [--warm] [--fio-seconds 10] [--workdir /var/tmp/diskdump-bench] [--bin DISKDUMP]
 #   bash examples/bench.sh --scale [--scale-sizes 1G,2G,4G,8G] [--scale-manifests 1,10,100] [--runs 3]
+#                          [--scale-history 32] [--scale-only sizes,manifests,history] [--size 2G]
 #
 # --quick is --size 256M --runs 1 --fio-seconds 3 (a smoke test of the harness, not a measurement).
 # --warm skips dropping the page cache; --bin times a given diskdump binary instead of building this tree.
 # --scale times only ours: per size, import, restore, mount start-up and a cold dd through the mount, and dump
 # over SSH of a sparse image with 25% data (holes between); per manifest count, status, gc --dry-run, verify
 # and mount start-up. It needs about a quarter of the sizes' sum free in the work dir, plus half the largest.
+# Its history part is a realistic store: --scale-history days (32) of one --size disk (the ext4 day-1 image
+# below), 2% of its bytes rewritten each day (runs of 4-256 KiB at random offsets, half incompressible, half
+# log text); it times each day's import (cold), then mount start-up, listing the mount, fio 4 KiB random reads
+# over every image at once (the daemon's peak memory with all of them open), list, verify, and gc after
+# forget --keep-last half — time and peak memory each, so growth with the number of dumps shows.
 # Run as root on Debian 12: it installs what is missing (borgbackup restic fio lz4 e2fsprogs openssh-server
 # fuse3 time nftables), the Python diskdump 0.1.5 into a venv under the work dir, and runs
 # `cargo build --release`. Everything else stays in the work dir; rm -rf it to clean up.
@@ -64,10 +70,10 @@ HELPER="$REPO/examples/bench.py"
 
 SIZE= RUNS= QUICK=0 MARKDOWN= JSON= ONLY=limits,import,dump,restore,mount,verify,gc
 TOOLS=ours,python,borg,restic WORK=/var/tmp/diskdump-bench SCALE=0 FIO_SECS= COLD=1
-SCALE_SIZES=1G,2G,4G,8G SCALE_MANIFESTS=1,10,100 BIN=
+SCALE_SIZES=1G,2G,4G,8G SCALE_MANIFESTS=1,10,100 BIN= SCALE_HISTORY=32 SCALE_ONLY=sizes,manifests,history
 
 abspath() { case $1 in /*) echo "$1" ;; *) echo "$ORIG/$1" ;; esac; }
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while (($#)); do
   case $1 in
     --size) SIZE=$2; shift 2 ;;
@@ -84,6 +90,8 @@ while (($#)); do
     --scale) SCALE=1; shift ;;
     --scale-sizes) SCALE_SIZES=$2; shift 2 ;;
     --scale-manifests) SCALE_MANIFESTS=$2; shift 2 ;;
+    --scale-history) SCALE_HISTORY=$2; shift 2 ;;
+    --scale-only) SCALE_ONLY=$2; shift 2 ;;
     -h|--help) usage ;;
     *) echo "unknown argument: $1" >&2; usage 2 ;;
   esac
@@ -92,7 +100,10 @@ if ((QUICK)); then SIZE=${SIZE:-256M} RUNS=${RUNS:-1} FIO_SECS=${FIO_SECS:-3}; f
 SIZE=${SIZE:-2G} RUNS=${RUNS:-3} FIO_SECS=${FIO_SECS:-10}
 SIZE_BYTES=$(numfmt --from=iec "$SIZE")
 for x in ${ONLY//,/ }; do
-  [[ ,limits,import,dump,restore,mount,verify,gc, == *",$x,"* ]] || { echo "--only: unknown part $x" >&2; exit 2; }
+  [[ ,limits,import,dump,restore,mount,verify,gc,s3, == *",$x,"* ]] || { echo "--only: unknown part $x" >&2; exit 2; }
+done
+for x in ${SCALE_ONLY//,/ }; do
+  [[ ,sizes,manifests,history, == *",$x,"* ]] || { echo "--scale-only: unknown part $x" >&2; exit 2; }
 done
 for x in ${TOOLS//,/ }; do
   [[ ,ours,python,borg,restic, == *",$x,"* ]] || { echo "--tools: unknown tool $x" >&2; exit 2; }
@@ -922,9 +933,10 @@ phase_scale() {
   SECTION=scale
   local s bytes img dir="$WORK/scale" store="$STORES/scale" dstore="$STORES/scale-dump" out="$OUT/scale" n have k
   local recipe; recipe=$(helper_image_code | sha256sum | cut -c1-12)
+  on "$SCALE_ONLY" sizes || SCALE_SIZES=
   scale_check_room "$recipe"
   mkdir -p "$dir"
-  sshd_ready || true
+  [[ -z $SCALE_SIZES ]] || sshd_ready || true
   for s in ${SCALE_SIZES//,/ }; do
     bytes=$(numfmt --from=iec "$s"); img="$dir/synth-$bytes-$recipe.img"
     if [[ ! -f $img ]]; then   # 25% data (random and text in turn), the rest holes
@@ -956,6 +968,7 @@ phase_scale() {
     rm -rf "$store" "$dstore"
     fstrim "$FS" 2>/dev/null || true   # give the freed blocks back to the work dir's disk
   done
+  on "$SCALE_ONLY" manifests || return 0
   # Many manifests: the same small image imported on different days.
   img="$dir/small-$recipe.img"
   [[ -f $img ]] || python3 "$HELPER" synth "$img" $((256 << 20)) 0.5 4
@@ -976,6 +989,47 @@ phase_scale() {
     done
   done
   rm -rf "$store"
+}
+
+# A realistic history: SCALE_HISTORY daily dumps of one disk with 2% of its bytes rewritten each day.
+phase_history() {
+  SECTION=history
+  local days=$SCALE_HISTORY store="$STORES/history" gcs="$STORES/history-gc" k d size files first last
+  ((days >= 2)) || return 0
+  prepare_images   # IMG: the --size images; day1.img is the disk on day 1
+  local img="$WORK/history.img"
+  size=$(img_size day1)
+  rm -rf "$store"; "$DD" init "$store" >/dev/null
+  cp --sparse=always "$IMG/day1.img" "$img"
+  for ((k = 1; k <= days; k++)); do
+    ((k == 1)) || python3 "$HELPER" mutate "$img" 0.02 "$k"
+    d=$(date -u -d "2024-01-01 + $((k - 1)) days" +%F)
+    local g="history: import, days 2-$((days - 1)) (2% changed each day)"
+    ((k == 1)) && g="history: import, day 1"
+    ((k == days)) && g="history: import, day $days"
+    RUN=$k
+    measure "$g" ours --store "$store" --bytes "$size" --sync \
+      -- "$DD" --store "$store" import "$img" --as hist --date "${d}T03:00:00Z"
+  done
+  rm -f "$img"
+  last="$MNT/$(date -u -d "2024-01-01 + $((days - 1)) days" +%Y/%m/%d)/hist.img"
+  for RUN in $(seq "$RUNS"); do
+    if mount_timed ours "$store" "history: mount start-up, $days dumps" ours "$last"; then
+      measure "history: ls -lR of the mount, $days dumps" ours --daemon "$MOUNT_PID" -- ls -lR "$MNT"
+      files=$(find "$MNT" -name '*.img' | sort | paste -sd:)
+      measure "history: 4 KiB random reads over all $days images at once, 4 fio jobs, ${FIO_SECS}s" ours \
+        --daemon "$MOUNT_PID" --post post_fio \
+        -- "${FIO[@]}" --numjobs=4 --file_service_type=random --filename="$files"
+      mount_stop
+    fi
+    measure "history: list, $days dumps" ours -- "$DD" --store "$store" list
+    measure "history: verify, $days dumps" ours -- "$DD" --store "$store" verify
+    prep ours bash -c 'rm -rf "$1" && cp -a "$2" "$1" && "$3" --store "$1" forget --keep-last "$4" >/dev/null' \
+      _ "$gcs" "$store" "$DD" $((days / 2))
+    measure "history: gc after forgetting the oldest $((days - days / 2)) of $days dumps" ours --store "$gcs" --sync \
+      -- "$DD" --store "$gcs" gc
+  done
+  rm -rf "$store" "$gcs"
 }
 
 # ------------------------------------------------------------------------------------------ main
@@ -1015,6 +1069,11 @@ machine_info() {
     "settings:remote memory=$(remote_mem_info)" "${v[@]}"
 }
 
+# The S3 store against the local store (examples/bench-s3.sh, on a local 3-node Garage); only with --only ...,s3.
+phase_s3() {
+  bash "$REPO/examples/bench-s3.sh" --images "$IMG" --runs "$RUNS" --workdir "$WORK" --bin "$DD" | tee "$RESULTS/s3.md" >&2
+}
+
 main() {
   START_DATE=$(date -u +%FT%TZ) START_LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
   say "results in $RESULTS"
@@ -1022,11 +1081,12 @@ main() {
   if ((SCALE)); then
     IMG=$WORK; : "${DD:?our diskdump did not build: ${BROKEN[ours]:-}}"
     phase_scale
+    if on "$SCALE_ONLY" history; then phase_history; fi
   else
     prepare_images
     cat "$IMG/info" >&2
     local p
-    for p in limits import dump restore mount verify gc; do
+    for p in limits import dump restore mount verify gc s3; do
       on "$ONLY" "$p" || continue
       say "== $p"
       "phase_$p"

@@ -56,6 +56,9 @@ metadata_dir = "$n/meta"
 data_dir = "$n/data"
 db_engine = "lmdb"
 replication_factor = 3
+# diskdump's packs are LZ4 frames already: zstd on top (Garage's default)
+# would cost CPU on every replica for nothing.
+compression_level = "none"
 rpc_bind_addr = "127.0.0.1:$rpc"
 rpc_public_addr = "127.0.0.1:$rpc"
 rpc_secret = "$secret"

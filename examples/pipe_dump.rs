@@ -59,7 +59,7 @@ fn main() -> Result<()> {
     let received = received?;
     let transfer = start.elapsed();
     let name = diskdump::manifest::default_name("localhost", &image)?;
-    let entry = store.write_manifest(&name, &received.manifest)?;
+    let entry = store.write_manifest_spooled(&name, &received.manifest, &received.hashes)?;
     store.end_writes(session)?;
     let total = start.elapsed();
     let s = &received.stats;

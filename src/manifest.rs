@@ -6,6 +6,9 @@ use anyhow::{bail, Result};
 use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, SecondsFormat, Utc};
 use std::fmt;
 
+mod spool;
+pub use spool::{HashSpool, SpooledHashes};
+
 pub const MAGIC: &str = "# diskdump manifest v1";
 
 /// A parsed manifest. `blocks[i]` names the block at `i * block_size`.
@@ -113,17 +116,42 @@ impl Manifest {
     /// Writes the manifest's text to `w` as it goes: a dump of a large disk does not hold
     /// the whole text (65 bytes per block) in memory at once.
     pub fn write_to(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
+        self.write_header(w, self.blocks.len() as u64)?;
+        for b in &self.blocks {
+            writeln!(w, "{b}")?;
+        }
+        Ok(())
+    }
+
+    /// The header lines alone, for a manifest of `total_blocks` hashes that
+    /// the caller writes after it (one per line).
+    pub fn write_header(
+        &self,
+        w: &mut impl std::io::Write,
+        total_blocks: u64,
+    ) -> std::io::Result<()> {
         writeln!(w, "{MAGIC}")?;
         writeln!(w, "# source: {}", self.source)?;
         writeln!(w, "# date: {}", self.date)?;
         writeln!(w, "# block_size: {}", self.block_size)?;
-        writeln!(w, "# total_blocks: {}", self.blocks.len())?;
+        writeln!(w, "# total_blocks: {total_blocks}")?;
         writeln!(w, "# total_size: {}", self.total_size)?;
         if let Some(n) = self.new_blocks {
             writeln!(w, "# new_blocks: {n}")?;
         }
-        for b in &self.blocks {
-            writeln!(w, "{b}")?;
+        Ok(())
+    }
+
+    /// The whole text with the hashes from `hashes` (this manifest's own
+    /// `blocks` are not used), streamed to `w`.
+    pub fn write_spooled(
+        &self,
+        w: &mut impl std::io::Write,
+        hashes: &SpooledHashes,
+    ) -> std::io::Result<()> {
+        self.write_header(w, hashes.len())?;
+        for d in hashes.iter()? {
+            writeln!(w, "{}", d?)?;
         }
         Ok(())
     }

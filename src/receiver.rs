@@ -18,7 +18,7 @@ mod inflight;
 
 pub use inflight::InFlight;
 
-use crate::manifest::{now_string, Manifest};
+use crate::manifest::{now_string, HashSpool, Manifest, SpooledHashes};
 use crate::store::Store;
 use crate::untrusted;
 use anyhow::{bail, Context, Result};
@@ -93,12 +93,25 @@ pub struct ReceiveOptions<'a> {
 pub const DEFAULT_MAX_SIZE: u64 = 16 << 40;
 
 /// A successful dump: the manifest to write (the caller writes it, with
-/// `Store::write_manifest`), its statistics, and the agent's Hello.
+/// `Store::write_manifest_spooled`), its statistics, and the agent's Hello.
 #[derive(Debug)]
 pub struct Received {
+    /// The header; its hash list is `hashes` (on disk, not in `blocks`).
     pub manifest: Manifest,
+    pub hashes: SpooledHashes,
     pub stats: ReceiveStats,
     pub hello: Hello,
+}
+
+impl Received {
+    /// The manifest with its hash list loaded into memory (for tools and
+    /// tests; `dump` writes from the spool instead).
+    pub fn full_manifest(&self) -> std::io::Result<Manifest> {
+        Ok(Manifest {
+            blocks: self.hashes.to_vec()?,
+            ..self.manifest.clone()
+        })
+    }
 }
 
 /// Runs the storage side of one dump: `input` carries the agent's frames,
@@ -133,7 +146,8 @@ pub fn receive(
         counters: &counters,
         failure: &failure,
     };
-    let mut exchange = Exchange::new(opts, &hello, claims.owner, &counters, &failure);
+    let hashes = HashSpool::new().context("cannot create a temp file for the hash list")?;
+    let mut exchange = Exchange::new(opts, &hello, claims.owner, &counters, &failure, hashes);
     let workers = thread::available_parallelism().map_or(2, |n| n.get().min(8));
     let (arrivals_tx, arrivals_rx) = sync_channel(workers * 2);
     let arrivals_rx = Mutex::new(arrivals_rx);

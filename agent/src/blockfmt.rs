@@ -178,8 +178,9 @@ fn read_header(r: &mut Reader, limit: usize) -> Result<Header, FrameError> {
     })
 }
 
-/// Decodes one LZ4 frame into `out` (cleared first), refusing more than `limit`
-/// bytes of output before writing them. Trailing data after the frame is an error.
+/// Decodes one LZ4 frame into `out` (replacing its content), refusing more
+/// than `limit` bytes of output before writing them. Trailing data after the
+/// frame is an error. On an error `out` holds unspecified bytes.
 pub fn decode(frame: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), FrameError> {
     let mut r = Reader { buf: frame, pos: 0 };
     let mut magic = r.u32()?;
@@ -198,7 +199,8 @@ pub fn decode(frame: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), Frame
         max_block,
         content_size,
     } = read_header(&mut r, limit)?;
-    out.clear();
+    // Not cleared first: every byte up to the final length is written
+    // below, so a reused buffer of the right size costs no memset.
     out.resize(content_size.unwrap_or(limit).min(limit), 0);
     let mut len = 0usize;
     loop {
@@ -391,6 +393,12 @@ mod tests {
             let mut ours = Vec::new();
             decode(&frame, len.max(1), &mut ours).unwrap();
             assert_eq!(ours, raw);
+            // A reused buffer, longer or shorter, with other bytes in it.
+            for stale in [len + 100, len / 2] {
+                let mut reused = vec![0xEE; stale];
+                decode(&frame, len.max(1), &mut reused).unwrap();
+                assert_eq!(reused, raw, "len {len}, reused {stale}");
+            }
         }
     }
 

@@ -287,7 +287,8 @@ fn dump_one(
         ),
     }
     signals::check()?;
-    let entry = store.write_manifest(&planned.name, &received.manifest)?;
+    let entry =
+        store.write_manifest_spooled(&planned.name, &received.manifest, &received.hashes)?;
     Ok(TargetDumped {
         manifest: entry.rel,
         stats: received.stats,

@@ -479,6 +479,17 @@ impl PackedBlocks {
         Some((l, k, entries[lo..hi].to_vec()))
     }
 
+    /// The entries of window `k` of `pack` (see `window`); empty past its end.
+    pub fn window_at(&self, pack: &Digest, k: u64, span: u64) -> Vec<PackEntry> {
+        let index = self.index.read().expect("index lock");
+        let Some(p) = index.packs.get(pack) else {
+            return Vec::new();
+        };
+        let lo = p.entries.partition_point(|e| e.offset < k * span);
+        let hi = p.entries.partition_point(|e| e.offset < (k + 1) * span);
+        p.entries[lo..hi].to_vec()
+    }
+
     /// Reads `entries` (consecutive in `pack`) with one ranged GET.
     pub fn read_entries(
         &self,

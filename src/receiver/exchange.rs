@@ -7,7 +7,7 @@ use super::check::{Arrived, Counters, FirstError};
 use super::inflight::InFlight;
 use super::{Progress, ReceiveOptions, ReceiveStats, Received, Wire};
 use crate::digest::Digest;
-use crate::manifest::{block_len, Manifest};
+use crate::manifest::{block_len, HashSpool, Manifest};
 use crate::store::{put_block, Store};
 use anyhow::{anyhow, bail, Context, Result};
 use diskdump_agent::blockfmt;
@@ -43,8 +43,8 @@ pub(super) struct Exchange<'a> {
     total_blocks: u64,
     total_batches: u64,
     next_seq: u64,
-    /// The manifest's block list, growing batch by batch.
-    blocks: Vec<Digest>,
+    /// The hash list so far, on disk (see `manifest::spool`).
+    blocks: HashSpool,
     open: HashMap<u64, OpenBatch>,
     wanted: HashMap<Digest, Want>,
     /// New blocks this dump relies on but did not request: another fetch of
@@ -69,6 +69,7 @@ impl<'a> Exchange<'a> {
         owner: u64,
         counters: &'a Counters,
         failure: &'a FirstError,
+        hashes: HashSpool,
     ) -> Exchange<'a> {
         let bs = opts.store.block_size() as u64;
         let total_blocks = hello.size.div_ceil(bs);
@@ -85,8 +86,7 @@ impl<'a> Exchange<'a> {
             total_blocks,
             total_batches: total_blocks.div_ceil(hello.batch_size as u64),
             next_seq: 0,
-            // The size is the agent's word: grow with what it sends, not what it claims.
-            blocks: Vec::with_capacity(total_blocks.min(1 << 20) as usize),
+            blocks: hashes,
             open: HashMap::new(),
             wanted: HashMap::new(),
             borrowed: HashSet::new(),
@@ -210,7 +210,9 @@ impl<'a> Exchange<'a> {
                 Entry::Zero => self.zero,
                 Entry::Hash(d) => d,
             };
-            self.blocks.push(d);
+            self.blocks
+                .push(&d)
+                .context("cannot write the hash list to its temp file")?;
             // Announced by its hash or flagged, the zero block never travels.
             if d == self.zero && len == bs {
                 self.stats.blocks_zero += 1;
@@ -384,11 +386,15 @@ impl<'a> Exchange<'a> {
             date,
             block_size: bs,
             total_size: self.hello.size,
-            blocks: std::mem::take(&mut self.blocks),
+            blocks: Vec::new(),
             new_blocks: Some(stats.blocks_new),
         };
         Ok(Received {
             manifest,
+            hashes: self
+                .blocks
+                .finish()
+                .context("cannot write the hash list to its temp file")?,
             stats,
             hello: self.hello,
         })

@@ -57,6 +57,10 @@ impl DiskCache {
         self.dir.join(d.to_hex())
     }
 
+    pub fn has(&self, d: &Digest) -> bool {
+        self.path(d).exists()
+    }
+
     /// The cached frame of `d`, if any (unverified: the caller hashes it).
     pub fn get(&self, d: &Digest, buf: &mut Vec<u8>) -> bool {
         let Ok(mut f) = File::open(self.path(d)) else {

@@ -9,7 +9,7 @@ use super::{
     StoreConfig, SweepStats, WalkItem, WriteSession,
 };
 use crate::digest::Digest;
-use crate::manifest::{parse_date, Manifest, ManifestHeader};
+use crate::manifest::{Manifest, ManifestHeader, SpooledHashes};
 use anyhow::{bail, Context, Result};
 use diskdump_agent::blockfmt;
 use std::ffi::CString;
@@ -678,53 +678,16 @@ impl Store for LocalStore {
     }
 
     fn write_manifest(&self, name: &str, m: &Manifest) -> Result<ManifestEntry> {
-        crate::manifest::validate_name(name)?;
-        let date = parse_date(&m.date)?;
-        let day = date.format("%Y/%m/%d").to_string();
-        crate::manifest::validate_source(&m.source)?;
-        let dir = self.root.join(&day);
-        self.make_dirs(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-        // Every block the manifest names must be durable before it is visible.
-        self.sync()
-            .context("cannot sync the store's blocks to disk")?;
-        let tmp = self.tmp_name(&dir.join(format!("{name}.manifest")));
-        if let Err(e) = write_new_durably_with(&tmp, |w| m.write_to(w)) {
-            // A full disk must not leave a partial manifest behind.
-            let _ = fs::remove_file(&tmp);
-            return Err(e).with_context(|| format!("cannot write {}", tmp.display()));
-        }
-        let mut seq = 1;
-        let result = loop {
-            let file = format!("{}.manifest", crate::manifest::seq_file_name(name, seq));
-            match rename_noreplace(&tmp, &dir.join(&file)) {
-                Ok(()) => {
-                    break Ok(ManifestEntry {
-                        rel: format!("{day}/{file}"),
-                        name: file.trim_end_matches(".manifest").to_string(),
-                        day: Some(day.clone()),
-                        id: None,
-                    })
-                }
-                Err(e) if e.kind() == ErrorKind::AlreadyExists && seq < 10_000 => seq += 1,
-                Err(e) => {
-                    break Err(e)
-                        .with_context(|| format!("cannot create a manifest in {}", dir.display()))
-                }
-            }
-        };
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        let entry = result?;
-        // Make the new name (and any new date directories) durable.
-        let mut d = dir.as_path();
-        while d != self.root && d.starts_with(&self.root) {
-            fsync_dir(d).with_context(|| format!("cannot sync {}", d.display()))?;
-            d = d.parent().expect("below root");
-        }
-        fsync_dir(&self.root).with_context(|| format!("cannot sync {}", self.root.display()))?;
-        Ok(entry)
+        self.write_manifest_text(name, m, &mut |w| m.write_to(w))
+    }
+
+    fn write_manifest_spooled(
+        &self,
+        name: &str,
+        m: &Manifest,
+        hashes: &SpooledHashes,
+    ) -> Result<ManifestEntry> {
+        self.write_manifest_text(name, m, &mut |w| m.write_spooled(w, hashes))
     }
 
     fn remove_manifest(&self, entry: &ManifestEntry) -> Result<()> {
@@ -770,6 +733,60 @@ impl Store for LocalStore {
 }
 
 impl LocalStore {
+    /// Writes a manifest's text (from `write`) durably under its day,
+    /// after every block is durable; never overwrites (`+N` names).
+    fn write_manifest_text(
+        &self,
+        name: &str,
+        m: &Manifest,
+        write: &mut dyn FnMut(&mut io::BufWriter<&File>) -> io::Result<()>,
+    ) -> Result<ManifestEntry> {
+        let day = super::manifest_day(name, m)?;
+        let dir = self.root.join(&day);
+        self.make_dirs(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        // Every block the manifest names must be durable before it is visible.
+        self.sync()
+            .context("cannot sync the store's blocks to disk")?;
+        let tmp = self.tmp_name(&dir.join(format!("{name}.manifest")));
+        if let Err(e) = write_new_durably_with(&tmp, |w| write(w)) {
+            // A full disk must not leave a partial manifest behind.
+            let _ = fs::remove_file(&tmp);
+            return Err(e).with_context(|| format!("cannot write {}", tmp.display()));
+        }
+        let mut seq = 1;
+        let result = loop {
+            let file = format!("{}.manifest", crate::manifest::seq_file_name(name, seq));
+            match rename_noreplace(&tmp, &dir.join(&file)) {
+                Ok(()) => {
+                    break Ok(ManifestEntry {
+                        rel: format!("{day}/{file}"),
+                        name: file.trim_end_matches(".manifest").to_string(),
+                        day: Some(day.clone()),
+                        id: None,
+                    })
+                }
+                Err(e) if e.kind() == ErrorKind::AlreadyExists && seq < 10_000 => seq += 1,
+                Err(e) => {
+                    break Err(e)
+                        .with_context(|| format!("cannot create a manifest in {}", dir.display()))
+                }
+            }
+        };
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        let entry = result?;
+        // Make the new name (and any new date directories) durable.
+        let mut d = dir.as_path();
+        while d != self.root && d.starts_with(&self.root) {
+            fsync_dir(d).with_context(|| format!("cannot sync {}", d.display()))?;
+            d = d.parent().expect("below root");
+        }
+        fsync_dir(&self.root).with_context(|| format!("cannot sync {}", self.root.display()))?;
+        Ok(entry)
+    }
+
     /// Removes the block directories a sweep left empty.
     pub(super) fn tidy(&self) -> Result<()> {
         for (l1, d1) in list_dir(&self.blocks)? {

@@ -22,7 +22,7 @@ pub use modes::resolve_group;
 use local::rename_noreplace as local_rename_noreplace;
 
 use crate::digest::Digest;
-use crate::manifest::{Manifest, ManifestHeader};
+use crate::manifest::{Manifest, ManifestHeader, SpooledHashes};
 use anyhow::Result;
 use chrono::{DateTime, Utc};
 use diskdump_agent::blockfmt;
@@ -350,6 +350,21 @@ pub trait Store: Send + Sync {
     /// Makes `m` visible as `<day>/<name>.manifest` after making its blocks
     /// durable; never overwrites (a same-day repeat becomes `<name>+2.manifest`).
     fn write_manifest(&self, name: &str, m: &Manifest) -> Result<ManifestEntry>;
+    /// `write_manifest` with the hashes from `hashes` (`m.blocks` is not
+    /// used): a dump's list goes from its spool to the manifest without
+    /// being held in memory, where the backend can stream.
+    fn write_manifest_spooled(
+        &self,
+        name: &str,
+        m: &Manifest,
+        hashes: &SpooledHashes,
+    ) -> Result<ManifestEntry> {
+        let full = Manifest {
+            blocks: hashes.to_vec()?,
+            ..m.clone()
+        };
+        self.write_manifest(name, &full)
+    }
     /// Removes a dump, durably. Readers that already read the manifest (an
     /// open image in `mount`) keep their block list; its blocks stay until a
     /// gc. A protected dump is refused.

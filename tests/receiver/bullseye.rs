@@ -75,7 +75,7 @@ fn the_embedded_agent_runs_in_a_debian_bullseye_chroot() {
     assert!(status.success());
     assert!(!got.hello.hostname.is_empty());
     assert!(
-        restore(&store, &got.manifest.blocks)[..img.len()] == img[..],
+        restore(&store, &got.hashes.to_vec().unwrap())[..img.len()] == img[..],
         "restored bytes differ"
     );
 }

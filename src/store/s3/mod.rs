@@ -49,6 +49,8 @@ const STALE: Duration = Duration::from_secs(600);
 /// Reads fetch this much of a pack at once: blocks sit in a pack in the
 /// order they were written, so a sequential reader needs the neighbours.
 const WINDOW: u64 = 4 << 20;
+/// Windows fetched at once from one pack on a miss (one GET each, in parallel).
+const AHEAD_WINDOWS: u64 = 6;
 /// Default bound of the disk cache of fetched frames.
 const DEFAULT_CACHE: u64 = 4 << 30;
 
@@ -342,43 +344,69 @@ impl S3Store {
         let Some(disk) = &self.disk else {
             return blocks.get_frame(d, buf).map_err(io_err);
         };
-        let (fetch, mine) = {
+        let claim = |k: u64| -> Option<Fetch> {
             let mut f = lock(&self.fetching);
-            match f.get(&(l.pack, k)) {
-                Some(x) => (x.clone(), false),
-                None => {
-                    let x: Fetch = Arc::new((Mutex::new(false), Condvar::new()));
-                    f.insert((l.pack, k), x.clone());
-                    (x, true)
+            if f.contains_key(&(l.pack, k)) {
+                return None;
+            }
+            let x: Fetch = Arc::new((Mutex::new(false), Condvar::new()));
+            f.insert((l.pack, k), x.clone());
+            Some(x)
+        };
+        let Some(first) = claim(k) else {
+            // Another thread is fetching this window: wait for it.
+            let fetch = lock(&self.fetching).get(&(l.pack, k)).cloned();
+            if let Some(fetch) = fetch {
+                let mut done = lock(&fetch.0);
+                while !*done {
+                    done = fetch.1.wait(done).unwrap_or_else(|p| p.into_inner());
                 }
             }
-        };
-        if !mine {
-            let mut done = lock(&fetch.0);
-            while !*done {
-                done = fetch.1.wait(done).unwrap_or_else(|p| p.into_inner());
-            }
-            drop(done);
             if disk.get(d, buf) {
                 return Ok(true);
             }
             return blocks.get_frame(d, buf).map_err(io_err);
-        }
-        let got = blocks.read_entries(&l.pack, &entries);
-        if let Ok(frames) = &got {
-            for (fd, frame) in frames {
-                disk.put(fd, frame);
-                if fd == d {
-                    buf.clear();
-                    buf.extend_from_slice(frame);
-                }
+        };
+        // This window and the next few of the pack, in parallel: a reader
+        // moving through an image moves through its packs.
+        let mut jobs = vec![(k, entries, first)];
+        for next in k + 1..k + AHEAD_WINDOWS {
+            let e = blocks.window_at(&l.pack, next, WINDOW);
+            if e.is_empty() || e.first().is_some_and(|f| disk.has(&f.digest)) {
+                break;
+            }
+            match claim(next) {
+                Some(x) => jobs.push((next, e, x)),
+                None => break,
             }
         }
-        *lock(&fetch.0) = true;
-        fetch.1.notify_all();
-        lock(&self.fetching).remove(&(l.pack, k));
-        match got {
-            Ok(frames) if frames.iter().any(|(fd, _)| fd == d) => Ok(true),
+        let results: Vec<Result<bool, ObjectError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = jobs
+                .iter()
+                .map(|(wk, e, fetch)| {
+                    s.spawn(move || {
+                        let got = blocks.read_entries(&l.pack, e);
+                        let mut has_d = false;
+                        if let Ok(frames) = &got {
+                            for (fd, frame) in frames {
+                                disk.put(fd, frame);
+                                has_d |= fd == d;
+                            }
+                        }
+                        *lock(&fetch.0) = true;
+                        fetch.1.notify_all();
+                        lock(&self.fetching).remove(&(l.pack, *wk));
+                        got.map(|_| has_d)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("window fetches do not panic"))
+                .collect()
+        });
+        match results.into_iter().next().expect("one job at least") {
+            Ok(true) if disk.get(d, buf) => Ok(true),
             Ok(_) => blocks.get_frame(d, buf).map_err(io_err),
             Err(e) => Err(io_err(e)),
         }
