@@ -158,3 +158,69 @@ fn kill_9_just_before_and_during_the_manifest_write_loses_nothing() {
         assert_eq!(r.code, 0, "killed at {syscall}: {}{}", r.stdout, r.stderr);
     }
 }
+
+#[test]
+#[cfg_attr(not(have_strace), ignore = "needs strace")]
+fn restore_writes_behind_and_syncs_the_file_before_its_rename() {
+    common::need(common::have("strace"), "strace (apt-get install strace)");
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("d.img");
+    // 48 MiB: more than one 32 MiB write-behind window.
+    let data = images::mixed(131072, 384, 0, 5);
+    images::write(&img, &data);
+    let store = dir.path().join("store");
+    let args = ["import", img.to_str().unwrap(), "--as", "r"];
+    common::ensure_store(&store, &args);
+    let st = Command::new(common::bin())
+        .arg("--store")
+        .arg(&store)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let out = dir.path().join("out.img");
+    let trace = dir.path().join("trace");
+    let st = Command::new("strace")
+        .args(["-f", "-o", trace.to_str().unwrap()])
+        .args(["-e", "trace=openat,fsync,sync_file_range,rename,renameat2"])
+        .arg(common::bin())
+        .arg("--store")
+        .arg(&store)
+        .args(["restore", "r", "-o", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    assert!(
+        std::fs::read(&out).unwrap() == data,
+        "restored bytes differ"
+    );
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let open = lines
+        .iter()
+        .position(|l| l.contains("openat(") && l.contains(".diskdump-partial."))
+        .expect("temp output opened");
+    let fd = lines[open].rsplit("= ").next().unwrap().trim();
+    let rename = lines
+        .iter()
+        .position(|l| l.contains("rename") && l.contains("out.img\"") && l.contains("= 0"))
+        .expect("output renamed into place");
+    let fsync = (open..rename)
+        .find(|&i| {
+            lines[i].contains(&format!("fsync({fd})"))
+                || lines[i].contains(&format!("fsync({fd} <unfinished"))
+        })
+        .expect("output fsynced before its rename");
+    let behind = (open..fsync)
+        .filter(|&i| lines[i].contains(&format!("sync_file_range({fd},")))
+        .count();
+    assert!(behind >= 1, "write-out started during the restore");
+}
