@@ -7,6 +7,7 @@ use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, SecondsFormat, Utc};
 use std::fmt;
 
 mod spool;
+pub(crate) use spool::anonymous_file;
 pub use spool::{HashSpool, SpooledHashes};
 
 pub const MAGIC: &str = "# diskdump manifest v1";

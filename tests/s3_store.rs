@@ -86,6 +86,22 @@ fn objects(g: &Garage, prefix: &str) -> Vec<String> {
         .collect()
 }
 
+/// The pack objects under a store's prefix.
+fn packs(g: &Garage, prefix: &str) -> Vec<String> {
+    objects(g, prefix)
+        .into_iter()
+        .filter(|k| k.starts_with("packs/"))
+        .collect()
+}
+
+/// Waits (up to a minute) until `n` packs are stored: a run is mid-import.
+fn wait_for_packs(g: &Garage, prefix: &str, n: usize) {
+    let start = Instant::now();
+    while packs(g, prefix).len() < n && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn json(r: &Run) -> serde_json::Value {
     serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.stdout))
 }
@@ -265,10 +281,7 @@ fn gc_on_s3_rewrites_packs_and_frees_what_forget_dropped() {
         ],
     )
     .ok();
-    let before = objects(&g, "gc")
-        .iter()
-        .filter(|k| k.starts_with("packs/"))
-        .count();
+    let before = packs(&g, "gc").len();
     h.run(&s, &["delete", "2026/01/01/a.manifest"]).ok();
     // a's 64 blocks and the zero block every import stores (for Python
     // 0.1.5's readers), which no manifest names here.
@@ -276,10 +289,7 @@ fn gc_on_s3_rewrites_packs_and_frees_what_forget_dropped() {
     assert_eq!(dry["removed_blocks"], 65, "{dry}");
     let st = json(&h.run(&s, &["--json", "gc"]).ok());
     assert_eq!(st["removed_blocks"], 65, "{st}");
-    let after = objects(&g, "gc")
-        .iter()
-        .filter(|k| k.starts_with("packs/"))
-        .count();
+    let after = packs(&g, "gc").len();
     assert!(after < before, "{before} packs before, {after} after");
     assert!(h.restore(&s, "b") == b);
     // From the packs alone, on a new host.
@@ -305,16 +315,7 @@ fn a_storage_node_killed_during_an_import_loses_nothing() {
     images::write(&img, &data);
     let child = h.spawn(&s, &["import", img.to_str().unwrap(), "--as", "a"]);
     // Kill node 3 once the first packs are in.
-    let start = Instant::now();
-    while objects(&g, "ha")
-        .iter()
-        .filter(|k| k.starts_with("packs/"))
-        .count()
-        < 2
-        && start.elapsed() < Duration::from_secs(60)
-    {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_packs(&g, "ha", 2);
     g.kill_node(3);
     let o = child.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", common::output_text(&o));
@@ -339,16 +340,7 @@ fn diskdump_killed_mid_pack_leaves_no_manifest_with_a_missing_block() {
     let img = dir.path().join("a.img");
     images::write(&img, &data);
     let mut child = h.spawn(&s, &["import", img.to_str().unwrap(), "--as", "a"]);
-    let start = Instant::now();
-    while objects(&g, "crash")
-        .iter()
-        .filter(|k| k.starts_with("packs/"))
-        .count()
-        < 3
-        && start.elapsed() < Duration::from_secs(60)
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_packs(&g, "crash", 3);
     child.kill().unwrap(); // SIGKILL
     let _ = child.wait();
     let keys = objects(&g, "crash");
@@ -592,18 +584,12 @@ fn dump_over_ssh_into_an_s3_store() {
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert!(h.restore(&s, "disk") == data);
     // The next day: nothing new crosses into the bucket.
-    let before: Vec<String> = objects(&g, "dump")
-        .into_iter()
-        .filter(|k| k.starts_with("packs/"))
-        .collect();
+    let before: Vec<String> = packs(&g, "dump");
     let r = h.run(&s, &["--json", "dump", &target, "--as", "disk"]).ok();
     let v = json(&r);
     let new: u64 = v["targets"][0]["blocks_new"].as_u64().unwrap_or(u64::MAX);
     assert_eq!(new, 0, "{v}");
-    let after: Vec<String> = objects(&g, "dump")
-        .into_iter()
-        .filter(|k| k.starts_with("packs/"))
-        .collect();
+    let after: Vec<String> = packs(&g, "dump");
     assert_eq!(before, after);
     h.run(&s, &["verify"]).ok();
 }

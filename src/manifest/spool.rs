@@ -23,7 +23,7 @@ pub struct SpooledHashes {
 
 /// An anonymous file in `dir` (O_TMPFILE where the filesystem has it, else
 /// created 0600 and unlinked at once): nothing is left behind by a crash.
-fn anonymous_file(dir: &Path) -> io::Result<File> {
+pub(crate) fn anonymous_file(dir: &Path) -> io::Result<File> {
     let tmpfile = OpenOptions::new()
         .read(true)
         .write(true)

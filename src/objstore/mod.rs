@@ -74,6 +74,19 @@ pub trait ObjectStore: Send + Sync {
     fn check(&self) -> Result<(), ObjectError>;
     /// Writes the whole object; returns once the service has stored it.
     fn put(&self, key: &str, data: &[u8]) -> Result<(), ObjectError>;
+    /// Writes the first `len` bytes of `file` as the object, streamed where
+    /// the service allows (a large manifest is never held in memory).
+    fn put_file(&self, key: &str, file: &std::fs::File, len: u64) -> Result<(), ObjectError> {
+        use std::os::unix::fs::FileExt;
+        let mut data = vec![0u8; len as usize];
+        file.read_exact_at(&mut data, 0).map_err(|e| ObjectError {
+            op: "PUT",
+            what: key.to_string(),
+            kind: ErrorKind::Other,
+            detail: format!("cannot read the local file: {e}"),
+        })?;
+        self.put(key, &data)
+    }
     fn get(&self, key: &str) -> Result<Vec<u8>, ObjectError>;
     /// `len` bytes from `offset`; fewer only if the object ends first.
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, ObjectError>;
@@ -132,6 +145,12 @@ impl<S: ObjectStore> ObjectStore for Counted<S> {
         self.counts.puts.fetch_add(1, Relaxed);
         self.counts.put_bytes.fetch_add(data.len() as u64, Relaxed);
         self.inner.put(key, data)
+    }
+    fn put_file(&self, key: &str, file: &std::fs::File, len: u64) -> Result<(), ObjectError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.counts.puts.fetch_add(1, Relaxed);
+        self.counts.put_bytes.fetch_add(len, Relaxed);
+        self.inner.put_file(key, file, len)
     }
     fn get(&self, key: &str) -> Result<Vec<u8>, ObjectError> {
         use std::sync::atomic::Ordering::Relaxed;

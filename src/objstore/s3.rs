@@ -206,6 +206,18 @@ impl S3Objects {
                 r.call()
             }
             Request::Put { url, body } => self.agent.put(url.as_str()).send(&body[..]),
+            Request::PutFile { url, file, len } => {
+                // Each attempt reads from the start (pread): retries resend all.
+                let mut reader = FileFrom {
+                    file,
+                    pos: 0,
+                    end: *len,
+                };
+                self.agent
+                    .put(url.as_str())
+                    .header("content-length", len.to_string())
+                    .send(ureq::SendBody::from_reader(&mut reader))
+            }
             Request::Delete { url } => self.agent.delete(url.as_str()).call(),
         };
         let resp = result.map_err(|e| e.to_string())?;
@@ -255,6 +267,28 @@ enum Request<'a> {
     Delete {
         url: url::Url,
     },
+    PutFile {
+        url: url::Url,
+        file: &'a std::fs::File,
+        len: u64,
+    },
+}
+
+/// The first `end` bytes of a file, read with pread from `pos`.
+struct FileFrom<'a> {
+    file: &'a std::fs::File,
+    pos: u64,
+    end: u64,
+}
+
+impl std::io::Read for FileFrom<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let want = buf.len().min((self.end - self.pos) as usize);
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
 }
 
 /// `: Code: Message` from an S3 error document, or nothing.
@@ -297,6 +331,18 @@ impl ObjectStore for S3Objects {
             .put_object(Some(&self.credentials), &full)
             .sign(SIGN_FOR);
         match self.send("PUT", key, Request::Put { url, body: data })? {
+            (200..=299, _) => Ok(()),
+            (s, body) => Err(self.refused("PUT", key, s, &body)),
+        }
+    }
+
+    fn put_file(&self, key: &str, file: &std::fs::File, len: u64) -> Result<(), ObjectError> {
+        let full = self.full_key(key);
+        let url = self
+            .bucket
+            .put_object(Some(&self.credentials), &full)
+            .sign(SIGN_FOR);
+        match self.send("PUT", key, Request::PutFile { url, file, len })? {
             (200..=299, _) => Ok(()),
             (s, body) => Err(self.refused("PUT", key, s, &body)),
         }

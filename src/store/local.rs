@@ -665,14 +665,8 @@ impl Store for LocalStore {
         let modified = file.metadata().and_then(|m| m.modified()).ok();
         let head = read_header(file).with_context(ctx)?;
         let h = ManifestHeader::parse(&String::from_utf8_lossy(&head), &entry.rel)?;
-        match h.size() {
-            Some(total_size) => Ok(ManifestInfo {
-                total_size,
-                block_size: h.block_size,
-                date: h.datetime(),
-                modified,
-            }),
-            // Only old Python manifests lack both counts: the hashes decide.
+        match ManifestInfo::from_header(&h, modified) {
+            Some(info) => Ok(info),
             None => Ok(ManifestInfo::of(&self.read_manifest(entry)?, modified)),
         }
     }
@@ -692,11 +686,7 @@ impl Store for LocalStore {
 
     fn remove_manifest(&self, entry: &ManifestEntry) -> Result<()> {
         if self.is_protected(entry)? {
-            bail!(
-                "{} is protected; `diskdump unprotect {}` first",
-                entry.rel,
-                entry.rel
-            );
+            return Err(super::protected_error(entry));
         }
         let path = self.root.join(&entry.rel);
         fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;

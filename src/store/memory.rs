@@ -220,11 +220,7 @@ impl Store for MemoryStore {
         let mut all = lock(&self.manifests);
         match all.get(&entry.rel) {
             None => bail!("cannot remove {}: no such manifest", entry.rel),
-            Some((_, true)) => bail!(
-                "{} is protected; `diskdump unprotect {}` first",
-                entry.rel,
-                entry.rel
-            ),
+            Some((_, true)) => Err(super::protected_error(entry)),
             Some(_) => {
                 all.remove(&entry.rel);
                 Ok(())

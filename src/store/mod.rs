@@ -233,6 +233,17 @@ pub struct ManifestInfo {
 }
 
 impl ManifestInfo {
+    /// From the header alone, when it has the sizes (only old Python
+    /// manifests lack both counts; then the hashes decide).
+    pub fn from_header(h: &ManifestHeader, modified: Option<SystemTime>) -> Option<ManifestInfo> {
+        Some(ManifestInfo {
+            total_size: h.size()?,
+            block_size: h.block_size,
+            date: h.datetime(),
+            modified,
+        })
+    }
+
     pub fn of(m: &Manifest, modified: Option<SystemTime>) -> ManifestInfo {
         ManifestInfo {
             total_size: m.total_size,
@@ -377,6 +388,15 @@ pub trait Store: Send + Sync {
     fn leftovers(&self) -> Result<Vec<String>> {
         Ok(Vec::new())
     }
+}
+
+/// Why `remove_manifest` refuses a protected dump.
+pub(crate) fn protected_error(entry: &ManifestEntry) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{} is protected; `diskdump unprotect {}` first",
+        entry.rel,
+        entry.rel
+    )
 }
 
 /// The largest block file a store accepts for `block_size`: a frame can

@@ -21,7 +21,7 @@ use super::{
     WalkItem, WriteSession, LEGACY_PREFIX,
 };
 use crate::digest::Digest;
-use crate::manifest::{Manifest, ManifestHeader};
+use crate::manifest::{Manifest, ManifestHeader, SpooledHashes};
 use crate::objstore::packed::{PackedBlocks, DEFAULT_PACK_TARGET};
 use crate::objstore::{
     Counted, Counts, ObjectError, ObjectInfo, ObjectStore, S3Config, S3Location, S3Objects,
@@ -413,6 +413,78 @@ impl S3Store {
     }
 }
 
+impl S3Store {
+    /// Uploads the blocks first (the durability rule), then the manifest's
+    /// text (from `write`, through an anonymous temp file, streamed to the
+    /// PUT) at the first free `+N` key. S3 has no create-if-absent that
+    /// every service honours (Garage ignores If-None-Match), so the object
+    /// is checked after the PUT (its size and its header, which names the
+    /// dump's date to the microsecond): if another writer's PUT landed on the
+    /// same key, ours takes the next one.
+    fn write_manifest_object(
+        &self,
+        name: &str,
+        m: &Manifest,
+        write: &mut dyn FnMut(&mut std::io::BufWriter<&std::fs::File>) -> io::Result<()>,
+    ) -> Result<ManifestEntry> {
+        use std::io::Write as _;
+        use std::os::unix::fs::FileExt;
+        let day = super::manifest_day(name, m)?;
+        self.sync().context("cannot upload the dump's blocks")?;
+        let file = crate::manifest::anonymous_file(&std::env::temp_dir())
+            .context("cannot create a temp file for the manifest")?;
+        {
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, &file);
+            write(&mut w)
+                .and_then(|_| w.flush())
+                .context("cannot write the manifest to its temp file")?;
+        }
+        let len = file.metadata()?.len();
+        let mut head = vec![0u8; len.min(64 * 1024) as usize];
+        file.read_exact_at(&mut head, 0)?;
+        let mut seq = 1;
+        for _ in 0..100 {
+            let taken: HashSet<String> = self
+                .objects
+                .list(&format!("{MANIFESTS}{day}/"))?
+                .into_iter()
+                .map(|o| o.key)
+                .collect();
+            while taken.contains(&format!(
+                "{MANIFESTS}{}",
+                super::manifest_key(&day, name, seq)
+            )) {
+                seq += 1;
+            }
+            let rel = super::manifest_key(&day, name, seq);
+            let key = format!("{MANIFESTS}{rel}");
+            self.objects.put_file(&key, &file, len)?;
+            let listed = self.objects.list(&key)?;
+            let o = listed.iter().find(|o| o.key == key);
+            let ours = o.is_some_and(|o| o.size == len)
+                && self.objects.get_range(&key, 0, head.len() as u64)? == head;
+            if ours {
+                return Ok(o.and_then(|o| self.entry_of(o)).unwrap_or(ManifestEntry {
+                    name: rel
+                        .rsplit('/')
+                        .next()
+                        .unwrap_or_default()
+                        .trim_end_matches(".manifest")
+                        .to_string(),
+                    rel,
+                    day: Some(day),
+                    id: None,
+                }));
+            }
+            seq += 1;
+        }
+        bail!(
+            "cannot find a free name for {name} on {day} in {}",
+            self.describe()
+        )
+    }
+}
+
 /// `$XDG_CACHE_HOME/diskdump/s3/<hash of the location>`: the index and the
 /// frames cache of one store on this host.
 fn default_cache_dir(what: &str) -> PathBuf {
@@ -594,76 +666,29 @@ impl Store for S3Store {
         let modified = entry
             .id
             .map(|id| SystemTime::UNIX_EPOCH + Duration::from_nanos(id.mtime_ns.max(0) as u64));
-        match h.size() {
-            Some(total_size) => Ok(ManifestInfo {
-                total_size,
-                block_size: h.block_size,
-                date: h.datetime(),
-                modified,
-            }),
+        match ManifestInfo::from_header(&h, modified) {
+            Some(info) => Ok(info),
             None => Ok(ManifestInfo::of(&self.read_manifest(entry)?, modified)),
         }
     }
 
-    /// Uploads the blocks first (the durability rule), then the manifest at
-    /// the first free `+N` key. S3 has no create-if-absent that every
-    /// service honours (Garage ignores If-None-Match), so the manifest is
-    /// read back: if another writer's PUT landed on the same key, ours takes
-    /// the next one.
+    /// See `write_manifest_object`.
     fn write_manifest(&self, name: &str, m: &Manifest) -> Result<ManifestEntry> {
-        let day = super::manifest_day(name, m)?;
-        self.sync().context("cannot upload the dump's blocks")?;
-        let text = m.render();
-        let mut seq = 1;
-        for _ in 0..100 {
-            let taken: HashSet<String> = self
-                .objects
-                .list(&format!("{MANIFESTS}{day}/"))?
-                .into_iter()
-                .map(|o| o.key)
-                .collect();
-            while taken.contains(&format!(
-                "{MANIFESTS}{}",
-                super::manifest_key(&day, name, seq)
-            )) {
-                seq += 1;
-            }
-            let rel = super::manifest_key(&day, name, seq);
-            let key = format!("{MANIFESTS}{rel}");
-            self.objects.put(&key, text.as_bytes())?;
-            if self.objects.get(&key)? == text.as_bytes() {
-                let o = self.objects.list(&key)?;
-                let entry = o
-                    .iter()
-                    .find(|o| o.key == key)
-                    .and_then(|o| self.entry_of(o));
-                return Ok(entry.unwrap_or(ManifestEntry {
-                    name: rel
-                        .rsplit('/')
-                        .next()
-                        .unwrap_or_default()
-                        .trim_end_matches(".manifest")
-                        .to_string(),
-                    rel,
-                    day: Some(day),
-                    id: None,
-                }));
-            }
-            seq += 1;
-        }
-        bail!(
-            "cannot find a free name for {name} on {day} in {}",
-            self.describe()
-        )
+        self.write_manifest_object(name, m, &mut |w| m.write_to(w))
+    }
+
+    fn write_manifest_spooled(
+        &self,
+        name: &str,
+        m: &Manifest,
+        hashes: &SpooledHashes,
+    ) -> Result<ManifestEntry> {
+        self.write_manifest_object(name, m, &mut |w| m.write_spooled(w, hashes))
     }
 
     fn remove_manifest(&self, entry: &ManifestEntry) -> Result<()> {
         if self.is_protected(entry)? {
-            bail!(
-                "{} is protected; `diskdump unprotect {}` first",
-                entry.rel,
-                entry.rel
-            );
+            return Err(super::protected_error(entry));
         }
         self.objects.delete(&format!("{MANIFESTS}{}", entry.rel))?;
         Ok(())
