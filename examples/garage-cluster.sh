@@ -41,7 +41,29 @@ pick_base() {
   exit 1
 }
 
+# The S3 API answers HTTP (any status: an unauthenticated request is refused).
+s3_answers() {
+  local reply
+  reply=$( (exec 3<>"/dev/tcp/127.0.0.1/$1" && printf 'GET / HTTP/1.0\r\n\r\n' >&3 && head -c 12 <&3) 2>/dev/null) || return 1
+  [[ $reply == HTTP/* ]]
+}
+
+# Several tries with fresh ports: two clusters started at the same moment may
+# pick overlapping ports, and a node may die starting on a loaded machine.
 start() {
+  local attempt
+  for attempt in 1 2 3; do
+    # A process of its own, so that `set -e` holds inside (it does not in an `if`).
+    if bash "$0" _start_once "$dir"; then cat "$dir/env"; return 0; fi
+    echo "garage-cluster: start attempt $attempt failed; retrying with other ports" >&2
+    stop_nodes
+    rm -rf "$dir"
+  done
+  echo "garage-cluster: could not start a cluster in 3 attempts" >&2
+  exit 1
+}
+
+start_once() {
   local g base secret i
   g=$(garage_bin)
   mkdir -p "$dir"
@@ -109,10 +131,15 @@ export DISKDUMP_TEST_BUCKET=$bucket
 export GARAGE_NODE_ENDPOINTS="http://127.0.0.1:$((base + 1)) http://127.0.0.1:$((base + 4)) http://127.0.0.1:$((base + 7))"
 EOF
   chmod 600 "$dir/env"
-  cat "$dir/env"
+  # Ready when every node's S3 API answers.
+  for i in 1 4 7; do
+    local up=0
+    for _ in $(seq 200); do s3_answers $((base + i)) && { up=1; break; }; sleep 0.05; done
+    ((up)) || { echo "garage-cluster: the S3 API on port $((base + i)) does not answer" >&2; return 1; }
+  done
 }
 
-stop() {
+stop_nodes() {
   local i
   for i in 1 2 3; do
     [[ -f $dir/n$i/pid ]] && kill -TERM "$(cat "$dir/n$i/pid")" 2>/dev/null || true
@@ -123,11 +150,16 @@ stop() {
     for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
     kill -KILL "$pid" 2>/dev/null || true
   done
+}
+
+stop() {
+  stop_nodes
   rm -rf "$dir"
 }
 
 case $cmd in
   start) start ;;
+  _start_once) start_once ;;
   stop) stop ;;
   kill) kill -KILL "$(cat "$dir/n${3:?node number}/pid")" ;;
   *) echo "garage-cluster: unknown command $cmd" >&2; exit 2 ;;

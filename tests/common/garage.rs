@@ -6,18 +6,48 @@
 use diskdump::objstore::{S3Config, S3Location, S3Objects};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Condvar, Mutex};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/garage-cluster.sh");
+
+/// Clusters running at once in one test binary: each is three servers, and
+/// ten at once on two cores made starts time out.
+const MAX_CLUSTERS: usize = 3;
+static RUNNING: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+
+/// A place among the `MAX_CLUSTERS`, given back on drop.
+struct Slot;
+
+impl Slot {
+    fn take() -> Slot {
+        let mut n = RUNNING.0.lock().unwrap_or_else(|p| p.into_inner());
+        while *n >= MAX_CLUSTERS {
+            n = RUNNING.1.wait(n).unwrap_or_else(|p| p.into_inner());
+        }
+        *n += 1;
+        Slot
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        *RUNNING.0.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+        RUNNING.1.notify_one();
+    }
+}
 
 pub struct Garage {
     _tmp: tempfile::TempDir,
     dir: PathBuf,
     /// The variables the script exported (AWS_*, DISKDUMP_TEST_BUCKET, ...).
     pub env: Vec<(String, String)>,
+    /// Dropped after the cluster is stopped (fields drop after `drop`).
+    _slot: Slot,
 }
 
 impl Garage {
     pub fn start() -> Garage {
+        let slot = Slot::take();
         let tmp = tempfile::tempdir().expect("temp dir");
         let dir = tmp.path().join("cluster");
         let out = Command::new("bash")
@@ -43,6 +73,7 @@ impl Garage {
             _tmp: tmp,
             dir,
             env,
+            _slot: slot,
         }
     }
 
