@@ -1,6 +1,12 @@
 //! diskdump: deduplicated disk-image backup. See docs/DESIGN.md for the formats and architecture;
 //! in short:
 //!
+//! - **One store interface** (`store::Store`, opened by `store::open` from a
+//!   directory or an `s3://BUCKET/PREFIX` URL): every command, the receiver,
+//!   `ImageReader` and the mount use only it. Backends: the directory store
+//!   (below), the S3 store (`store::s3`: blocks in 32 MiB pack objects with a
+//!   local index and disk cache, manifests as objects, gc by repacking;
+//!   objects through `objstore`), and `MemoryStore` for unit tests.
 //! - **Store** (`store`): every unique block once, `.blockstore/ab/cd/<sha256>.lz4`
 //!   (one LZ4 frame), created with a fixed `block_size` (`config.json`). Puts
 //!   are atomic (temp + no-replace rename) and idempotent; reads decode with a
@@ -36,7 +42,8 @@
 //!   the receiver answers each batch with the blocks the store lacks, then
 //!   decompresses each one within the block size, checks its SHA-256 and
 //!   stores it (`lz4` frames as received). A shared `InFlight` makes a block
-//!   announced by several dumps at once cross the wire once.
+//!   announced by several dumps at once cross the wire once. The hash list
+//!   goes to a temp file (`manifest::HashSpool`), not memory.
 //! - **Reaching hosts** (`transport`, `deploy`, `untrusted`): one small trait runs a
 //!   remote command with byte streams and an exit status; the system's OpenSSH client
 //!   (`transport::openssh`, default: the user's ssh setup applies exactly) and libssh2
