@@ -335,8 +335,13 @@ impl PackedBlocks {
         if let Some(frame) = lock(&self.open).frame(d) {
             return Some(f(frame));
         }
-        let sealed: Vec<Arc<MemPack>> = lock(&self.uploads).sealed.clone();
-        sealed.iter().find_map(|p| p.frame(d)).map(f)
+        // Looked up under the lock: at most MAX_UPLOADS + 1 packs, and this
+        // runs for every block a writer asks about.
+        lock(&self.uploads)
+            .sealed
+            .iter()
+            .find_map(|p| p.frame(d))
+            .map(f)
     }
 
     pub fn contains(&self, d: &Digest) -> bool {

@@ -380,23 +380,27 @@ impl S3Store {
                 None => break,
             }
         }
-        let results: Vec<Result<bool, ObjectError>> = std::thread::scope(|s| {
+        // Each job returns the frame of `d` if its window held it.
+        type Got = Result<Option<Vec<u8>>, ObjectError>;
+        let results: Vec<Got> = std::thread::scope(|s| {
             let handles: Vec<_> = jobs
                 .iter()
                 .map(|(wk, e, fetch)| {
                     s.spawn(move || {
-                        let got = blocks.read_entries(&l.pack, e);
-                        let mut has_d = false;
-                        if let Ok(frames) = &got {
+                        let got = blocks.read_entries(&l.pack, e).map(|frames| {
+                            let mut mine = None;
                             for (fd, frame) in frames {
-                                disk.put(fd, frame);
-                                has_d |= fd == d;
+                                disk.put(&fd, &frame);
+                                if fd == *d {
+                                    mine = Some(frame);
+                                }
                             }
-                        }
+                            mine
+                        });
                         *lock(&fetch.0) = true;
                         fetch.1.notify_all();
                         lock(&self.fetching).remove(&(l.pack, *wk));
-                        got.map(|_| has_d)
+                        got
                     })
                 })
                 .collect();
@@ -406,8 +410,11 @@ impl S3Store {
                 .collect()
         });
         match results.into_iter().next().expect("one job at least") {
-            Ok(true) if disk.get(d, buf) => Ok(true),
-            Ok(_) => blocks.get_frame(d, buf).map_err(io_err),
+            Ok(Some(frame)) => {
+                *buf = frame;
+                Ok(true)
+            }
+            Ok(None) => blocks.get_frame(d, buf).map_err(io_err),
             Err(e) => Err(io_err(e)),
         }
     }
