@@ -50,35 +50,12 @@ source "$B/garage.env"
 S3="s3://$DISKDUMP_TEST_BUCKET"
 
 # A throwaway sshd on 127.0.0.1 for the dumps (as in examples/demo.sh).
-ssh_dir=$B/ssh; mkdir -p "$ssh_dir/home/.ssh" /run/sshd
-ssh-keygen -q -t ed25519 -N '' -f "$ssh_dir/host_key"
-ssh-keygen -q -t ed25519 -N '' -f "$ssh_dir/home/.ssh/id_ed25519"
-cp "$ssh_dir/home/.ssh/id_ed25519.pub" "$ssh_dir/authorized_keys"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat >"$ssh_dir/sshd_config" <<CFG
-Port $port
-ListenAddress 127.0.0.1
-HostKey $ssh_dir/host_key
-AuthorizedKeysFile $ssh_dir/authorized_keys
-PidFile $ssh_dir/sshd.pid
-StrictModes no
-UsePAM no
-PasswordAuthentication no
-PermitRootLogin prohibit-password
-CFG
-/usr/sbin/sshd -D -e -f "$ssh_dir/sshd_config" 2>"$ssh_dir/sshd.log" &
-pids+=($!)
-echo "[127.0.0.1]:$port $(cut -d' ' -f1,2 "$ssh_dir/host_key.pub")" >"$ssh_dir/home/.ssh/known_hosts"
-cat >"$ssh_dir/home/.ssh/config" <<CFG
-Host benchhost
-  HostName 127.0.0.1
-  Port $port
-  User $(id -un)
-  IdentityFile $ssh_dir/home/.ssh/id_ed25519
-  UserKnownHostsFile $ssh_dir/home/.ssh/known_hosts
-CFG
-for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
-export DISKDUMP_SSH_CONFIG=$ssh_dir/home/.ssh/config DISKDUMP_S3_STATS=1
+ssh_dir=$B/ssh
+# shellcheck source=examples/throwaway-sshd.sh
+. "$REPO/examples/throwaway-sshd.sh"
+start_throwaway_sshd "$ssh_dir" benchhost
+pids+=("$SSHD_PID")
+export DISKDUMP_S3_STATS=1
 
 drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 # time_cmd NAME CMD...: wall seconds (incl. a final sync) into $B/t/NAME, the S3 request line into $B/r/NAME.

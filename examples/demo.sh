@@ -40,39 +40,12 @@ seq 1 200000 | sed 's/^/log line /' > "$work/files/app.log"
 mkfs.ext4 -q -F -d "$work/files" "$work/disk.img" 256M
 
 echo "== 2. a throwaway sshd on 127.0.0.1 and an ssh config for host 'demohost'"
-ssh_dir="$work/ssh"; rm -rf "$ssh_dir"; mkdir -p "$ssh_dir/home/.ssh" /run/sshd
-ssh-keygen -q -t ed25519 -N '' -f "$ssh_dir/host_key"
-ssh-keygen -q -t ed25519 -N '' -f "$ssh_dir/home/.ssh/id_ed25519"
-cp "$ssh_dir/home/.ssh/id_ed25519.pub" "$ssh_dir/authorized_keys"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat > "$ssh_dir/sshd_config" <<CFG
-Port $port
-ListenAddress 127.0.0.1
-HostKey $ssh_dir/host_key
-AuthorizedKeysFile $ssh_dir/authorized_keys
-PidFile $ssh_dir/sshd.pid
-StrictModes no
-UsePAM no
-PasswordAuthentication no
-PermitRootLogin prohibit-password
-CFG
-/usr/sbin/sshd -D -e -f "$ssh_dir/sshd_config" 2>"$ssh_dir/sshd.log" &
-pids+=($!)
-echo "[127.0.0.1]:$port $(cut -d' ' -f1,2 "$ssh_dir/host_key.pub")" > "$ssh_dir/home/.ssh/known_hosts"
-cat > "$ssh_dir/home/.ssh/config" <<CFG
-Host demohost
-  HostName 127.0.0.1
-  Port $port
-  User $(id -un)
-  IdentityFile $ssh_dir/home/.ssh/id_ed25519
-  UserKnownHostsFile $ssh_dir/home/.ssh/known_hosts
-CFG
-for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+ssh_dir="$work/ssh"
+# shellcheck source=examples/throwaway-sshd.sh
+. examples/throwaway-sshd.sh
+start_throwaway_sshd "$ssh_dir" demohost
+pids+=("$SSHD_PID")
 export HOME="$ssh_dir/home"
-# OpenSSH reads ~/.ssh from the passwd entry's home, not $HOME: point both
-# transports at this config (like `ssh -F`), which names its key and
-# known_hosts itself.
-export DISKDUMP_SSH_CONFIG="$ssh_dir/home/.ssh/config"
 
 echo "== diskdump init $store; diskdump dump demohost:$work/disk.img --as demo-vda"
 "$dd" init "$store"
