@@ -58,7 +58,8 @@
 #   restic:  backup; restore; mount + dd + fio; check --read-data; forget day 1 --prune.
 #   limits:  openssl speed -evp sha256 (128 KiB), lz4 -1 and lz4 -d, cat from page cache and from disk,
 #            dd iflag=direct from disk, day 2 written to the stores' disk (cp --sparse + sync),
-#            sha256sum, fio and the 32-byte reads on the local image, ssh throughput over the same loopback sshd.
+#            sha256sum, fio and the 32-byte reads on the local image (fio also on a copy on the stores' file
+#            system, the disk a mount's cold reads come from), ssh throughput over the same loopback sshd.
 # Bytes on the wire: the dumps go to a throwaway sshd on its own 127.0.0.1 port; an nftables table counts
 # the packets to and from that port on the output hook of lo (each loopback packet passes it once), so
 # other traffic is not counted; bytes are IP packet lengths (payload + ~52 header bytes per packet).
@@ -705,6 +706,11 @@ phase_limits() {
     cat "$img" >/dev/null
     measure "sha256sum, 1 core (day 1)" sha256sum --cache warm --bytes "$size" -- sha256sum "$img"
     measure "fio 4 KiB random reads, local day 2 image" fio --post post_fio -- "${FIO[@]}" --filename="$IMG/day2.img"
+    # The same on the stores' file system (the loop-mounted ext4): the disk a mount's cold reads come from.
+    cp --sparse=always "$IMG/day2.img" "$OUT/day2-raw.img"
+    measure "fio 4 KiB random reads, day 2 image on the stores' file system" fio --post post_fio \
+      -- "${FIO[@]}" --filename="$OUT/day2-raw.img"
+    rm -f "$OUT/day2-raw.img"
     small_reads "$G_SMALL, local image" fio "$IMG/day2.img"
     sshd_ready || PREP_ERR[ssh]=$SSH_ERR
     cat "$IMG/rand.img" >/dev/null

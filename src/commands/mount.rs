@@ -68,10 +68,6 @@ pub fn run(opts: &MountOptions) -> Result<u8> {
         cache_bytes: opts.cache_size,
         prefetch_threads: loader_threads(),
         image_mode,
-        warm_threads: std::env::var("H7_WARM")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(8), // H7TEMP
         ..FsOptions::default()
     };
     let fs = MountFs::new(store, &fs_opts)?;
