@@ -227,10 +227,10 @@ mod tests {
     #[test]
     fn a_local_stores_block_location_is_its_file() {
         // The mount's touch stats `block_location`: it must name the file.
-        let (_d, r) = reader(&image());
+        let (dir, r) = reader(&image());
         let m = r.manifest();
         let i = (0..m.blocks.len()).find(|&i| !r.is_zero(i)).unwrap();
-        let store = LocalStore::open(_d.path()).unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
         let meta = std::fs::symlink_metadata(store.block_location(&m.blocks[i])).unwrap();
         assert!(meta.is_file() && meta.len() > 0);
     }
