@@ -209,7 +209,7 @@ fn write_file(
     let f = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(0o640) // less by the store's umask, like every store file
         .open(&tmp)?;
     let written = (|| {
         let mut w = BufWriter::with_capacity(1 << 20, &f);
@@ -263,15 +263,18 @@ pub fn remove(dir: &Path, digests: &[Digest]) -> io::Result<()> {
 /// The digests one writer stored or found whole, committed after its sync.
 pub struct Additions {
     dir: PathBuf,
+    /// The store's file mode (0600, or 0640 in a group-shared store).
+    mode: u32,
     buf: Vec<Digest>,
     /// Sorted runs spilled to anonymous files, linked in at commit.
     runs: Vec<(File, u64)>,
 }
 
 impl Additions {
-    pub fn new(dir: &Path) -> Additions {
+    pub fn new(dir: &Path, mode: u32) -> Additions {
         Additions {
             dir: dir.to_path_buf(),
+            mode,
             buf: Vec::new(),
             runs: Vec::new(),
         }
@@ -311,6 +314,8 @@ impl Additions {
             write_sorted(&self.dir, "seg", &self.buf)?;
         }
         for (f, _) in std::mem::take(&mut self.runs) {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(fs::Permissions::from_mode(self.mode))?;
             f.sync_all()?;
             let name = unique_name("seg");
             link_anonymous(&f, &self.dir, &name)?;
@@ -522,7 +527,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("index");
         assert!(IndexView::load(&dir).is_empty(), "no directory: empty view");
-        let mut add = Additions::new(&dir);
+        let mut add = Additions::new(&dir, 0o600);
         for i in 0..1000 {
             add.push(d(i)).unwrap();
         }

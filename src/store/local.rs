@@ -404,7 +404,7 @@ impl LocalStore {
         drop(v);
         let mut a = self.index.added.lock().unwrap_or_else(|p| p.into_inner());
         if a.is_none() {
-            *a = Some(Additions::new(&self.index_dir()));
+            *a = Some(Additions::new(&self.index_dir(), self.file_mode()));
         }
         using
     }
@@ -437,6 +437,11 @@ impl LocalStore {
             };
         }
         index::compact(&dir).map(|_| ())
+    }
+
+    /// What the umask makes of a new store file's 0640.
+    fn file_mode(&self) -> u32 {
+        0o640 & !modes::umask_for(self.config.group)
     }
 
     fn index_dir(&self) -> PathBuf {
@@ -680,10 +685,11 @@ impl Store for LocalStore {
     /// runs left (see `dirty`) and marks this one.
     fn begin_writes(&self) -> Result<WriteSession> {
         let mut lock = self.lock(LockKind::Shared, true)?;
+        let (marker, rec) = dirty::begin(&self.blocks, &mut |since| self.check_since(since))?;
+        // After the recovery: what it moved aside is out of the index.
         if !self.start_index_use() {
             lock.drop_index_mark()?;
         }
-        let (marker, rec) = dirty::begin(&self.blocks, &mut |since| self.check_since(since))?;
         if rec.markers > 0 {
             eprintln!(
                 "diskdump: {} earlier run(s) stopped before syncing their blocks (a crash or kill -9): \
@@ -709,7 +715,7 @@ impl Store for LocalStore {
             .added
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .replace(Additions::new(&self.index_dir()));
+            .replace(Additions::new(&self.index_dir(), self.file_mode()));
         self.sync()
             .context("cannot sync the store's blocks to disk")?;
         fs::remove_file(marker.path())

@@ -272,6 +272,15 @@ pub fn whole_blocks_and_temps(store: &Path, bs: usize) -> (usize, Vec<PathBuf>) 
     (blocks, temps)
 }
 
+/// Removes the store's index of present blocks (a cache: every block is
+/// then checked on disk, as in a store written by Python 0.1.5).
+pub fn drop_index(store: &Path) {
+    match std::fs::remove_dir_all(store.join(".blockstore/index")) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => panic!("{e}"),
+        _ => {}
+    }
+}
+
 /// The digests (hex) of one index file (`.blockstore/index/seg-*.idx`:
 /// `DDIDX001`, count u64 LE, sorted 32-byte digests).
 pub fn index_digests(p: &Path) -> Vec<String> {
