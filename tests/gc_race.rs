@@ -47,6 +47,19 @@ fn restores_to(store: &Path, dir: &Path, name: &str, data: &[u8]) {
     assert_eq!(f.metadata().unwrap().len(), TAIL);
 }
 
+/// Runs a gc and kills it after a while that varies with `i`; returns how
+/// many blocks it left set aside (`.lz4.gc`).
+fn killed_gc(store: &Path, i: u64) -> usize {
+    let mut c = common::spawn_diskdump(store, &["gc"]);
+    std::thread::sleep(Duration::from_millis(100 + (i * 137) % 900));
+    common::signal(&c, libc::SIGKILL);
+    c.wait().unwrap();
+    common::walk(store)
+        .iter()
+        .filter(|p| p.to_string_lossy().ends_with(".lz4.gc"))
+        .count()
+}
+
 #[test]
 fn imports_and_gc_race_and_nothing_is_lost() {
     let dir = tempfile::tempdir().unwrap();
@@ -73,6 +86,7 @@ fn imports_and_gc_race_and_nothing_is_lost() {
     let (mut import_max, mut gc_max) = (Duration::ZERO, Duration::ZERO);
     let (mut gcs, mut killed, mut removed, mut set_aside) = (0, 0, 0u64, 0);
     let mut kept: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut between_rounds = (0, 0);
     /// Stops the gc loop however the import loop ends (a panic included).
     struct StopOnDrop<'a>(&'a AtomicBool);
     impl Drop for StopOnDrop<'_> {
@@ -91,16 +105,8 @@ fn imports_and_gc_race_and_nothing_is_lost() {
                 std::thread::sleep(Duration::from_millis((i * 211) % 700));
                 let _q = quiet.lock().unwrap();
                 if i.is_multiple_of(4) {
-                    // Killed half-way: while it sets blocks aside or settles.
-                    let mut c = common::spawn_diskdump(&store, &["gc"]);
-                    std::thread::sleep(Duration::from_millis(100 + (i * 137) % 900));
-                    common::signal(&c, libc::SIGKILL);
-                    c.wait().unwrap();
                     k += 1;
-                    set_aside += common::walk(&store)
-                        .iter()
-                        .filter(|p| p.to_string_lossy().ends_with(".lz4.gc"))
-                        .count();
+                    set_aside += killed_gc(&store, i);
                     continue;
                 }
                 let t0 = Instant::now();
@@ -118,6 +124,12 @@ fn imports_and_gc_race_and_nothing_is_lost() {
             {
                 let _q = quiet.lock().unwrap();
                 common::age_store(&store);
+                // With no import running (none to defer to), a gc killed
+                // while it sets the last round's blocks aside or settles.
+                if r % 3 == 1 {
+                    between_rounds.0 += 1;
+                    between_rounds.1 += killed_gc(&store, r);
+                }
             }
             let mut children = Vec::new();
             for k in 0..2 {
@@ -159,6 +171,7 @@ fn imports_and_gc_race_and_nothing_is_lost() {
         drop(stop);
         (gc_max, gcs, killed, removed, set_aside) = gc.join().unwrap();
     });
+    let (killed, set_aside) = (killed + between_rounds.0, set_aside + between_rounds.1);
     assert!(gcs > 0 && killed > 0, "{gcs} gcs, {killed} killed");
     assert!(removed > 0, "the gcs removed something");
     // Some gc was killed with blocks set aside (the case worth testing).

@@ -179,11 +179,17 @@ fn a_group_store_is_shared_read_only_and_every_later_write_keeps_it() {
             "2027-02-03",
         ],
     );
-    let lock = store.join(".blockstore/lock");
+    // Files anyone who can open can flock, stalling gc or writers.
+    let locks = [
+        ".blockstore/lock",
+        ".blockstore/gc-active",
+        ".blockstore/index/lock",
+    ]
+    .map(|l| store.join(l));
     for p in every_path(&store) {
         let m = fs::symlink_metadata(&p).unwrap();
-        if p == lock {
-            assert_eq!(mode(&p), 0o600, "the lock is never shared");
+        if locks.contains(&p) {
+            assert_eq!(mode(&p), 0o600, "a lock is never shared: {p:?}");
             continue;
         }
         let want = if p.is_dir() { 0o2750 } else { 0o640 };
@@ -204,7 +210,11 @@ fn a_group_store_is_shared_read_only_and_every_later_write_keeps_it() {
         &["--store", s, "restore", "m"],
     );
     assert!(o.status.success() && o.stdout == more);
-    let o = as_nobody(Some(gid), "flock", &["-n", lock.to_str().unwrap(), "true"]);
+    let o = as_nobody(
+        Some(gid),
+        "flock",
+        &["-n", locks[0].to_str().unwrap(), "true"],
+    );
     assert!(!o.status.success(), "a group member took the store lock");
     // gid 1 (daemon): a user outside the store's group.
     let o = as_nobody(Some(1), "cat", &[block_files(&store)[0].to_str().unwrap()]);
@@ -289,6 +299,10 @@ fn a_broken_block_is_stored_again_by_the_next_import() {
             .into_iter()
             .find(|p| p.to_string_lossy().contains(&victim_hex))
             .unwrap();
+        // A block no index vouches for (stored by Python 0.1.5 or before the
+        // index): checked on disk. (What the index vouches for was whole
+        // when synced; later damage is verify's to find: tests/index.rs.)
+        common::drop_index(&store);
         damage(&victim, how);
         let r = import(&store, &img, "b");
         assert!(r.stdout.contains("(1 new,"), "{how}: {}", r.stdout);

@@ -35,6 +35,10 @@ pub struct GcReport {
     pub packs_deferred: u64,
     /// Live blocks that failed their check while being copied (their pack stays).
     pub damaged_blocks: u64,
+    /// Unreferenced blocks kept for the next gc: a dump or import running
+    /// since before this gc may have been told they are present.
+    pub deferred_blocks: u64,
+    pub deferred_bytes: u64,
 }
 
 impl GcReport {
@@ -68,6 +72,14 @@ impl GcReport {
             crate::outln!(
                 "gc: kept {} packs for the next gc: {} dump(s) or import(s) running (they may use their blocks)",
                 self.packs_deferred,
+                self.running_writers
+            )?;
+        }
+        if self.deferred_blocks > 0 {
+            crate::outln!(
+                "gc: kept {} unreferenced blocks ({}) for the next gc: {} dump(s) or import(s) running may use them",
+                self.deferred_blocks,
+                HumanBytes(self.deferred_bytes),
                 self.running_writers
             )?;
         }
@@ -139,6 +151,8 @@ pub fn collect(store: &dyn Store, dry_run: bool, wait: bool) -> Result<GcReport>
         packs_deleted: st.packs_deleted,
         packs_deferred: st.packs_deferred,
         damaged_blocks: st.damaged_blocks,
+        deferred_blocks: st.deferred_blocks,
+        deferred_bytes: st.deferred_bytes,
     })
 }
 

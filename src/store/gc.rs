@@ -18,6 +18,12 @@
 //!   `SETTLE` each is checked again: refreshed since → renamed back, else
 //!   unlinked. A gc killed half-way leaves `.gc` files; the next gc puts
 //!   them back before anything else.
+//! - Writers that answer "present" from the index (`store::index`) touch
+//!   nothing, so while one runs gc deletes nothing: it takes `gc-active`
+//!   before it lists the writers, and a writer registers before it tests
+//!   `gc-active` — either the writer sees the gc (and checks blocks on disk
+//!   as above) or the gc sees the writer (and defers to the next gc).
+//!   Blocks leave the index (a `del` file) before they are set aside.
 
 use super::{LocalStore, Store, WalkItem};
 use crate::digest::Digest;
@@ -55,6 +61,10 @@ pub struct SweepStats {
     pub packs_deferred: u64,
     /// Live blocks that failed their check while being copied (their pack stays).
     pub damaged_blocks: u64,
+    /// Unreferenced blocks kept because a running writer may have been
+    /// told they are present by the index (see `store::index`).
+    pub deferred_blocks: u64,
+    pub deferred_bytes: u64,
 }
 
 fn mtime(p: &Path) -> std::io::Result<Option<SystemTime>> {
@@ -146,8 +156,13 @@ impl LocalStore {
                 st.recovered += 1;
             }
         }
-        // Phase 1: old unreferenced blocks are set aside.
-        let mut doomed = Vec::new();
+        // A writer that answers from the index may rely on any of them.
+        if start.index_writers > 0 {
+            st.deferred_blocks = candidates.len() as u64;
+            st.deferred_bytes = candidates.iter().map(|c| c.1).sum();
+            candidates.clear();
+        }
+        let mut old = Vec::new();
         for (d, n) in candidates {
             crate::signals::check()?;
             match mtime(&self.block_path(&d))? {
@@ -157,11 +172,20 @@ impl LocalStore {
                     st.removed_blocks += 1;
                     st.removed_bytes += n;
                 }
-                Some(_) => match fs::rename(self.block_path(&d), self.doomed_path(&d)) {
-                    Ok(()) => doomed.push((d, n)),
-                    Err(e) if e.kind() == ErrorKind::NotFound => {}
-                    Err(e) => return Err(e).with_context(|| format!("cannot set aside block {d}")),
-                },
+                Some(_) => old.push((d, n)),
+            }
+        }
+        // The index stops answering for them before any goes.
+        let digests: Vec<Digest> = old.iter().map(|x| x.0).collect();
+        self.index_remove(&digests)
+            .context("cannot update the block index")?;
+        // Phase 1: old unreferenced blocks are set aside.
+        let mut doomed = Vec::new();
+        for (d, n) in old {
+            match fs::rename(self.block_path(&d), self.doomed_path(&d)) {
+                Ok(()) => doomed.push((d, n)),
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("cannot set aside block {d}")),
             }
         }
         // Phase 2: deleted unless a writer refreshed it meanwhile.
@@ -220,6 +244,7 @@ impl LocalStore {
             t0,
             cutoff: oldest.checked_sub(GRACE).unwrap_or(SystemTime::UNIX_EPOCH),
             writer_pids: writers.iter().map(|w| w.pid).collect(),
+            index_writers: writers.iter().filter(|w| w.uses_index).count(),
         })
     }
 }
@@ -240,6 +265,8 @@ pub struct GcStart {
     /// Blocks with an mtime at or after this are kept.
     pub cutoff: SystemTime,
     pub writer_pids: HashSet<u32>,
+    /// Live writers that may answer from the index: nothing is deleted.
+    pub index_writers: usize,
 }
 
 #[cfg(test)]

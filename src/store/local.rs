@@ -3,6 +3,7 @@
 //! `.blockstore/manifests/`.
 
 use super::dirty::{self, DirtyMarker};
+use super::index::{self, Additions, IndexView};
 use super::lock::{LockKind, StoreLock};
 use super::{
     modes, BlockError, FileId, LiveSet, ManifestEntry, ManifestInfo, ManifestReplaced, Store,
@@ -20,7 +21,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 pub struct LocalStore {
@@ -31,10 +32,26 @@ pub struct LocalStore {
     /// Set once this process registered as a writer: blocks it finds present
     /// get an mtime at least this, so a gc keeps them (see `store::gc`).
     writer_since: Mutex<Option<SystemTime>>,
+    /// The index of present blocks, for writers (see `store::index`).
+    index: IndexUse,
+}
+
+/// How this process's writers use the index.
+#[derive(Default)]
+struct IndexUse {
+    /// Loaded when the first writer registers with no gc running; cleared
+    /// for good when a later one finds a gc running.
+    view: std::sync::RwLock<Option<Arc<IndexView>>>,
+    /// Blocks stored or found whole since the last commit.
+    added: Mutex<Option<Additions>>,
+    /// Set when a writer of this process found a gc running.
+    disabled: std::sync::atomic::AtomicBool,
 }
 
 const CONFIG: &str = "config.json";
 pub(super) const WRITERS: &str = "writers";
+/// Flocked by a running gc; writers test it (see `store::index`).
+const GC_ACTIVE: &str = "gc-active";
 
 impl LocalStore {
     /// Opens an existing store; a directory without one is a clear error.
@@ -66,6 +83,7 @@ impl LocalStore {
             config,
             tmp_seq: AtomicU64::new(0),
             writer_since: Mutex::new(None),
+            index: IndexUse::default(),
         })
     }
 
@@ -353,19 +371,92 @@ pub(super) fn list_dir(dir: &Path) -> Result<Vec<(String, bool)>> {
     Ok(out)
 }
 
-impl Store for LocalStore {
-    fn block_size(&self) -> usize {
-        self.config.block_size
+impl LocalStore {
+    /// The index answers "present" (a writer with no gc running at its start).
+    fn indexed(&self, d: &Digest) -> bool {
+        let v = self.index.view.read().unwrap_or_else(|p| p.into_inner());
+        v.as_ref().is_some_and(|v| v.contains(d))
     }
 
-    fn describe(&self) -> String {
-        self.root.display().to_string()
+    /// Notes a block that is durably whole once the next sync is done.
+    fn index_add(&self, d: &Digest) -> io::Result<()> {
+        let mut a = self.index.added.lock().unwrap_or_else(|p| p.into_inner());
+        match a.as_mut() {
+            Some(a) => a.push(*d),
+            None => Ok(()), // not a writer: nothing to commit to
+        }
     }
 
-    /// Present only if the file is a whole frame (see `blockfmt::check_shape`):
-    /// a damaged one is moved aside and reported absent, so the caller
-    /// stores the block again.
-    fn contains(&self, d: &Digest) -> io::Result<bool> {
+    /// A writer registered: it may answer from the index unless a gc is
+    /// running now (that gc may not have seen the registration). Returns
+    /// whether this process now answers from the index.
+    fn start_index_use(&self) -> bool {
+        let gc = super::lock::gc_running(&self.blocks.join(GC_ACTIVE));
+        let mut v = self.index.view.write().unwrap_or_else(|p| p.into_inner());
+        if gc {
+            // For good: a writer of this process may now be unmarked.
+            self.index.disabled.store(true, Ordering::SeqCst);
+            *v = None;
+        } else if v.is_none() && !self.index.disabled.load(Ordering::SeqCst) {
+            *v = Some(Arc::new(IndexView::load(&self.index_dir())));
+        }
+        let using = v.is_some();
+        drop(v);
+        let mut a = self.index.added.lock().unwrap_or_else(|p| p.into_inner());
+        if a.is_none() {
+            *a = Some(Additions::new(&self.index_dir(), self.file_mode()));
+        }
+        using
+    }
+
+    /// Merges the index's files, under its own lock; a writer (`wait` =
+    /// false) leaves it to whoever holds that lock.
+    fn compact_index(&self, wait: bool) -> io::Result<()> {
+        let dir = self.index_dir();
+        if !dir.is_dir() {
+            return Ok(());
+        }
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(dir.join("lock"))?;
+        let op = if wait {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_EX | libc::LOCK_NB
+        };
+        // SAFETY: flock on an open descriptor.
+        if unsafe { libc::flock(f.as_raw_fd(), op) } != 0 {
+            let e = io::Error::last_os_error();
+            return if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                Ok(())
+            } else {
+                Err(e)
+            };
+        }
+        index::compact(&dir).map(|_| ())
+    }
+
+    /// What the umask makes of a new store file's 0640.
+    fn file_mode(&self) -> u32 {
+        0o640 & !modes::umask_for(self.config.group)
+    }
+
+    fn index_dir(&self) -> PathBuf {
+        self.blocks.join("index")
+    }
+
+    /// Before a block leaves the store: the index stops answering for it.
+    pub(super) fn index_remove(&self, ds: &[Digest]) -> io::Result<()> {
+        index::remove(&self.index_dir(), ds)
+    }
+
+    /// The check on disk (no index): present only if the file is a whole
+    /// frame (see `blockfmt::check_shape`); a damaged one is moved aside
+    /// and reported absent, so the caller stores the block again.
+    fn contains_on_disk(&self, d: &Digest) -> io::Result<bool> {
         let f = match File::open(self.block_path(d)) {
             Ok(f) => f,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
@@ -386,12 +477,40 @@ impl Store for LocalStore {
             _ => Ok(true),
         }
     }
+}
+
+impl Store for LocalStore {
+    fn block_size(&self) -> usize {
+        self.config.block_size
+    }
+
+    fn describe(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    /// Present only if the file is a whole frame (see `blockfmt::check_shape`):
+    /// a damaged one is moved aside and reported absent, so the caller
+    /// stores the block again.
+    fn contains(&self, d: &Digest) -> io::Result<bool> {
+        if self.indexed(d) {
+            return Ok(true);
+        }
+        let present = self.contains_on_disk(d)?;
+        if present {
+            self.index_add(d)?;
+        }
+        Ok(present)
+    }
 
     /// Asks the kernel for the page the shape check reads (the frame's
     /// start) without waiting for it: on a cold cache that is one random
-    /// read per present block, now many in flight at once.
+    /// read per present block, now many in flight at once. Blocks the
+    /// index answers for are not touched.
     fn prefetch(&self, ds: &[Digest]) {
         for d in ds {
+            if self.indexed(d) {
+                continue;
+            }
             let Ok(f) = File::open(self.block_path(d)) else {
                 continue;
             };
@@ -399,7 +518,6 @@ impl Store for LocalStore {
             unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 64, libc::POSIX_FADV_WILLNEED) };
         }
     }
-
     fn stored_size(&self, d: &Digest) -> io::Result<Option<u64>> {
         match fs::symlink_metadata(self.block_path(d)) {
             Ok(m) => Ok(Some(m.len())),
@@ -435,7 +553,10 @@ impl Store for LocalStore {
             rename_noreplace(&tmp, &path)
         });
         match written {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                self.index_add(d)?;
+                Ok(true)
+            }
             Err(e) => {
                 let _ = fs::remove_file(&tmp);
                 if e.kind() != ErrorKind::AlreadyExists {
@@ -525,6 +646,7 @@ impl Store for LocalStore {
     }
 
     fn quarantine(&self, d: &Digest) -> io::Result<String> {
+        self.index_remove(&[*d])?;
         let path = self.block_path(d);
         let mut bad = path.as_os_str().to_owned();
         bad.push(".bad");
@@ -562,8 +684,12 @@ impl Store for LocalStore {
     /// Registers the writer (see `store::gc`), then checks what interrupted
     /// runs left (see `dirty`) and marks this one.
     fn begin_writes(&self) -> Result<WriteSession> {
-        let lock = self.lock(LockKind::Shared, true)?;
+        let mut lock = self.lock(LockKind::Shared, true)?;
         let (marker, rec) = dirty::begin(&self.blocks, &mut |since| self.check_since(since))?;
+        // After the recovery: what it moved aside is out of the index.
+        if !self.start_index_use() {
+            lock.drop_index_mark()?;
+        }
         if rec.markers > 0 {
             eprintln!(
                 "diskdump: {} earlier run(s) stopped before syncing their blocks (a crash or kill -9): \
@@ -582,17 +708,43 @@ impl Store for LocalStore {
         let (marker, _lock) = session
             .into_inner::<(DirtyMarker, StoreLock)>()
             .expect("a session of this store");
+        // Taken before the sync: everything in it was written (or found
+        // whole) before, so the sync makes it durable.
+        let added = self
+            .index
+            .added
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(Additions::new(&self.index_dir(), self.file_mode()));
         self.sync()
             .context("cannot sync the store's blocks to disk")?;
         fs::remove_file(marker.path())
-            .with_context(|| format!("cannot remove {}", marker.path().display()))
+            .with_context(|| format!("cannot remove {}", marker.path().display()))?;
+        // The index is only a cache: failing to extend it costs speed.
+        if let Some(a) = added {
+            if let Err(e) = a.commit() {
+                eprintln!("diskdump: warning: cannot extend the block index: {e}");
+            } else if index::file_count(&self.index_dir()) > index::COMPACT_AT {
+                if let Err(e) = self.compact_index(false) {
+                    eprintln!("diskdump: warning: cannot compact the block index: {e}");
+                }
+            }
+        }
+        Ok(())
     }
 
     fn collect_garbage(&self, live: LiveSet<'_>, dry_run: bool, wait: bool) -> Result<SweepStats> {
         let _lock = self.lock(LockKind::Exclusive, wait)?;
+        // Before the writers are listed (see `store::index`).
+        let _active = super::lock::hold_gc_active(&self.blocks.join(GC_ACTIVE))?;
         let start = self.gc_begin()?;
         let live = live()?;
-        self.gc_sweep(&start, &live.blocks, dry_run)
+        let st = self.gc_sweep(&start, &live.blocks, dry_run)?;
+        if !dry_run {
+            self.compact_index(true)
+                .context("cannot compact the block index")?;
+        }
+        Ok(st)
     }
 
     fn find_manifest(&self, rel: &str) -> Result<Option<ManifestEntry>> {
@@ -880,6 +1032,7 @@ impl LocalStore {
         let mut bad = path.as_os_str().to_owned();
         bad.push(".bad");
         let bad = PathBuf::from(bad);
+        self.index_remove(&[*d])?;
         match fs::rename(&path, &bad) {
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()), // someone else did
             r => r?,

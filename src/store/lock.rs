@@ -68,7 +68,14 @@ pub struct Writer {
     pub pid: u32,
     /// When it registered, by the store filesystem's clock.
     pub since: SystemTime,
+    /// It may answer "present" from the index without touching the block
+    /// (its registration's name ends `.index`): gc deletes nothing while it runs.
+    pub uses_index: bool,
 }
+
+/// How a writer's registration name ends when it may use the index (a
+/// name, not content: registering must not need free space).
+const USES_INDEX: &str = ".index";
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -81,7 +88,7 @@ impl StoreLock {
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         loop {
             let name = format!(
-                "{}.{}",
+                "{}.{}{USES_INDEX}",
                 std::process::id(),
                 SEQ.fetch_add(1, Ordering::Relaxed)
             );
@@ -114,6 +121,22 @@ impl StoreLock {
                 since,
             ));
         }
+    }
+
+    /// This writer will not use the index after all: its registration
+    /// loses the `.index` mark, so later gcs judge by mtimes alone (a gc
+    /// listing meanwhile sees either name; both keep what it relies on).
+    pub fn drop_index_mark(&mut self) -> Result<()> {
+        let Some(p) = &self.registration else {
+            return Ok(());
+        };
+        let Some(plain) = p.to_str().and_then(|s| s.strip_suffix(USES_INDEX)) else {
+            return Ok(());
+        };
+        let plain = PathBuf::from(plain);
+        fs::rename(p, &plain).with_context(|| format!("cannot rename {}", p.display()))?;
+        self.registration = Some(plain);
+        Ok(())
     }
 
     /// Takes `path` exclusively (gc against gc); if another holds it, either
@@ -168,6 +191,47 @@ impl StoreLock {
     }
 }
 
+/// Is a gc running? A writer asks after it registered: if not, any gc
+/// that starts later lists it (see `store::index`). Anything unexpected
+/// counts as "yes" (the writer then checks blocks on disk, always safe).
+pub fn gc_running(path: &Path) -> bool {
+    let Ok(file) = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+    else {
+        return true;
+    };
+    match flock(&file, libc::LOCK_SH | libc::LOCK_NB) {
+        Ok(()) => false, // closing the file releases it
+        Err(_) => true,
+    }
+}
+
+/// Marks a gc as running for `gc_running` until dropped. Writers hold
+/// the file only for a moment, so this waits for them.
+pub fn hold_gc_active(path: &Path) -> Result<File> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    loop {
+        match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
+            Ok(()) => return Ok(file),
+            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
+                crate::signals::check()?;
+                std::thread::sleep(std::time::Duration::from_millis(2))
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot lock {}", path.display())),
+        }
+    }
+}
+
 /// The writers registered in `dir` that are alive (their file is locked).
 /// Unlocked registrations are dead writers' (killed): removed, and so are
 /// half-made ones (dot-names) older than `stale_before`. A writer that is
@@ -182,6 +246,7 @@ pub fn live_writers(dir: &Path, stale_before: SystemTime) -> Result<Vec<Writer>>
             Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
         };
         let since = file.metadata()?.modified()?;
+        let uses_index = name.ends_with(USES_INDEX);
         let held = match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
             Ok(()) => false,
             Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => true,
@@ -194,7 +259,11 @@ pub fn live_writers(dir: &Path, stale_before: SystemTime) -> Result<Vec<Writer>>
                 .next()
                 .and_then(|p| p.parse().ok())
                 .unwrap_or(0);
-            out.push(Writer { pid, since });
+            out.push(Writer {
+                pid,
+                since,
+                uses_index,
+            });
         } else if !held && (!registering || since < stale_before) {
             let _ = fs::remove_file(&path);
         }
@@ -215,7 +284,15 @@ mod tests {
         let gc = StoreLock::acquire(&p, false).unwrap();
         // A writer registers while a gc runs.
         let (a, since) = StoreLock::register_writer(&w).unwrap();
-        let (_b, _) = StoreLock::register_writer(&w).unwrap();
+        let (mut b, _) = StoreLock::register_writer(&w).unwrap();
+        // A writer that found a gc running drops its index mark.
+        let active = dir.path().join("gc-active");
+        assert!(!gc_running(&active));
+        let held = hold_gc_active(&active).unwrap();
+        assert!(gc_running(&active));
+        drop(held);
+        assert!(!gc_running(&active));
+        b.drop_index_mark().unwrap();
         let err = StoreLock::acquire(&p, false).unwrap_err();
         assert!(err.to_string().contains("another gc"), "{err}");
         drop(gc);
@@ -225,6 +302,7 @@ mod tests {
         assert_eq!(live.len(), 2);
         assert!(live.iter().all(|x| x.pid == std::process::id()));
         assert!(live.iter().any(|x| x.since == since));
+        assert_eq!(live.iter().filter(|x| x.uses_index).count(), 1);
         drop(a);
         assert_eq!(live_writers(&w, now).unwrap().len(), 1);
         // A killed writer's registration (nobody holds it) goes at once; a

@@ -5,6 +5,7 @@ mod config;
 mod dirty;
 mod diskcache;
 mod gc;
+mod index;
 mod local;
 mod lock;
 mod memory;

@@ -225,10 +225,12 @@ pub fn all_manifests(store: &Path) -> Vec<PathBuf> {
 
 /// What a store looks like after its writer died: checks that every `.lz4`
 /// file is a whole block (an LZ4 frame decoding, within `bs`, to bytes whose
-/// SHA-256 is its name) and that no other file is there but temp files.
+/// SHA-256 is its name), that every block the index lists is one of them,
+/// and that no other file is there but temp files.
 /// Returns the number of blocks and the temp files.
 pub fn whole_blocks_and_temps(store: &Path, bs: usize) -> (usize, Vec<PathBuf>) {
     let (mut blocks, mut temps) = (0, Vec::new());
+    let (mut whole, mut indexed) = (std::collections::HashSet::new(), Vec::new());
     let mut raw = Vec::new();
     for p in walk(&store.join(".blockstore")) {
         let name = p.file_name().unwrap().to_string_lossy().into_owned();
@@ -239,21 +241,57 @@ pub fn whole_blocks_and_temps(store: &Path, bs: usize) -> (usize, Vec<PathBuf>) 
         if p.parent().is_some_and(|d| d.ends_with(".blockstore/dirty")) {
             continue; // a killed run's marker: the next run checks its blocks
         }
+        if p.parent().is_some_and(|d| d.ends_with(".blockstore/index")) {
+            if name.starts_with("seg-") {
+                indexed.extend(index_digests(&p));
+            }
+            continue;
+        }
         let Some(hex) = name.strip_suffix(".lz4") else {
             let registration = p.parent().is_some_and(|d| d.ends_with("writers"));
             assert!(
-                ["config.json", "lock", "gc-start"].contains(&name.as_str()) || registration,
+                ["config.json", "lock", "gc-start", "gc-active"].contains(&name.as_str())
+                    || registration,
                 "unexpected file {p:?}"
             );
             continue;
         };
+        whole.insert(hex.to_string());
         let frame = std::fs::read(&p).unwrap();
         diskdump_agent::blockfmt::decode(&frame, bs, &mut raw)
             .unwrap_or_else(|e| panic!("partial or damaged block {p:?}: {e}"));
         assert_eq!(sha256_hex(&raw), hex, "{p:?} holds other data");
         blocks += 1;
     }
+    for hex in indexed {
+        assert!(
+            whole.contains(&hex),
+            "the index lists {hex}, which is not a whole block"
+        );
+    }
     (blocks, temps)
+}
+
+/// Removes the store's index of present blocks (a cache: every block is
+/// then checked on disk, as in a store written by Python 0.1.5).
+pub fn drop_index(store: &Path) {
+    match std::fs::remove_dir_all(store.join(".blockstore/index")) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => panic!("{e}"),
+        _ => {}
+    }
+}
+
+/// The digests (hex) of one index file (`.blockstore/index/seg-*.idx`:
+/// `DDIDX001`, count u64 LE, sorted 32-byte digests).
+pub fn index_digests(p: &Path) -> Vec<String> {
+    let bytes = std::fs::read(p).unwrap();
+    assert_eq!(&bytes[..8], b"DDIDX001", "{p:?}");
+    let n = u64::from_le_bytes(bytes[8..16].try_into().unwrap()) as usize;
+    assert_eq!(bytes.len(), 16 + 32 * n, "{p:?}");
+    bytes[16..]
+        .chunks(32)
+        .map(|c| c.iter().map(|b| format!("{b:02x}")).collect())
+        .collect()
 }
 
 /// Sends `sig` to a child we started.
