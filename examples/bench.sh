@@ -38,10 +38,13 @@
 #
 # What is measured, per tool and operation (medians over --runs runs): wall time, CPU time (user+sys of the
 # command and its children, via /usr/bin/time), peak RSS, store/repository size after (du -sb), and for
-# dumps the bytes on the wire and the remote side's CPU and peak memory. "cold" rows drop the page cache first
-# (sync; echo 3 > drop_caches), the same for every tool; "warm" rows read from the page cache. Commands that write a store or an output file are timed
-# including a final `sync` (its time is added to the wall time, not to the tool's CPU time), so a tool that
-# fsyncs and one that does not are compared on the same terms.
+# dumps the bytes on the wire and the remote side's CPU and peak memory. Every timed command starts from a
+# flushed state: an untimed `sync` runs right before it, so no command pays for the dirty pages of the one
+# before (another tool's store writes, a set-up copy, a removed output); "cold" rows then drop the page cache
+# (echo 3 > drop_caches), the same for every tool; "warm" rows read from the page cache, warmed by the same
+# untimed pass for every tool (cat of the image, or a first pass of the same fio job). Commands that write a
+# store or an output file are timed including a final `sync` (its time is added to the wall time, not to the
+# tool's CPU time), so a tool that fsyncs and one that does not are compared on the same terms.
 #   ours:    import day 1 into an empty store, then day 2 into the same store; import of rand and sparse;
 #            dump over SSH (day 1, day 2, day 2 unchanged, rand, sparse; --compress lz4 and zlib);
 #            day 1 and day 2 again with the image in the page cache (also borg); restore -o (sparse output,
@@ -55,7 +58,8 @@
 #   restic:  backup; restore; mount + dd + fio; check --read-data; forget day 1 --prune.
 #   limits:  openssl speed -evp sha256 (128 KiB), lz4 -1 and lz4 -d, cat from page cache and from disk,
 #            dd iflag=direct from disk, day 2 written to the stores' disk (cp --sparse + sync),
-#            sha256sum, fio and the 32-byte reads on the local image, ssh throughput over the same loopback sshd.
+#            sha256sum, fio and the 32-byte reads on the local image (fio also on a copy on the stores' file
+#            system, the disk a mount's cold reads come from), ssh throughput over the same loopback sshd.
 # Bytes on the wire: the dumps go to a throwaway sshd on its own 127.0.0.1 port; an nftables table counts
 # the packets to and from that port on the output hook of lo (each loopback packet passes it once), so
 # other traffic is not counted; bytes are IP packet lengths (payload + ~52 header bytes per packet).
@@ -448,8 +452,10 @@ wire_bytes() {   # "<to sshd> <from sshd>" in bytes
 
 # ------------------------------------------------------------------------------------------ measuring
 
+# Untimed, before every timed command (measure, mount_timed): nothing dirty is left for it to flush.
+flush() { sync; }
 drop_caches() {
-  sync
+  flush
   echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || { COLD=0; say "cannot drop caches: every row is warm"; }
 }
 
@@ -486,7 +492,7 @@ measure() {
   MEASURE_OK=0
   if [[ -n $err ]]; then record "${base[@]}" error="$err"; say "$group / $tool: n/a: $err"; return 0; fi
   [[ -z $out ]] || { rm -rf "$out"; mkdir -p "$out"; }
-  [[ $cache == cold ]] && drop_caches
+  if [[ $cache == cold ]]; then drop_caches; else flush; fi
   local w0=(0 0) r0= d0=
   ((wire && WIRE)) && read -r -a w0 < <(wire_bytes)
   ((wire)) && r0=$(cgroup_cpu)
@@ -700,6 +706,11 @@ phase_limits() {
     cat "$img" >/dev/null
     measure "sha256sum, 1 core (day 1)" sha256sum --cache warm --bytes "$size" -- sha256sum "$img"
     measure "fio 4 KiB random reads, local day 2 image" fio --post post_fio -- "${FIO[@]}" --filename="$IMG/day2.img"
+    # The same on the stores' file system (the loop-mounted ext4): the disk a mount's cold reads come from.
+    cp --sparse=always "$IMG/day2.img" "$OUT/day2-raw.img"
+    measure "fio 4 KiB random reads, day 2 image on the stores' file system" fio --post post_fio \
+      -- "${FIO[@]}" --filename="$OUT/day2-raw.img"
+    rm -f "$OUT/day2-raw.img"
     small_reads "$G_SMALL, local image" fio "$IMG/day2.img"
     sshd_ready || PREP_ERR[ssh]=$SSH_ERR
     cat "$IMG/rand.img" >/dev/null
@@ -856,7 +867,7 @@ mount_timed() {   # TOOL STORE GROUP LABEL [FILE]
   local t0 t1
   MOUNT_ERR=${BROKEN[$1]:-${PREP_ERR[$1]:-}}
   if [[ -z $MOUNT_ERR ]]; then
-    if ((COLD)); then drop_caches; fi
+    if ((COLD)); then drop_caches; else flush; fi
     t0=$(date +%s.%N)
     if mount_start "$1" "$2" "${5:-}"; then
       t1=$(date +%s.%N)

@@ -286,6 +286,12 @@ impl ImageReader {
         self.manifest.total_size
     }
 
+    /// True once a read happened and the last one did not continue the
+    /// one before (a random reader; read-ahead is off for it).
+    pub fn reading_randomly(&self) -> bool {
+        self.last_end.load(Ordering::Relaxed) != 0 && self.run.load(Ordering::Relaxed) == 0
+    }
+
     /// True if block `idx` is a full all-zero block (served without I/O).
     pub fn is_zero(&self, idx: usize) -> bool {
         self.manifest.blocks[idx] == self.zero

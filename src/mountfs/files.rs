@@ -1,6 +1,7 @@
 //! Open files and directories of the mount: handles, the bounded cache of
 //! parsed manifests (as `ImageReader`s), reads, seeks, and error reporting.
 
+use super::warm::{Touch, WarmToken, Warmer};
 use super::{lock, DirEntry, Errno, FsOptions, FsResult, Ino, Whence};
 use crate::image::{BlockCache, ImageReader, Prefetcher};
 use crate::store::{ManifestEntry, Store};
@@ -8,7 +9,7 @@ use lru::LruCache;
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 /// Distinct failures remembered for "log once"; past this, new ones are
 /// not logged (the reads still fail), so a dead store cannot grow memory.
@@ -26,6 +27,8 @@ struct OpenImage {
     ino: Ino,
     path: String,
     reader: Arc<ImageReader>,
+    /// Keeps the image's metadata warming going while the handle is open.
+    _warm: Option<Arc<WarmToken>>,
 }
 
 enum Handle {
@@ -50,6 +53,9 @@ pub(super) struct OpenFiles {
     next_fh: AtomicU64,
     readers: Mutex<Readers>,
     reported: Mutex<HashSet<(Ino, usize)>>,
+    warmer: Option<Warmer>,
+    /// The warming token of each image with open handles.
+    warming: Mutex<HashMap<Ino, Weak<WarmToken>>>,
 }
 
 /// The image's bytes outside zero blocks (a pass over its hash list).
@@ -77,7 +83,37 @@ impl OpenFiles {
                 bytes: 0,
             }),
             reported: Mutex::new(HashSet::new()),
+            warmer: (opts.warm_threads > 0).then(|| Warmer::new(opts.warm_threads)),
+            warming: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The image's warming token, starting its warming on a first open
+    /// (local stores only: a stat of a block file caches its directory
+    /// entries and inode; an object store has neither).
+    fn warm(
+        &self,
+        store: &Arc<dyn Store>,
+        ino: Ino,
+        reader: &Arc<ImageReader>,
+    ) -> Option<Arc<WarmToken>> {
+        let warmer = self.warmer.as_ref()?;
+        store.local_root()?;
+        let mut warming = lock(&self.warming);
+        if let Some(t) = warming.get(&ino).and_then(Weak::upgrade) {
+            return Some(t);
+        }
+        warming.retain(|_, t| t.strong_count() > 0);
+        let token = Arc::new(WarmToken);
+        warming.insert(ino, Arc::downgrade(&token));
+        drop(warming);
+        let s = store.clone();
+        // The block's file, as the store names it (its location).
+        let touch: Touch = Arc::new(move |d| {
+            let _ = std::fs::symlink_metadata(s.block_location(d));
+        });
+        warmer.start(reader.clone(), &token, touch);
+        Some(token)
     }
 
     /// Logs a failure once per (image, block); later repeats stay quiet.
@@ -152,6 +188,7 @@ impl OpenFiles {
             ino,
             path: path.to_string(),
             reader: reader.clone(),
+            _warm: self.warm(store, ino, &reader),
         };
         Ok((self.insert(Handle::Image(Arc::new(img))), reader))
     }

@@ -13,11 +13,14 @@
 //! - Reads go through `ImageReader` (the read path `restore` uses) with one
 //!   shared block cache and prefetcher; a block that cannot be read fails
 //!   the reads that touch it with EIO, logged once per block.
+//! - While an image is open on a local store, `warm` stats its block files
+//!   in the background, so cold random reads wait for block data only.
 
 mod files;
 #[cfg(test)]
 mod tests;
 mod tree;
+mod warm;
 
 pub use tree::{image_path, Ino, LEGACY_DIR, ROOT};
 
@@ -115,6 +118,9 @@ pub struct FsOptions {
     /// Permission bits of the images (read bits only); directories get the
     /// search bit wherever the read bit is set.
     pub image_mode: u16,
+    /// Threads warming open images' block-file metadata on local stores
+    /// (see `warm`); 0 turns warming off.
+    pub warm_threads: usize,
 }
 
 impl Default for FsOptions {
@@ -125,6 +131,7 @@ impl Default for FsOptions {
             read_ahead_blocks: 128,
             manifest_bytes: 128 << 20,
             image_mode: 0o400,
+            warm_threads: 8,
         }
     }
 }
