@@ -11,6 +11,8 @@
 #
 # --quick is --size 256M --runs 1 --fio-seconds 3 (a smoke test of the harness, not a measurement).
 # --warm skips dropping the page cache; --bin times a given diskdump binary instead of building this tree.
+# DUMP_VARIANTS="lz4/openssh" (environment) limits the dump part to those of ours' variants (default: lz4/openssh
+# lz4/libssh2 zlib/openssh); Python 0.1.5 runs with lz4/openssh's slot.
 # --scale times only ours: per size, import, restore, mount start-up and a cold dd through the mount, and dump
 # over SSH of a sparse image with 25% data (holes between); per manifest count, status, gc --dry-run, verify
 # and mount start-up. It needs about a quarter of the sizes' sum free in the work dir, plus half the largest.
@@ -765,8 +767,9 @@ phase_dump() {
   sshd_ready || true
   for RUN in $(seq "$RUNS"); do
     for tool in $(tools_in ours,python); do
-      # ours: lz4 over OpenSSH (the default), lz4 over libssh2, zlib over OpenSSH.
-      for variant in lz4/openssh lz4/libssh2 zlib/openssh; do
+      # ours: lz4 over OpenSSH (the default), lz4 over libssh2, zlib over OpenSSH
+      # ($DUMP_VARIANTS picks some, e.g. DUMP_VARIANTS=lz4/openssh for a short run).
+      for variant in ${DUMP_VARIANTS:-lz4/openssh lz4/libssh2 zlib/openssh}; do
         comp=${variant%/*} transport=${variant#*/}
         [[ $tool == python && $variant != lz4/openssh ]] && continue
         label=${LABEL[$tool]}; [[ $tool == ours && $comp != lz4 ]] && label="ours ($comp)"

@@ -29,8 +29,12 @@ fn main() -> Result<()> {
         diskdump::cli::parse_size(size).map_err(anyhow::Error::msg)?,
         threads.parse()?,
     );
-    // Incompressible, like LZ4 frames.
-    let data = diskdump_agent::testdata::noise(size, 7);
+    // Incompressible, like LZ4 frames, and different in every object:
+    // Garage stores a block it already has only once, so PUTting the same
+    // bytes again would measure its dedup, not its write path.
+    let data: Vec<Vec<u8>> = (0..count)
+        .map(|i| diskdump_agent::testdata::noise(size, 7 + i as u64))
+        .collect();
     let next = AtomicUsize::new(0);
     let t = Instant::now();
     std::thread::scope(|s| {
@@ -40,7 +44,7 @@ fn main() -> Result<()> {
                 if i >= count {
                     return;
                 }
-                s3.put(&format!("limits/{i}"), &data).expect("PUT");
+                s3.put(&format!("limits/{i}"), &data[i]).expect("PUT");
             });
         }
     });

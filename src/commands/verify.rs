@@ -82,6 +82,19 @@ pub fn run(store_dir: &Path, args: &[String], repair: bool) -> Result<u8> {
     for (label, m) in &dumps {
         check_manifest(label, m, &present, &mut report);
     }
+    if args.is_empty() {
+        for d in store.audit_index(&present, repair)? {
+            report(format!(
+                "the index of present blocks lists block {d}, which is not in the store \
+                 (a dump would take it for stored){}",
+                if repair {
+                    ": taken out of the index"
+                } else {
+                    "; `verify --repair` takes it out"
+                }
+            ));
+        }
+    }
     let bad = check_blocks(store.as_ref(), &blocks);
     for (d, msg) in &bad {
         report(msg.clone());

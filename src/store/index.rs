@@ -143,6 +143,18 @@ impl IndexView {
         Ok(v)
     }
 
+    /// Every digest the view vouches for (once per file that lists it).
+    pub fn for_each(&self, f: &mut dyn FnMut(Digest)) {
+        for s in &self.segs {
+            for rec in s.digests().chunks_exact(32) {
+                let d = Digest(rec.try_into().expect("32 bytes"));
+                if !self.dels.iter().any(|x| x.contains(&d)) {
+                    f(d);
+                }
+            }
+        }
+    }
+
     pub fn contains(&self, d: &Digest) -> bool {
         self.segs.iter().any(|s| s.contains(d)) && !self.dels.iter().any(|s| s.contains(d))
     }

@@ -13,6 +13,7 @@ use crate::digest::Digest;
 use crate::manifest::{Manifest, ManifestHeader, SpooledHashes};
 use anyhow::{bail, Context, Result};
 use diskdump_agent::blockfmt;
+use std::collections::HashSet;
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
@@ -643,6 +644,28 @@ impl Store for LocalStore {
             }
         }
         Ok(())
+    }
+
+    /// Sound beside writers and gcs: a digest is reported only if the index
+    /// listed it after the walk, its file is still missing, and a view
+    /// loaded after that still lists it (gc writes its `del` first).
+    fn audit_index(&self, present: &HashSet<Digest>, repair: bool) -> Result<Vec<Digest>> {
+        let mut suspects = Vec::new();
+        IndexView::load(&self.index_dir()).for_each(&mut |d| {
+            if !present.contains(&d) {
+                suspects.push(d);
+            }
+        });
+        suspects.sort_unstable();
+        suspects.dedup();
+        suspects.retain(|d| fs::symlink_metadata(self.block_path(d)).is_err());
+        let fresh = IndexView::load(&self.index_dir());
+        suspects.retain(|d| fresh.contains(d));
+        if repair {
+            self.index_remove(&suspects)
+                .context("cannot update the block index")?;
+        }
+        Ok(suspects)
     }
 
     fn quarantine(&self, d: &Digest) -> io::Result<String> {

@@ -321,6 +321,17 @@ pub trait Store: Send + Sync {
     /// Moves a damaged block aside (kept for inspection, never served, and
     /// no longer "present", so the next dump of that data stores it again).
     fn quarantine(&self, d: &Digest) -> io::Result<String>;
+    /// For `verify` after a walk that found `present`: the blocks the
+    /// store's index of present blocks vouches for that are not in the
+    /// store (a dump would take them for stored); `repair` takes them out
+    /// of the index. Stores without such an index have none.
+    fn audit_index(
+        &self,
+        _present: &std::collections::HashSet<Digest>,
+        _repair: bool,
+    ) -> Result<Vec<Digest>> {
+        Ok(Vec::new())
+    }
     /// Makes every block put so far durable.
     fn sync(&self) -> io::Result<()>;
     /// Starts an import or dump: registers it so that a concurrent gc keeps

@@ -22,6 +22,7 @@ use super::{
 };
 use crate::digest::Digest;
 use crate::manifest::{Manifest, ManifestHeader, SpooledHashes};
+use crate::objstore::pack::PackEntry;
 use crate::objstore::packed::{PackedBlocks, DEFAULT_PACK_TARGET};
 use crate::objstore::{
     Counted, Counts, ObjectError, ObjectInfo, ObjectStore, S3Config, S3Location, S3Objects,
@@ -49,7 +50,7 @@ const STALE: Duration = Duration::from_secs(600);
 /// Reads fetch this much of a pack at once: blocks sit in a pack in the
 /// order they were written, so a sequential reader needs the neighbours.
 const WINDOW: u64 = 4 << 20;
-/// Windows fetched at once from one pack on a miss (one GET each, in parallel).
+/// A window and the ones read ahead after it (one GET each, in parallel).
 const AHEAD_WINDOWS: u64 = 6;
 /// Default bound of the disk cache of fetched frames.
 const DEFAULT_CACHE: u64 = 4 << 30;
@@ -76,8 +77,8 @@ pub struct S3Store {
     config: StoreConfig,
     cache_dir: PathBuf,
     blocks: Mutex<Option<Arc<PackedBlocks>>>,
-    disk: Option<DiskCache>,
-    fetching: Mutex<HashMap<(Digest, u64), Fetch>>,
+    disk: Option<Arc<DiskCache>>,
+    fetching: Arc<Mutex<HashMap<(Digest, u64), Fetch>>>,
     protected: Mutex<Option<HashSet<String>>>,
     counts: Arc<Counts>,
     pack_target: usize,
@@ -185,11 +186,11 @@ impl S3Store {
         };
         let disk = match limit {
             0 => None,
-            n => Some(
+            n => Some(Arc::new(
                 DiskCache::open(&cache_dir.join("blocks"), n).with_context(|| {
                     format!("cannot open the block cache {}", cache_dir.display())
                 })?,
-            ),
+            )),
         };
         let pack_target = std::env::var("DISKDUMP_S3_PACK_SIZE")
             .ok()
@@ -202,7 +203,7 @@ impl S3Store {
             cache_dir,
             blocks: Mutex::new(None),
             disk,
-            fetching: Mutex::new(HashMap::new()),
+            fetching: Arc::new(Mutex::new(HashMap::new())),
             protected: Mutex::new(None),
             counts,
             pack_target,
@@ -329,31 +330,32 @@ impl S3Store {
         Ok(set)
     }
 
-    /// Reads a block's frame through the disk cache: on a miss, the whole
+    /// Reads a block's frame through the disk cache. On a miss, the whole
     /// window of its pack is fetched once (other threads wanting a block of
-    /// the same window wait for that fetch) and kept in the cache.
-    fn fetch(&self, blocks: &PackedBlocks, d: &Digest, buf: &mut Vec<u8>) -> io::Result<bool> {
-        if let Some(disk) = &self.disk {
-            if disk.get(d, buf) {
-                return Ok(true);
+    /// the same window wait for that fetch) and kept in the cache. Entering
+    /// a window (a miss, or a hit on its first block) also starts fetching
+    /// the pack's next windows in the background, so a reader moving
+    /// through an image finds them cached instead of stalling per batch.
+    fn fetch(&self, blocks: &Arc<PackedBlocks>, d: &Digest, buf: &mut Vec<u8>) -> io::Result<bool> {
+        let Some(disk) = &self.disk else {
+            if blocks.window(d, WINDOW).is_none() {
+                return Ok(false);
             }
+            return blocks.get_frame(d, buf).map_err(io_err);
+        };
+        if disk.get(d, buf) {
+            if let Some((l, k, entries)) = blocks.window(d, WINDOW) {
+                if entries.first().is_some_and(|e| e.digest == *d) {
+                    self.read_ahead(blocks, disk, l.pack, k);
+                }
+            }
+            return Ok(true);
         }
         let Some((l, k, entries)) = blocks.window(d, WINDOW) else {
             return Ok(false);
         };
-        let Some(disk) = &self.disk else {
-            return blocks.get_frame(d, buf).map_err(io_err);
-        };
-        let claim = |k: u64| -> Option<Fetch> {
-            let mut f = lock(&self.fetching);
-            if f.contains_key(&(l.pack, k)) {
-                return None;
-            }
-            let x: Fetch = Arc::new((Mutex::new(false), Condvar::new()));
-            f.insert((l.pack, k), x.clone());
-            Some(x)
-        };
-        let Some(first) = claim(k) else {
+        self.read_ahead(blocks, disk, l.pack, k);
+        let Some(fetch) = claim(&self.fetching, l.pack, k) else {
             // Another thread is fetching this window: wait for it.
             let fetch = lock(&self.fetching).get(&(l.pack, k)).cloned();
             if let Some(fetch) = fetch {
@@ -367,49 +369,16 @@ impl S3Store {
             }
             return blocks.get_frame(d, buf).map_err(io_err);
         };
-        // This window and the next few of the pack, in parallel: a reader
-        // moving through an image moves through its packs.
-        let mut jobs = vec![(k, entries, first)];
-        for next in k + 1..k + AHEAD_WINDOWS {
-            let e = blocks.window_at(&l.pack, next, WINDOW);
-            if e.is_empty() || e.first().is_some_and(|f| disk.has(&f.digest)) {
-                break;
-            }
-            match claim(next) {
-                Some(x) => jobs.push((next, e, x)),
-                None => break,
-            }
-        }
-        // Each job returns the frame of `d` if its window held it.
-        type Got = Result<Option<Vec<u8>>, ObjectError>;
-        let results: Vec<Got> = std::thread::scope(|s| {
-            let handles: Vec<_> = jobs
-                .iter()
-                .map(|(wk, e, fetch)| {
-                    s.spawn(move || {
-                        let got = blocks.read_entries(&l.pack, e).map(|frames| {
-                            let mut mine = None;
-                            for (fd, frame) in frames {
-                                disk.put(&fd, &frame);
-                                if fd == *d {
-                                    mine = Some(frame);
-                                }
-                            }
-                            mine
-                        });
-                        *lock(&fetch.0) = true;
-                        fetch.1.notify_all();
-                        lock(&self.fetching).remove(&(l.pack, *wk));
-                        got
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("window fetches do not panic"))
-                .collect()
-        });
-        match results.into_iter().next().expect("one job at least") {
+        match fetch_window(
+            blocks,
+            disk,
+            &self.fetching,
+            l.pack,
+            k,
+            &entries,
+            fetch,
+            Some(d),
+        ) {
             Ok(Some(frame)) => {
                 *buf = frame;
                 Ok(true)
@@ -418,6 +387,71 @@ impl S3Store {
             Err(e) => Err(io_err(e)),
         }
     }
+
+    /// Starts background fetches of the `AHEAD_WINDOWS - 1` windows after
+    /// window `k` of `pack` that are neither cached nor being fetched.
+    fn read_ahead(&self, blocks: &Arc<PackedBlocks>, disk: &Arc<DiskCache>, pack: Digest, k: u64) {
+        for next in k + 1..k + AHEAD_WINDOWS {
+            let e = blocks.window_at(&pack, next, WINDOW);
+            if e.is_empty() {
+                break;
+            }
+            if e.first().is_some_and(|f| disk.has(&f.digest)) {
+                continue;
+            }
+            let Some(fetch) = claim(&self.fetching, pack, next) else {
+                continue;
+            };
+            let (blocks, disk, fetching) = (blocks.clone(), disk.clone(), self.fetching.clone());
+            // A failed read-ahead costs nothing: the reader fetches the
+            // window itself and reports the error.
+            std::thread::spawn(move || {
+                let _ = fetch_window(&blocks, &disk, &fetching, pack, next, &e, fetch, None);
+            });
+        }
+    }
+}
+
+type Fetching = Mutex<HashMap<(Digest, u64), Fetch>>;
+
+/// Marks window `k` of `pack` as being fetched, unless someone already is.
+fn claim(fetching: &Fetching, pack: Digest, k: u64) -> Option<Fetch> {
+    let mut f = lock(fetching);
+    if f.contains_key(&(pack, k)) {
+        return None;
+    }
+    let x: Fetch = Arc::new((Mutex::new(false), Condvar::new()));
+    f.insert((pack, k), x.clone());
+    Some(x)
+}
+
+/// Fetches one window (one ranged GET) into the disk cache, then wakes
+/// whoever waits for it; returns the frame of `want` if the window has it.
+#[allow(clippy::too_many_arguments)]
+fn fetch_window(
+    blocks: &PackedBlocks,
+    disk: &DiskCache,
+    fetching: &Fetching,
+    pack: Digest,
+    k: u64,
+    entries: &[PackEntry],
+    fetch: Fetch,
+    want: Option<&Digest>,
+) -> Result<Option<Vec<u8>>, ObjectError> {
+    let got = blocks.read_entries(&pack, entries).map(|frames| {
+        let mut mine = None;
+        for (fd, frame) in frames {
+            disk.put(&fd, &frame);
+            if Some(&fd) == want {
+                mine = Some(frame);
+            }
+        }
+        mine
+    });
+    *lock(&fetch.0) = true;
+    fetch.1.notify_all();
+    lock(fetching).remove(&(pack, k));
+    got
 }
 
 impl S3Store {
