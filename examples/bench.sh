@@ -456,6 +456,10 @@ wire_bytes() {   # "<to sshd> <from sshd>" in bytes
 
 # Untimed, before every timed command (measure, mount_timed): nothing dirty is left for it to flush.
 flush() { sync; }
+# Gives the blocks freed on the stores' file system back to the work dir's disk: its loop file is sparse
+# and ext4 spreads new files over free space, so without this, removed stores and restore outputs keep
+# their space and the loop file grows towards its full size (it filled this machine's disk twice).
+trim_fs() { fstrim "$FS" 2>/dev/null || true; }
 drop_caches() {
   flush
   echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || { COLD=0; say "cannot drop caches: every row is warm"; }
@@ -469,6 +473,7 @@ prep() {
   local fam=$1 log="$LOGS/prep.log"; shift
   PREP_ERR[$fam]=
   (cd "$IMG" && "$@") >"$log" 2>&1 || PREP_ERR[$fam]="set-up failed ($*): $(last_line "$log")"
+  trim_fs
 }
 
 # measure GROUP TOOL [--cache cold|warm] [--store DIR] [--bytes N] [--wire] [--sync] [--cd DIR]
@@ -537,7 +542,7 @@ measure() {
     err="output differs from the source image ($cmp_b)"
   fi
   if [[ -n $post ]]; then local more; read -r -a more < <("$post" "$log"); extra+=("${more[@]}"); fi
-  [[ -z $out ]] || rm -rf "$out"
+  [[ -z $out ]] || { rm -rf "$out"; trim_fs; }
   if [[ -n $err ]]; then record "${base[@]}" error="$err"; say "$group / $tool: FAILED: $err"; return 0; fi
   record "${base[@]}" wall="$wall" user="$user" sys="$sys" cpu="$cpu" rss_kb="$rss" "${extra[@]}"
   MEASURE_OK=1
@@ -712,7 +717,7 @@ phase_limits() {
     cp --sparse=always "$IMG/day2.img" "$OUT/day2-raw.img"
     measure "fio 4 KiB random reads, day 2 image on the stores' file system" fio --post post_fio \
       -- "${FIO[@]}" --filename="$OUT/day2-raw.img"
-    rm -f "$OUT/day2-raw.img"
+    rm -f "$OUT/day2-raw.img"; trim_fs
     small_reads "$G_SMALL, local image" fio "$IMG/day2.img"
     sshd_ready || PREP_ERR[ssh]=$SSH_ERR
     cat "$IMG/rand.img" >/dev/null
@@ -980,7 +985,7 @@ phase_scale() {
       PREP_ERR[ours]=
     done
     rm -rf "$store" "$dstore"
-    fstrim "$FS" 2>/dev/null || true   # give the freed blocks back to the work dir's disk
+    trim_fs
   done
   on "$SCALE_ONLY" manifests || return 0
   # Many manifests: the same small image imported on different days.
@@ -1104,6 +1109,7 @@ main() {
       on "$ONLY" "$p" || continue
       say "== $p"
       "phase_$p"
+      trim_fs
     done
   fi
   machine_info

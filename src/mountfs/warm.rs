@@ -22,8 +22,8 @@ use std::sync::{Arc, Condvar, Mutex, Weak};
 
 /// Blocks claimed by one thread at a time.
 const CHUNK: usize = 64;
-/// How often paused images are looked at again.
-const PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+/// How often paused images are looked at again (by one thread).
+const PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 /// Per image at most this many blocks are warmed (32 GiB of 128 KiB
 /// blocks): the kernel keeps ~1 KiB of dentry and inode per block file,
 /// and warming a huge image's every file would push other caches out.
@@ -54,6 +54,8 @@ struct Shared {
     jobs: Mutex<VecDeque<Arc<Job>>>,
     wake: Condvar,
     stop: AtomicBool,
+    /// One thread polls paused images; the others sleep until woken.
+    poller: AtomicBool,
 }
 
 /// The warming threads of one mount.
@@ -67,6 +69,7 @@ impl Warmer {
             jobs: Mutex::new(VecDeque::new()),
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
+            poller: AtomicBool::new(false),
         });
         for i in 0..threads {
             let s = shared.clone();
@@ -123,6 +126,7 @@ fn worker(s: &Shared) {
         // The oldest image read randomly with blocks left, and a chunk of it.
         let (job, from) = {
             let mut jobs = lock(&s.jobs);
+            let mut polling = false;
             loop {
                 if s.stop.load(Ordering::Relaxed) {
                     return;
@@ -136,16 +140,26 @@ fn worker(s: &Shared) {
                         (from < j.end).then(|| (j.clone(), from))
                     });
                 if let Some(c) = claim {
+                    if polling {
+                        // Work again: the threads waiting without a timeout join in.
+                        s.poller.store(false, Ordering::Relaxed);
+                        s.wake.notify_all();
+                    }
                     break c;
                 }
-                jobs = if jobs.is_empty() {
-                    s.wake.wait(jobs).unwrap_or_else(|p| p.into_inner())
-                } else {
-                    // Images read sequentially (or not yet): look again soon.
+                let poll = !jobs.is_empty() && (polling || !s.poller.swap(true, Ordering::Relaxed));
+                if polling && !poll {
+                    s.poller.store(false, Ordering::Relaxed);
+                }
+                polling = poll;
+                jobs = if poll {
+                    // Images read sequentially (or not yet): one thread looks again soon.
                     s.wake
                         .wait_timeout(jobs, PAUSE)
                         .unwrap_or_else(|p| p.into_inner())
                         .0
+                } else {
+                    s.wake.wait(jobs).unwrap_or_else(|p| p.into_inner())
                 };
             }
         };
