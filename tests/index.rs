@@ -182,15 +182,7 @@ fn gc_beside_an_index_writer_defers_and_the_next_gc_deletes() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let data = images::random_bytes(8 * BS, 50);
-    let first = dir.path().join("first.img");
-    images::write(&first, &data);
-    diskdump(
-        &store,
-        &["import", first.to_str().unwrap(), "--as", "first"],
-    )
-    .ok();
-    fs::remove_file(only_manifest(&store)).unwrap();
-    common::age_store(&store);
+    common::orphaned_store(&store, dir.path(), &data);
     let big = dir.path().join("big.img");
     images::write(&big, &images::random_bytes(2 * BS, 51));
     images::slow_tail(&big, 6 << 30);
@@ -216,15 +208,7 @@ fn an_import_that_started_during_a_gc_is_protected_by_mtimes_alone() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let data = images::random_bytes(8 * BS, 60);
-    let first = dir.path().join("first.img");
-    images::write(&first, &data);
-    diskdump(
-        &store,
-        &["import", first.to_str().unwrap(), "--as", "first"],
-    )
-    .ok();
-    fs::remove_file(only_manifest(&store)).unwrap();
-    common::age_store(&store);
+    common::orphaned_store(&store, dir.path(), &data);
     let orphans = common::block_files(&store);
     // The same blocks again, then a long tail: the import finds the orphans
     // present early (refreshing them: a gc is running when it starts).

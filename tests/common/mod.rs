@@ -323,6 +323,18 @@ pub fn gc_beside_a_writer(store: &Path, max_removed: u64) -> serde_json::Value {
     v
 }
 
+/// A store whose only blocks are `data`'s, orphaned long ago: imported as
+/// "first" from `dir/first.img`, its manifest removed, the store aged. A
+/// next import of the same data finds them "already present" while a gc
+/// would take them.
+pub fn orphaned_store(store: &Path, dir: &Path, data: &[u8]) {
+    let first = dir.join("first.img");
+    images::write(&first, data);
+    diskdump(store, &["import", first.to_str().unwrap(), "--as", "first"]).ok();
+    std::fs::remove_file(only_manifest(store)).unwrap();
+    age_store(store);
+}
+
 /// Makes every file in the store's block area an hour old, as if the
 /// store had been left alone since: gc keeps unreferenced blocks younger
 /// than its grace period (a minute), which tests that delete and then gc
