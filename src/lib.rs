@@ -11,8 +11,11 @@
 //!   (one LZ4 frame), created with a fixed `block_size` (`config.json`). Puts
 //!   are atomic (temp + no-replace rename) and idempotent; reads decode with a
 //!   bound of `block_size` and check the SHA-256 against the name. A block is
-//!   "present" only if its file is a whole frame (`blockfmt::check_shape`);
-//!   a broken one is moved aside and stored again. Writers mark their run in
+//!   "present" if the index of present blocks lists it (`store::index`:
+//!   sorted digest files a writer adds to after its final `syncfs`; blocks
+//!   leave it before they leave the store), else only if its file is a whole
+//!   frame (`blockfmt::check_shape`); a broken one is moved aside and stored
+//!   again. Writers mark their run in
 //!   `.blockstore/dirty/` until their `syncfs`; a run that finds a dead
 //!   marker checks every block written since before trusting any (`store::dirty`).
 //!   Private by default (0700/0600 through the umask), or shared read-only
@@ -24,11 +27,12 @@
 //!   read too.
 //! - **Locking** (`store::lock`, `store::gc`): dumps and imports never wait
 //!   for gc nor gc for them. Writers register (a flocked file whose mtime is
-//!   their start) and refresh the mtime of every block they are told is
-//!   present; gc deletes only unreferenced blocks older than
+//!   their start) and refresh the mtime of every block they find present on
+//!   disk; gc deletes only unreferenced blocks older than
 //!   `min(its start, oldest writer's start) - GRACE`, in two phases (set
-//!   aside as `.gc`, re-checked, unlinked), and deletes nothing if any
-//!   manifest fails to parse. Only gc excludes gc (`.blockstore/lock`).
+//!   aside as `.gc`, re-checked, unlinked), nothing while a writer that
+//!   answers from the index runs (`gc-active` orders the two), and nothing
+//!   if any manifest fails to parse. Only gc excludes gc (`.blockstore/lock`).
 //!
 //! | operation      | waits for   | may run with      |
 //! |----------------|-------------|-------------------|

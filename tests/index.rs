@@ -132,6 +132,13 @@ fn gc_takes_blocks_out_of_the_index_before_it_deletes_them() {
     assert_eq!(common::index_digests(&files[0]).len(), 4);
     let (blocks, _) = common::whole_blocks_and_temps(&store, BS);
     assert_eq!(blocks, 4);
+    let r = diskdump(&store, &["--json", "status"]).ok();
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(
+        (&v["index_blocks"], &v["index_files"]),
+        (&4.into(), &1.into()),
+        "{v}"
+    );
     // a again: every block stored again, not taken for present.
     let r = diskdump(
         &store,

@@ -168,6 +168,8 @@ fn every_reporting_command_prints_one_json_document_with_the_documented_fields()
                 "unreadable_dumps",
                 "logical_bytes",
                 "dedup_ratio",
+                "index_blocks",
+                "index_files",
                 "manifests",
             ],
         ),

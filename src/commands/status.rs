@@ -42,6 +42,7 @@ pub fn run(store_dir: &Path) -> Result<u8> {
     } else {
         0.0
     };
+    let index = store.index_summary();
     if crate::output::json() {
         let dumps: Vec<_> = rows
             .iter()
@@ -61,6 +62,8 @@ pub fn run(store_dir: &Path) -> Result<u8> {
             "unreadable_dumps": bad,
             "logical_bytes": logical,
             "dedup_ratio": ratio,
+            "index_blocks": index.map(|i| i.0),
+            "index_files": index.map(|i| i.1),
             "manifests": dumps,
         }))?;
         return Ok(u8::from(bad > 0));
@@ -81,6 +84,11 @@ pub fn run(store_dir: &Path) -> Result<u8> {
         HumanBytes(logical)
     )?;
     crate::outln!("Dedup ratio:   {ratio:.2}x (logical bytes of all dumps / stored bytes)")?;
+    if let Some((n, files)) = index {
+        crate::outln!(
+            "Block index:   {n} entries in {files} files (dumps and imports answer \"present?\" from it)"
+        )?;
+    }
     if !rows.is_empty() {
         crate::outln!()?;
         crate::outln!("{:<33} {:>11}  MANIFEST", "DATE", "SIZE")?;

@@ -159,7 +159,7 @@ impl IndexView {
         self.segs.iter().any(|s| s.contains(d)) && !self.dels.iter().any(|s| s.contains(d))
     }
 
-    #[cfg(test)]
+    /// Entries of its segments (a digest in two segments counts twice).
     pub fn len(&self) -> usize {
         self.segs.iter().map(|s| s.count).sum()
     }

@@ -668,6 +668,11 @@ impl Store for LocalStore {
         Ok(suspects)
     }
 
+    fn index_summary(&self) -> Option<(u64, usize)> {
+        let dir = self.index_dir();
+        Some((IndexView::load(&dir).len() as u64, index::file_count(&dir)))
+    }
+
     fn quarantine(&self, d: &Digest) -> io::Result<String> {
         self.index_remove(&[*d])?;
         let path = self.block_path(d);

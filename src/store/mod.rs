@@ -332,6 +332,11 @@ pub trait Store: Send + Sync {
     ) -> Result<Vec<Digest>> {
         Ok(Vec::new())
     }
+    /// The index of present blocks, for `status`: (blocks it vouches for,
+    /// files it is in). None for stores without one.
+    fn index_summary(&self) -> Option<(u64, usize)> {
+        None
+    }
     /// Makes every block put so far durable.
     fn sync(&self) -> io::Result<()>;
     /// Starts an import or dump: registers it so that a concurrent gc keeps
