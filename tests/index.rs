@@ -195,7 +195,7 @@ fn gc_beside_an_index_writer_defers_and_the_next_gc_deletes() {
     images::slow_tail(&big, 6 << 30);
     let mut import =
         common::spawn_diskdump(&store, &["import", big.to_str().unwrap(), "--as", "big"]);
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    common::wait_for_writer(&store);
     let v = common::gc_beside_a_writer(&store, 0);
     // The orphans may be what the import was told is present: kept.
     assert!(v["deferred_blocks"].as_u64().unwrap() >= 8, "{v}");
@@ -234,7 +234,15 @@ fn an_import_that_started_during_a_gc_is_protected_by_mtimes_alone() {
             })
         })
     });
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // It found the orphans present on disk and refreshed their mtimes.
+    common::wait_until(60, "the import refreshes the orphans", || {
+        let recent = std::time::SystemTime::now() - std::time::Duration::from_secs(600);
+        orphans.iter().all(|p| {
+            fs::metadata(p)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t > recent)
+        })
+    });
     drop(gc);
     // A gc now judges by mtimes: the refreshed orphans are young, kept.
     let v = common::gc_beside_a_writer(&store, 0);

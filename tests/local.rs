@@ -494,8 +494,8 @@ fn gc_runs_beside_an_import_and_never_sweeps_blocks_it_relies_on() {
     images::slow_tail(&big, 6 << 30);
     let mut import =
         common::spawn_diskdump(&store, &["import", big.to_str().unwrap(), "--as", "big"]);
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    // The import asked about every data block and the zero block first.
+    // Registered: a gc now defers to it (it answers from the index).
+    common::wait_for_writer(&store);
     common::gc_beside_a_writer(&store, 0);
     assert!(
         import.try_wait().unwrap().is_none(),

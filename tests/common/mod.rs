@@ -309,6 +309,17 @@ pub fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Waits until a writer (dump or import) has registered in the store.
+pub fn wait_for_writer(store: &Path) {
+    let writers = store.join(".blockstore/writers");
+    wait_until(60, "a writer registers", || {
+        std::fs::read_dir(&writers).is_ok_and(|rd| {
+            rd.flatten()
+                .any(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        })
+    });
+}
+
 /// A gc run while a dump or import is running: it does not wait for it,
 /// sees it, and removes at most `max_removed` blocks (those the writer has
 /// not asked about yet); returns gc's report.
