@@ -207,14 +207,31 @@ fn unique_name(kind: &str) -> String {
     )
 }
 
-/// Writes sorted, deduplicated `digests` (from `fill`) as `dir/<kind>-*.idx`:
-/// a temp name, fsync, rename, directory fsync. Returns the file's name.
+/// Writes the header and the records `fill` produces to `f`, then sets the
+/// header's count to how many it wrote (so a merge runs once, not once to
+/// count and once to write). Returns that count.
+fn write_records(
+    f: &File,
+    fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<u64>,
+) -> io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut w = BufWriter::with_capacity(1 << 20, f);
+    w.write_all(MAGIC)?;
+    w.write_all(&0u64.to_le_bytes())?;
+    let n = fill(&mut w)?;
+    w.flush()?;
+    drop(w);
+    f.write_all_at(&n.to_le_bytes(), 8)?;
+    Ok(n)
+}
+
+/// Writes the sorted, deduplicated records `fill` produces as
+/// `dir/<kind>-*.idx`: a temp name, fsync, rename, directory fsync.
 fn write_file(
     dir: &Path,
     kind: &str,
-    count: u64,
     fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<u64>,
-) -> io::Result<String> {
+) -> io::Result<()> {
     fs::create_dir_all(dir)?;
     let name = unique_name(kind);
     let tmp = dir.join(format!(".{name}.tmp"));
@@ -223,42 +240,28 @@ fn write_file(
         .create_new(true)
         .mode(0o640) // less by the store's umask, like every store file
         .open(&tmp)?;
-    let written = (|| {
-        let mut w = BufWriter::with_capacity(1 << 20, &f);
-        w.write_all(MAGIC)?;
-        w.write_all(&count.to_le_bytes())?;
-        let n = fill(&mut w)?;
-        w.flush()?;
-        drop(w);
-        if n != count {
-            return Err(io::Error::other(format!(
-                "index file: wrote {n} digests, not {count}"
-            )));
-        }
-        f.sync_all()?;
-        fs::rename(&tmp, dir.join(&name))?;
-        File::open(dir)?.sync_all()
-    })();
-    if let Err(e) = written {
+    let written = write_records(&f, fill)
+        .and_then(|_| f.sync_all())
+        .and_then(|_| fs::rename(&tmp, dir.join(&name)))
+        .and_then(|_| File::open(dir)?.sync_all());
+    if written.is_err() {
         let _ = fs::remove_file(&tmp);
-        return Err(e);
     }
-    Ok(name)
+    written
+}
+
+/// Writes `v`'s digests as 32-byte records.
+fn put_digests(w: &mut dyn Write, v: &[Digest]) -> io::Result<u64> {
+    for d in v {
+        w.write_all(&d.0)?;
+    }
+    Ok(v.len() as u64)
 }
 
 /// Sorts and deduplicates in place.
 fn sort_dedup(v: &mut Vec<Digest>) {
     v.sort_unstable();
     v.dedup();
-}
-
-fn write_sorted(dir: &Path, kind: &str, v: &[Digest]) -> io::Result<String> {
-    write_file(dir, kind, v.len() as u64, &mut |w| {
-        for d in v {
-            w.write_all(&d.0)?;
-        }
-        Ok(v.len() as u64)
-    })
 }
 
 /// Records that `digests` leave the store; durable before the caller
@@ -269,7 +272,7 @@ pub fn remove(dir: &Path, digests: &[Digest]) -> io::Result<()> {
     }
     let mut v = digests.to_vec();
     sort_dedup(&mut v);
-    write_sorted(dir, "del", &v).map(|_| ())
+    write_file(dir, "del", &mut |w| put_digests(w, &v))
 }
 
 /// The digests one writer stored or found whole, committed after its sync.
@@ -279,7 +282,7 @@ pub struct Additions {
     mode: u32,
     buf: Vec<Digest>,
     /// Sorted runs spilled to anonymous files, linked in at commit.
-    runs: Vec<(File, u64)>,
+    runs: Vec<File>,
 }
 
 impl Additions {
@@ -305,15 +308,8 @@ impl Additions {
         sort_dedup(&mut self.buf);
         fs::create_dir_all(&self.dir)?;
         let f = crate::manifest::anonymous_file(&self.dir)?;
-        let mut w = BufWriter::with_capacity(1 << 20, &f);
-        w.write_all(MAGIC)?;
-        w.write_all(&(self.buf.len() as u64).to_le_bytes())?;
-        for d in &self.buf {
-            w.write_all(&d.0)?;
-        }
-        w.flush()?;
-        drop(w);
-        self.runs.push((f, self.buf.len() as u64));
+        write_records(&f, &mut |w| put_digests(w, &self.buf))?;
+        self.runs.push(f);
         self.buf.clear();
         Ok(())
     }
@@ -323,9 +319,9 @@ impl Additions {
     pub fn commit(mut self) -> io::Result<()> {
         if !self.buf.is_empty() {
             sort_dedup(&mut self.buf);
-            write_sorted(&self.dir, "seg", &self.buf)?;
+            write_file(&self.dir, "seg", &mut |w| put_digests(w, &self.buf))?;
         }
-        for (f, _) in std::mem::take(&mut self.runs) {
+        for f in std::mem::take(&mut self.runs) {
             use std::os::unix::fs::PermissionsExt;
             f.set_permissions(fs::Permissions::from_mode(self.mode))?;
             f.sync_all()?;
@@ -360,11 +356,10 @@ fn link_anonymous(f: &File, dir: &Path, name: &str) -> io::Result<()> {
     let map = unsafe { Mmap::map(f)? };
     let count = parse_head(&map[..HEAD.min(map.len())], len)
         .ok_or_else(|| io::Error::other("index run damaged"))?;
-    write_file(dir, "seg", count as u64, &mut |w| {
+    write_file(dir, "seg", &mut |w| {
         w.write_all(&map[HEAD..])?;
         Ok(count as u64)
     })
-    .map(|_| ())
 }
 
 /// What a compaction did.
@@ -395,10 +390,11 @@ pub fn compact(dir: &Path) -> io::Result<Compacted> {
         }
         merged.push((*kind, name.clone()));
     }
-    let count = merge_minus(&segs, &dels, &mut |_| Ok(()))?;
+    let mut count = segs.iter().map(|s| s.count as u64).sum();
     if merged.len() > 1 || !dels.is_empty() {
-        write_file(dir, "seg", count, &mut |w| {
-            merge_minus(&segs, &dels, &mut |d| w.write_all(d))
+        write_file(dir, "seg", &mut |w| {
+            count = merge_minus(&segs, &dels, &mut |d| w.write_all(d))?;
+            Ok(count)
         })?;
         for kind in [Kind::Seg, Kind::Del] {
             for (_, name) in merged.iter().filter(|(k, _)| *k == kind) {
