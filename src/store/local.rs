@@ -22,7 +22,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::SystemTime;
 
 pub struct LocalStore {
@@ -40,13 +40,21 @@ pub struct LocalStore {
 /// How this process's writers use the index.
 #[derive(Default)]
 struct IndexUse {
-    /// Loaded when the first writer registers with no gc running; cleared
-    /// for good when a later one finds a gc running.
-    view: std::sync::RwLock<Option<Arc<IndexView>>>,
+    view: std::sync::RwLock<IndexState>,
     /// Blocks stored or found whole since the last commit.
     added: Mutex<Option<Additions>>,
-    /// Set when a writer of this process found a gc running.
-    disabled: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Default)]
+enum IndexState {
+    /// No writer registered yet.
+    #[default]
+    Unloaded,
+    /// Loaded when the first writer registered with no gc running.
+    Using(IndexView),
+    /// For good: a writer of this process found a gc running, so one of
+    /// its registrations may lack the `.index` mark.
+    Disabled,
 }
 
 const CONFIG: &str = "config.json";
@@ -376,7 +384,7 @@ impl LocalStore {
     /// The index answers "present" (a writer with no gc running at its start).
     fn indexed(&self, d: &Digest) -> bool {
         let v = self.index.view.read().unwrap_or_else(|p| p.into_inner());
-        v.as_ref().is_some_and(|v| v.contains(d))
+        matches!(&*v, IndexState::Using(v) if v.contains(d))
     }
 
     /// Notes a block that is durably whole once the next sync is done.
@@ -395,13 +403,11 @@ impl LocalStore {
         let gc = super::lock::gc_running(&self.blocks.join(GC_ACTIVE));
         let mut v = self.index.view.write().unwrap_or_else(|p| p.into_inner());
         if gc {
-            // For good: a writer of this process may now be unmarked.
-            self.index.disabled.store(true, Ordering::SeqCst);
-            *v = None;
-        } else if v.is_none() && !self.index.disabled.load(Ordering::SeqCst) {
-            *v = Some(Arc::new(IndexView::load(&self.index_dir())));
+            *v = IndexState::Disabled;
+        } else if matches!(*v, IndexState::Unloaded) {
+            *v = IndexState::Using(IndexView::load(&self.index_dir()));
         }
-        let using = v.is_some();
+        let using = matches!(*v, IndexState::Using(_));
         drop(v);
         let mut a = self.index.added.lock().unwrap_or_else(|p| p.into_inner());
         if a.is_none() {
@@ -417,25 +423,13 @@ impl LocalStore {
         if !dir.is_dir() {
             return Ok(());
         }
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(dir.join("lock"))?;
-        let op = if wait {
-            libc::LOCK_EX
-        } else {
-            libc::LOCK_EX | libc::LOCK_NB
-        };
-        // SAFETY: flock on an open descriptor.
-        if unsafe { libc::flock(f.as_raw_fd(), op) } != 0 {
-            let e = io::Error::last_os_error();
-            return if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                Ok(())
-            } else {
-                Err(e)
-            };
+        let f = super::lock::open_lock_file(&dir.join("lock"))?;
+        // Compactions are short: a gc polls for a writer's without a message.
+        while !super::lock::try_lock_exclusive(&f)? {
+            if !wait {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
         index::compact(&dir).map(|_| ())
     }

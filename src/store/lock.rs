@@ -49,6 +49,27 @@ impl Drop for StoreLock {
     }
 }
 
+/// Opens (creating) a lock file: 0600 in every store, even a group-shared
+/// one, since anyone who can open it can flock it and stall its users.
+pub(super) fn open_lock_file(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// Takes an exclusive flock without waiting; false if someone holds it.
+pub(super) fn try_lock_exclusive(file: &File) -> std::io::Result<bool> {
+    match flock(file, libc::LOCK_EX | libc::LOCK_NB) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 fn flock(file: &File, op: libc::c_int) -> std::io::Result<()> {
     loop {
         // SAFETY: flock on a valid, owned file descriptor.
@@ -142,27 +163,15 @@ impl StoreLock {
     /// Takes `path` exclusively (gc against gc); if another holds it, either
     /// fails with a clear message (`wait == false`) or says so and waits.
     pub fn acquire(path: &Path, wait: bool) -> Result<StoreLock> {
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            // Never readable by others, even in a group-shared store: anyone
-            // who can open it can flock it and stall every writer.
-            .mode(0o600)
-            .open(path)
+        let file = open_lock_file(path)
             .with_context(|| format!("cannot open the store lock {}", path.display()))?;
-        let op = libc::LOCK_EX;
+        let ctx = || format!("cannot lock {}", path.display());
         let locked = |file: File| StoreLock {
             _file: file,
             registration: None,
         };
-        match flock(&file, op | libc::LOCK_NB) {
-            Ok(()) => return Ok(locked(file)),
-            Err(e) if e.raw_os_error() != Some(libc::EWOULDBLOCK) => {
-                return Err(e).with_context(|| format!("cannot lock {}", path.display()))
-            }
-            Err(_) => {}
+        if try_lock_exclusive(&file).with_context(ctx)? {
+            return Ok(locked(file));
         }
         let what = "another gc";
         if !wait {
@@ -178,16 +187,11 @@ impl StoreLock {
         );
         // Poll instead of blocking: the signal handlers restart a blocking
         // flock, so Ctrl-C or SIGTERM would not end the wait.
-        loop {
+        while !try_lock_exclusive(&file).with_context(ctx)? {
             crate::signals::check().with_context(|| format!("stopped waiting for {what}"))?;
-            match flock(&file, op | libc::LOCK_NB) {
-                Ok(()) => return Ok(locked(file)),
-                Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
-                    std::thread::sleep(std::time::Duration::from_millis(50))
-                }
-                Err(e) => return Err(e).with_context(|| format!("cannot lock {}", path.display())),
-            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
+        Ok(locked(file))
     }
 }
 
@@ -195,13 +199,7 @@ impl StoreLock {
 /// that starts later lists it (see `store::index`). Anything unexpected
 /// counts as "yes" (the writer then checks blocks on disk, always safe).
 pub fn gc_running(path: &Path) -> bool {
-    let Ok(file) = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(path)
-    else {
+    let Ok(file) = open_lock_file(path) else {
         return true;
     };
     match flock(&file, libc::LOCK_SH | libc::LOCK_NB) {
@@ -213,23 +211,12 @@ pub fn gc_running(path: &Path) -> bool {
 /// Marks a gc as running for `gc_running` until dropped. Writers hold
 /// the file only for a moment, so this waits for them.
 pub fn hold_gc_active(path: &Path) -> Result<File> {
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    loop {
-        match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
-            Ok(()) => return Ok(file),
-            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
-                crate::signals::check()?;
-                std::thread::sleep(std::time::Duration::from_millis(2))
-            }
-            Err(e) => return Err(e).with_context(|| format!("cannot lock {}", path.display())),
-        }
+    let file = open_lock_file(path).with_context(|| format!("cannot open {}", path.display()))?;
+    while !try_lock_exclusive(&file).with_context(|| format!("cannot lock {}", path.display()))? {
+        crate::signals::check()?;
+        std::thread::sleep(std::time::Duration::from_millis(2));
     }
+    Ok(file)
 }
 
 /// The writers registered in `dir` that are alive (their file is locked).
