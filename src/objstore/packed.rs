@@ -43,6 +43,13 @@ pub struct Location {
     pub len: u32,
 }
 
+/// The entries (sorted by offset) that start in window `k` of `span` bytes.
+fn window_bounds(entries: &[PackEntry], k: u64, span: u64) -> (usize, usize) {
+    let lo = entries.partition_point(|e| e.offset < k * span);
+    let hi = entries.partition_point(|e| e.offset < (k + 1) * span);
+    (lo, hi)
+}
+
 /// One uploaded pack: its size and entries, sorted by offset.
 #[derive(Debug, Clone)]
 pub struct PackInfo {
@@ -469,29 +476,28 @@ impl PackedBlocks {
         Ok(true)
     }
 
-    /// The frames of the window of `span` bytes of `d`'s pack that holds
-    /// `d` (windows are fixed, so concurrent readers of neighbouring blocks
-    /// ask for the same one): one ranged GET for many blocks, which sit in
-    /// a pack in the order they were written. Returns the window's number
-    /// and its frames; None if the block is in no uploaded pack.
-    pub fn window(&self, d: &Digest, span: u64) -> Option<(Location, u64, Vec<PackEntry>)> {
+    /// Where `d` is, the number of the window of `span` bytes of its pack
+    /// that holds it (windows are fixed, so concurrent readers of
+    /// neighbouring blocks ask for the same one: one ranged GET for many
+    /// blocks, which sit in a pack in the order they were written), and
+    /// whether `d` is that window's first block. None if the block is in no
+    /// uploaded pack. Allocates nothing: asked on every cached read.
+    pub fn window_of(&self, d: &Digest, span: u64) -> Option<(Location, u64, bool)> {
         let index = self.index.read().expect("index lock");
         let l = *index.blocks.get(d)?;
         let k = l.offset / span.max(1);
         let entries = &index.packs.get(&l.pack)?.entries;
-        let lo = entries.partition_point(|e| e.offset < k * span);
-        let hi = entries.partition_point(|e| e.offset < (k + 1) * span);
-        Some((l, k, entries[lo..hi].to_vec()))
+        let (lo, _) = window_bounds(entries, k, span);
+        Some((l, k, entries.get(lo).is_some_and(|e| e.digest == *d)))
     }
 
-    /// The entries of window `k` of `pack` (see `window`); empty past its end.
+    /// The entries of window `k` of `pack` (see `window_of`); empty past its end.
     pub fn window_at(&self, pack: &Digest, k: u64, span: u64) -> Vec<PackEntry> {
         let index = self.index.read().expect("index lock");
         let Some(p) = index.packs.get(pack) else {
             return Vec::new();
         };
-        let lo = p.entries.partition_point(|e| e.offset < k * span);
-        let hi = p.entries.partition_point(|e| e.offset < (k + 1) * span);
+        let (lo, hi) = window_bounds(&p.entries, k, span);
         p.entries[lo..hi].to_vec()
     }
 

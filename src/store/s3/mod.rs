@@ -338,22 +338,21 @@ impl S3Store {
     /// through an image finds them cached instead of stalling per batch.
     fn fetch(&self, blocks: &Arc<PackedBlocks>, d: &Digest, buf: &mut Vec<u8>) -> io::Result<bool> {
         let Some(disk) = &self.disk else {
-            if blocks.window(d, WINDOW).is_none() {
+            if blocks.location(d).is_none() {
                 return Ok(false);
             }
             return blocks.get_frame(d, buf).map_err(io_err);
         };
         if disk.get(d, buf) {
-            if let Some((l, k, entries)) = blocks.window(d, WINDOW) {
-                if entries.first().is_some_and(|e| e.digest == *d) {
-                    self.read_ahead(blocks, disk, l.pack, k);
-                }
+            if let Some((l, k, true)) = blocks.window_of(d, WINDOW) {
+                self.read_ahead(blocks, disk, l.pack, k);
             }
             return Ok(true);
         }
-        let Some((l, k, entries)) = blocks.window(d, WINDOW) else {
+        let Some((l, k, _)) = blocks.window_of(d, WINDOW) else {
             return Ok(false);
         };
+        let entries = blocks.window_at(&l.pack, k, WINDOW);
         self.read_ahead(blocks, disk, l.pack, k);
         let Some(fetch) = claim(&self.fetching, l.pack, k) else {
             // Another thread is fetching this window: wait for it.
