@@ -15,33 +15,12 @@ fn import_syncs_blocks_then_writes_manifest_then_syncs_its_directory() {
     let img = dir.path().join("d.img");
     images::write(&img, &images::mixed(131072, 24, 100, 31));
     let store = dir.path().join("store");
-    let trace = dir.path().join("trace");
-    common::ensure_store(&store, &["import"]);
-    let st = Command::new("strace")
-        .args([
-            "-f",
-            "-o",
-            trace.to_str().unwrap(),
-            "-e",
-            "trace=fsync,fdatasync,syncfs,renameat2,rename,openat",
-        ])
-        .arg(common::bin())
-        .args([
-            "--store",
-            store.to_str().unwrap(),
-            "import",
-            img.to_str().unwrap(),
-            "--as",
-            "dur",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
+    let img_arg = img.to_str().unwrap();
+    let (_, text) = common::strace_diskdump(
+        &store,
+        "fsync,fdatasync,syncfs,renameat2,rename,openat",
+        &["import", img_arg, "--as", "dur"],
     );
-    let text = std::fs::read_to_string(&trace).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     let pos = |pred: &dyn Fn(&str) -> bool| lines.iter().position(|l| pred(l));
     let last_block_rename = lines
@@ -169,40 +148,17 @@ fn restore_writes_behind_and_syncs_the_file_before_its_rename() {
     let data = images::mixed(131072, 384, 0, 5);
     images::write(&img, &data);
     let store = dir.path().join("store");
-    let args = ["import", img.to_str().unwrap(), "--as", "r"];
-    common::ensure_store(&store, &args);
-    let st = Command::new(common::bin())
-        .arg("--store")
-        .arg(&store)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    common::diskdump(&store, &["import", img.to_str().unwrap(), "--as", "r"]).ok();
     let out = dir.path().join("out.img");
-    let trace = dir.path().join("trace");
-    let st = Command::new("strace")
-        .args(["-f", "-o", trace.to_str().unwrap()])
-        .args(["-e", "trace=openat,fsync,sync_file_range,rename,renameat2"])
-        .arg(common::bin())
-        .arg("--store")
-        .arg(&store)
-        .args(["restore", "r", "-o", out.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
+    let (_, text) = common::strace_diskdump(
+        &store,
+        "openat,fsync,sync_file_range,rename,renameat2",
+        &["restore", "r", "-o", out.to_str().unwrap()],
     );
     assert!(
         std::fs::read(&out).unwrap() == data,
         "restored bytes differ"
     );
-    let text = std::fs::read_to_string(&trace).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     let open = lines
         .iter()

@@ -9,31 +9,19 @@ use common::{diskdump, images, only_manifest};
 use std::fs;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 const BS: usize = 131072;
 
 /// Runs an import under strace; returns how many system calls named a
 /// block file (open, stat, utimensat) and the import's JSON report.
 fn traced_import(store: &Path, img: &Path, name: &str) -> (usize, serde_json::Value) {
-    let trace = store.with_file_name(format!("trace-{name}"));
-    let st = Command::new("strace")
-        .args(["-f", "-o", trace.to_str().unwrap()])
-        .args(["-e", "trace=openat,newfstatat,statx,utimensat"])
-        .arg(common::bin())
-        .args(["--store", store.to_str().unwrap(), "--json", "import"])
-        .args([img.to_str().unwrap(), "--as", name])
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
+    let (stdout, text) = common::strace_diskdump(
+        store,
+        "openat,newfstatat,statx,utimensat",
+        &["--json", "import", img.to_str().unwrap(), "--as", name],
     );
-    let text = fs::read_to_string(&trace).unwrap();
     let touches = text.lines().filter(|l| l.contains(".lz4\"")).count();
-    let v = serde_json::from_slice(&st.stdout).unwrap();
-    (touches, v)
+    (touches, serde_json::from_slice(&stdout).unwrap())
 }
 
 fn index_files(store: &Path) -> Vec<PathBuf> {
@@ -123,8 +111,7 @@ fn gc_takes_blocks_out_of_the_index_before_it_deletes_them() {
     let a_blocks = common::block_files(&store).len() as u64 - 4;
     assert_eq!(a_blocks, 17);
     common::age_store(&store);
-    let r = diskdump(&store, &["--json", "gc"]).ok();
-    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let v = common::diskdump_json(&store, &["gc"]);
     assert_eq!(v["removed_blocks"], a_blocks, "{v}");
     // gc compacted the index to what is left: b's blocks only.
     let files = index_files(&store);
@@ -132,20 +119,14 @@ fn gc_takes_blocks_out_of_the_index_before_it_deletes_them() {
     assert_eq!(common::index_digests(&files[0]).len(), 4);
     let (blocks, _) = common::whole_blocks_and_temps(&store, BS);
     assert_eq!(blocks, 4);
-    let r = diskdump(&store, &["--json", "status"]).ok();
-    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let v = common::diskdump_json(&store, &["status"]);
     assert_eq!(
         (&v["index_blocks"], &v["index_files"]),
         (&4.into(), &1.into()),
         "{v}"
     );
     // a again: every block stored again, not taken for present.
-    let r = diskdump(
-        &store,
-        &["--json", "import", a.to_str().unwrap(), "--as", "a"],
-    )
-    .ok();
-    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let v = common::diskdump_json(&store, &["import", a.to_str().unwrap(), "--as", "a"]);
     assert_eq!(v["blocks_new"], 16, "{v}");
     let (code, bytes, err) = common::diskdump_bytes(&store, &["restore", "a"]);
     assert_eq!(code, 0, "{err}");
@@ -170,12 +151,7 @@ fn a_damaged_block_moved_aside_is_stored_again_despite_the_index() {
     let r = diskdump(&store, &["verify", "--repair"]);
     assert_ne!(r.code, 0, "verify finds the damage: {}", r.stdout);
     assert!(!victim.exists(), "moved aside");
-    let r = diskdump(
-        &store,
-        &["--json", "import", img.to_str().unwrap(), "--as", "d"],
-    )
-    .ok();
-    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let v = common::diskdump_json(&store, &["import", img.to_str().unwrap(), "--as", "d"]);
     assert_eq!(v["blocks_new"], 1, "{v}");
     assert!(victim.exists(), "stored again");
     let (code, bytes, err) = common::diskdump_bytes(&store, &["restore", "d"]);
@@ -202,8 +178,7 @@ fn gc_beside_an_index_writer_defers_and_the_next_gc_deletes() {
     common::signal(&import, libc::SIGINT);
     let _ = import.wait();
     common::age_store(&store);
-    let r = diskdump(&store, &["--json", "gc"]).ok();
-    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let v = common::diskdump_json(&store, &["gc"]);
     assert!(v["removed_blocks"].as_u64().unwrap() >= 8, "{v}");
     assert_eq!(v["deferred_blocks"], 0, "{v}");
     let (blocks, _) = common::whole_blocks_and_temps(&store, BS);
@@ -278,12 +253,7 @@ fn verify_finds_an_indexed_block_that_is_gone_and_repair_takes_it_out() {
     let r = diskdump(&store, &["verify", "--repair"]);
     assert!(r.stdout.contains("taken out of the index"), "{}", r.stdout);
     diskdump(&store, &["verify"]).ok();
-    let r = diskdump(
-        &store,
-        &["--json", "import", img.to_str().unwrap(), "--as", "d"],
-    )
-    .ok();
-    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let v = common::diskdump_json(&store, &["import", img.to_str().unwrap(), "--as", "d"]);
     assert_eq!(v["blocks_new"], 1, "{v}");
     assert!(victim.exists());
     diskdump(&store, &["verify"]).ok();

@@ -194,6 +194,24 @@ mod tests {
         (dir, Arc::new(r))
     }
 
+    /// `blocks` blocks of data, none of them zero.
+    fn distinct_blocks(blocks: usize) -> Vec<u8> {
+        (0..blocks * crate::testutil::BS)
+            .map(|i| (i / 4096 % 251) as u8 + 1)
+            .collect()
+    }
+
+    /// A touch that counts and takes 2 ms, so warming an image takes a while.
+    fn slow_counting_touch() -> (Arc<AtomicUsize>, Touch) {
+        let n = Arc::new(AtomicUsize::new(0));
+        let c = n.clone();
+        let touch: Touch = Arc::new(move |_: &Digest| {
+            c.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(2));
+        });
+        (n, touch)
+    }
+
     /// A read that does not continue the one before (as fio's are).
     fn random_read(r: &ImageReader, block: u64) {
         let mut buf = [0u8; 512];
@@ -251,16 +269,8 @@ mod tests {
 
     #[test]
     fn pauses_while_the_image_is_read_sequentially() {
-        let data: Vec<u8> = (0..300 * crate::testutil::BS)
-            .map(|i| (i / 4096 % 251) as u8 + 1)
-            .collect();
-        let (_d, r) = reader(&data);
-        let n = Arc::new(AtomicUsize::new(0));
-        let c = n.clone();
-        let touch: Touch = Arc::new(move |_: &Digest| {
-            c.fetch_add(1, Ordering::SeqCst);
-            std::thread::sleep(Duration::from_millis(2));
-        });
+        let (_d, r) = reader(&distinct_blocks(300));
+        let (n, touch) = slow_counting_touch();
         let w = Warmer::new(2);
         let token = Arc::new(WarmToken);
         let bs = crate::testutil::BS as u64;
@@ -290,16 +300,8 @@ mod tests {
     #[test]
     fn stops_when_the_last_handle_closes() {
         // Enough blocks that warming them at 2 ms each takes seconds.
-        let data: Vec<u8> = (0..600 * crate::testutil::BS)
-            .map(|i| (i / 4096 % 251) as u8 + 1)
-            .collect();
-        let (_d, r) = reader(&data);
-        let n = Arc::new(AtomicUsize::new(0));
-        let c = n.clone();
-        let touch: Touch = Arc::new(move |_: &Digest| {
-            c.fetch_add(1, Ordering::SeqCst);
-            std::thread::sleep(Duration::from_millis(2));
-        });
+        let (_d, r) = reader(&distinct_blocks(600));
+        let (n, touch) = slow_counting_touch();
         let w = Warmer::new(2);
         let token = Arc::new(WarmToken);
         random_read(&r, 300);

@@ -106,6 +106,37 @@ pub fn diskdump(store: &Path, args: &[&str]) -> Run {
     finish(o)
 }
 
+/// Runs `diskdump --store STORE --json ARGS...`, which must succeed, and
+/// parses its report.
+pub fn diskdump_json(store: &Path, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let r = diskdump(store, &all).ok();
+    serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.stdout))
+}
+
+/// Runs `diskdump --store STORE ARGS...` under `strace -f -e trace=CALLS`
+/// (it must succeed); returns its stdout and the trace.
+pub fn strace_diskdump(store: &Path, calls: &str, args: &[&str]) -> (Vec<u8>, String) {
+    ensure_store(store, args);
+    let trace = tempfile::NamedTempFile::new().unwrap();
+    let o = Command::new("strace")
+        .arg("-f")
+        .arg("-o")
+        .arg(trace.path())
+        .arg("-e")
+        .arg(format!("trace={calls}"))
+        .arg(bin())
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    (o.stdout, std::fs::read_to_string(trace.path()).unwrap())
+}
+
 /// Runs `diskdump --store STORE ARGS...` and returns its raw stdout.
 pub fn diskdump_bytes(store: &Path, args: &[&str]) -> (i32, Vec<u8>, String) {
     ensure_store(store, args);
