@@ -258,3 +258,27 @@ fn verify_finds_an_indexed_block_that_is_gone_and_repair_takes_it_out() {
     assert!(victim.exists());
     diskdump(&store, &["verify"]).ok();
 }
+
+#[test]
+fn writers_compact_the_index_and_it_still_lists_every_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    for i in 0..12u64 {
+        let img = dir.path().join(format!("{i}.img"));
+        images::write(&img, &images::random_bytes(2 * BS, 100 + i));
+        let name = format!("d{i}");
+        diskdump(&store, &["import", img.to_str().unwrap(), "--as", &name]).ok();
+    }
+    // One segment per import until a writer finds more than 8 and merges.
+    let files = index_files(&store);
+    assert!(files.len() <= 8, "{} index files", files.len());
+    let mut indexed: Vec<String> = files
+        .iter()
+        .flat_map(|p| common::index_digests(p))
+        .collect();
+    indexed.sort();
+    indexed.dedup();
+    assert_eq!(indexed.len(), common::block_files(&store).len());
+    let v = common::diskdump_json(&store, &["status"]);
+    assert_eq!(v["index_files"], files.len(), "{v}");
+}
