@@ -1,8 +1,8 @@
 //! The agent loop (docs/DESIGN.md §3): read the source once, hash every block on all
 //! cores, announce batches, and send the blocks the storage side asks for.
 //!
-//! Threads: one reader (large sequential reads into at most `window` batch
-//! buffers), a worker pool (hashing, and compressing needed blocks first), one
+//! Threads: readers (`READERS` batches read at once into at most `window`
+//! batch buffers), a worker pool (hashing, and compressing needed blocks first), one
 //! writer (this thread: the only one that touches the output, and the one that
 //! decides what happens next), and one thread decoding the storage side's
 //! Need frames. Reading ahead, hashing and compressing overlap; memory is
@@ -64,7 +64,7 @@ where
             return Err(msg);
         }
     };
-    let source = Source::new(file, &args.source);
+    let source = Source::new(file, &args.source).one_piece_at_a_time();
     let hello = Hello {
         version: PROTOCOL_VERSION,
         hostname: hostname(),

@@ -14,8 +14,20 @@ pub const DEFAULT_BLOCK_SIZE: usize = 128 * 1024;
 
 impl Digest {
     /// Hashes `data` (sha2 picks the CPU's SHA instructions at run time).
+    ///
+    /// Blocks are hashed just after a read put them in memory, not in the
+    /// CPU's caches, and SHA instructions outrun the hardware prefetcher:
+    /// asking for the bytes a few KiB ahead made hashing from memory 1.5x
+    /// faster here (1.0 to 1.5 GB/s per core; 1.6 from cache), see DESIGN §3.
     pub fn of(data: &[u8]) -> Digest {
-        Digest(Sha256::digest(data).into())
+        const STEP: usize = 1024;
+        const AHEAD: usize = 4096;
+        let mut h = Sha256::new();
+        for (i, chunk) in data.chunks(STEP).enumerate() {
+            prefetch(data, i * STEP + AHEAD, STEP);
+            h.update(chunk);
+        }
+        Digest(h.finalize().into())
     }
 
     /// The digest of `block_size` zero bytes, memoized for the default size
@@ -45,6 +57,25 @@ impl Digest {
         }
         Some(Digest(out))
     }
+}
+
+/// Hints that `data[from..from + len]` will be read soon (nothing outside
+/// `data` is touched; a no-op off x86_64).
+#[inline]
+fn prefetch(data: &[u8], from: usize, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let end = from.saturating_add(len).min(data.len());
+        let mut at = from;
+        while at < end {
+            // SAFETY: a prefetch only hints the cache; `at` lies inside `data`.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(data.as_ptr().add(at).cast()) };
+            at += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (data, from, len);
 }
 
 fn hex_val(c: u8) -> Option<u8> {
@@ -113,6 +144,15 @@ pub fn is_zero(buf: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hashing_in_prefetched_steps_is_plain_sha256() {
+        let data = crate::testdata::noise(131072 + 5000, 4);
+        for len in [0, 1, 63, 64, 1023, 1024, 1025, 4096, 5000, 131072, 131072 + 5000] {
+            let want: [u8; 32] = Sha256::digest(&data[..len]).into();
+            assert_eq!(Digest::of(&data[..len]).0, want, "{len} bytes");
+        }
+    }
 
     #[test]
     fn hex_round_trip() {
