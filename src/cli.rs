@@ -262,7 +262,7 @@ pub struct DumpArgs {
     #[arg(short, long)]
     pub jobs: Option<usize>,
     /// Refuse a source larger than this (suffixes K, M, G, T): the storage side holds 32
-    /// bytes per block while dumping, so this bounds its memory [default: 16T]
+    /// bytes per block while dumping, so this bounds its memory
     #[arg(long, value_name = "BYTES", value_parser = parse_size_u64, default_value = "16T")]
     pub max_size: u64,
     /// Fail a target whose agent sends nothing for this long while its data is awaited (0: never)
