@@ -148,7 +148,19 @@ mod tests {
     #[test]
     fn hashing_in_prefetched_steps_is_plain_sha256() {
         let data = crate::testdata::noise(131072 + 5000, 4);
-        for len in [0, 1, 63, 64, 1023, 1024, 1025, 4096, 5000, 131072, 131072 + 5000] {
+        for len in [
+            0,
+            1,
+            63,
+            64,
+            1023,
+            1024,
+            1025,
+            4096,
+            5000,
+            131072,
+            131072 + 5000,
+        ] {
             let want: [u8; 32] = Sha256::digest(&data[..len]).into();
             assert_eq!(Digest::of(&data[..len]).0, want, "{len} bytes");
         }
