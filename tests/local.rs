@@ -696,3 +696,52 @@ fn restore_leaves_zero_pages_inside_data_blocks_as_holes() {
         src.blocks()
     );
 }
+
+/// An import reads what is not cached directly: it adds nothing to the page
+/// cache (a large image would otherwise push everything else out), while
+/// the part already cached is copied from there and stays cached.
+#[test]
+fn import_neither_fills_nor_empties_the_page_cache() {
+    use common::pagecache::{cache_drops, cache_prefix, evict, resident_pages};
+    // On a disk filesystem (a tmpfs keeps every page cached, which would prove nothing).
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let data = images::mixed(BS, 192, 0, 78); // 24 MiB
+    let img = dir.path().join("disk.img");
+    images::write(&img, &data);
+    let store = dir.path().join("store");
+    for tries in 1.. {
+        assert!(
+            tries <= 5,
+            "the page cache was dropped by someone else 5 times in a row"
+        );
+        let drops = cache_drops();
+        evict(&img);
+        common::need(
+            !resident_pages(&img).iter().any(|&r| r),
+            "a filesystem under /var/tmp whose pages posix_fadvise(DONTNEED) drops",
+        );
+        let third = data.len() / 3;
+        cache_prefix(&img, third);
+        let cached = resident_pages(&img);
+        let page = data.len() / cached.len();
+        assert!(cached[..third / page].iter().all(|&r| r));
+        let name = format!("disk{tries}");
+        diskdump(&store, &["import", img.to_str().unwrap(), "--as", &name]).ok();
+        let after = resident_pages(&img);
+        if cache_drops() != drops {
+            continue;
+        }
+        let added = (0..after.len()).filter(|&i| !cached[i] && after[i]).count();
+        assert_eq!(added, 0, "the import read the image into the page cache");
+        let dropped = (0..after.len()).filter(|&i| cached[i] && !after[i]).count();
+        // A few may go to the machine's own reclaim meanwhile (this VM runs DAMON pageout).
+        assert!(
+            dropped * 4 < third / page,
+            "{dropped} of the image's cached pages were evicted by the import"
+        );
+        let (code, restored, err) = diskdump_bytes(&store, &["restore", &name]);
+        assert_eq!(code, 0, "{err}");
+        assert!(restored == data, "restored bytes differ");
+        break;
+    }
+}

@@ -77,6 +77,8 @@ pub struct Source {
     direct_ok: AtomicBool,
     /// Read what the page cache holds from there first (`cached_first`).
     cached_first: bool,
+    /// The file mapped only to ask `mincore` which pages are cached.
+    map: Option<Map>,
     /// Split long direct reads into pieces read at once (`one_piece_at_a_time` clears it).
     split: bool,
     /// False once `preadv2(RWF_NOWAIT)` proved unsupported.
@@ -96,6 +98,7 @@ impl Source {
             file,
             direct,
             cached_first: false,
+            map: None,
             split: true,
             nowait_ok: AtomicBool::new(true),
             name: path.display().to_string(),
@@ -103,13 +106,19 @@ impl Source {
     }
 
     /// Serves pages already in the page cache from memory, the rest still
-    /// with O_DIRECT: `preadv2(RWF_NOWAIT)` copies what is cached and fails
-    /// with EAGAIN where a page is not, without reading the disk. For
-    /// `import` of an image just written or read; the agent does not use
-    /// it, so a dump changes nothing in a server's page cache
-    /// (docs/DESIGN.md §3.4).
+    /// with O_DIRECT. `mincore` over a mapping of the file (never touched)
+    /// tells which pages are cached; cached runs are copied with
+    /// `preadv2(RWF_NOWAIT)`, which never waits for the disk, and the rest
+    /// is read directly. Asking `RWF_NOWAIT` about a page that is *not*
+    /// cached is avoided: on this kernel the refusal still starts read-ahead,
+    /// so a cold import used to pull the whole image through the page cache
+    /// (DESIGN §3.4). Without a mapping (a file that cannot be mapped)
+    /// `RWF_NOWAIT` alone decides, as before. For `import` of an image just
+    /// written or read; the agent does not use it, so a dump changes nothing
+    /// in a server's page cache.
     pub fn cached_first(mut self) -> Source {
         self.cached_first = true;
+        self.map = Map::new(&self.file);
         self
     }
 
@@ -284,10 +293,22 @@ impl Source {
     }
 
     /// One read: direct for the aligned part when possible, else buffered.
-    fn read_some(&self, dst: &mut [u8], pos: u64) -> io::Result<usize> {
+    /// With `cached_first`, a run of cached pages is copied from the page
+    /// cache and a run of uncached ones read directly, one run per call.
+    fn read_some(&self, mut dst: &mut [u8], pos: u64) -> io::Result<usize> {
         if self.cached_first {
-            if let Some(n) = self.read_cached(dst, pos) {
-                return Ok(n);
+            match self.map.as_ref().and_then(|m| m.run(pos, dst.len())) {
+                Some((true, run)) => {
+                    if let Some(n) = self.read_cached(&mut dst[..run], pos) {
+                        return Ok(n);
+                    }
+                }
+                Some((false, run)) => dst = &mut dst[..run],
+                None => {
+                    if let Some(n) = self.read_cached(dst, pos) {
+                        return Ok(n);
+                    }
+                }
             }
         }
         let aligned = dst.len() / ALIGN * ALIGN;
@@ -307,6 +328,82 @@ impl Source {
             }
         }
         self.file.read_at(dst, pos)
+    }
+}
+
+/// A read-only shared mapping of a whole file, never read through: only
+/// `mincore` looks at it, to learn which pages the page cache holds.
+struct Map {
+    ptr: *mut libc::c_void,
+    len: usize,
+    page: usize,
+}
+
+// SAFETY: the mapping is never dereferenced, only passed to mincore(2),
+// which is safe from any thread; munmap happens once, in drop.
+unsafe impl Send for Map {}
+unsafe impl Sync for Map {}
+
+impl Map {
+    fn new(file: &File) -> Option<Map> {
+        let fd = file.as_raw_fd();
+        // SAFETY: lseek on a descriptor we own; it only moves our offset,
+        // which nothing here uses (reads are positional).
+        let len = unsafe { libc::lseek(fd, 0, libc::SEEK_END) };
+        let len = usize::try_from(len).ok().filter(|&l| l > 0)?;
+        // SAFETY: a new read-only mapping chosen by the kernel; checked below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(ALIGN);
+        (ptr != libc::MAP_FAILED).then_some(Map { ptr, len, page })
+    }
+
+    /// Whether the page holding `pos` is cached, and how many bytes from
+    /// `pos` (at most `len`) share that state. None if `pos` is outside the
+    /// mapping (the file grew) or mincore fails: then the caller guesses.
+    fn run(&self, pos: u64, len: usize) -> Option<(bool, usize)> {
+        let pos = usize::try_from(pos).ok()?;
+        if len == 0 || pos >= self.len {
+            return None;
+        }
+        let page = self.page;
+        let first = pos / page;
+        let last = (pos + len - 1).min(self.len - 1) / page;
+        let mut pages = vec![0u8; last - first + 1];
+        // SAFETY: the range lies inside our mapping, starts on a page
+        // boundary as mincore requires, and `pages` has a byte per page.
+        let rc = unsafe {
+            libc::mincore(
+                self.ptr.cast::<u8>().add(first * page).cast(),
+                (last - first + 1) * page,
+                pages.as_mut_ptr(),
+            )
+        };
+        if rc != 0 {
+            return None;
+        }
+        let cached = pages[0] & 1 == 1;
+        let same = pages
+            .iter()
+            .take_while(|&&p| (p & 1 == 1) == cached)
+            .count();
+        Some((cached, ((first + same) * page - pos).min(len)))
+    }
+}
+
+impl Drop for Map {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping, unmapped once.
+        unsafe { libc::munmap(self.ptr, self.len) };
     }
 }
 
@@ -369,13 +466,33 @@ mod tests {
         let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
         let on_tmpfs =
             unsafe { libc::fstatfs(f.as_raw_fd(), &mut fs) } == 0 && fs.f_type == libc::TMPFS_MAGIC;
-        if src.nowait_ok.load(Ordering::Relaxed) && !on_tmpfs {
-            assert_eq!(src.read_cached(&mut buf, 1 << 20), None);
+        let map = src.map.as_ref().expect("a regular file can be mapped");
+        if !on_tmpfs {
+            assert_eq!(map.run(4096, 1 << 20), Some((false, 1 << 20)));
         }
-        // Either way every byte comes back right, cached or not.
+        // Every byte comes back right, cached or not...
         let mut all = AlignedBuf::with_len(want.len());
         src.fill(&mut all, 0).unwrap();
         assert!(all[..] == want[..]);
+        // ...and a cold read leaves the page cache as it was (but for the
+        // ragged tail, read buffered): uncached runs are read directly,
+        // never probed with RWF_NOWAIT, which would start read-ahead.
+        if !on_tmpfs && src.direct_ok.load(Ordering::Relaxed) {
+            assert_eq!(map.run(0, 3 << 20), Some((false, 3 << 20)));
+        }
+        if src.nowait_ok.load(Ordering::Relaxed) && !on_tmpfs {
+            assert_eq!(src.read_cached(&mut buf, 1 << 20), None);
+        }
+        // A page read into the cache by someone else (read-ahead may add
+        // more) is copied from there.
+        let mut page = [0u8; 4096];
+        f.read_at(&mut page, 8192).unwrap();
+        let (cached, run) = map.run(8192, 8192).unwrap();
+        assert!(cached && run >= 4096, "{cached} {run}");
+        assert_eq!(map.run(8192 + 100, 10), Some((true, 10)));
+        let mut copy = AlignedBuf::with_len(4096);
+        src.fill(&mut copy, 8192).unwrap();
+        assert!(copy[..] == want[8192..8192 + 4096]);
         let mut some = vec![0u8; 70000];
         src.fill(&mut some, 12345).unwrap();
         assert!(some[..] == want[12345..12345 + 70000]);

@@ -5,6 +5,7 @@
 pub mod garage;
 pub mod images;
 pub mod mount;
+pub mod pagecache;
 pub mod sshd;
 
 use std::path::{Path, PathBuf};
