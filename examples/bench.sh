@@ -136,7 +136,14 @@ if ! mountpoint -q "$FS"; then
   truncate -s $((SIZE_BYTES * 16 + (8 << 30))) "$WORK/fs.img"
   mkfs.ext4 -q -F "$WORK/fs.img"
   mount -o loop "$WORK/fs.img" "$FS"
+  # Direct I/O from the loop device to its backing file: without it every block
+  # read or written went through two page caches (the loop fs's and the root
+  # fs's) and the loop worker's copies; cold `dd` through our mount ran at
+  # 615-776 MB/s against 855-966 MB/s with it (2026-12-03), the same for every tool.
+  losetup --direct-io=on "$(findmnt -no SOURCE "$FS")" 2>/dev/null ||
+    echo "the loop device of $FS refused direct I/O: stores go through two page caches" >&2
 fi
+LOOP_DIO=$(cat "/sys/block/$(basename "$(findmnt -no SOURCE "$FS")")/loop/dio" 2>/dev/null || echo 0)
 STORES="$FS/stores" OUT="$FS/out"
 mkdir -p "$LOGS" "$STORES" "$MNT" "$WORK/bin" "$OUT"
 SSH_CLIENT_CPU="$WORK/ssh-client-cpu.log" REMOTE_CMD_CPU="$WORK/remote-command-cpu.log"
@@ -1080,7 +1087,7 @@ machine_info() {
     "versions:=$(openssl version | cut -d' ' -f1,2)")
   if [[ -f $IMG/info ]]; then while read -r line; do v+=("images:=$line"); done <"$IMG/info"; fi
   python3 "$HELPER" machine "$MACHINE_FILE" "date=$START_DATE" "machine:load average at start=$START_LOAD" \
-    "machine:work dir=$WORK on $(findmnt -no FSTYPE,SOURCE -T "$WORK" | tr -s ' '); stores and outputs on a journaled ext4 (loop) at $FS" \
+    "machine:work dir=$WORK on $(findmnt -no FSTYPE,SOURCE -T "$WORK" | tr -s ' '); stores and outputs on a journaled ext4 (loop$( ((LOOP_DIO)) && echo ', direct I/O')) at $FS" \
     "settings:size=$SIZE" "settings:runs=$RUNS" "settings:fio seconds=$FIO_SECS" "settings:only=$ONLY" \
     "settings:tools=$TOOLS" "settings:caches=$(if ((COLD)); then echo 'cold rows drop the page cache first'; else echo 'all warm (--warm)'; fi)" \
     "settings:bytes on the wire=$(if ((WIRE)); then echo "nftables counters on lo for the sshd's port $SSH_PORT"; else echo 'not measured (no sshd or no nftables)'; fi)" \
