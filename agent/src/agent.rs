@@ -64,7 +64,7 @@ where
             return Err(msg);
         }
     };
-    let source = Source::new(file, &args.source).one_piece_at_a_time();
+    let source = Source::new(file, &args.source);
     let hello = Hello {
         version: PROTOCOL_VERSION,
         hostname: hostname(),

@@ -449,7 +449,7 @@ mod tests {
         batch: u64,
         blocks: usize,
     ) -> (Result<(), String>, Batches) {
-        let source = Source::new(std::fs::File::open(path).unwrap(), path).one_piece_at_a_time();
+        let source = Source::new(std::fs::File::open(path).unwrap(), path);
         let queue = Queue::default();
         let stop = AtomicBool::new(false);
         let reader = Reader {

@@ -12,7 +12,8 @@ use diskdump_agent::source::{AlignedBuf, Source};
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -21,6 +22,12 @@ type ChunkDone = Result<(usize, Vec<Digest>, ImportStats, AlignedBuf)>;
 
 /// Blocks read and handed to a worker at once.
 const CHUNK_BLOCKS: usize = 32;
+
+/// Chunks read at once, each as 1 MiB direct reads one after another. One
+/// reader splitting each chunk into parallel pieces left the disk idle
+/// between chunks: a cold next-day import of the 2 GiB benchmark image
+/// took 1.82-1.92 s with it, 1.53-1.60 s with four (DESIGN §3.4).
+const READERS: usize = 4;
 
 #[derive(Default, Debug, Clone, Copy)]
 pub struct ImportStats {
@@ -157,7 +164,7 @@ pub fn run(store_dir: &Path, o: &ImportOptions) -> Result<u8> {
     Ok(0)
 }
 
-/// Reads `size` bytes of `src` once, sequentially, and stores its blocks;
+/// Reads `size` bytes of `src` once, a few chunks at a time, and stores its blocks;
 /// returns the block list in order. Memory: a few chunks per worker.
 pub fn import_blocks(
     store: &dyn Store,
@@ -182,10 +189,18 @@ pub fn import_blocks(
     // Shared by the workers only: when the last one exits the reader's send fails.
     let work_rx = Arc::new(Mutex::new(work_rx));
     let mut blocks = vec![zero; size.div_ceil(bs as u64) as usize];
-    std::thread::scope(|s| -> Result<()> {
-        let holes_tx = done_tx.clone();
-        let reader = s.spawn(move || -> Result<()> {
-            for i in 0..nchunks {
+    // Several readers, each claiming the next chunk: one reader left the disk
+    // idle while it handed a chunk over (as the agent's did, DESIGN §3.4).
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let free_rx = Mutex::new(free_rx);
+    let read_chunks =
+        |work_tx: SyncSender<(usize, AlignedBuf)>, holes_tx: SyncSender<ChunkDone>| -> Result<()> {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= nchunks || failed.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
                 let off = (i * chunk) as u64;
                 let len = (size - off).min(chunk as u64) as usize;
                 crate::signals::check()?;
@@ -203,19 +218,34 @@ pub fn import_blocks(
                         .send(Ok((i, vec![zero; n], st, AlignedBuf::default())))
                         .is_err()
                     {
-                        break;
+                        return Ok(());
                     }
                     continue;
                 }
-                let mut buf = free_rx.try_recv().unwrap_or_default();
+                let free = free_rx.lock().unwrap_or_else(|p| p.into_inner()).try_recv();
+                let mut buf = free.unwrap_or_default();
                 buf.set_len(len);
                 src.fill(&mut buf, off).map_err(anyhow::Error::msg)?;
                 if work_tx.send((i, buf)).is_err() {
-                    break; // a worker failed; its error is reported
+                    return Ok(()); // a worker failed; its error is reported
                 }
             }
-            Ok(())
-        });
+        };
+    std::thread::scope(|s| -> Result<()> {
+        let readers: Vec<_> = (0..READERS)
+            .map(|_| {
+                let (work_tx, holes_tx) = (work_tx.clone(), done_tx.clone());
+                let (read_chunks, failed) = (&read_chunks, &failed);
+                s.spawn(move || {
+                    let r = read_chunks(work_tx, holes_tx);
+                    if r.is_err() {
+                        failed.store(true, Ordering::Relaxed);
+                    }
+                    r
+                })
+            })
+            .collect();
+        drop(work_tx);
         for _ in 0..workers {
             let (work_rx, done_tx) = (work_rx.clone(), done_tx.clone());
             s.spawn(move || {
@@ -240,7 +270,11 @@ pub fn import_blocks(
             CHUNK_BLOCKS,
             on_progress,
         )?;
-        reader.join().expect("reader thread does not panic")
+        // Every reader has ended (collect saw all senders go); the first
+        // error in chunk order is not tracked: any one names its offset.
+        readers
+            .into_iter()
+            .try_for_each(|r| r.join().expect("reader thread does not panic"))
     })?;
     Ok((blocks, stats))
 }
