@@ -231,7 +231,7 @@ pub struct Reader<'a> {
 /// Batches read at once, each as 1 MiB direct reads one after another. One
 /// reader splitting each batch into parallel pieces left the disk idle
 /// between batches and the hashing cores waiting (2 GiB image, cold, two
-/// cores: 1.43-1.55 s with one reader, 1.01-1.16 s with three; DESIGN §3.3).
+/// cores: 1.43-1.55 s with one reader, 1.01-1.16 s with three; DESIGN §3.4).
 pub const READERS: usize = 3;
 
 /// The free buffers and the next batch to read, handed out together so that
