@@ -67,6 +67,44 @@ fn import_syncs_blocks_then_writes_manifest_then_syncs_its_directory() {
     );
 }
 
+/// One `syncfs` makes a run durable: the one before the manifest covers
+/// every block, so the run's dirty marker goes after it without a second.
+/// (A run that ends without a manifest syncs before its marker goes: the
+/// Ctrl-C and kill tests check what such runs leave.)
+#[test]
+#[cfg_attr(not(have_strace), ignore = "needs strace")]
+fn a_run_syncs_once_before_its_manifest_and_drops_its_marker_after() {
+    common::need(common::have("strace"), "strace (apt-get install strace)");
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("d.img");
+    images::write(&img, &images::mixed(131072, 24, 100, 33));
+    let store = dir.path().join("store");
+    let (_, text) = common::strace_diskdump(
+        &store,
+        "syncfs,unlink,unlinkat,renameat2",
+        &["import", img.to_str().unwrap(), "--as", "once"],
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    let syncfs: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].contains("syncfs(") && !lines[i].contains("resumed"))
+        .collect();
+    assert_eq!(syncfs.len(), 1, "{text}");
+    let manifest_rename = lines
+        .iter()
+        .position(|l| {
+            l.contains("renameat2(") && l.contains("once.manifest\", RENAME_NOREPLACE) = 0")
+        })
+        .expect("manifest renamed");
+    let marker_gone = lines
+        .iter()
+        .position(|l| l.contains("unlink") && l.contains("/dirty/") && l.contains("= 0"))
+        .expect("the dirty marker removed");
+    assert!(
+        syncfs[0] < manifest_rename && manifest_rename < marker_gone,
+        "{text}"
+    );
+}
+
 /// Runs `import` under strace, which kills it (SIGKILL) on the `when`-th
 /// call of `syscall`: a crash at an exact point of the manifest write.
 fn import_killed_at(store: &std::path::Path, img: &std::path::Path, syscall: &str, when: u32) {
