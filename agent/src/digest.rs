@@ -18,7 +18,7 @@ impl Digest {
     /// Blocks are hashed just after a read put them in memory, not in the
     /// CPU's caches, and SHA instructions outrun the hardware prefetcher:
     /// asking for the bytes a few KiB ahead made hashing from memory 1.5x
-    /// faster here (1.0 to 1.5 GB/s per core; 1.6 from cache), see DESIGN §3.
+    /// faster here (1.0 to 1.5 GB/s per core; 1.6 from cache), see DESIGN §3.4.
     pub fn of(data: &[u8]) -> Digest {
         const STEP: usize = 1024;
         const AHEAD: usize = 4096;

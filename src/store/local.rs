@@ -30,9 +30,10 @@ pub struct LocalStore {
     blocks: PathBuf,
     config: StoreConfig,
     tmp_seq: AtomicU64,
-    /// Counts what a sync must cover (block files written, blocks found on
-    /// disk and noted for the index); `synced` is the count the last
-    /// finished `sync` covered. Equal: nothing to sync (see `end_writes`).
+    /// Counts the blocks a sync must cover, each once it is in place (by
+    /// `index_add`: a block file written, or one found whole on disk);
+    /// `synced` is the count the last finished `sync` covered. Equal:
+    /// nothing to sync (see `end_writes`).
     unsynced: AtomicU64,
     synced: AtomicU64,
     /// Set once this process registered as a writer: blocks it finds present
@@ -530,7 +531,6 @@ impl Store for LocalStore {
     }
 
     fn put_frame(&self, d: &Digest, frame: &[u8]) -> io::Result<bool> {
-        self.unsynced.fetch_add(1, Ordering::SeqCst);
         let path = self.block_path(d);
         let tmp = self.tmp_name(&path);
         let open = || {
@@ -686,8 +686,8 @@ impl Store for LocalStore {
     }
 
     fn sync(&self) -> io::Result<()> {
-        // Read before: whatever is counted by now was written before the
-        // syncfs starts, so the syncfs covers it.
+        // Read before: a block is counted once its file is in place, so
+        // whatever is counted by now is covered by the syncfs below.
         let covers = self.unsynced.load(Ordering::SeqCst);
         let dir = File::open(&self.blocks)?;
         // SAFETY: syncfs on an open directory descriptor.
@@ -751,8 +751,9 @@ impl Store for LocalStore {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .replace(Additions::new(&self.index_dir(), self.file_mode()));
-        // Usually the sync before the manifest already covered every block:
-        // a second syncfs cost ~0.1 s at the end of each dump and import.
+        // Usually the sync before the manifest already covered every block;
+        // a second syncfs would wait on whatever else is dirty on the
+        // store's file system (other dumps' blocks).
         if self.synced.load(Ordering::SeqCst) != self.unsynced.load(Ordering::SeqCst) {
             self.sync()
                 .context("cannot sync the store's blocks to disk")?;
