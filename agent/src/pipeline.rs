@@ -439,16 +439,11 @@ mod tests {
     type Batches = Vec<(u64, Vec<u8>)>;
 
     /// Runs a Reader over `path` claiming `size` bytes; returns its result and
-    /// the batches queued by sequence number, once `blocks` blocks were
-    /// queued or the reader ended (then what was still queued is dropped).
-    /// Hash tasks are consumed as they come, so the window's buffers come
-    /// back as a real run's would.
-    fn read_all(
-        path: &std::path::Path,
-        size: u64,
-        batch: u64,
-        blocks: usize,
-    ) -> (Result<(), String>, Batches) {
+    /// the batches queued, by sequence number. Hash tasks are consumed as
+    /// they come, so the window's buffers come back as a real run's would;
+    /// on success a marker queued after the last task ends the collection,
+    /// on failure closing the queue does (what was still queued is dropped).
+    fn read_all(path: &std::path::Path, size: u64, batch: u64) -> (Result<(), String>, Batches) {
         let source = Source::new(std::fs::File::open(path).unwrap(), path);
         let queue = Queue::default();
         let stop = AtomicBool::new(false);
@@ -463,25 +458,21 @@ mod tests {
         std::thread::scope(|s| {
             let collect = s.spawn(|| {
                 let mut seen = std::collections::BTreeMap::new();
-                let mut hashed = 0;
-                while hashed < blocks {
-                    let Some(Task::Hash(b, i)) = queue.pop() else {
-                        break;
-                    };
+                while let Some(Task::Hash(b, i)) = queue.pop() {
                     b.hash(i);
-                    hashed += 1;
                     seen.entry(b.seq).or_insert_with(|| b.data.to_vec());
                 }
                 seen.into_iter().collect::<Vec<_>>()
             });
             let result = reader.run(2);
-            let batches = if result.is_ok() {
-                collect.join().unwrap()
+            if result.is_ok() {
+                let (tx, _rx) = mpsc::channel();
+                let end = ReadBatch::new(u64::MAX, AlignedBuf::default(), 4096, Vec::new(), tx);
+                queue.push([Task::Compress(Arc::new(end), 0)], false);
             } else {
                 queue.close();
-                collect.join().unwrap()
-            };
-            (result, batches)
+            }
+            (result, collect.join().unwrap())
         })
     }
 
@@ -490,7 +481,7 @@ mod tests {
         let batch = 4 * 4096u64;
         let data = noise(batch as usize * 9 + 1000, 9);
         let f = temp("all", &data);
-        let (result, batches) = read_all(&f.0, data.len() as u64, batch, 9 * 4 + 1);
+        let (result, batches) = read_all(&f.0, data.len() as u64, batch);
         result.unwrap();
         assert_eq!(batches.len(), 10);
         for (k, (seq, bytes)) in batches.iter().enumerate() {
@@ -511,7 +502,7 @@ mod tests {
         let data = noise(batch as usize * 3 + batch as usize / 2, 3);
         let f = temp("short", &data);
         for _ in 0..20 {
-            let (result, batches) = read_all(&f.0, batch * 8, batch, usize::MAX);
+            let (result, batches) = read_all(&f.0, batch * 8, batch);
             let err = result.unwrap_err();
             assert!(
                 err.contains(&format!("ended at byte {}", data.len())),

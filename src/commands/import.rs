@@ -341,3 +341,47 @@ fn hash_and_store(
     }
     Ok((ds, st))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    const BS: usize = 4096;
+
+    fn source_of(dir: &Path, data: &[u8]) -> Source {
+        let p = dir.join("img");
+        std::fs::write(&p, data).unwrap();
+        Source::new(File::open(&p).unwrap(), &p).cached_first()
+    }
+
+    #[test]
+    fn several_readers_list_every_block_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let chunk = BS * CHUNK_BLOCKS;
+        let mut data = diskdump_agent::testdata::noise(chunk * 9 + 3 * BS, 5);
+        data[chunk * 2..chunk * 3].fill(0); // a zero chunk among data
+        let src = source_of(dir.path(), &data);
+        let store = MemoryStore::new(BS);
+        let (blocks, stats) = import_blocks(&store, &src, data.len() as u64, &|_| {}).unwrap();
+        let want: Vec<Digest> = data.chunks(BS).map(Digest::of).collect();
+        assert!(blocks == want, "the block list is the image's, in order");
+        assert_eq!(stats.zero, CHUNK_BLOCKS as u64);
+    }
+
+    #[test]
+    fn a_source_shorter_than_its_size_fails_naming_where_it_ended() {
+        // 3.5 chunks on disk, 8 claimed: several readers fail at once, the
+        // import fails, with a read error, whichever reader reports it.
+        let dir = tempfile::tempdir().unwrap();
+        let chunk = BS * CHUNK_BLOCKS;
+        let data = diskdump_agent::testdata::noise(chunk * 3 + chunk / 2, 6);
+        let src = source_of(dir.path(), &data);
+        let store = MemoryStore::new(BS);
+        for _ in 0..10 {
+            let e = import_blocks(&store, &src, (chunk * 8) as u64, &|_| {})
+                .expect_err("a short source fails the import");
+            assert!(format!("{e:#}").contains("ended at byte"), "{e:#}");
+        }
+    }
+}
