@@ -67,6 +67,9 @@ const CONFIG: &str = "config.json";
 pub(super) const WRITERS: &str = "writers";
 /// Flocked by a running gc; writers test it (see `store::index`).
 const GC_ACTIVE: &str = "gc-active";
+/// How often a writer re-makes a block directory that a gc's tidy removed
+/// under it before giving up (one tidy can take it at most twice).
+const DIR_RACE_TRIES: u32 = 20;
 
 impl LocalStore {
     /// Opens an existing store; a directory without one is a clear error.
@@ -200,18 +203,25 @@ impl LocalStore {
     }
 
     /// Creates `dir` (below the root) and its missing parents with the
-    /// store's modes and group.
+    /// store's modes and group. A gc's tidy may remove an empty parent (or
+    /// the new directory itself) meanwhile: then it starts over. Each tidy
+    /// is one pass, so a few rounds always win.
     fn make_dirs(&self, dir: &Path) -> io::Result<()> {
-        if dir.is_dir() {
-            return Ok(());
-        }
-        if let Some(parent) = dir.parent().filter(|p| p.starts_with(&self.root)) {
-            self.make_dirs(parent)?;
-        }
-        match fs::create_dir(dir) {
-            Ok(()) => modes::own_dir(dir, self.config.group),
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
-            Err(e) => Err(e),
+        let mut tries = 0;
+        loop {
+            if dir.is_dir() {
+                return Ok(());
+            }
+            if let Some(parent) = dir.parent().filter(|p| p.starts_with(&self.root)) {
+                self.make_dirs(parent)?;
+            }
+            let made = fs::create_dir(dir).and_then(|()| modes::own_dir(dir, self.config.group));
+            match made {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::NotFound && tries < DIR_RACE_TRIES => tries += 1,
+                Err(e) => return Err(e),
+            }
         }
     }
 
@@ -544,8 +554,9 @@ impl Store for LocalStore {
         let mut f = loop {
             match open() {
                 // A gc's tidy may remove an empty directory between our
-                // mkdir and our create: make it again.
-                Err(e) if e.kind() == ErrorKind::NotFound && tries < 5 => {
+                // mkdir and our create: make it again (once the temp file
+                // is in, the directory is not empty and stays).
+                Err(e) if e.kind() == ErrorKind::NotFound && tries < DIR_RACE_TRIES => {
                     tries += 1;
                     self.make_dirs(path.parent().expect("block paths have a parent"))?;
                 }
@@ -1310,5 +1321,36 @@ mod tests {
             assert_eq!(store.manifests_under(prefix).unwrap(), want, "{prefix:?}");
         }
         assert_eq!(store.manifests_under("2026/04/24/").unwrap().len(), 2);
+    }
+
+    /// A gc's tidy removes empty block directories while writers create
+    /// them: a writer that loses the race (its `ab/cd` or even `ab` gone
+    /// between its mkdir and its create) makes them again instead of failing.
+    #[test]
+    fn block_writes_survive_a_concurrent_tidy() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open_or_create(dir.path(), Some(4096)).unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    store.tidy().unwrap();
+                }
+            });
+            for i in 0..3000u32 {
+                let data = i.to_le_bytes().repeat(8);
+                let d = Digest::of(&data);
+                // The store writes what it is given; the frame's shape is not checked here.
+                let r = store.put_frame(&d, &data);
+                if r.is_err() {
+                    stop.store(true, Ordering::Relaxed);
+                }
+                assert!(r.unwrap(), "block {i} was new");
+                // Removed right away, so its directories are empty again
+                // for the tidy to take.
+                fs::remove_file(store.block_path(&d)).unwrap();
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
     }
 }
