@@ -9,6 +9,8 @@ use crate::store::resolve_group;
 use anyhow::{bail, Context, Result};
 use std::io::{self, ErrorKind, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 pub struct MountOptions {
     pub store: PathBuf,
@@ -132,9 +134,22 @@ fn serve(got: Option<i32>, mut mounted: fuse::Mounted, signals: &Waiter) -> Resu
         say(&format!("{mnt} was unmounted"));
         return Ok(0);
     }
-    let how = mounted
-        .unmount()
-        .with_context(|| format!("cannot unmount {mnt}"))?;
+    let how = {
+        let _slow = SlowStop::watch(format!("still unmounting {mnt} after {STOP_PATIENCE:?}"));
+        mounted
+            .unmount()
+            .with_context(|| format!("cannot unmount {mnt}"))?
+    };
+    if how == Unmounted::Clean && !finishes_within(&mounted, STOP_PATIENCE) {
+        // The kernel ended the connection with the unmount: nothing can
+        // reach this process any more, so a thread that has not noticed
+        // (stuck in a read of the store) is no reason to stay.
+        say(&format!(
+            "unmounted {mnt}; exiting without the FUSE threads still busy after {STOP_PATIENCE:?} ({})",
+            threads_summary()
+        ));
+        return Ok(0);
+    }
     if how == Unmounted::Detached {
         say(&format!(
             "{mnt} is busy (an open file or a loop device): detached it; \
@@ -149,6 +164,69 @@ fn serve(got: Option<i32>, mut mounted: fuse::Mounted, signals: &Waiter) -> Resu
     mounted.join().context("the FUSE session failed")?;
     say(&format!("unmounted {mnt}"));
     Ok(0)
+}
+
+/// How long a stop waits (for the unmount, then for the FUSE threads)
+/// before it says so.
+const STOP_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Says `msg` if it is not dropped within `STOP_PATIENCE`: a stop that
+/// hangs in the kernel explains itself instead of going silent.
+struct SlowStop(Option<mpsc::Sender<()>>);
+
+impl SlowStop {
+    fn watch(msg: String) -> SlowStop {
+        let (tx, rx) = mpsc::channel::<()>();
+        let spawned = std::thread::Builder::new()
+            .name("slow-stop".into())
+            .spawn(move || {
+                if rx.recv_timeout(STOP_PATIENCE) == Err(mpsc::RecvTimeoutError::Timeout) {
+                    say(&format!("{msg} ({})", threads_summary()));
+                }
+            });
+        SlowStop(spawned.is_ok().then_some(tx))
+    }
+}
+
+impl Drop for SlowStop {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Polls until the FUSE session has ended, for at most `limit`.
+fn finishes_within(mounted: &fuse::Mounted, limit: Duration) -> bool {
+    let end = Instant::now() + limit;
+    while !mounted.is_finished() {
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// This process's threads grouped by name and kernel wait point, e.g.
+/// `8×fuser:fuse_dev_do_read`: where a stuck stop is stuck.
+fn threads_summary() -> String {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return "threads unknown".into();
+    };
+    let mut groups = std::collections::BTreeMap::<String, usize>::new();
+    for t in tasks.flatten() {
+        let read = |f: &str| std::fs::read_to_string(t.path().join(f)).unwrap_or_default();
+        let name = read("comm");
+        let name = name
+            .trim()
+            .trim_end_matches(|c: char| c.is_ascii_digit() || c == '-');
+        *groups
+            .entry(format!("{name}:{}", read("wchan").trim()))
+            .or_default() += 1;
+    }
+    let list: Vec<String> = groups.iter().map(|(k, n)| format!("{n}×{k}")).collect();
+    format!("threads: {}", list.join(" "))
 }
 
 /// A status line on stderr; a closed stderr is ignored rather than a panic.

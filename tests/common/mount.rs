@@ -246,8 +246,13 @@ impl MountProc {
         let status = self.wait(20);
         assert!(
             status.is_some_and(|s| s.success()),
-            "exit {status:?}: {}",
-            self.log_text()
+            "exit {status:?}: {}\n{}",
+            self.log_text(),
+            if status.is_none() {
+                threads_of(self.pid())
+            } else {
+                String::new()
+            }
         );
         assert!(!is_mounted(&self.mnt), "still mounted: {}", self.log_text());
         self.child = None;
@@ -269,6 +274,40 @@ impl Drop for MountProc {
             let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
         }
     }
+}
+
+/// Where each thread of a hung process is (name, state, kernel stack), and
+/// whether its mount is still there: what a stop that timed out needs.
+pub fn threads_of(pid: i32) -> String {
+    let mut out = format!("threads of {pid}:\n");
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| {
+        let mut v: Vec<_> = d.flatten().map(|e| e.path()).collect();
+        v.sort();
+        v
+    });
+    for t in tasks.unwrap_or_default() {
+        let read = |f: &str| std::fs::read_to_string(t.join(f)).unwrap_or_default();
+        let state = read("status")
+            .lines()
+            .find(|l| l.starts_with("State:"))
+            .unwrap_or("")
+            .to_string();
+        out += &format!(
+            "{} {} {state} wchan={}\n{}",
+            t.display(),
+            read("comm").trim(),
+            read("wchan"),
+            read("stack")
+        );
+    }
+    let fuse: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(" - fuse"))
+        .map(String::from)
+        .collect();
+    out += &format!("fuse mounts: {fuse:?}\n");
+    out
 }
 
 /// st_blocks × 512: the bytes a file really occupies.
