@@ -276,3 +276,105 @@ fn left_over_temp_files_are_reported_by_verify_and_removed_by_gc() {
     assert_eq!(code, 0, "{err}");
     assert!(bytes == data);
 }
+
+/// Runs `diskdump ARGS` and fails the test if it has not ended within
+/// `secs` (it is killed): for damage that could make a command wait forever.
+fn within(secs: u64, store: &Path, args: &[&str]) -> common::Run {
+    let mut c = common::spawn_diskdump(store, args);
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while c.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > end {
+            let _ = c.kill();
+            panic!("diskdump {args:?} still running after {secs} s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let o = c.wait_with_output().unwrap();
+    common::Run {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+fn mkfifo(p: &Path) {
+    let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(
+        unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
+        0,
+        "mkfifo {p:?}"
+    );
+}
+
+/// A FIFO where a block file belongs (opening one for reading waits for a
+/// writer forever): verify and restore name it instead of hanging, and the
+/// next import of that data moves it aside and stores the block again.
+#[test]
+fn a_fifo_in_place_of_a_block_is_named_not_waited_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, img, data) = setup(dir.path());
+    let hex = sha256_hex(&data[2 * BS..3 * BS]);
+    let path = block_path(&store, &hex);
+    fs::remove_file(&path).unwrap();
+    mkfifo(&path);
+    let r = within(30, &store, &["verify"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.lines().any(|l| l.starts_with("PROBLEM:")
+            && l.contains(&hex)
+            && l.contains("not a regular file")),
+        "{}",
+        r.stdout
+    );
+    let out = dir.path().join("out.img");
+    let r = within(30, &store, &["restore", "d", "-o", out.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains(&format!("block 2 at image offset {}", 2 * BS))
+            && r.stderr.contains("not a regular file"),
+        "{}",
+        r.stderr
+    );
+    // Storing the data again repairs it (the index is dropped so the block
+    // is looked at on disk, as after a crash).
+    common::drop_index(&store);
+    let r = within(30, &store, &["import", img.to_str().unwrap(), "--as", "d2"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("not a regular file"), "{}", r.stderr);
+    let r = within(30, &store, &["restore", "d", "-o", out.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(fs::read(&out).unwrap() == data);
+}
+
+/// A FIFO named like a manifest: `list` names it unreadable, gc and verify
+/// fail naming it (gc removes nothing it cannot rule out); none waits.
+#[test]
+fn a_fifo_named_like_a_manifest_is_an_error_not_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _, data) = setup(dir.path());
+    let day = common::only_manifest(&store)
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let fifo = day.join("x.manifest");
+    mkfifo(&fifo);
+    let before = block_files(&store).len();
+    common::age_store(&store);
+    // `list` shows it as unreadable among the others; gc and verify fail.
+    for (args, fails) in [(&["list"][..], false), (&["gc"], true), (&["verify"], true)] {
+        let r = within(30, &store, args);
+        assert_eq!(r.code != 0, fails, "{args:?}: {}{}", r.stdout, r.stderr);
+        let all = format!("{}{}", r.stdout, r.stderr);
+        assert!(
+            all.lines()
+                .any(|l| l.contains("x.manifest") && l.contains("not a regular file")),
+            "{args:?}: {all}"
+        );
+    }
+    assert_eq!(block_files(&store).len(), before, "gc removed blocks");
+    let (code, bytes, err) = common::diskdump_bytes(&store, &["restore", "d"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(bytes == data);
+}

@@ -317,6 +317,29 @@ fn read_full_at(f: &File, mut off: u64, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
+/// Opens a store file for reading without blocking on what is not a
+/// regular file (a FIFO or a device put in the store would hang every
+/// reader, gc included), and refuses such a file.
+pub(super) fn open_regular(path: &Path) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::new(ErrorKind::InvalidData, "not a regular file"));
+    }
+    // Back to blocking reads (a network file system may honour the flag).
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe {
+        let fd = f.as_raw_fd();
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+        }
+    }
+    Ok(f)
+}
+
 /// Creates `path` with `data`, fsynced, failing if it exists.
 fn write_new_durably(path: &Path, data: &[u8]) -> io::Result<()> {
     write_new_durably_with(path, |f| f.write_all(data))
@@ -471,13 +494,21 @@ impl LocalStore {
     /// frame (see `blockfmt::check_shape`); a damaged one is moved aside
     /// and reported absent, so the caller stores the block again.
     fn contains_on_disk(&self, d: &Digest) -> io::Result<bool> {
-        let f = match File::open(self.block_path(d)) {
+        let f = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK) // a FIFO there must not hang us
+            .open(self.block_path(d))
+        {
             Ok(f) => f,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(e),
         };
         let limit = self.config.block_size;
         let meta = f.metadata()?;
+        if !meta.is_file() {
+            self.move_damaged(d, &f, "not a regular file")?;
+            return Ok(false);
+        }
         let shape = blockfmt::check_shape(meta.len(), limit, &mut |off, buf| {
             read_full_at(&f, off, buf)
         });
@@ -525,7 +556,7 @@ impl Store for LocalStore {
             if self.indexed(d) {
                 continue;
             }
-            let Ok(f) = File::open(self.block_path(d)) else {
+            let Ok(f) = open_regular(&self.block_path(d)) else {
                 continue;
             };
             // SAFETY: advice on a valid descriptor; it reads nothing into our memory.
@@ -599,10 +630,16 @@ impl Store for LocalStore {
                 }
             }
         };
-        let f = match File::open(self.block_path(d)) {
+        let f = match open_regular(&self.block_path(d)) {
             // A gc may be deciding about it (or was killed doing so): still readable.
             Err(e) if e.kind() == ErrorKind::NotFound => {
-                File::open(self.doomed_path(d)).map_err(|_| io_err(e))?
+                open_regular(&self.doomed_path(d)).map_err(|_| io_err(e))?
+            }
+            Err(e) if e.kind() == ErrorKind::InvalidData => {
+                return Err(BlockError::Corrupt {
+                    digest: *d,
+                    reason: format!("block file is {e}"),
+                })
             }
             r => r.map_err(io_err)?,
         };
@@ -816,7 +853,7 @@ impl Store for LocalStore {
 
     fn manifest_header(&self, entry: &ManifestEntry) -> Result<ManifestHeader> {
         let path = self.root.join(&entry.rel);
-        let file = File::open(&path)
+        let file = open_regular(&path)
             .with_context(|| format!("cannot read manifest {}", path.display()))?;
         let head = read_header(file)
             .with_context(|| format!("cannot read manifest {}", path.display()))?;
@@ -1050,7 +1087,11 @@ impl LocalStore {
                             let Some(d) = todo.get(next.fetch_add(1, Ordering::Relaxed)) else {
                                 return Ok(());
                             };
-                            let Ok(f) = File::open(self.block_path(d)) else {
+                            let Ok(f) = OpenOptions::new()
+                                .read(true)
+                                .custom_flags(libc::O_NONBLOCK)
+                                .open(self.block_path(d))
+                            else {
                                 continue; // gone meanwhile
                             };
                             if let Err(e) = super::get_block(self, d, &mut frame, &mut raw) {
@@ -1113,7 +1154,7 @@ impl LocalStore {
     /// Opens a listed manifest, refusing a file that replaced it since.
     fn open_entry(&self, entry: &ManifestEntry) -> Result<File> {
         let path = self.root.join(&entry.rel);
-        let file = File::open(&path)
+        let file = open_regular(&path)
             .with_context(|| format!("cannot read manifest {}", path.display()))?;
         if let Some(id) = entry.id {
             let now = file
@@ -1248,8 +1289,10 @@ pub(super) fn read_header(file: impl Read) -> io::Result<Vec<u8>> {
 
 /// Reads and parses a manifest file, naming `origin` in errors.
 pub fn read_manifest_file(path: &Path, origin: &str) -> Result<Manifest> {
-    let bytes =
-        fs::read(path).with_context(|| format!("cannot read manifest {}", path.display()))?;
+    let mut bytes = Vec::new();
+    open_regular(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .with_context(|| format!("cannot read manifest {}", path.display()))?;
     parse_manifest_bytes(bytes, origin)
 }
 
