@@ -318,17 +318,22 @@ fn read_full_at(f: &File, mut off: u64, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Opens a store file for reading without blocking on what is not a
-/// regular file (a FIFO or a device put in the store would hang every
-/// reader, gc included), and refuses such a file.
-pub(super) fn open_regular(path: &Path) -> io::Result<File> {
-    let f = OpenOptions::new()
+/// regular file: a FIFO or a device put in the store would hang every
+/// reader, gc included. See `regular` for the check that must follow.
+fn open_nonblocking(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
-        .open(path)?;
-    if !f.metadata()?.is_file() {
-        return Err(io::Error::new(ErrorKind::InvalidData, "not a regular file"));
+        .open(path)
+}
+
+/// `f`'s metadata if it is a regular file (then back to blocking reads, which
+/// a network file system may otherwise honour the flag for); None if not.
+fn regular(f: &File) -> io::Result<Option<fs::Metadata>> {
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Ok(None);
     }
-    // Back to blocking reads (a network file system may honour the flag).
     // SAFETY: fcntl on a descriptor we own.
     unsafe {
         let fd = f.as_raw_fd();
@@ -337,7 +342,17 @@ pub(super) fn open_regular(path: &Path) -> io::Result<File> {
             libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
         }
     }
-    Ok(f)
+    Ok(Some(meta))
+}
+
+/// Opens a store file for reading, refusing anything but a regular file
+/// (without waiting on it: `open_nonblocking`).
+pub(super) fn open_regular(path: &Path) -> io::Result<File> {
+    let f = open_nonblocking(path)?;
+    match regular(&f)? {
+        Some(_) => Ok(f),
+        None => Err(io::Error::new(ErrorKind::InvalidData, "not a regular file")),
+    }
 }
 
 /// Creates `path` with `data`, fsynced, failing if it exists.
@@ -494,21 +509,16 @@ impl LocalStore {
     /// frame (see `blockfmt::check_shape`); a damaged one is moved aside
     /// and reported absent, so the caller stores the block again.
     fn contains_on_disk(&self, d: &Digest) -> io::Result<bool> {
-        let f = match OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK) // a FIFO there must not hang us
-            .open(self.block_path(d))
-        {
+        let f = match open_nonblocking(&self.block_path(d)) {
             Ok(f) => f,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(e),
         };
         let limit = self.config.block_size;
-        let meta = f.metadata()?;
-        if !meta.is_file() {
+        let Some(meta) = regular(&f)? else {
             self.move_damaged(d, &f, "not a regular file")?;
             return Ok(false);
-        }
+        };
         let shape = blockfmt::check_shape(meta.len(), limit, &mut |off, buf| {
             read_full_at(&f, off, buf)
         });
@@ -1087,11 +1097,7 @@ impl LocalStore {
                             let Some(d) = todo.get(next.fetch_add(1, Ordering::Relaxed)) else {
                                 return Ok(());
                             };
-                            let Ok(f) = OpenOptions::new()
-                                .read(true)
-                                .custom_flags(libc::O_NONBLOCK)
-                                .open(self.block_path(d))
-                            else {
+                            let Ok(f) = open_nonblocking(&self.block_path(d)) else {
                                 continue; // gone meanwhile
                             };
                             if let Err(e) = super::get_block(self, d, &mut frame, &mut raw) {
